@@ -1,0 +1,51 @@
+package main
+
+import (
+	"fmt"
+	"io"
+
+	"train/config"
+)
+
+// loadRunConfig builds the effective configuration of a training run: the defaults,
+// then the -config file, then every flag given. It returns flag.ErrHelp for -h.
+func loadRunConfig(args []string, stderr io.Writer) (cfg config.Config, printConfig bool, err error) {
+	cfg = config.Default()
+	if path := config.ConfigPath(args); path != "" {
+		if cfg, err = config.Load(path); err != nil {
+			return cfg, false, err
+		}
+	}
+	fs := newFlagSet("train", `Usage: train [-config run.toml] [flags]
+
+Fine-tunes a Llama-family model. With no flags it runs the embedded default: a tiny
+random Llama learning a generated task on the CPU. Flags override the config file;
+"train -print-config" prints the effective configuration as TOML to start a file from.`, stderr)
+	fs.String("config", "", "TOML configuration file (see README.md, Config reference)")
+	fs.BoolVar(&printConfig, "print-config", false, "print the effective configuration as TOML and exit")
+	config.BindFlags(fs, &cfg)
+	if err := parseFlags(fs, args); err != nil {
+		return cfg, false, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return cfg, false, fmt.Errorf("%w (from flags or -config)", err)
+	}
+	return cfg, printConfig, nil
+}
+
+// runTrain is the default subcommand.
+func runTrain(args []string, stdout, stderr io.Writer) error {
+	cfg, printConfig, err := loadRunConfig(args, stderr)
+	if err != nil {
+		return err
+	}
+	if printConfig {
+		out, err := cfg.Encode()
+		if err != nil {
+			return err
+		}
+		_, err = stdout.Write(out)
+		return err
+	}
+	return trainRun(cfg, stdout, stderr)
+}

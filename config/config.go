@@ -1,0 +1,322 @@
+// Package config is the run configuration: the TOML schema, its defaults (Default is
+// the one place they are written), strict decoding, and validation.
+//
+// Decoding is strict because a typo in a key name that silently falls back to a default
+// wastes a GPU-day: an unknown key, a value of the wrong type or a value out of range is
+// an error that names the key and the file:line it came from. Command-line flags
+// override the file; Encode writes the effective configuration back as TOML that
+// decodes to the same values.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"regexp"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is everything a run needs to know. The zero value is not useful; start from
+// Default() or Load.
+type Config struct {
+	// Model is a Hugging Face model directory or random:NAME (random:tiny,
+	// random:llama-3.2-1b, random:llama-3.1-8b, random:llama-3.1-70b).
+	Model string `toml:"model"`
+	// Tokenizer is a tokenizer.json; empty means the model directory's own.
+	Tokenizer string `toml:"tokenizer"`
+	// Device is "cpu", "cuda", or "auto" (the GPU when there is one).
+	Device string `toml:"device"`
+	// RunDir holds logs, the effective config and checkpoints.
+	RunDir string `toml:"run_dir"`
+	// Seed makes initialisation, dropout and data order reproducible.
+	Seed int64 `toml:"seed"`
+
+	Data     Data     `toml:"data"`
+	Train    Train    `toml:"train"`
+	LoRA     LoRA     `toml:"lora"`
+	Parallel Parallel `toml:"parallel"`
+}
+
+// Data says what to train and evaluate on.
+type Data struct {
+	// Train is a JSONL file; empty means the embedded generated task.
+	Train string `toml:"train"`
+	// Eval is a JSONL file for evaluation; empty means a split of Train.
+	Eval string `toml:"eval"`
+	// EvalFraction of Train held out when Eval is empty.
+	EvalFraction float64 `toml:"eval_fraction"`
+	// SeqLen is the length of each packed or padded training sequence, in tokens.
+	SeqLen int `toml:"seq_len"`
+	// Pack short examples into full sequences (attention stays inside each example).
+	Pack bool `toml:"pack"`
+	// PromptLoss also trains on prompt / user tokens, not only completions.
+	PromptLoss bool `toml:"prompt_loss"`
+	// SkipBadLines turns a malformed data line into a counted warning.
+	SkipBadLines bool `toml:"skip_bad_lines"`
+}
+
+// Train is the optimisation.
+type Train struct {
+	// Method is "lora", "qlora" (4-bit NF4 base weights) or "full".
+	Method string `toml:"method"`
+	// Steps is the number of optimizer steps.
+	Steps int `toml:"steps"`
+	// MicroBatch is sequences per forward/backward pass on one rank.
+	MicroBatch int `toml:"micro_batch"`
+	// GradAccum is micro-batches per optimizer step on one data-parallel replica.
+	GradAccum int `toml:"grad_accum"`
+	// LR is the peak learning rate.
+	LR float64 `toml:"lr"`
+	// MinLRRatio is the final learning rate as a fraction of LR.
+	MinLRRatio float64 `toml:"min_lr_ratio"`
+	// WarmupSteps ramp the learning rate linearly from 0.
+	WarmupSteps int `toml:"warmup_steps"`
+	// Schedule after warm-up: "cosine", "linear" or "constant".
+	Schedule string `toml:"schedule"`
+	// WeightDecay is AdamW's decoupled weight decay.
+	WeightDecay float64 `toml:"weight_decay"`
+	Beta1       float64 `toml:"beta1"`
+	Beta2       float64 `toml:"beta2"`
+	Eps         float64 `toml:"eps"`
+	// MaxGradNorm clips the global gradient norm; 0 turns clipping off.
+	MaxGradNorm float64 `toml:"max_grad_norm"`
+	// ActivationCheckpointing keeps only each layer's input and recomputes in backward.
+	ActivationCheckpointing bool `toml:"activation_checkpointing"`
+	// LogEvery steps, a progress line.
+	LogEvery int `toml:"log_every"`
+	// EvalEvery steps, an evaluation; 0 evaluates only at the end.
+	EvalEvery int `toml:"eval_every"`
+}
+
+// LoRA configures the low-rank adapters (methods lora and qlora).
+type LoRA struct {
+	Rank    int     `toml:"rank"`
+	Alpha   float64 `toml:"alpha"`
+	Dropout float64 `toml:"dropout"`
+	// RSLoRA scales by alpha/sqrt(rank) instead of alpha/rank.
+	RSLoRA bool `toml:"rslora"`
+	// Targets are the projections that get adapters.
+	Targets []string `toml:"targets"`
+}
+
+// Parallel is the split of the world into pipeline stages and data-parallel replicas.
+type Parallel struct {
+	// PP is the number of pipeline stages; data-parallel replicas = world size / PP.
+	PP int `toml:"pp"`
+	// Zero1 partitions optimizer state across data-parallel replicas.
+	Zero1 bool `toml:"zero1"`
+	// TimeoutSeconds bounds every wait on another rank.
+	TimeoutSeconds int `toml:"timeout_seconds"`
+}
+
+// Default is the embedded default run: a tiny random Llama learning a generated task
+// on the CPU in about a minute. Every default value is written here and only here.
+func Default() Config {
+	return Config{
+		Model:  "random:tiny",
+		Device: "cpu",
+		RunDir: "runs/default",
+		Seed:   1,
+		Data: Data{
+			EvalFraction: 0.05,
+			SeqLen:       64,
+			Pack:         true,
+		},
+		Train: Train{
+			Method:      "full",
+			Steps:       200,
+			MicroBatch:  8,
+			GradAccum:   1,
+			LR:          3e-3,
+			MinLRRatio:  0.1,
+			WarmupSteps: 10,
+			Schedule:    "cosine",
+			WeightDecay: 0.0,
+			Beta1:       0.9,
+			Beta2:       0.999,
+			Eps:         1e-8,
+			MaxGradNorm: 1.0,
+			LogEvery:    20,
+		},
+		LoRA: LoRA{
+			Rank:    16,
+			Alpha:   32,
+			Targets: []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+		},
+		Parallel: Parallel{PP: 1, TimeoutSeconds: 60},
+	}
+}
+
+// Load reads a TOML file over the defaults, strictly, and validates the result.
+func Load(path string) (Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := Decode(path, src)
+	if err != nil {
+		return Config{}, err
+	}
+	if err := cfg.Validate(); err != nil {
+		var ve *ValueError
+		if errors.As(err, &ve) {
+			ve.File, ve.Line = path, keyLine(src, strings.Split(ve.Key, "."))
+		}
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+// Decode parses TOML source (named name in errors) over the defaults. It rejects
+// unknown keys and values of the wrong type; it does not validate ranges.
+func Decode(name string, src []byte) (Config, error) {
+	cfg := Default()
+	// Lists replace the default rather than merge with it.
+	md, err := toml.NewDecoder(bytes.NewReader(src)).Decode(&cfg)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			key := ""
+			if pe.LastKey != "" {
+				key = pe.LastKey + ": "
+			}
+			return Config{}, fmt.Errorf("%s:%d: %s%s", name, pe.Position.Line, key, pe.Message)
+		}
+		// Type mismatches come as "toml: line N (last key "k"): msg".
+		if m := decodeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			return Config{}, fmt.Errorf("%s:%s: %s: %s", name, m[1], m[2], m[3])
+		}
+		return Config{}, fmt.Errorf("%s: %w", name, err)
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		var lines []string
+		for _, k := range und {
+			lines = append(lines, fmt.Sprintf("%s:%d: unknown key %q%s", name, keyLine(src, k), k.String(), suggest(k)))
+		}
+		return Config{}, errors.New(strings.Join(lines, "\n"))
+	}
+	return cfg, nil
+}
+
+var decodeErrRE = regexp.MustCompile(`line (\d+) \(last key "([^"]*)"\): (.*)`)
+
+// Encode writes c as TOML that Decode reads back to the same values.
+func (c Config) Encode() ([]byte, error) {
+	var buf bytes.Buffer
+	buf.WriteString("# train configuration; every key is documented in README.md (Config reference).\n")
+	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+		return nil, fmt.Errorf("config: encode: %w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// ValueError is a value out of its allowed range, naming the key.
+type ValueError struct {
+	File string
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (e *ValueError) Error() string {
+	switch {
+	case e.File != "" && e.Line > 0:
+		return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Key, e.Msg)
+	case e.File != "":
+		return fmt.Sprintf("%s: %s: %s", e.File, e.Key, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Key, e.Msg)
+}
+
+// Validate checks every value's range and the combinations that cannot work. It
+// returns the first problem as a *ValueError naming the key.
+func (c *Config) Validate() error {
+	bad := func(key, format string, a ...any) error {
+		return &ValueError{Key: key, Msg: fmt.Sprintf(format, a...)}
+	}
+	finite := func(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+	switch {
+	case strings.TrimSpace(c.Model) == "":
+		return bad("model", "must name a Hugging Face model directory or random:NAME")
+	case !oneOf(c.Device, "cpu", "cuda", "auto"):
+		return bad("device", "%q is not one of cpu, cuda, auto", c.Device)
+	case strings.TrimSpace(c.RunDir) == "":
+		return bad("run_dir", "must not be empty")
+	case !finite(c.Data.EvalFraction) || c.Data.EvalFraction < 0 || c.Data.EvalFraction >= 1:
+		return bad("data.eval_fraction", "%v is outside [0, 1)", c.Data.EvalFraction)
+	case c.Data.SeqLen < 2 || c.Data.SeqLen > 1<<20:
+		return bad("data.seq_len", "%d is outside [2, 1048576]", c.Data.SeqLen)
+	case !oneOf(c.Train.Method, "lora", "qlora", "full"):
+		return bad("train.method", "%q is not one of lora, qlora, full", c.Train.Method)
+	case c.Train.Steps < 0:
+		return bad("train.steps", "%d is negative", c.Train.Steps)
+	case c.Train.MicroBatch < 1:
+		return bad("train.micro_batch", "%d must be at least 1", c.Train.MicroBatch)
+	case c.Train.GradAccum < 1:
+		return bad("train.grad_accum", "%d must be at least 1", c.Train.GradAccum)
+	case !finite(c.Train.LR) || c.Train.LR < 0 || c.Train.LR > 10:
+		return bad("train.lr", "%v is outside [0, 10]", c.Train.LR)
+	case !finite(c.Train.MinLRRatio) || c.Train.MinLRRatio < 0 || c.Train.MinLRRatio > 1:
+		return bad("train.min_lr_ratio", "%v is outside [0, 1]", c.Train.MinLRRatio)
+	case c.Train.WarmupSteps < 0:
+		return bad("train.warmup_steps", "%d is negative", c.Train.WarmupSteps)
+	case !oneOf(c.Train.Schedule, "cosine", "linear", "constant"):
+		return bad("train.schedule", "%q is not one of cosine, linear, constant", c.Train.Schedule)
+	case !finite(c.Train.WeightDecay) || c.Train.WeightDecay < 0 || c.Train.WeightDecay > 1:
+		return bad("train.weight_decay", "%v is outside [0, 1]", c.Train.WeightDecay)
+	case !finite(c.Train.Beta1) || c.Train.Beta1 < 0 || c.Train.Beta1 >= 1:
+		return bad("train.beta1", "%v is outside [0, 1)", c.Train.Beta1)
+	case !finite(c.Train.Beta2) || c.Train.Beta2 < 0 || c.Train.Beta2 >= 1:
+		return bad("train.beta2", "%v is outside [0, 1)", c.Train.Beta2)
+	case !finite(c.Train.Eps) || c.Train.Eps <= 0 || c.Train.Eps > 1:
+		return bad("train.eps", "%v is outside (0, 1]", c.Train.Eps)
+	case !finite(c.Train.MaxGradNorm) || c.Train.MaxGradNorm < 0:
+		return bad("train.max_grad_norm", "%v must be 0 (off) or positive", c.Train.MaxGradNorm)
+	case c.Train.LogEvery < 1:
+		return bad("train.log_every", "%d must be at least 1", c.Train.LogEvery)
+	case c.Train.EvalEvery < 0:
+		return bad("train.eval_every", "%d is negative", c.Train.EvalEvery)
+	case c.LoRA.Rank < 1 || c.LoRA.Rank > 65536:
+		return bad("lora.rank", "%d is outside [1, 65536]", c.LoRA.Rank)
+	case !finite(c.LoRA.Alpha) || c.LoRA.Alpha <= 0:
+		return bad("lora.alpha", "%v must be positive", c.LoRA.Alpha)
+	case !finite(c.LoRA.Dropout) || c.LoRA.Dropout < 0 || c.LoRA.Dropout >= 1:
+		return bad("lora.dropout", "%v is outside [0, 1)", c.LoRA.Dropout)
+	case c.Parallel.PP < 1:
+		return bad("parallel.pp", "%d must be at least 1", c.Parallel.PP)
+	case c.Parallel.TimeoutSeconds < 1 || c.Parallel.TimeoutSeconds > 86400:
+		return bad("parallel.timeout_seconds", "%d is outside [1, 86400]", c.Parallel.TimeoutSeconds)
+	}
+	if len(c.LoRA.Targets) == 0 && c.Train.Method != "full" {
+		return bad("lora.targets", "is empty: name at least one of %s", strings.Join(LoRATargets(), ", "))
+	}
+	seen := map[string]bool{}
+	for _, t := range c.LoRA.Targets {
+		if !oneOf(t, LoRATargets()...) {
+			return bad("lora.targets", "%q is not a projection; choose from %s", t, strings.Join(LoRATargets(), ", "))
+		}
+		if seen[t] {
+			return bad("lora.targets", "%q is listed twice", t)
+		}
+		seen[t] = true
+	}
+	return nil
+}
+
+// LoRATargets are the projections a LoRA adapter can attach to.
+func LoRATargets() []string {
+	return []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+}
+
+func oneOf(s string, options ...string) bool {
+	for _, o := range options {
+		if s == o {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,79 @@
+package config
+
+import (
+	"flag"
+	"strings"
+)
+
+// BindFlags registers a flag for every commonly changed key, bound to c's fields,
+// so that flags parsed after c was loaded override the file. Each flag's help names
+// the TOML key it sets.
+func BindFlags(fs *flag.FlagSet, c *Config) {
+	s := func(p *string, name, key, usage string) { fs.StringVar(p, name, *p, usage+" ("+key+")") }
+	i := func(p *int, name, key, usage string) { fs.IntVar(p, name, *p, usage+" ("+key+")") }
+	f := func(p *float64, name, key, usage string) { fs.Float64Var(p, name, *p, usage+" ("+key+")") }
+	b := func(p *bool, name, key, usage string) { fs.BoolVar(p, name, *p, usage+" ("+key+")") }
+
+	s(&c.Model, "model", "model", "Hugging Face model directory, or random:NAME (random:tiny, random:llama-3.2-1b, random:llama-3.1-8b, random:llama-3.1-70b)")
+	s(&c.Tokenizer, "tokenizer", "tokenizer", "tokenizer.json; empty: the model directory's own")
+	s(&c.Device, "device", "device", "cpu, cuda or auto")
+	s(&c.RunDir, "run-dir", "run_dir", "directory for logs, the effective config and checkpoints")
+	fs.Int64Var(&c.Seed, "seed", c.Seed, "seed for initialisation, dropout and data order (seed)")
+
+	s(&c.Data.Train, "data", "data.train", "training data, JSONL; empty: the embedded generated task")
+	s(&c.Data.Eval, "eval-data", "data.eval", "evaluation data, JSONL; empty: a split of the training data")
+	f(&c.Data.EvalFraction, "eval-fraction", "data.eval_fraction", "fraction of the training data held out for evaluation")
+	i(&c.Data.SeqLen, "seq-len", "data.seq_len", "tokens per training sequence")
+	b(&c.Data.Pack, "pack", "data.pack", "pack short examples into full sequences")
+	b(&c.Data.PromptLoss, "prompt-loss", "data.prompt_loss", "also train on prompt tokens")
+	b(&c.Data.SkipBadLines, "skip-bad-lines", "data.skip_bad_lines", "count and skip malformed data lines instead of stopping")
+
+	s(&c.Train.Method, "method", "train.method", "lora, qlora or full")
+	i(&c.Train.Steps, "steps", "train.steps", "optimizer steps")
+	i(&c.Train.MicroBatch, "micro-batch", "train.micro_batch", "sequences per forward/backward pass")
+	i(&c.Train.GradAccum, "grad-accum", "train.grad_accum", "micro-batches per optimizer step")
+	f(&c.Train.LR, "lr", "train.lr", "peak learning rate")
+	i(&c.Train.WarmupSteps, "warmup", "train.warmup_steps", "linear warm-up steps")
+	s(&c.Train.Schedule, "schedule", "train.schedule", "cosine, linear or constant after warm-up")
+	f(&c.Train.WeightDecay, "weight-decay", "train.weight_decay", "AdamW weight decay")
+	f(&c.Train.MaxGradNorm, "max-grad-norm", "train.max_grad_norm", "clip the global gradient norm; 0 is off")
+	b(&c.Train.ActivationCheckpointing, "activation-checkpointing", "train.activation_checkpointing", "recompute each layer in backward to save memory")
+	i(&c.Train.LogEvery, "log-every", "train.log_every", "steps between progress lines")
+	i(&c.Train.EvalEvery, "eval-every", "train.eval_every", "steps between evaluations; 0: only at the end")
+
+	i(&c.LoRA.Rank, "lora-rank", "lora.rank", "LoRA rank r")
+	f(&c.LoRA.Alpha, "lora-alpha", "lora.alpha", "LoRA alpha (scale alpha/r)")
+	f(&c.LoRA.Dropout, "lora-dropout", "lora.dropout", "dropout on the LoRA branch's input")
+	b(&c.LoRA.RSLoRA, "rslora", "lora.rslora", "scale by alpha/sqrt(r)")
+	fs.Func("lora-targets", "comma-separated projections that get adapters (lora.targets; default "+strings.Join(c.LoRA.Targets, ",")+")", func(v string) error {
+		c.LoRA.Targets = nil
+		for _, t := range strings.Split(v, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				c.LoRA.Targets = append(c.LoRA.Targets, t)
+			}
+		}
+		return nil
+	})
+
+	i(&c.Parallel.PP, "pp", "parallel.pp", "pipeline stages; data-parallel replicas = ranks / pp")
+	b(&c.Parallel.Zero1, "zero1", "parallel.zero1", "partition optimizer state across data-parallel replicas")
+	i(&c.Parallel.TimeoutSeconds, "timeout", "parallel.timeout_seconds", "seconds to wait on another rank before failing")
+}
+
+// ConfigPath finds -config FILE (or -config=FILE) among args before the flags are
+// parsed, because the file must be loaded first for flags to override it.
+func ConfigPath(args []string) string {
+	for i, a := range args {
+		a = strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-")
+		if a == "config" && i+1 < len(args) {
+			return args[i+1]
+		}
+		if v, ok := strings.CutPrefix(a, "config="); ok {
+			return v
+		}
+		if a == "" { // "--" ends the flags
+			break
+		}
+	}
+	return ""
+}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"flag"
+	"fmt"
 	"strings"
 )
 
@@ -17,20 +18,31 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	s(&c.Model, "model", "model", "Hugging Face model directory, or random:NAME (random:tiny, random:llama-3.2-1b, random:llama-3.1-8b, random:llama-3.1-70b)")
 	s(&c.Tokenizer, "tokenizer", "tokenizer", "tokenizer.json; empty: the model directory's own")
 	s(&c.Device, "device", "device", "cpu, cuda or auto")
-	s(&c.RunDir, "run-dir", "run_dir", "directory for logs, the effective config and checkpoints")
+	s(&c.RunDir, "run", "run_dir", "directory for logs, the effective config and checkpoints")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "seed for initialisation, dropout and data order (seed)")
 
 	s(&c.Data.Train, "data", "data.train", "training data, JSONL; empty: the embedded generated task")
 	s(&c.Data.Eval, "eval-data", "data.eval", "evaluation data, JSONL; empty: a split of the training data")
 	f(&c.Data.EvalFraction, "eval-fraction", "data.eval_fraction", "fraction of the training data held out for evaluation")
-	i(&c.Data.SeqLen, "seq-len", "data.seq_len", "tokens per training sequence")
+	i(&c.Data.SeqLen, "seq", "data.seq_len", "tokens per training sequence")
 	b(&c.Data.Pack, "pack", "data.pack", "pack short examples into full sequences")
 	b(&c.Data.PromptLoss, "prompt-loss", "data.prompt_loss", "also train on prompt tokens")
 	b(&c.Data.SkipBadLines, "skip-bad-lines", "data.skip_bad_lines", "count and skip malformed data lines instead of stopping")
 
 	s(&c.Train.Method, "method", "train.method", "lora, qlora or full")
+	fs.BoolFunc("lora", "LoRA on the configured targets with lora.rank and lora.alpha (same as -method lora)", func(v string) error {
+		switch v {
+		case "true":
+			c.Train.Method = "lora"
+		case "false":
+			c.Train.Method = "full"
+		default:
+			return fmt.Errorf("-lora takes no value or true/false, not %q", v)
+		}
+		return nil
+	})
 	i(&c.Train.Steps, "steps", "train.steps", "optimizer steps")
-	i(&c.Train.MicroBatch, "micro-batch", "train.micro_batch", "sequences per forward/backward pass")
+	i(&c.Train.MicroBatch, "batch", "train.micro_batch", "sequences per forward/backward pass")
 	i(&c.Train.GradAccum, "grad-accum", "train.grad_accum", "micro-batches per optimizer step")
 	f(&c.Train.LR, "lr", "train.lr", "peak learning rate")
 	i(&c.Train.WarmupSteps, "warmup", "train.warmup_steps", "linear warm-up steps")

@@ -1,0 +1,131 @@
+package collective
+
+import (
+	"fmt"
+	"math"
+	"unsafe"
+)
+
+// The reduction kernels combine two operands element-wise into dst. dst may be
+// either operand (in place); all three have the same length in bytes, a whole
+// number of elements, aligned for the element type.
+
+func view[T any](b []byte) []T {
+	if len(b) == 0 {
+		return nil
+	}
+	var z T
+	return unsafe.Slice((*T)(unsafe.Pointer(&b[0])), len(b)/int(unsafe.Sizeof(z)))
+}
+
+// checkOp reports whether op can reduce elements of type dt.
+func checkOp(dt DType, op Op) error {
+	switch op {
+	case Sum, Max, Min:
+	case Avg:
+		if dt == Int64 {
+			return fmt.Errorf("avg is not defined for %v (sum and divide instead)", dt)
+		}
+	default:
+		return fmt.Errorf("unknown reduction %v", op)
+	}
+	switch dt {
+	case Float32, BFloat16, Float64, Int64:
+		return nil
+	}
+	return fmt.Errorf("%v buffers cannot be reduced", dt)
+}
+
+// reduce sets dst = a op b element-wise. Avg reduces like Sum; the caller
+// scales the finished sum once with scale.
+func reduce(dt DType, op Op, dst, a, b []byte) {
+	switch dt {
+	case Float32:
+		reduceNum(op, view[float32](dst), view[float32](a), view[float32](b))
+	case Float64:
+		reduceNum(op, view[float64](dst), view[float64](a), view[float64](b))
+	case Int64:
+		reduceNum(op, view[int64](dst), view[int64](a), view[int64](b))
+	case BFloat16:
+		reduceBF16(op, view[uint16](dst), view[uint16](a), view[uint16](b))
+	}
+}
+
+func reduceNum[T float32 | float64 | int64](op Op, dst, a, b []T) {
+	b = b[:len(dst)]
+	a = a[:len(dst)]
+	switch op {
+	case Sum, Avg:
+		i := 0
+		for ; i+4 <= len(dst); i += 4 {
+			d, x, y := dst[i:i+4:i+4], a[i:i+4:i+4], b[i:i+4:i+4]
+			d[0], d[1], d[2], d[3] = x[0]+y[0], x[1]+y[1], x[2]+y[2], x[3]+y[3]
+		}
+		for ; i < len(dst); i++ {
+			dst[i] = a[i] + b[i]
+		}
+	case Max:
+		for i := range dst {
+			dst[i] = max(a[i], b[i]) // NaN wins, like NCCL
+		}
+	case Min:
+		for i := range dst {
+			dst[i] = min(a[i], b[i])
+		}
+	}
+}
+
+func reduceBF16(op Op, dst, a, b []uint16) {
+	b = b[:len(dst)]
+	a = a[:len(dst)]
+	for i := range dst {
+		x, y := BF16ToFloat32(a[i]), BF16ToFloat32(b[i])
+		var r float32
+		switch op {
+		case Sum, Avg:
+			r = x + y
+		case Max:
+			r = max(x, y)
+		case Min:
+			r = min(x, y)
+		}
+		dst[i] = Float32ToBF16(r)
+	}
+}
+
+// scale divides every element of a finished sum by n (for Avg).
+func scale(dt DType, buf []byte, n int) {
+	switch dt {
+	case Float32:
+		s := view[float32](buf)
+		d := float32(n)
+		for i := range s {
+			s[i] /= d
+		}
+	case Float64:
+		s := view[float64](buf)
+		d := float64(n)
+		for i := range s {
+			s[i] /= d
+		}
+	case BFloat16:
+		s := view[uint16](buf)
+		d := float32(n)
+		for i := range s {
+			s[i] = Float32ToBF16(BF16ToFloat32(s[i]) / d)
+		}
+	}
+}
+
+// BF16ToFloat32 widens a bfloat16 bit pattern exactly.
+func BF16ToFloat32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// Float32ToBF16 rounds to the nearest bfloat16, ties to even; NaN stays NaN.
+func Float32ToBF16(f float32) uint16 {
+	u := math.Float32bits(f)
+	if u&0x7fffffff > 0x7f800000 {
+		return uint16(u>>16) | 0x40
+	}
+	u += 0x7fff + (u>>16)&1
+	return uint16(u >> 16)
+}

@@ -1,0 +1,86 @@
+package data
+
+import "fmt"
+
+// Rows is a micro-batch laid out for the model: B rows of T tokens, row-major,
+// with per-token positions and segment ids so that packed examples restart their
+// positions at 0 and attend only within themselves. Padding has label -100 and its
+// own segment id (-1), so it is never attended to from a real token nor scored.
+type Rows struct {
+	B, T      int
+	IDs       []int32
+	Labels    []int32
+	Positions []int32
+	Segments  []int32
+}
+
+// ScoredLabels counts the labels the model will score in r: position t predicts
+// Labels[t+1] when t+1 is in the same row and segment and the label is not -100.
+// The trainer divides the loss by the total of this over a whole step.
+func (r *Rows) ScoredLabels() int {
+	n := 0
+	for b := 0; b < r.B; b++ {
+		for t := 1; t < r.T; t++ {
+			i := b*r.T + t
+			if r.Labels[i] != IgnoreIndex && r.Segments[i] == r.Segments[i-1] {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// Packer fills rows of T tokens from examples in order. With pack, several short
+// examples share a row (each its own segment); without, each example gets a row of
+// its own, padded. An example longer than T is truncated to T and counted.
+type Packer struct {
+	T         int
+	Pack      bool
+	PadID     int
+	Truncated int // examples cut to fit T so far
+}
+
+// Fill lays out up to B rows from examples, starting at examples[0], and returns the
+// rows and how many examples it consumed (at least one when B > 0 and there are any).
+func (p *Packer) Fill(examples []TokenExample, B int) (*Rows, int, error) {
+	if p.T < 2 || B < 1 {
+		return nil, 0, fmt.Errorf("data: cannot lay out %d rows of %d tokens", B, p.T)
+	}
+	r := &Rows{B: B, T: p.T,
+		IDs: make([]int32, B*p.T), Labels: make([]int32, B*p.T),
+		Positions: make([]int32, B*p.T), Segments: make([]int32, B*p.T)}
+	for i := range r.IDs {
+		r.IDs[i], r.Labels[i], r.Segments[i] = int32(p.PadID), IgnoreIndex, -1
+	}
+	used := 0
+	for b := 0; b < B && used < len(examples); b++ {
+		col, seg := 0, int32(0)
+		for used < len(examples) {
+			ex := examples[used]
+			n := len(ex.InputIDs)
+			if n > p.T {
+				n = p.T
+			}
+			if col > 0 && (!p.Pack || col+n > p.T) {
+				break
+			}
+			if len(ex.InputIDs) > p.T {
+				p.Truncated++
+			}
+			for j := 0; j < n; j++ {
+				i := b*p.T + col + j
+				r.IDs[i] = int32(ex.InputIDs[j])
+				r.Labels[i] = int32(ex.Labels[j])
+				r.Positions[i] = int32(j)
+				r.Segments[i] = seg
+			}
+			col += n
+			seg++
+			used++
+			if !p.Pack {
+				break
+			}
+		}
+	}
+	return r, used, nil
+}

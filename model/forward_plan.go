@@ -1,0 +1,198 @@
+package model
+
+import (
+	"fmt"
+
+	"train/ops"
+)
+
+// actPlan is every activation and scratch buffer for one batch shape, carved
+// from one float allocation and one int allocation (llm.c's memory plan).
+// Shapes: N = B*T tokens, C hidden, Q = heads*head_dim, KV = kv_heads*head_dim,
+// I intermediate, V vocabulary, r LoRA rank.
+type actPlan struct {
+	B, T, N int
+	fbuf    ops.Buf
+	ibuf    ops.Buf
+
+	ids, targets, pos, seg ops.Buf // [N] int32
+
+	// resid[i] is the input of layer lo+i, and resid[hi-lo] the stage output.
+	resid []ops.Buf // [N, C] each
+	// layers holds the saved activations of every layer, or with
+	// checkpointing one set reused by each layer's recomputation.
+	layers []*layerActs
+
+	xf, rstdF ops.Buf // final norm output [N, C] and its rstd [N]
+	logits    ops.Buf // [N, V]; dlogits in place during backward
+	losses    ops.Buf // [N]
+
+	// Backward scratch, shared by all layers.
+	dresid      ops.Buf // [N, C] gradient of the residual stream
+	dln         ops.Buf // [N, C] gradient of a norm's output
+	datt, dq    ops.Buf // [N, Q]
+	dk, dv      ops.Buf // [N, KV]
+	dact, dgate ops.Buf // [N, I]
+	dup         ops.Buf // [N, I]
+	dh          ops.Buf // [N, r] LoRA: gradient of x·Aᵀ
+	xd, dxd     ops.Buf // [N, max in] LoRA dropout: dropped input and its gradient
+}
+
+// layerActs is what one layer's forward saves for its backward.
+type layerActs struct {
+	ln1, rstd1 ops.Buf             // input_layernorm output [N, C], rstd [N]
+	q, k, v    ops.Buf             // after RoPE (q, k): [N, Q], [N, KV], [N, KV]
+	att, lse   ops.Buf             // attention output [N, Q]; log-sum-exp [B, H, T]
+	mid        ops.Buf             // residual after attention [N, C]
+	ln2, rstd2 ops.Buf             // post_attention_layernorm output [N, C], rstd [N]
+	gate, up   ops.Buf             // [N, I]
+	act        ops.Buf             // silu(gate)*up [N, I]
+	h          [numLinears]ops.Buf // LoRA: dropout(x)·Aᵀ [N, r]
+}
+
+// Plan allocates the activations for batches of B sequences of T tokens, unless
+// the current plan already has that shape. Forward calls it; call it yourself
+// to reach StageInput/StageGrad before the first Forward.
+func (m *Model) Plan(B, T int) error {
+	if B <= 0 || T <= 0 {
+		return fmt.Errorf("model: batch shape [%d, %d] must be positive", B, T)
+	}
+	if p := m.acts; p != nil && p.B == B && p.T == T {
+		return nil
+	}
+	c := &m.cfg
+	N, C, Q, KV, I, V := B*T, c.HiddenSize, c.QDim(), c.KVDim(), c.IntermediateSize, c.VocabSize
+	if N > 1<<31/max(C, Q, I) || (m.last && N > 1<<31/V) {
+		return fmt.Errorf("model: batch [%d, %d] too large for this model", B, T)
+	}
+	m.freeActs()
+	p := &actPlan{B: B, T: T, N: N}
+	var fp, ip ops.Plan
+	for _, b := range []*ops.Buf{&p.ids, &p.targets, &p.pos, &p.seg} {
+		ip.Add(b, N)
+	}
+	p.resid = make([]ops.Buf, m.hi-m.lo+1)
+	for i := range p.resid {
+		fp.Add(&p.resid[i], N*C)
+	}
+	sets := m.hi - m.lo
+	if m.checkpoint {
+		sets = 1
+	}
+	r := 0
+	if m.lora != nil {
+		r = m.lora.Rank
+	}
+	for range sets {
+		a := &layerActs{}
+		fp.Add(&a.ln1, N*C)
+		fp.Add(&a.rstd1, N)
+		fp.Add(&a.q, N*Q)
+		fp.Add(&a.k, N*KV)
+		fp.Add(&a.v, N*KV)
+		fp.Add(&a.att, N*Q)
+		fp.Add(&a.lse, B*c.NumHeads*T)
+		fp.Add(&a.mid, N*C)
+		fp.Add(&a.ln2, N*C)
+		fp.Add(&a.rstd2, N)
+		fp.Add(&a.gate, N*I)
+		fp.Add(&a.up, N*I)
+		fp.Add(&a.act, N*I)
+		for j := range a.h {
+			if m.adapted(j) {
+				fp.Add(&a.h[j], N*r)
+			}
+		}
+		p.layers = append(p.layers, a)
+	}
+	if m.last {
+		fp.Add(&p.xf, N*C)
+		fp.Add(&p.rstdF, N)
+		fp.Add(&p.logits, N*V)
+		fp.Add(&p.losses, N)
+	}
+	fp.Add(&p.dresid, N*C)
+	fp.Add(&p.dln, N*C)
+	fp.Add(&p.datt, N*Q)
+	fp.Add(&p.dq, N*Q)
+	fp.Add(&p.dk, N*KV)
+	fp.Add(&p.dv, N*KV)
+	fp.Add(&p.dact, N*I)
+	fp.Add(&p.dgate, N*I)
+	fp.Add(&p.dup, N*I)
+	if m.lora != nil {
+		fp.Add(&p.dh, N*r)
+		if m.lora.Dropout > 0 {
+			fp.Add(&p.xd, N*max(C, Q, I))
+			fp.Add(&p.dxd, N*max(C, Q, I))
+		}
+	}
+	var err error
+	if p.fbuf, err = fp.Alloc(m.be, ops.F32); err != nil {
+		return fmt.Errorf("model: activations for batch [%d, %d]: %w", B, T, err)
+	}
+	if p.ibuf, err = ip.Alloc(m.be, ops.I32); err != nil {
+		m.be.Free(p.fbuf)
+		return fmt.Errorf("model: activations for batch [%d, %d]: %w", B, T, err)
+	}
+	m.acts = p
+	m.state = stateIdle
+	return nil
+}
+
+func (m *Model) freeActs() {
+	if m.acts != nil {
+		m.be.Free(m.acts.fbuf)
+		m.be.Free(m.acts.ibuf)
+		m.acts = nil
+	}
+}
+
+// adapted reports whether projection j carries LoRA in this model.
+func (m *Model) adapted(j int) bool {
+	if m.lora == nil {
+		return false
+	}
+	for _, l := range m.layers {
+		if l.lora[j] != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// layerActs returns the activations of layer l.
+func (p *actPlan) layer(m *Model, l int) *layerActs {
+	if m.checkpoint {
+		return p.layers[0]
+	}
+	return p.layers[l-m.lo]
+}
+
+// ensureRope makes the rope tables cover positions [0, P).
+func (m *Model) ensureRope(P int) error {
+	if P <= m.ropeP {
+		return nil
+	}
+	P = max(P, 2*m.ropeP) // grow geometrically
+	cos, sin := ropeTables(m.invFreq, P)
+	var rp ops.Plan
+	var cb, sb ops.Buf
+	rp.Add(&cb, len(cos))
+	rp.Add(&sb, len(sin))
+	buf, err := rp.Alloc(m.be, ops.F32)
+	if err != nil {
+		return fmt.Errorf("model: rope tables for %d positions: %w", P, err)
+	}
+	if err := m.be.Upload(cb, cos); err != nil {
+		return err
+	}
+	if err := m.be.Upload(sb, sin); err != nil {
+		return err
+	}
+	if m.ropeBuf != nil {
+		m.be.Free(m.ropeBuf)
+	}
+	m.ropeBuf, m.ropeCos, m.ropeSin, m.ropeP = buf, cb, sb, P
+	return nil
+}

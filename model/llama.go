@@ -1,0 +1,641 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+
+	"train/ops"
+)
+
+// Model runs the forward and backward passes of layers [Lo,Hi) of a Llama on an
+// ops.Backend: the whole model when the range is every layer, or one pipeline
+// stage. The first stage (Lo == 0) runs the embedding; the last (Hi ==
+// NumLayers) runs the final norm, the lm_head and the loss. Between stages the
+// hidden states [B*T, C] travel in StageInput/StageOutput and their gradient
+// in StageGrad.
+//
+// Parameters and their gradients live in two allocations made by NewModel;
+// activations in one allocation planned per batch shape (B, T). In full
+// fine-tuning every weight of the stage has a gradient; with LoRA only the
+// adapter's A and B do, and no base-weight gradient is computed.
+//
+// Use: m.Forward(batch) returns the summed loss and the count of labels that
+// count; m.Backward(scale) then adds d(scale * lossSum)/dθ into the gradients
+// (so scale = 1/total valid labels of the whole step, across micro-batches and
+// ranks, gives the mean loss's gradient); Grads/Grad read them by Hugging Face
+// or peft name; ZeroGrads starts the next step. A Model is not safe for
+// concurrent use.
+type Model struct {
+	be         ops.Backend
+	cfg        Config
+	lo, hi     int
+	first      bool // runs the embedding
+	last       bool // runs the head and the loss
+	checkpoint bool
+	training   bool
+
+	lora      *LoRAConfig // nil in full fine-tuning
+	loraScale float32
+
+	params   []*Param
+	byName   map[string]*Param
+	paramBuf ops.Buf
+	gradBuf  ops.Buf
+
+	embed     *Param // first stage, and last stage when tied
+	finalNorm *Param // last stage
+	head      *Param // last stage: lm_head, or embed when tied
+	layers    []*stageLayer
+
+	invFreq      []float32
+	ropeP        int // rows in the rope tables
+	ropeBuf      ops.Buf
+	ropeCos      ops.Buf
+	ropeSin      ops.Buf
+	acts         *actPlan
+	state        modelState
+	batchSeed    uint64
+	segmentsUsed bool
+}
+
+type modelState int
+
+const (
+	stateIdle      modelState = iota // no forward since the last backward
+	stateForwarded                   // Forward ran; logits valid; Backward may run
+)
+
+// Options choose the stage, the adapter and the memory policy of a Model.
+type Options struct {
+	// Lo and Hi are the layers [Lo,Hi) this model runs; Hi == 0 means all.
+	Lo, Hi int
+	// LoRA, when not nil, freezes the base weights and trains this adapter,
+	// whose matrices are copied to the backend (later changes to it are not seen).
+	LoRA *LoRA
+	// Checkpoint keeps only each layer's input during forward and recomputes
+	// the layer in backward; the gradients are bitwise the same as without.
+	Checkpoint bool
+}
+
+// Param is one tensor of the model on the backend, with its gradient.
+type Param struct {
+	Name  string  // Hugging Face name, or peft name for LoRA matrices
+	Shape []int   // row-major shape
+	Value ops.Buf // the values
+	Grad  ops.Buf // the gradient; nil when frozen
+
+	host      []float32 // the weights until uploaded
+	trainable bool
+}
+
+// Batch is one micro-batch of B sequences of T tokens, row-major [B, T].
+type Batch struct {
+	B, T int
+	// IDs are the input token ids; needed on the first stage, and on the last
+	// stage when Labels is nil.
+	IDs []int32
+	// Labels are aligned with IDs as transformers expects: the model shifts
+	// them, so position t is scored on Labels[t+1]. -100 is ignored. nil means
+	// IDs. The last position of each row, and with Segments each position whose
+	// next token starts another segment, predicts nothing.
+	Labels []int32
+	// Positions are the rotary positions; nil means 0..T-1 in every row. Packed
+	// examples restart at 0.
+	Positions []int32
+	// Segments, when not nil, confine attention (and next-token targets) to
+	// tokens of the same segment id: packed examples do not see each other.
+	Segments []int32
+	// Seed drives LoRA dropout in training mode; give each micro-batch its own.
+	Seed uint64
+}
+
+// Linear projection indices, in Linears order.
+const (
+	linQ = iota
+	linK
+	linV
+	linO
+	linGate
+	linUp
+	linDown
+	numLinears
+)
+
+// stageLayer is one decoder layer's parameters.
+type stageLayer struct {
+	attnNorm, mlpNorm *Param
+	lin               [numLinears]*Param
+	lora              [numLinears]*loraParam // nil where not adapted
+}
+
+type loraParam struct {
+	A, B *Param // [r, in], [out, r]
+}
+
+// NewModel uploads the weights of layers [opt.Lo, opt.Hi) of w (and the
+// embedding, head and adapter as the stage needs) to be and returns the model.
+// Every tensor the stage needs must be present with its shape.
+func NewModel(be ops.Backend, w *Weights, opt Options) (*Model, error) {
+	if w == nil {
+		return nil, errors.New("model: no weights")
+	}
+	cfg := w.Config
+	if err := cfg.Supported(); err != nil {
+		return nil, err
+	}
+	if cfg.HiddenSize <= 0 || cfg.IntermediateSize <= 0 || cfg.NumLayers <= 0 || cfg.NumHeads <= 0 || cfg.VocabSize <= 0 {
+		return nil, fmt.Errorf("model: sizes must be positive (hidden %d, intermediate %d, layers %d, heads %d, vocab %d)",
+			cfg.HiddenSize, cfg.IntermediateSize, cfg.NumLayers, cfg.NumHeads, cfg.VocabSize)
+	}
+	lo, hi := opt.Lo, opt.Hi
+	if hi == 0 {
+		hi = cfg.NumLayers
+	}
+	if lo < 0 || lo >= hi || hi > cfg.NumLayers {
+		return nil, fmt.Errorf("model: layer range [%d,%d) outside the model's %d layers", lo, hi, cfg.NumLayers)
+	}
+	if len(w.Layers) != cfg.NumLayers {
+		return nil, fmt.Errorf("model: weights hold %d layers, config says %d", len(w.Layers), cfg.NumLayers)
+	}
+	inv, err := RopeInvFreq(&cfg)
+	if err != nil {
+		return nil, fmt.Errorf("model: %w", err)
+	}
+	m := &Model{
+		be: be, cfg: cfg, lo: lo, hi: hi, first: lo == 0, last: hi == cfg.NumLayers,
+		checkpoint: opt.Checkpoint, invFreq: inv, byName: map[string]*Param{},
+	}
+	full := opt.LoRA == nil
+	if !full {
+		lc := opt.LoRA.Config
+		if err := lc.Validate(); err != nil {
+			return nil, err
+		}
+		if len(opt.LoRA.Layers) != cfg.NumLayers {
+			return nil, fmt.Errorf("model: adapter has %d layers, model %d", len(opt.LoRA.Layers), cfg.NumLayers)
+		}
+		m.lora, m.loraScale = &lc, float32(lc.Scale())
+	}
+	if err := m.addParams(w, opt.LoRA); err != nil {
+		return nil, err
+	}
+	if err := m.allocParams(); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// addParams lists the stage's tensors in checkpoint order, checking each shape.
+func (m *Model) addParams(w *Weights, lora *LoRA) error {
+	cfg := &m.cfg
+	h, V := cfg.HiddenSize, cfg.VocabSize
+	full := lora == nil
+	var err error
+	add := func(name string, host []float32, trainable bool, shape ...int) *Param {
+		if err != nil {
+			return nil
+		}
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		if host == nil {
+			err = fmt.Errorf("model: weights lack %s %v", name, shape)
+			return nil
+		}
+		if len(host) != n {
+			err = fmt.Errorf("model: %s has %d values, want %v = %d", name, len(host), shape, n)
+			return nil
+		}
+		p := &Param{Name: name, Shape: shape, host: host, trainable: trainable}
+		m.params = append(m.params, p)
+		m.byName[name] = p
+		return p
+	}
+	if m.first || (m.last && cfg.TieEmbeddings) {
+		m.embed = add("model.embed_tokens.weight", w.Embed, full, V, h)
+	}
+	for l := m.lo; l < m.hi; l++ {
+		wl := w.Layers[l]
+		if wl == nil {
+			return fmt.Errorf("model: weights lack layer %d", l)
+		}
+		sl := &stageLayer{}
+		sl.attnNorm = add(LayerTensorName(l, "input_layernorm"), wl.AttnNorm, full, h)
+		for j, s := range Linears {
+			out, in := cfg.LinearShape(s)
+			sl.lin[j] = add(LayerTensorName(l, s), *wl.Linear(s), full, out, in)
+		}
+		sl.mlpNorm = add(LayerTensorName(l, "post_attention_layernorm"), wl.MLPNorm, full, h)
+		if lora != nil {
+			r := lora.Config.Rank
+			for j, s := range Linears {
+				pair := lora.Layers[l][s]
+				if pair == nil {
+					continue
+				}
+				out, in := cfg.LinearShape(s)
+				sl.lora[j] = &loraParam{
+					A: add(LoRATensorName(l, s, "A"), pair.A, true, r, in),
+					B: add(LoRATensorName(l, s, "B"), pair.B, true, out, r),
+				}
+			}
+		}
+		m.layers = append(m.layers, sl)
+	}
+	if m.last {
+		m.finalNorm = add("model.norm.weight", w.FinalNorm, full, h)
+		if cfg.TieEmbeddings {
+			m.head = m.embed
+		} else {
+			m.head = add("lm_head.weight", w.LMHead, full, V, h)
+		}
+	}
+	return err
+}
+
+// allocParams places every parameter in one allocation and every gradient in
+// another, and uploads the values.
+func (m *Model) allocParams() error {
+	var vp, gp ops.Plan
+	for _, p := range m.params {
+		vp.Add(&p.Value, p.size())
+		if p.trainable {
+			gp.Add(&p.Grad, p.size())
+		}
+	}
+	var err error
+	if m.paramBuf, err = vp.Alloc(m.be, ops.F32); err != nil {
+		return fmt.Errorf("model: parameters: %w", err)
+	}
+	if m.gradBuf, err = gp.Alloc(m.be, ops.F32); err != nil {
+		return fmt.Errorf("model: gradients: %w", err)
+	}
+	for _, p := range m.params {
+		if err := m.be.Upload(p.Value, p.host); err != nil {
+			return fmt.Errorf("model: upload %s: %w", p.Name, err)
+		}
+		p.host = nil // the caller's slice; not kept
+	}
+	return nil
+}
+
+func (p *Param) size() int {
+	n := 1
+	for _, d := range p.Shape {
+		n *= d
+	}
+	return n
+}
+
+// Config returns the model's architecture.
+func (m *Model) Config() Config { return m.cfg }
+
+// Layers returns the stage's layer range [lo, hi).
+func (m *Model) Layers() (lo, hi int) { return m.lo, m.hi }
+
+// SetTraining turns training mode on or off. It matters only for LoRA dropout,
+// which is the identity when off (evaluation, the default).
+func (m *Model) SetTraining(on bool) { m.training = on }
+
+// Params lists the stage's tensors in checkpoint order (LoRA matrices after
+// their layer). The optimizer updates Value from Grad where Grad is not nil.
+func (m *Model) Params() []*Param { return append([]*Param(nil), m.params...) }
+
+// Param returns a tensor by its Hugging Face or peft name, or nil.
+func (m *Model) Param(name string) *Param { return m.byName[name] }
+
+// Forward runs the stage on one micro-batch. On the last stage it returns the
+// sum of the cross-entropy losses over the labels that count and their number;
+// other stages return 0, 0 and leave their output in StageOutput. A stage other
+// than the first reads its input from StageInput, which the caller fills
+// (after Plan) before calling Forward.
+func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
+	m.state = stateIdle
+	if b == nil {
+		return 0, 0, errors.New("model: nil batch")
+	}
+	targets, pos, count, maxPos, err := m.prepare(b)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := m.Plan(b.B, b.T); err != nil {
+		return 0, 0, err
+	}
+	if err := m.ensureRope(maxPos + 1); err != nil {
+		return 0, 0, err
+	}
+	p, be, c := m.acts, m.be, &m.cfg
+	if m.first {
+		if err := be.UploadInt(p.ids, b.IDs); err != nil {
+			return 0, 0, err
+		}
+	}
+	if m.last {
+		if err := be.UploadInt(p.targets, targets); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := be.UploadInt(p.pos, pos); err != nil {
+		return 0, 0, err
+	}
+	m.segmentsUsed = b.Segments != nil
+	if m.segmentsUsed {
+		if err := be.UploadInt(p.seg, b.Segments); err != nil {
+			return 0, 0, err
+		}
+	}
+	m.batchSeed = b.Seed
+	N, C, V := p.N, c.HiddenSize, c.VocabSize
+
+	if m.first {
+		be.EmbeddingForward(p.resid[0], p.ids, m.embed.Value, N, C, V)
+	}
+	for l := m.lo; l < m.hi; l++ {
+		m.layerForward(l, p.layer(m, l), p.resid[l-m.lo], p.resid[l-m.lo+1], false)
+	}
+	if !m.last {
+		if err := be.Sync(); err != nil {
+			return 0, 0, fmt.Errorf("model: forward: %w", err)
+		}
+		m.state = stateForwarded
+		return 0, 0, nil
+	}
+	be.RMSNormForward(p.xf, p.rstdF, p.resid[m.hi-m.lo], m.finalNorm.Value, N, C, float32(c.RMSNormEps))
+	be.MatmulNT(p.logits, p.xf, m.head.Value, N, V, C, 1, 0)
+	be.CrossEntropyForward(p.losses, p.logits, p.targets, N, V)
+	losses := make([]float64, N)
+	if err := be.Download64(losses, p.losses); err != nil {
+		return 0, 0, fmt.Errorf("model: forward: %w", err)
+	}
+	for _, l := range losses {
+		lossSum += l
+	}
+	m.state = stateForwarded
+	return lossSum, count, nil
+}
+
+// Backward adds to the gradients d(scale·lossSum)/dθ for the micro-batch of the
+// last Forward: scale is 1/(valid labels across the whole step) for the mean
+// loss. On a stage other than the last the caller first fills StageGrad with the
+// gradient of StageOutput (already scaled); on a stage other than the first,
+// StageGrad then holds the gradient of StageInput. Backward overwrites the
+// logits (the softmax gradient is formed in place) and needs a new Forward
+// before it can run again.
+func (m *Model) Backward(scale float32) error {
+	if m.state != stateForwarded {
+		return errors.New("model: Backward without a Forward before it")
+	}
+	m.state = stateIdle
+	p, be, c := m.acts, m.be, &m.cfg
+	N, C, V := p.N, c.HiddenSize, c.VocabSize
+	if m.last {
+		be.CrossEntropyBackward(p.logits, p.logits, p.targets, N, V, scale) // logits now hold dlogits
+		if m.head.Grad != nil {
+			be.MatmulTN(m.head.Grad, p.logits, p.xf, V, C, N, 1, 1)
+		}
+		be.MatmulNN(p.dln, p.logits, m.head.Value, N, C, V, 1, 0)
+		be.Zero(p.dresid, N*C)
+		be.RMSNormBackward(p.dresid, m.finalNorm.Grad, p.dln, p.resid[m.hi-m.lo], m.finalNorm.Value, p.rstdF, N, C)
+	}
+	for l := m.hi - 1; l >= m.lo; l-- {
+		a := p.layer(m, l)
+		if m.checkpoint {
+			m.layerForward(l, a, p.resid[l-m.lo], p.resid[l-m.lo+1], true)
+		}
+		m.layerBackward(l, a, p.resid[l-m.lo])
+	}
+	if m.first && m.embed.Grad != nil {
+		be.EmbeddingBackward(m.embed.Grad, p.dresid, p.ids, N, C, V)
+	}
+	if err := be.Sync(); err != nil {
+		return fmt.Errorf("model: backward: %w", err)
+	}
+	return nil
+}
+
+// prepare validates a batch against the stage and builds, on the host, the
+// shifted targets (last stage), the positions, the count of valid targets and
+// the largest position.
+func (m *Model) prepare(b *Batch) (targets, pos []int32, count, maxPos int, err error) {
+	V := m.cfg.VocabSize
+	if b.B <= 0 || b.T <= 0 {
+		return nil, nil, 0, 0, fmt.Errorf("model: batch shape [%d, %d] must be positive", b.B, b.T)
+	}
+	if b.B > 1<<30/b.T {
+		return nil, nil, 0, 0, fmt.Errorf("model: batch shape [%d, %d] too large", b.B, b.T)
+	}
+	N, T := b.B*b.T, b.T
+	checkLen := func(what string, v []int32) error {
+		if v != nil && len(v) != N {
+			return fmt.Errorf("model: batch %s has %d values, want B*T = %d*%d = %d", what, len(v), b.B, T, N)
+		}
+		return nil
+	}
+	for _, f := range []struct {
+		what string
+		v    []int32
+	}{{"input_ids", b.IDs}, {"labels", b.Labels}, {"position ids", b.Positions}, {"segment ids", b.Segments}} {
+		if err := checkLen(f.what, f.v); err != nil {
+			return nil, nil, 0, 0, err
+		}
+	}
+	if m.first {
+		if b.IDs == nil {
+			return nil, nil, 0, 0, errors.New("model: batch has no input_ids")
+		}
+		for i, id := range b.IDs {
+			if id < 0 || int(id) >= V {
+				return nil, nil, 0, 0, fmt.Errorf("model: input_ids[%d][%d] = %d outside the vocabulary [0,%d)", i/T, i%T, id, V)
+			}
+		}
+	}
+	pos = b.Positions
+	if pos == nil {
+		pos = make([]int32, N)
+		for i := range pos {
+			pos[i] = int32(i % T)
+		}
+	}
+	limit := max(m.cfg.MaxPositions, T)
+	for i, v := range pos {
+		if v < 0 || int(v) >= limit {
+			return nil, nil, 0, 0, fmt.Errorf("model: position_ids[%d][%d] = %d outside [0,%d)", i/T, i%T, v, limit)
+		}
+		maxPos = max(maxPos, int(v))
+	}
+	if !m.last {
+		return nil, pos, 0, maxPos, nil
+	}
+	labels := b.Labels
+	if labels == nil {
+		labels = b.IDs
+	}
+	if labels == nil {
+		return nil, nil, 0, 0, errors.New("model: batch has neither labels nor input_ids")
+	}
+	seg := b.Segments
+	targets = make([]int32, N)
+	for i, y := range labels {
+		if y != ops.IgnoreIndex && (y < 0 || int(y) >= V) {
+			return nil, nil, 0, 0, fmt.Errorf("model: labels[%d][%d] = %d is neither -100 nor in the vocabulary [0,%d)", i/T, i%T, y, V)
+		}
+		targets[i] = ops.IgnoreIndex
+		if i%T == 0 {
+			continue // the label of a row's first token is predicted by nobody
+		}
+		if seg != nil && seg[i] != seg[i-1] {
+			continue // nor is the first label of a packed example
+		}
+		targets[i-1] = y
+		if y != ops.IgnoreIndex {
+			count++
+		}
+	}
+	return targets, pos, count, maxPos, nil
+}
+
+// Logits downloads the logits [B*T, V] of the last Forward on the last stage.
+// Backward overwrites them, so call it between the two.
+func (m *Model) Logits() ([]float32, error) {
+	if !m.last {
+		return nil, errors.New("model: logits exist only on the last stage")
+	}
+	if m.state != stateForwarded {
+		return nil, errors.New("model: no logits: call Forward (and not yet Backward)")
+	}
+	out := make([]float32, m.acts.N*m.cfg.VocabSize)
+	if err := m.be.Download(out, m.acts.logits); err != nil {
+		return nil, fmt.Errorf("model: logits: %w", err)
+	}
+	return out, nil
+}
+
+// StageInput is the buffer [B*T, C] holding the stage's input hidden states:
+// the embedding output on the first stage; on others, what the caller receives
+// from the previous stage before Forward. Valid after Plan for that shape.
+func (m *Model) StageInput() ops.Buf {
+	return m.actsOrNil(func(p *actPlan) ops.Buf { return p.resid[0] })
+}
+
+// StageOutput is the buffer [B*T, C] of the stage's output hidden states after
+// Forward: what a stage other than the last sends on.
+func (m *Model) StageOutput() ops.Buf {
+	return m.actsOrNil(func(p *actPlan) ops.Buf { return p.resid[len(p.resid)-1] })
+}
+
+// StageGrad is the buffer [B*T, C] of the residual stream's gradient: before
+// Backward on a stage other than the last, the caller writes the gradient of
+// StageOutput into it; after Backward it holds the gradient of StageInput.
+func (m *Model) StageGrad() ops.Buf { return m.actsOrNil(func(p *actPlan) ops.Buf { return p.dresid }) }
+
+func (m *Model) actsOrNil(f func(*actPlan) ops.Buf) ops.Buf {
+	if m.acts == nil {
+		return nil
+	}
+	return f(m.acts)
+}
+
+// ZeroGrads sets every gradient to zero, to start a step.
+func (m *Model) ZeroGrads() {
+	if m.gradBuf != nil {
+		m.be.Zero(m.gradBuf, m.gradBuf.Len())
+	}
+}
+
+// Grad downloads the gradient of the named tensor.
+func (m *Model) Grad(name string) ([]float32, error) {
+	p := m.byName[name]
+	if p == nil {
+		return nil, fmt.Errorf("model: no tensor %q in layers [%d,%d)", name, m.lo, m.hi)
+	}
+	if p.Grad == nil {
+		return nil, fmt.Errorf("model: %s is frozen: it has no gradient", name)
+	}
+	g := make([]float32, p.size())
+	if err := m.be.Download(g, p.Grad); err != nil {
+		return nil, fmt.Errorf("model: gradient of %s: %w", name, err)
+	}
+	return g, nil
+}
+
+// Grads downloads every gradient, by Hugging Face name in full fine-tuning
+// (model.layers.0.self_attn.q_proj.weight; a tied embedding once, holding both
+// of its uses) and by peft name with LoRA
+// (base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight).
+func (m *Model) Grads() (map[string][]float32, error) {
+	out := map[string][]float32{}
+	for _, p := range m.params {
+		if p.Grad == nil {
+			continue
+		}
+		g, err := m.Grad(p.Name)
+		if err != nil {
+			return nil, err
+		}
+		out[p.Name] = g
+	}
+	return out, nil
+}
+
+// Value downloads the current values of the named tensor.
+func (m *Model) Value(name string) ([]float32, error) {
+	p := m.byName[name]
+	if p == nil {
+		return nil, fmt.Errorf("model: no tensor %q in layers [%d,%d)", name, m.lo, m.hi)
+	}
+	v := make([]float32, p.size())
+	if err := m.be.Download(v, p.Value); err != nil {
+		return nil, fmt.Errorf("model: %s: %w", name, err)
+	}
+	return v, nil
+}
+
+// SetValue uploads new values for the named tensor (tests, adapters loaded
+// after construction).
+func (m *Model) SetValue(name string, v []float32) error {
+	p := m.byName[name]
+	if p == nil {
+		return fmt.Errorf("model: no tensor %q in layers [%d,%d)", name, m.lo, m.hi)
+	}
+	if len(v) != p.size() {
+		return fmt.Errorf("model: %s has %d values, want %v", name, len(v), p.Shape)
+	}
+	m.state = stateIdle
+	return m.be.Upload(p.Value, v)
+}
+
+// LoRATensors downloads the adapter matrices of the stage by peft name, for
+// export.
+func (m *Model) LoRATensors() (map[string][]float32, error) {
+	if m.lora == nil {
+		return nil, errors.New("model: no LoRA adapter")
+	}
+	out := map[string][]float32{}
+	for _, sl := range m.layers {
+		for _, lp := range sl.lora {
+			if lp == nil {
+				continue
+			}
+			for _, p := range []*Param{lp.A, lp.B} {
+				v, err := m.Value(p.Name)
+				if err != nil {
+					return nil, err
+				}
+				out[p.Name] = v
+			}
+		}
+	}
+	return out, nil
+}
+
+// Close frees the model's device memory.
+func (m *Model) Close() {
+	m.freeActs()
+	for _, b := range []ops.Buf{m.paramBuf, m.gradBuf, m.ropeBuf} {
+		if b != nil {
+			m.be.Free(b)
+		}
+	}
+	m.paramBuf, m.gradBuf, m.ropeBuf = nil, nil, nil
+}

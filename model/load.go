@@ -1,0 +1,293 @@
+package model
+
+// A Hugging Face model directory holds config.json and the weights either in one
+// model.safetensors or in shards model-0000X-of-0000N.safetensors listed by
+// model.safetensors.index.json. OpenModelDir validates every header up front
+// (cheap: headers are small) so that a broken or missing shard is reported before
+// any training starts; tensors are then read one by one, only those a caller asks for.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+const (
+	singleWeightsFile = "model.safetensors"
+	weightsIndexFile  = "model.safetensors.index.json"
+	maxIndexBytes     = 64 << 20
+	maxShards         = 10000
+)
+
+// ModelDir is an opened model directory: every safetensors header read and
+// validated, and each tensor name mapped to the file holding it.
+type ModelDir struct {
+	Dir   string
+	Files []*SafetensorsFile // in the order listed (one file, or the shards sorted by name)
+	where map[string]*SafetensorsFile
+}
+
+// OpenModelDir opens the weights of the model in dir. It prefers model.safetensors,
+// as transformers does, and otherwise follows model.safetensors.index.json.
+func OpenModelDir(dir string) (*ModelDir, error) {
+	m := &ModelDir{Dir: dir, where: map[string]*SafetensorsFile{}}
+	single := filepath.Join(dir, singleWeightsFile)
+	if _, err := os.Stat(single); err == nil {
+		f, err := OpenSafetensors(single)
+		if err != nil {
+			return nil, err
+		}
+		m.Files = []*SafetensorsFile{f}
+		for _, t := range f.Tensors() {
+			m.where[t.Name] = f
+		}
+		return m, nil
+	}
+	indexPath := filepath.Join(dir, weightsIndexFile)
+	data, err := readFileLimited(indexPath, maxIndexBytes)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, noWeightsError(dir)
+	}
+	if err != nil {
+		return nil, err
+	}
+	var index struct {
+		WeightMap map[string]string `json:"weight_map"`
+	}
+	if err := json.Unmarshal(data, &index); err != nil {
+		return nil, fmt.Errorf("%s: not a safetensors index: %s", indexPath, jsonErrorWhere(data, err))
+	}
+	if len(index.WeightMap) == 0 {
+		return nil, fmt.Errorf("%s: weight_map is missing or empty", indexPath)
+	}
+	byFile := map[string][]string{}
+	for tensor, file := range index.WeightMap {
+		// Shard names come from the file: keep them inside dir.
+		if file == "" || file != filepath.Base(file) || file == "." || file == ".." || strings.ContainsAny(file, `/\`) {
+			return nil, fmt.Errorf("%s: tensor %s: shard name %q is not a plain file name", indexPath, tensor, file)
+		}
+		byFile[file] = append(byFile[file], tensor)
+	}
+	if len(byFile) > maxShards {
+		return nil, fmt.Errorf("%s: names %d shards, more than %d", indexPath, len(byFile), maxShards)
+	}
+	names := make([]string, 0, len(byFile))
+	for name := range byFile {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		f, err := OpenSafetensors(filepath.Join(dir, name))
+		if err != nil {
+			m.Close()
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil, fmt.Errorf("%s: shard %s named in the index is missing (%d tensors, e.g. %s)",
+					indexPath, name, len(byFile[name]), firstSorted(byFile[name]))
+			}
+			return nil, err
+		}
+		m.Files = append(m.Files, f)
+		for _, tensor := range byFile[name] {
+			if _, ok := f.Tensor(tensor); !ok {
+				m.Close()
+				return nil, fmt.Errorf("%s: tensor %s is mapped to %s, which does not contain it", indexPath, tensor, name)
+			}
+			m.where[tensor] = f
+		}
+	}
+	return m, nil
+}
+
+func firstSorted(s []string) string {
+	sort.Strings(s)
+	return s[0]
+}
+
+// noWeightsError explains a directory without safetensors weights, naming the
+// formats it does hold so the user knows to convert them.
+func noWeightsError(dir string) error {
+	found := func(patterns ...string) []string {
+		var out []string
+		for _, p := range patterns {
+			m, _ := filepath.Glob(filepath.Join(dir, p))
+			for _, f := range m {
+				out = append(out, filepath.Base(f))
+			}
+		}
+		return out
+	}
+	msg := fmt.Sprintf("%s: no %s or %s", dir, singleWeightsFile, weightsIndexFile)
+	if st := found("*.safetensors"); len(st) > 0 {
+		msg += fmt.Sprintf(" (found %s: shards need the index that lists their tensors)", strings.Join(st, ", "))
+	} else if other := found("pytorch_model*.bin", "*.pth", "*.gguf"); len(other) > 0 {
+		msg += fmt.Sprintf(" (found %s; train reads Hugging Face safetensors only)", strings.Join(other, ", "))
+	}
+	return errors.New(msg)
+}
+
+// Close closes every file.
+func (m *ModelDir) Close() error {
+	var errs []error
+	for _, f := range m.Files {
+		errs = append(errs, f.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// Tensors lists every tensor of the model, sorted by name.
+func (m *ModelDir) Tensors() []TensorInfo {
+	var out []TensorInfo
+	for name, f := range m.where {
+		t, _ := f.Tensor(name)
+		out = append(out, t)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Tensor returns the named tensor's header entry and the file holding it.
+func (m *ModelDir) Tensor(name string) (TensorInfo, *SafetensorsFile, bool) {
+	f, ok := m.where[name]
+	if !ok {
+		return TensorInfo{}, nil, false
+	}
+	t, _ := f.Tensor(name)
+	return t, f, true
+}
+
+// ReadFloat32 reads one tensor as float32 from whichever file holds it.
+func (m *ModelDir) ReadFloat32(name string) ([]float32, []int, error) {
+	f, ok := m.where[name]
+	if !ok {
+		return nil, nil, fmt.Errorf("%s: no tensor named %s", m.Dir, name)
+	}
+	return f.ReadFloat32(name)
+}
+
+// readExpected reads a tensor the model needs, checking its shape against the one
+// config.json implies.
+func (m *ModelDir) readExpected(name string, shape []int) ([]float32, error) {
+	t, f, ok := m.Tensor(name)
+	if !ok {
+		return nil, fmt.Errorf("%s: missing tensor %s (expected shape %v)", m.Dir, name, shape)
+	}
+	if !equalShape(t.Shape, shape) {
+		return nil, fmt.Errorf("%s: tensor %s has shape %v, but config.json implies %v", f.Name, name, t.Shape, shape)
+	}
+	data, _, err := f.ReadFloat32(name)
+	return data, err
+}
+
+func equalShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// LoadWeights reads the weights one process holds: decoder layers [lo, hi), the
+// embedding if withEmbed, and the final norm and output matrix if withHead (with
+// tied embeddings that output matrix is the embedding, so it is loaded too and
+// LMHead stays nil; an lm_head.weight in a tied checkpoint is ignored, as
+// transformers ignores it). Every tensor read is checked against the shape cfg
+// implies and converted to float32; nothing else is read.
+func (m *ModelDir) LoadWeights(cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
+	if lo < 0 || hi > cfg.NumLayers || lo > hi {
+		return nil, fmt.Errorf("%s: layer range [%d,%d) is outside the model's %d layers", m.Dir, lo, hi, cfg.NumLayers)
+	}
+	w := &Weights{Config: cfg, Layers: make([]*Layer, cfg.NumLayers)}
+	h := cfg.HiddenSize
+	var err error
+	if withEmbed || (withHead && cfg.TieEmbeddings) {
+		if w.Embed, err = m.readExpected("model.embed_tokens.weight", []int{cfg.VocabSize, h}); err != nil {
+			return nil, err
+		}
+	}
+	for i := lo; i < hi; i++ {
+		l := &Layer{}
+		if l.AttnNorm, err = m.readExpected(LayerTensorName(i, "input_layernorm"), []int{h}); err != nil {
+			return nil, err
+		}
+		if l.MLPNorm, err = m.readExpected(LayerTensorName(i, "post_attention_layernorm"), []int{h}); err != nil {
+			return nil, err
+		}
+		for _, s := range Linears {
+			out, in := cfg.LinearShape(s)
+			if *l.Linear(s), err = m.readExpected(LayerTensorName(i, s), []int{out, in}); err != nil {
+				return nil, err
+			}
+		}
+		w.Layers[i] = l
+	}
+	if withHead {
+		if w.FinalNorm, err = m.readExpected("model.norm.weight", []int{h}); err != nil {
+			return nil, err
+		}
+		if !cfg.TieEmbeddings {
+			if w.LMHead, err = m.readExpected("lm_head.weight", []int{cfg.VocabSize, h}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return w, nil
+}
+
+// LoadWeights opens the model directory dir, loads the part of the weights named as
+// in ModelDir.LoadWeights, and closes it.
+func LoadWeights(dir string, cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
+	m, err := OpenModelDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	return m.LoadWeights(cfg, lo, hi, withEmbed, withHead)
+}
+
+// LoadModel reads config.json and every weight of the model in dir.
+func LoadModel(dir string) (*Weights, error) {
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Supported(); err != nil {
+		return nil, err
+	}
+	return LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
+}
+
+// NamedTensors maps the Hugging Face name of every tensor w holds to its data, as
+// they are written to a safetensors checkpoint (no lm_head when tied).
+func (w *Weights) NamedTensors() map[string][]float32 {
+	out := map[string][]float32{}
+	put := func(name string, t []float32) {
+		if t != nil {
+			out[name] = t
+		}
+	}
+	put("model.embed_tokens.weight", w.Embed)
+	for i, l := range w.Layers {
+		if l == nil {
+			continue
+		}
+		put(LayerTensorName(i, "input_layernorm"), l.AttnNorm)
+		put(LayerTensorName(i, "post_attention_layernorm"), l.MLPNorm)
+		for _, s := range Linears {
+			put(LayerTensorName(i, s), *l.Linear(s))
+		}
+	}
+	put("model.norm.weight", w.FinalNorm)
+	if !w.Config.TieEmbeddings {
+		put("lm_head.weight", w.LMHead)
+	}
+	return out
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"train/model"
+)
+
+// loadModelWeights returns every weight of the model named by a Hugging Face
+// directory or random:NAME (random weights drawn from seed).
+func loadModelWeights(name string, seed int64) (*model.Weights, error) {
+	if model.IsRandomModel(name) {
+		cfg, err := model.RandomConfig(name)
+		if err != nil {
+			return nil, err
+		}
+		return model.RandomWeights(cfg, uint64(seed), 0, cfg.NumLayers, true, true, availableMemory())
+	}
+	w, err := model.LoadModel(name)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", name, err)
+	}
+	return w, nil
+}
+
+// availableMemory is the host memory the kernel reports as available, in bytes, so
+// that a model too large for this machine is refused before allocation instead of
+// being killed by the OOM killer halfway. 0 when unknown (no limit).
+func availableMemory() int64 {
+	f, err := os.Open("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "MemAvailable:" {
+			kb, err := strconv.ParseInt(fields[1], 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb * 1024
+		}
+	}
+	return 0
+}

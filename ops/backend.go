@@ -1,0 +1,184 @@
+package ops
+
+import "fmt"
+
+// DType is the element type of a buffer.
+type DType int
+
+const (
+	// F32 is the backend's floating-point type: float32 on devices and in the
+	// model's CPU backend, float64 in the reference backend used by tests.
+	F32 DType = iota
+	// I32 holds int32 values: token ids, labels, positions, segment ids.
+	I32
+)
+
+func (d DType) String() string {
+	switch d {
+	case F32:
+		return "f32"
+	case I32:
+		return "i32"
+	}
+	return fmt.Sprintf("DType(%d)", int(d))
+}
+
+// Buf is an opaque device buffer, or a view of one. Views share memory with the
+// buffer they come from; freeing is done on the allocation, not on views.
+type Buf interface {
+	// Len is the number of elements.
+	Len() int
+	// DType is the element type.
+	DType() DType
+	// Slice returns the view of n elements starting at element off. It panics
+	// when the range is outside the buffer, like a Go slice expression: ranges
+	// come from the caller's memory plan, never from user input.
+	Slice(off, n int) Buf
+}
+
+// Backend is a device: memory, transfers, and the ops the Llama forward and
+// backward passes need. Ops may run asynchronously in launch order; see the
+// package documentation for the conventions (shapes, += in backward, errors).
+//
+// Dimension names: N rows (tokens, B*T), C model width, V vocabulary, H query
+// heads, KVH key/value heads, D head dimension, P rows of a rope table.
+type Backend interface {
+	// Name says what the device is, for logs ("cpu-f32").
+	Name() string
+
+	// Alloc returns a zeroed buffer of n elements of type dt.
+	Alloc(dt DType, n int) (Buf, error)
+	// Free releases a buffer returned by Alloc. Views of it become invalid.
+	Free(b Buf)
+	// Upload copies host values into an F32 buffer (len(src) <= dst.Len()).
+	Upload(dst Buf, src []float32) error
+	// UploadInt copies host values into an I32 buffer (len(src) <= dst.Len()).
+	UploadInt(dst Buf, src []int32) error
+	// Download waits for pending work and copies the first len(dst) values of
+	// an F32 buffer to the host. It returns the first recorded op error.
+	Download(dst []float32, src Buf) error
+	// Download64 is Download widened to float64; a float64 backend returns its
+	// values unrounded (tests use it for losses).
+	Download64(dst []float64, src Buf) error
+	// Sync waits for pending work and returns the first recorded op error.
+	Sync() error
+
+	// Zero sets the first n elements of b to zero.
+	Zero(b Buf, n int)
+	// Copy copies the first n elements of src into dst.
+	Copy(dst, src Buf, n int)
+
+	// EmbeddingForward: out[N,C] = table[ids[n], :]. Nothing is saved.
+	EmbeddingForward(out, ids, table Buf, N, C, V int)
+	// EmbeddingBackward: dtable[ids[n], :] += dout[n, :].
+	EmbeddingBackward(dtable, dout, ids Buf, N, C, V int)
+
+	// RMSNormForward: out[N,C] = w * (x * rstd), rstd[N] = 1/sqrt(mean(x^2)+eps),
+	// in the backend's float type. Saves rstd for backward (with x and w).
+	RMSNormForward(out, rstd, x, w Buf, N, C int, eps float32)
+	// RMSNormBackward: dx[N,C] += d/dx, dw[C] += d/dw (dw may be nil: frozen).
+	RMSNormBackward(dx, dw, dout, x, w, rstd Buf, N, C int)
+
+	// MatmulNT: out[M,N] = alpha * a[M,K] · b[N,K]ᵀ + beta * out. The forward of
+	// nn.Linear: y[tokens,out] = x[tokens,in] · W[out,in]ᵀ. With beta == 0 the
+	// old contents of out are ignored (even NaN).
+	MatmulNT(out, a, b Buf, M, N, K int, alpha, beta float32)
+	// MatmulNN: out[M,N] = alpha * a[M,K] · b[K,N] + beta * out. The input
+	// gradient of nn.Linear: dx[tokens,in] = dy[tokens,out] · W[out,in].
+	MatmulNN(out, a, b Buf, M, N, K int, alpha, beta float32)
+	// MatmulTN: out[M,N] = alpha * a[K,M]ᵀ · b[K,N] + beta * out. The weight
+	// gradient of nn.Linear: dW[out,in] += dy[tokens,out]ᵀ · x[tokens,in].
+	MatmulTN(out, a, b Buf, M, N, K int, alpha, beta float32)
+
+	// RopeForward rotates each head of x[N, H*D] by the angles of its token's
+	// position: out[n,h,i] = x_i*cos - x_{i+D/2}*sin, out[n,h,i+D/2] =
+	// x_{i+D/2}*cos + x_i*sin (rotate_half pairing), cos/sin = table[pos[n], i],
+	// tables [P, D/2]. out may be x (in place). Nothing is saved: the backward
+	// needs only the positions.
+	RopeForward(out, x, cos, sin, pos Buf, N, H, D, P int)
+	// RopeBackward: dx = rotation by the negative angles of dout. Unlike other
+	// backward ops it overwrites dx, and dx may be dout (in place).
+	RopeBackward(dx, dout, cos, sin, pos Buf, N, H, D, P int)
+
+	// AttentionForward is causal grouped-query attention with softmax scale
+	// 1/sqrt(D): q[B*T, H*D], k,v[B*T, KVH*D], out[B*T, H*D]; query head h reads
+	// key/value head h/(H/KVH). Token t attends to tokens s <= t of its row, and
+	// when seg is not nil only to those with seg[s] == seg[t] (packed examples).
+	// Saves lse[B, H, T], the log-sum-exp of each softmax row, so backward can
+	// recompute the probabilities instead of storing [B, H, T, T].
+	AttentionForward(out, lse, q, k, v, seg Buf, B, T, H, KVH, D int)
+	// AttentionBackward: dq, dk, dv += gradients, from dout and the saved q, k,
+	// v, lse.
+	AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg Buf, B, T, H, KVH, D int)
+
+	// SwiGLUForward: out[n] = silu(gate[n]) * up[n] over n elements. Nothing
+	// new is saved (backward reads gate and up).
+	SwiGLUForward(out, gate, up Buf, n int)
+	// SwiGLUBackward: dgate, dup += gradients.
+	SwiGLUBackward(dgate, dup, dout, gate, up Buf, n int)
+
+	// CrossEntropyForward: losses[n] = logsumexp(logits[n,:]) - logits[n,
+	// targets[n]], or 0 where targets[n] == -100 (ignored). Saves nothing new:
+	// backward recomputes the softmax from logits.
+	CrossEntropyForward(losses, logits, targets Buf, N, V int)
+	// CrossEntropyBackward: dlogits[n,:] = scale * (softmax(logits[n,:]) -
+	// onehot(targets[n])), zero on ignored rows. scale is d(objective)/d(sum of
+	// losses), e.g. 1/(valid tokens in the whole step). It overwrites dlogits,
+	// which may be logits itself (in place, as llm.c does).
+	CrossEntropyBackward(dlogits, logits, targets Buf, N, V int, scale float32)
+
+	// Add: out = a + b over n elements; out may be a or b (residual connection).
+	Add(out, a, b Buf, n int)
+	// Scale: x *= s over n elements.
+	Scale(x Buf, s float32, n int)
+	// Dropout: out[i] = x[i] / (1-p) where keep(seed, i), else 0. The mask is a
+	// pure function of (seed, i) (counter-based), so applying Dropout with the
+	// same seed to a gradient is its backward, and a recomputation reproduces
+	// it. out may be x. p == 0 copies.
+	Dropout(out, x Buf, n int, p float32, seed uint64)
+}
+
+// Carve splits b into consecutive views of the given sizes, the llm.c way of
+// laying out all activations (or all parameters) in one allocation. The sum of
+// sizes must not exceed b.Len().
+func Carve(b Buf, sizes ...int) []Buf {
+	views := make([]Buf, len(sizes))
+	off := 0
+	for i, n := range sizes {
+		views[i] = b.Slice(off, n)
+		off += n
+	}
+	return views
+}
+
+// Plan lays out many buffers in one allocation: Add records a size and where to
+// put the view, Alloc allocates the total once and fills every view. The zero
+// value is an empty plan.
+type Plan struct {
+	sizes []int
+	dsts  []*Buf
+	total int
+}
+
+// Add reserves n elements for *dst, set by Alloc. n may be zero.
+func (p *Plan) Add(dst *Buf, n int) {
+	p.sizes = append(p.sizes, n)
+	p.dsts = append(p.dsts, dst)
+	p.total += n
+}
+
+// Len is the total number of elements reserved so far.
+func (p *Plan) Len() int { return p.total }
+
+// Alloc allocates one buffer of type dt holding every reserved view, points each
+// recorded destination at its view, and returns the whole buffer (to Free).
+func (p *Plan) Alloc(be Backend, dt DType) (Buf, error) {
+	all, err := be.Alloc(dt, p.total)
+	if err != nil {
+		return nil, err
+	}
+	for i, v := range Carve(all, p.sizes...) {
+		*p.dsts[i] = v
+	}
+	return all, nil
+}

@@ -1,11 +1,70 @@
 package main
 
 import (
-	"errors"
+	"encoding/json"
+	"fmt"
 	"io"
+
+	"train/data"
+	"train/model"
 )
 
-// runEval evaluates a model's loss on a JSONL file of token ids.
+// runEval prints the mean loss of a model (with an optional PEFT LoRA adapter) over
+// a JSONL file of token ids, as one JSON object.
 func runEval(args []string, stdout, stderr io.Writer) error {
-	return errors.New("eval: not built yet")
+	fs := newFlagSet("eval", `Usage: train eval -model DIR [-adapter DIR] -data FILE.jsonl
+
+Prints one JSON object: "loss", the mean cross-entropy over every label that is not
+-100 across the whole file, and "tokens", how many labels counted. Each line of the
+file is {"input_ids": [...], "labels": [...]}; labels default to input_ids and are
+aligned with them as transformers expects (position t predicts labels[t+1]).`, stderr)
+	modelDir := fs.String("model", "", "Hugging Face model directory, or random:NAME")
+	adapter := fs.String("adapter", "", "LoRA adapter directory in peft format (adapter_config.json + adapter_model.safetensors)")
+	dataPath := fs.String("data", "", "JSONL file of token ids")
+	batch := fs.Int("batch", 8, "sequences per forward pass (does not change the result)")
+	seed := fs.Int64("seed", 1, "seed of a random:NAME model's weights")
+	device := fs.String("device", "cpu", "cpu, cuda or auto")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *modelDir == "" || *dataPath == "" {
+		return usagef("-model and -data are required (see train eval -h)")
+	}
+	if *batch < 1 {
+		return usagef("-batch %d must be at least 1", *batch)
+	}
+	be, err := newBackend(*device)
+	if err != nil {
+		return err
+	}
+	w, err := loadModelWeights(*modelDir, *seed)
+	if err != nil {
+		return err
+	}
+	examples, err := data.ReadTokenFile(*dataPath, w.Config.VocabSize)
+	if err != nil {
+		return err
+	}
+	var opt model.Options
+	if *adapter != "" {
+		if opt.LoRA, err = model.ReadPEFTAdapter(*adapter, w.Config); err != nil {
+			return err
+		}
+	}
+	m, err := model.NewModel(be, w, opt)
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	m.SetTraining(false)
+	loss, tokens, err := evalExamples(m, examples, 0, *batch)
+	if err != nil {
+		return fmt.Errorf("%s: %w", *dataPath, err)
+	}
+	out, err := json.Marshal(map[string]any{"loss": loss, "tokens": tokens, "examples": len(examples)})
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", out)
+	return err
 }

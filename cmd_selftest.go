@@ -1,16 +1,382 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"encoding/binary"
+	"fmt"
 	"io"
+	"net"
+	"os"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"train/collective"
 )
 
-// runSelftest is replaced by the collectives work.
+// runSelftest checks a subsystem across every rank of the job:
+// `train selftest collective` under mpirun, srun or by hand.
 func runSelftest(args []string, stdout, stderr io.Writer) error {
-	return errors.New("selftest: not built yet")
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return usagef("which selftest? (train selftest collective)")
+	}
+	if args[0] != "collective" {
+		return usagef("unknown selftest %q (there is: collective)", args[0])
+	}
+	fs := newFlagSet("selftest collective", `train selftest collective [flags]
+
+Join the job (rank and size from mpirun, srun, RANK/WORLD_SIZE or the flags),
+run every collective across the world (all-reduce sum/avg/max/min on float32,
+bf16, float64 and int64, all-gather, reduce-scatter, broadcast from each root,
+send/recv, barrier, split and explicit sub-communicators) for lengths 0, 1,
+n-1, n+1, a prime and 4 MiB, and compare with a serial computation. Every rank
+prints one summary line; any wrong element or failure on any rank makes every
+rank exit non-zero.`, stderr)
+	cf := collective.AddFlags(fs)
+	short := fs.Bool("short", false, "skip the 4 MiB lengths")
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	cfg, err := cf.Config(os.Getenv)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	start := time.Now()
+	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, hostname(), cfg.LocalRank, launcher(cfg))
+	c, err := collective.Connect(context.Background(), cfg)
+	if err != nil {
+		fmt.Fprintf(stdout, "selftest collective: %s: FAIL: %v\n", where, err)
+		return err
+	}
+	checks, err := collective.SelfTest(c, *short)
+	if cerr := c.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		fmt.Fprintf(stdout, "selftest collective: %s: FAIL after %d checks: %v\n", where, checks, err)
+		return err
+	}
+	fmt.Fprintf(stdout, "selftest collective: %s: ok, %d checks in %.2fs\n", where, checks, time.Since(start).Seconds())
+	return nil
 }
 
-// runBench is replaced by the collectives work.
+func launcher(cfg collective.Config) string {
+	if cfg.Source == "" {
+		return "single process"
+	}
+	return cfg.Source
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "?"
+	}
+	return h
+}
+
+// runBench runs a benchmark against a peer measured in the same run:
+// `train bench collective`.
 func runBench(args []string, stdout, stderr io.Writer) error {
-	return errors.New("bench: not built yet")
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		return usagef("which benchmark? (train bench collective)")
+	}
+	if args[0] != "collective" {
+		return usagef("unknown benchmark %q (there is: collective)", args[0])
+	}
+	fs := newFlagSet("bench collective", `train bench collective [flags]
+
+Measure all-reduce (ring: reduce-scatter + all-gather over TCP) across the job
+for buffers from -min to -max bytes, doubling, and a raw TCP stream over
+loopback on rank 0 in the same run (the peer: one socket, one writer, one
+reader, no reduction). Rank 0 prints, per size, the time per all-reduce, the
+algorithm bandwidth (bytes / time), the bus bandwidth (algorithm bandwidth x
+2(n-1)/n, the bytes each link carries; comparable across rank counts), and its
+ratio to the raw stream.`, stderr)
+	cf := collective.AddFlags(fs)
+	minBytes := fs.Int("min", 1<<20, "smallest buffer in bytes")
+	maxBytes := fs.Int("max", 256<<20, "largest buffer in bytes")
+	dtype := fs.String("dtype", "float32", "element type: float32 or bf16")
+	budget := fs.Duration("time", 2*time.Second, "measuring time per size (at least 3 all-reduces)")
+	if err := parseFlags(fs, args[1:]); err != nil {
+		return err
+	}
+	if *minBytes < 4 || *maxBytes < *minBytes {
+		return usagef("need 4 <= -min <= -max")
+	}
+	if *dtype != "float32" && *dtype != "bf16" {
+		return usagef("-dtype %q: want float32 or bf16", *dtype)
+	}
+	cfg, err := cf.Config(os.Getenv)
+	if err != nil {
+		return usagef("%v", err)
+	}
+	c, err := collective.Connect(context.Background(), cfg)
+	if err != nil {
+		return err
+	}
+	err = bench(c, stdout, *minBytes, *maxBytes, *dtype, *budget, cfg)
+	if cerr := c.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func bench(c collective.Comm, w io.Writer, minBytes, maxBytes int, dtype string, budget time.Duration, cfg collective.Config) error {
+	n, rank := c.Size(), c.Rank()
+	// The peers: raw TCP streams over loopback, one socket, 1 MiB writes, no
+	// reduction: from rank 1's process to rank 0's (what a ring link is), and
+	// inside rank 0's process, while the other ranks wait.
+	if err := c.Barrier(); err != nil {
+		return err
+	}
+	var rawSelf float64
+	if rank == 0 {
+		var err error
+		if rawSelf, err = rawStream(256<<20, 3); err != nil {
+			return fmt.Errorf("raw TCP stream: %w", err)
+		}
+	}
+	raw, err := rawStreamRanks(c, cfg, 256<<20, 3)
+	if err != nil {
+		return fmt.Errorf("raw TCP stream between ranks 1 and 0: %w", err)
+	}
+	peerName := "rank 1 -> rank 0"
+	if raw == 0 {
+		raw, peerName = rawSelf, "within rank 0"
+	}
+	chunk := cfg.ChunkBytes
+	if chunk <= 0 {
+		chunk = collective.DefaultChunkBytes
+	}
+	if rank == 0 {
+		fmt.Fprintf(w, "all-reduce %s sum, ring over TCP: %d ranks (%s), chunk %d KiB, GOMAXPROCS %d\n",
+			dtype, n, launcher(cfg), chunk>>10, runtime.GOMAXPROCS(0))
+		fmt.Fprintf(w, "raw TCP loopback stream (1 socket, 1 MiB writes): within rank 0 %.2f GB/s", rawSelf/1e9)
+		if peerName != "within rank 0" {
+			fmt.Fprintf(w, ", rank 1 -> rank 0 %.2f GB/s", raw/1e9)
+		}
+		fmt.Fprintf(w, "; busbw/raw is against %s\n", peerName)
+		fmt.Fprintf(w, "%10s %6s %10s %12s %12s %10s\n", "bytes", "iters", "time/op", "algbw GB/s", "busbw GB/s", "busbw/raw")
+	}
+	big := make([]float32, maxBytes/4)
+	for i := range big {
+		big[i] = float32(i % 7)
+	}
+	for size := minBytes; size <= maxBytes; size *= 2 {
+		var buf collective.Buffer
+		if dtype == "bf16" {
+			b := make(collective.BF16, size/2)
+			for i := range b {
+				b[i] = collective.Float32ToBF16(float32(i % 3))
+			}
+			buf = b
+		} else {
+			buf = collective.F32(big[:size/4])
+		}
+		// Warm up, and let rank 0 choose the iteration count for everyone.
+		t0 := time.Now()
+		if err := c.AllReduce(buf, collective.Sum); err != nil {
+			return err
+		}
+		iters := collective.I64{int64(max(3, min(1000, int(budget/max(time.Since(t0), time.Microsecond)))))}
+		if err := c.Broadcast(iters, 0); err != nil {
+			return err
+		}
+		if err := c.Barrier(); err != nil {
+			return err
+		}
+		t0 = time.Now()
+		for range iters[0] {
+			if err := c.AllReduce(buf, collective.Sum); err != nil {
+				return err
+			}
+		}
+		el := collective.F64{time.Since(t0).Seconds()}
+		if err := c.AllReduce(el, collective.Max); err != nil { // the slowest rank's time
+			return err
+		}
+		if rank == 0 {
+			per := el[0] / float64(iters[0])
+			alg := float64(size) / per
+			bus := alg * 2 * float64(n-1) / float64(n)
+			ratio := "-"
+			if n > 1 && raw > 0 {
+				ratio = fmt.Sprintf("%.2f", bus/raw)
+			}
+			fmt.Fprintf(w, "%10d %6d %10s %12.2f %12.2f %10s\n", size, iters[0], fmtDur(per), alg/1e9, bus/1e9, ratio)
+		}
+	}
+	return nil
+}
+
+func fmtDur(s float64) string {
+	d := time.Duration(s * float64(time.Second))
+	switch {
+	case d >= time.Second:
+		return fmt.Sprintf("%.2fs", d.Seconds())
+	case d >= time.Millisecond:
+		return fmt.Sprintf("%.2fms", float64(d)/1e6)
+	}
+	return fmt.Sprintf("%.1fus", float64(d)/1e3)
+}
+
+// rawStream measures one TCP stream over loopback: bytes per second, the
+// median of reps transfers of total bytes each.
+func rawStream(total, reps int) (float64, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	errc := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 1<<20)
+		for r := 0; r < reps; r++ {
+			for got := 0; got < total; {
+				n, err := c.Read(buf[:min(len(buf), total-got)])
+				if err != nil {
+					errc <- err
+					return
+				}
+				got += n
+			}
+			if _, err := c.Write([]byte{1}); err != nil { // done
+				errc <- err
+				return
+			}
+		}
+		errc <- nil
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	buf := make([]byte, 1<<20)
+	var rates []float64
+	for r := 0; r < reps; r++ {
+		t0 := time.Now()
+		for sent := 0; sent < total; sent += len(buf) {
+			if _, err := c.Write(buf[:min(len(buf), total-sent)]); err != nil {
+				return 0, err
+			}
+		}
+		if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+			return 0, err
+		}
+		rates = append(rates, float64(total)/time.Since(t0).Seconds())
+	}
+	if err := <-errc; err != nil {
+		return 0, err
+	}
+	sort.Float64s(rates)
+	return rates[len(rates)/2], nil
+}
+
+// rawStreamRanks measures a raw TCP stream over loopback from rank 1 to rank
+// 0 (bytes per second, median of reps transfers; every rank gets the result).
+// It is 0 when the ranks do not share a host (a MasterAddr was given) or there
+// is one rank.
+func rawStreamRanks(c collective.Comm, cfg collective.Config, total, reps int) (float64, error) {
+	if c.Size() < 2 || cfg.MasterAddr != "" {
+		return 0, nil
+	}
+	var ln net.Listener
+	var lnErr error
+	info := collective.I64{0, 0} // port, nonce (keeps strangers out of the measurement)
+	if c.Rank() == 0 {
+		ln, lnErr = net.Listen("tcp", "127.0.0.1:0")
+		if lnErr == nil {
+			defer ln.Close()
+			info[0] = int64(ln.Addr().(*net.TCPAddr).Port)
+			info[1] = time.Now().UnixNano()
+		}
+	}
+	if err := c.Broadcast(info, 0); err != nil {
+		return 0, err
+	}
+	if info[0] == 0 {
+		return 0, lnErr
+	}
+	rate := collective.F64{0}
+	var err error
+	switch c.Rank() {
+	case 0:
+		err = rawReceive(ln, info[1], total, reps)
+	case 1:
+		rate[0], err = rawSend(fmt.Sprintf("127.0.0.1:%d", info[0]), info[1], total, reps)
+	}
+	if err != nil {
+		return 0, err // the job fails: the other ranks see this rank go
+	}
+	if err := c.AllReduce(rate, collective.Max); err != nil {
+		return 0, err
+	}
+	return rate[0], nil
+}
+
+func rawReceive(ln net.Listener, nonce int64, total, reps int) error {
+	ln.(*net.TCPListener).SetDeadline(time.Now().Add(30 * time.Second))
+	conn, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	var hello [8]byte
+	if _, err := io.ReadFull(conn, hello[:]); err != nil {
+		return err
+	}
+	if int64(binary.LittleEndian.Uint64(hello[:])) != nonce {
+		return fmt.Errorf("a stranger (%s) connected to the benchmark stream", conn.RemoteAddr())
+	}
+	buf := make([]byte, 1<<20)
+	for r := 0; r < reps; r++ {
+		for got := 0; got < total; {
+			n, err := conn.Read(buf[:min(len(buf), total-got)])
+			if err != nil {
+				return err
+			}
+			got += n
+		}
+		if _, err := conn.Write([]byte{1}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func rawSend(addr string, nonce int64, total, reps int) (float64, error) {
+	conn, err := net.DialTimeout("tcp", addr, 30*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	buf := make([]byte, 1<<20)
+	binary.LittleEndian.PutUint64(buf, uint64(nonce))
+	if _, err := conn.Write(buf[:8]); err != nil {
+		return 0, err
+	}
+	var rates []float64
+	for r := 0; r < reps; r++ {
+		t0 := time.Now()
+		for sent := 0; sent < total; sent += len(buf) {
+			if _, err := conn.Write(buf[:min(len(buf), total-sent)]); err != nil {
+				return 0, err
+			}
+		}
+		if _, err := io.ReadFull(conn, buf[:1]); err != nil {
+			return 0, err
+		}
+		rates = append(rates, float64(total)/time.Since(t0).Seconds())
+	}
+	sort.Float64s(rates)
+	return rates[len(rates)/2], nil
 }

@@ -3,6 +3,7 @@ package collective
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -124,4 +125,15 @@ func lengths(n int) []int {
 		ls = append(ls, 1_000_003)
 	}
 	return ls
+}
+
+// freePort returns a TCP port on loopback that was free a moment ago.
+func freePort(t testing.TB) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return port
 }

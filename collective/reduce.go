@@ -78,18 +78,35 @@ func reduceNum[T float32 | float64 | int64](op Op, dst, a, b []T) {
 func reduceBF16(op Op, dst, a, b []uint16) {
 	b = b[:len(dst)]
 	a = a[:len(dst)]
-	for i := range dst {
-		x, y := BF16ToFloat32(a[i]), BF16ToFloat32(b[i])
-		var r float32
-		switch op {
-		case Sum, Avg:
-			r = x + y
-		case Max:
-			r = max(x, y)
-		case Min:
-			r = min(x, y)
+	switch op {
+	case Sum, Avg:
+		i := 0
+		for ; i+4 <= len(dst); i += 4 {
+			d, x, y := dst[i:i+4:i+4], a[i:i+4:i+4], b[i:i+4:i+4]
+			s0 := math.Float32bits(math.Float32frombits(uint32(x[0])<<16) + math.Float32frombits(uint32(y[0])<<16))
+			s1 := math.Float32bits(math.Float32frombits(uint32(x[1])<<16) + math.Float32frombits(uint32(y[1])<<16))
+			s2 := math.Float32bits(math.Float32frombits(uint32(x[2])<<16) + math.Float32frombits(uint32(y[2])<<16))
+			s3 := math.Float32bits(math.Float32frombits(uint32(x[3])<<16) + math.Float32frombits(uint32(y[3])<<16))
+			if (s0|s1|s2|s3)&0x7f800000 == 0x7f800000 { // an Inf or NaN among them: the careful way
+				d[0], d[1], d[2], d[3] = roundBF16(s0), roundBF16(s1), roundBF16(s2), roundBF16(s3)
+				continue
+			}
+			d[0] = uint16((s0 + 0x7fff + (s0>>16)&1) >> 16)
+			d[1] = uint16((s1 + 0x7fff + (s1>>16)&1) >> 16)
+			d[2] = uint16((s2 + 0x7fff + (s2>>16)&1) >> 16)
+			d[3] = uint16((s3 + 0x7fff + (s3>>16)&1) >> 16)
 		}
-		dst[i] = Float32ToBF16(r)
+		for ; i < len(dst); i++ {
+			dst[i] = Float32ToBF16(BF16ToFloat32(a[i]) + BF16ToFloat32(b[i]))
+		}
+	case Max:
+		for i := range dst {
+			dst[i] = Float32ToBF16(max(BF16ToFloat32(a[i]), BF16ToFloat32(b[i])))
+		}
+	case Min:
+		for i := range dst {
+			dst[i] = Float32ToBF16(min(BF16ToFloat32(a[i]), BF16ToFloat32(b[i])))
+		}
 	}
 }
 
@@ -121,8 +138,9 @@ func scale(dt DType, buf []byte, n int) {
 func BF16ToFloat32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
 
 // Float32ToBF16 rounds to the nearest bfloat16, ties to even; NaN stays NaN.
-func Float32ToBF16(f float32) uint16 {
-	u := math.Float32bits(f)
+func Float32ToBF16(f float32) uint16 { return roundBF16(math.Float32bits(f)) }
+
+func roundBF16(u uint32) uint16 {
 	if u&0x7fffffff > 0x7f800000 {
 		return uint16(u>>16) | 0x40
 	}

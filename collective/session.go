@@ -973,4 +973,3 @@ func (s *session) teardown() {
 		s.logf("closing: some goroutines did not stop within %v", s.timeout)
 	}
 }
-

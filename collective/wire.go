@@ -180,8 +180,8 @@ var opNames = [...]string{"?", "all-reduce", "all-gather", "reduce-scatter", "br
 // header describes one operation on a data connection.
 type header struct {
 	kind, dtype, op, flag uint8
-	seq, count           uint64
-	root                 uint32
+	seq, count            uint64
+	root                  uint32
 }
 
 func (h header) String() string {

@@ -1,13 +1,14 @@
 package data
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"strings"
 )
 
-// The embedded default's task: reverse a short lowercase word. A person can see it
-// being learned (answers go from noise to right), it needs attention to positions,
-// and it needs no files: the text is generated and tokenized one byte per token.
+// The embedded default's task is generated, so that it needs no files, and
+// tokenized one byte per token, so that it needs no tokenizer file either.
 const (
 	// ByteBOS and ByteEOS are the begin and end ids of the byte-level encoding
 	// (bytes take ids 0..255).
@@ -17,41 +18,44 @@ const (
 	ByteVocab = 258
 )
 
-// ReverseTask makes examples "reverse: word\n" -> "drow", byte-tokenized, with the
-// loss on the answer and EOS only.
-type ReverseTask struct {
-	MinLen, MaxLen int // word length range, inclusive
+// ArithmeticTask poses single-digit sums and products, "7*8=" -> "56", byte-tokenized,
+// with the loss on the answer and EOS only. Its 200 facts are few enough for a tiny
+// model to learn in a minute on a laptop CPU, and a person can check every answer.
+type ArithmeticTask struct{}
+
+// Problem is one question: A Op B with Op '+' or '*'.
+type Problem struct {
+	A, B int
+	Op   byte
 }
 
-// Prompt is the text the model is given for word.
-func (ReverseTask) Prompt(word string) string { return "reverse: " + word + "\n" }
+// Prompt is the text the model is given.
+func (ArithmeticTask) Prompt(p Problem) string { return fmt.Sprintf("%d%c%d=", p.A, p.Op, p.B) }
 
-// Answer is the correct completion for word.
-func (ReverseTask) Answer(word string) string {
-	b := []byte(word)
-	for i, j := 0, len(b)-1; i < j; i, j = i+1, j-1 {
-		b[i], b[j] = b[j], b[i]
+// Answer is the correct completion.
+func (ArithmeticTask) Answer(p Problem) string {
+	if p.Op == '*' {
+		return strconv.Itoa(p.A * p.B)
 	}
-	return string(b)
+	return strconv.Itoa(p.A + p.B)
 }
 
-// Word draws a random lowercase word.
-func (t ReverseTask) Word(rng *rand.Rand) string {
-	n := t.MinLen + rng.IntN(t.MaxLen-t.MinLen+1)
-	var sb strings.Builder
-	for i := 0; i < n; i++ {
-		sb.WriteByte(byte('a' + rng.IntN(26)))
+// Draw picks a random problem.
+func (ArithmeticTask) Draw(rng *rand.Rand) Problem {
+	op := byte('+')
+	if rng.IntN(2) == 1 {
+		op = '*'
 	}
-	return sb.String()
+	return Problem{A: rng.IntN(10), B: rng.IntN(10), Op: op}
 }
 
-// Example tokenizes one word's prompt and answer: BOS prompt answer EOS, labels -100
-// on BOS and the prompt (aligned with the ids; the model shifts).
-func (t ReverseTask) Example(word string) TokenExample {
+// Example tokenizes one problem: BOS prompt answer EOS, labels -100 on BOS and the
+// prompt (aligned with the ids; the model shifts).
+func (t ArithmeticTask) Example(p Problem) TokenExample {
 	ids := []int{ByteBOS}
-	ids = append(ids, ByteIDs(t.Prompt(word))...)
+	ids = append(ids, ByteIDs(t.Prompt(p))...)
 	nPrompt := len(ids)
-	ids = append(ids, ByteIDs(t.Answer(word))...)
+	ids = append(ids, ByteIDs(t.Answer(p))...)
 	ids = append(ids, ByteEOS)
 	labels := append([]int(nil), ids...)
 	for i := 0; i < nPrompt; i++ {

@@ -474,17 +474,28 @@ func (m *Model) prepare(b *Batch) (targets, pos []int32, count, maxPos int, err 
 	if labels == nil {
 		return nil, nil, 0, 0, errors.New("model: batch has neither labels nor input_ids")
 	}
-	seg := b.Segments
-	targets = make([]int32, N)
 	for i, y := range labels {
 		if y != ops.IgnoreIndex && (y < 0 || int(y) >= V) {
 			return nil, nil, 0, 0, fmt.Errorf("model: labels[%d][%d] = %d is neither -100 nor in the vocabulary [0,%d)", i/T, i%T, y, V)
 		}
+	}
+	targets, count = shiftLabels(labels, b.Segments, T)
+	return targets, pos, count, maxPos, nil
+}
+
+// shiftLabels returns the per-position targets of labels [B*T] as transformers
+// shifts them (position t predicts label t+1, the last position of a row
+// nothing) and the number that are not -100. With segments, a position whose
+// next token belongs to another segment predicts nothing either, so packed
+// examples are scored exactly as separate rows.
+func shiftLabels(labels, segments []int32, T int) (targets []int32, count int) {
+	targets = make([]int32, len(labels))
+	for i, y := range labels {
 		targets[i] = ops.IgnoreIndex
 		if i%T == 0 {
 			continue // the label of a row's first token is predicted by nobody
 		}
-		if seg != nil && seg[i] != seg[i-1] {
+		if segments != nil && segments[i] != segments[i-1] {
 			continue // nor is the first label of a packed example
 		}
 		targets[i-1] = y
@@ -492,7 +503,23 @@ func (m *Model) prepare(b *Batch) (targets, pos []int32, count, maxPos int, err 
 			count++
 		}
 	}
-	return targets, pos, count, maxPos, nil
+	return targets, count
+}
+
+// LabelCount is the number of labels of b that count towards the loss (what
+// Forward returns as count), computed on the host: every rank can learn a
+// step's total before its backward passes, whatever its pipeline stage. b must
+// be well-formed (Forward validates it).
+func LabelCount(b *Batch) int {
+	labels := b.Labels
+	if labels == nil {
+		labels = b.IDs
+	}
+	if b.T <= 0 || len(labels) != b.B*b.T || (b.Segments != nil && len(b.Segments) != len(labels)) {
+		return 0
+	}
+	_, n := shiftLabels(labels, b.Segments, b.T)
+	return n
 }
 
 // Logits downloads the logits [B*T, V] of the last Forward on the last stage.

@@ -333,7 +333,7 @@ func TestLlamaPackedEqualsSeparate(t *testing.T) {
 		}
 	}
 	lp, np, gp := ltStep(t, m, packed)
-	if np != na+nc {
+	if np != na+nc || LabelCount(packed) != np || LabelCount(a) != na {
 		t.Fatalf("packed count %d, separate %d + %d", np, na, nc)
 	}
 	if math.Abs(lp-(la+lc)) > 1e-12*math.Abs(lp) {

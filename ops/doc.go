@@ -32,4 +32,6 @@
 // model runs the float32 backend (NewCPU); the float64 one (NewCPU64) exists so
 // that finite-difference gradient checks of ops and of the whole model can use
 // tight tolerances. Host data crosses the interface as float32 either way.
+// Package opstest holds any Backend to the float64 reference, op by op
+// (opstest.Check); a new device backend passes it before the model runs on it.
 package ops

@@ -154,7 +154,7 @@ func loadTrainingData(cfg config.Config, mc model.Config) (task *data.Arithmetic
 		if mc.VocabSize < data.ByteVocab {
 			return nil, nil, nil, fmt.Errorf("the generated task needs a vocabulary of at least %d ids (bytes and two specials); %s has %d: give -data FILE.jsonl", data.ByteVocab, cfg.Model, mc.VocabSize)
 		}
-		task = &data.ArithmeticTask{}
+		task = &data.ArithmeticTask{Ops: "+"}
 		rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x7461736b)) // "task"
 		for i := 0; i < 4000; i++ {
 			trainSet = append(trainSet, task.Example(task.Draw(rng)))
@@ -404,8 +404,8 @@ func evalExamples(m *model.Model, examples []data.TokenExample, maxT, B int) (fl
 // showSamples prints the model's greedy answers to a few fixed prompts.
 func (t *trainer) showSamples(task *data.ArithmeticTask, when string, w io.Writer) error {
 	t.m.SetTraining(false)
-	problems := []data.Problem{{A: 7, B: 8, Op: '*'}, {A: 3, B: 4, Op: '+'}, {A: 9, B: 9, Op: '*'},
-		{A: 6, B: 7, Op: '+'}, {A: 4, B: 6, Op: '*'}, {A: 0, B: 5, Op: '+'}}
+	problems := []data.Problem{{A: 7, B: 8, Op: '+'}, {A: 3, B: 4, Op: '+'}, {A: 9, B: 9, Op: '+'},
+		{A: 6, B: 0, Op: '+'}, {A: 2, B: 9, Op: '+'}, {A: 5, B: 5, Op: '+'}}
 	var line []string
 	right := 0
 	for _, p := range problems {

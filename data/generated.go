@@ -18,10 +18,14 @@ const (
 	ByteVocab = 258
 )
 
-// ArithmeticTask poses single-digit sums and products, "7*8=" -> "56", byte-tokenized,
-// with the loss on the answer and EOS only. Its 200 facts are few enough for a tiny
-// model to learn in a minute on a laptop CPU, and a person can check every answer.
-type ArithmeticTask struct{}
+// ArithmeticTask poses single-digit sums (or products, or differences), "7+8=" -> "15",
+// byte-tokenized, with the loss on the answer and EOS only. The hundred sums are few
+// enough for a tiny model to learn in a minute on a laptop CPU, and a person can
+// check every answer.
+type ArithmeticTask struct {
+	// Ops are the operators drawn from, e.g. "+*".
+	Ops string
+}
 
 // Problem is one question: A Op B with Op '+' or '*'.
 type Problem struct {
@@ -34,19 +38,18 @@ func (ArithmeticTask) Prompt(p Problem) string { return fmt.Sprintf("%d%c%d=", p
 
 // Answer is the correct completion.
 func (ArithmeticTask) Answer(p Problem) string {
-	if p.Op == '*' {
+	switch p.Op {
+	case '*':
 		return strconv.Itoa(p.A * p.B)
+	case '-':
+		return strconv.Itoa(p.A - p.B)
 	}
 	return strconv.Itoa(p.A + p.B)
 }
 
 // Draw picks a random problem.
-func (ArithmeticTask) Draw(rng *rand.Rand) Problem {
-	op := byte('+')
-	if rng.IntN(2) == 1 {
-		op = '*'
-	}
-	return Problem{A: rng.IntN(10), B: rng.IntN(10), Op: op}
+func (t ArithmeticTask) Draw(rng *rand.Rand) Problem {
+	return Problem{A: rng.IntN(10), B: rng.IntN(10), Op: t.Ops[rng.IntN(len(t.Ops))]}
 }
 
 // Example tokenizes one problem: BOS prompt answer EOS, labels -100 on BOS and the

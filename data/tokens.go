@@ -38,33 +38,8 @@ func ReadTokenFile(path string, vocab int) ([]TokenExample, error) {
 
 // ReadTokens is ReadTokenFile over any reader; name is used in errors.
 func ReadTokens(r io.Reader, name string, vocab int) ([]TokenExample, error) {
-	br := bufio.NewReaderSize(r, 1<<16)
-	var out []TokenExample
-	for lineNo := 1; ; lineNo++ {
-		line, err := readLine(br)
-		if err == io.EOF && len(line) == 0 {
-			break
-		}
-		if err != nil && err != io.EOF {
-			return nil, fmt.Errorf("%s:%d: %w", name, lineNo, err)
-		}
-		line = bytes.TrimSpace(line)
-		if len(line) == 0 {
-			continue
-		}
-		ex, perr := parseTokenLine(line, vocab)
-		if perr != nil {
-			return nil, fmt.Errorf("%s:%d: %w", name, lineNo, perr)
-		}
-		out = append(out, ex)
-		if err == io.EOF {
-			break
-		}
-	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no examples (the file is empty)", name)
-	}
-	return out, nil
+	examples, _, err := readExamples(r, name, &Formatter{Vocab: vocab}, false)
+	return examples, err
 }
 
 // readLine reads one line without its newline, refusing lines over maxLineBytes.

@@ -32,7 +32,7 @@ func TestReadTokensErrors(t *testing.T) {
 		{"{\"input_ids\": [1, 2], \"labels\": [1, -5]}", "labels[1] = -5"},
 		{"{\"input_ids\": [1], \"extra\": 2}", "unknown field"},
 		{"{\"input_ids\": [1.5]}", "not a"},
-		{"{\"input_ids\": [1]} {\"input_ids\": [2]}", "more than one JSON value"},
+		{"{\"input_ids\": [1]} {\"input_ids\": [2]}", "not a JSON object"},
 	}
 	for _, tc := range cases {
 		_, err := ReadTokens(strings.NewReader(tc.src), "t.jsonl", 10)

@@ -218,7 +218,7 @@ func Parse(name string, data, config []byte) (*Tokenizer, error) {
 		}
 		model.unk = id
 	}
-	t := &Tokenizer{name: name, model: *model, bos: -1, eos: -1, addedByID: map[int]*addedToken{}}
+	t := &Tokenizer{name: name, model: *model, bos: -1, eos: -1, addedByID: map[int]*addedToken{}, addedByText: map[string]int{}}
 
 	if len(f.AddedTokens) > maxAddedTokens {
 		return nil, fmt.Errorf("%s: %d added_tokens, more than %d", name, len(f.AddedTokens), maxAddedTokens)
@@ -240,6 +240,9 @@ func Parse(name string, data, config []byte) (*Tokenizer, error) {
 	for i := range t.added {
 		a := &t.added[i]
 		t.addedByID[a.id] = a
+		if _, dup := t.addedByText[a.content]; !dup {
+			t.addedByText[a.content] = a.id // the first wins, as a linear search would
+		}
 		if a.normalized {
 			norm = append(norm, a)
 		} else {

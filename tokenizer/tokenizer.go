@@ -15,10 +15,14 @@
 // ByteFallback, Fuse, Strip) -> text.
 //
 // Byte-level BPE (GPT-2, Llama 3) maps every byte of the UTF-8 text to one printable
-// character first, so no input is unknown and decode(encode(s)) == s. SentencePiece-
-// style BPE (Llama 2, Mistral, TinyLlama, stories260K) works on characters with "▁"
-// standing for a space, and falls back to <0xNN> byte tokens for characters the
-// vocabulary lacks.
+// character first, so no input is unknown and decode(encode(s)) == s. BPE in the
+// SentencePiece manner (Llama 2, Mistral, TinyLlama, stories260K) works on
+// characters with "▁" standing for a space, and falls back to <0xNN> byte tokens
+// for characters the vocabulary lacks.
+//
+// Special tokens written in the text (say "<|eot_id|>" inside a user's message)
+// become their ids, as in transformers by default; data pipelines that must not
+// let text inject them should check Encode's output with IsSpecial.
 //
 // Exactness is the point: the ids must be the ones the model was trained with, so
 // every stage follows the Rust tokenizers crate (and, where transformers replaces a
@@ -46,6 +50,7 @@ type Tokenizer struct {
 	// normalized segment (normalized == true) before the model sees it.
 	added       []addedToken
 	addedByID   map[int]*addedToken
+	addedByText map[string]int
 	rawMatch    *addedMatcher
 	normMatch   *addedMatcher
 	normalizers []normalizer
@@ -179,10 +184,8 @@ func (t *Tokenizer) VocabSize() int {
 // TokenID returns the id of a token string (added tokens first, then the model's
 // vocabulary), as tokenizers' token_to_id does.
 func (t *Tokenizer) TokenID(tok string) (int, bool) {
-	for i := range t.added {
-		if t.added[i].content == tok {
-			return t.added[i].id, true
-		}
+	if id, ok := t.addedByText[tok]; ok {
+		return id, true
 	}
 	id, ok := t.model.vocab[tok]
 	return int(id), ok

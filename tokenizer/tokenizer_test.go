@@ -423,8 +423,10 @@ func FuzzParse(f *testing.F) {
 
 // BenchmarkEncodeLlama3 measures single-goroutine encode throughput on a mixed
 // corpus: the transformers references (multilingual, code, whitespace) and the
-// llama.cpp vectors, repeated to about 1 MB. The word cache warms on the first
-// pass, as it does on a real dataset.
+// llama.cpp vectors, repeated to about 1 MiB. "docs" encodes it one document at
+// a time, as a dataset is tokenized; "one-string" as a single text. The word
+// cache warms on the first pass, as it does on a real dataset.
+// testdata/bench_hf.py measures Hugging Face on the same corpus.
 func BenchmarkEncodeLlama3(b *testing.B) {
 	tok := loadShared(b, llama3Path)
 	var parts []string
@@ -440,10 +442,22 @@ func BenchmarkEncodeLlama3(b *testing.B) {
 		parts = append(parts, strings.Split(string(data), "\n__ggml_vocab_test__\n")...)
 	}
 	unit := strings.Join(parts, "\n")
-	corpus := strings.Repeat(unit, 1+(1<<20)/len(unit))
-	b.SetBytes(int64(len(corpus)))
-	b.ResetTimer()
-	for b.Loop() {
-		tok.Encode(corpus, false)
-	}
+	reps := 1 + (1<<20)/len(unit)
+	corpus := strings.Repeat(unit, reps)
+	b.Run("docs", func(b *testing.B) {
+		b.SetBytes(int64(len(corpus)))
+		for b.Loop() {
+			for range reps {
+				for _, p := range parts {
+					tok.Encode(p, false)
+				}
+			}
+		}
+	})
+	b.Run("one-string", func(b *testing.B) {
+		b.SetBytes(int64(len(corpus)))
+		for b.Loop() {
+			tok.Encode(corpus, false)
+		}
+	})
 }

@@ -1,0 +1,340 @@
+package data
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+// Tokenizer is what the data formats need of a tokenizer (tokenizer.Tokenizer
+// implements it): encoding without special tokens, special-token lookup, and the
+// BOS/EOS ids (-1 when the tokenizer has none).
+type Tokenizer interface {
+	Encode(text string, addSpecial bool) []int
+	TokenID(token string) (int, bool)
+	BOS() int
+	EOS() int
+}
+
+// Formatter turns one JSONL line in any of the supported formats into a token
+// example:
+//
+//	{"text": "..."}                                  BOS text EOS, every token scored
+//	{"prompt": "...", "completion": "..."}           BOS prompt completion EOS, completion and EOS scored
+//	{"messages": [{"role": "...", "content": "..."}]} the Llama 3 chat template, assistant turns scored
+//	{"input_ids": [...], "labels": [...]}            as given (labels default to input_ids)
+//
+// With PromptLoss every token is scored. The format is chosen by the keys present.
+type Formatter struct {
+	Tok        Tokenizer // nil allows only the input_ids format
+	Vocab      int       // ids must be below it
+	PromptLoss bool
+}
+
+// Example parses and tokenizes one line.
+func (f *Formatter) Example(line []byte) (TokenExample, error) {
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(line, &keys); err != nil {
+		return TokenExample{}, fmt.Errorf("not a JSON object: %w", err)
+	}
+	has := func(k string) bool { _, ok := keys[k]; return ok }
+	switch {
+	case has("input_ids") || has("labels"):
+		return parseTokenLine(line, f.Vocab)
+	case has("messages"):
+		return f.chat(keys)
+	case has("prompt") || has("completion"):
+		return f.promptCompletion(keys)
+	case has("text"):
+		return f.text(keys)
+	}
+	return TokenExample{}, errors.New(`no known format: want "text", "prompt"+"completion", "messages" or "input_ids"`)
+}
+
+func (f *Formatter) needTok() error {
+	if f.Tok == nil {
+		return errors.New("text data needs a tokenizer: give -tokenizer tokenizer.json or a model directory that has one")
+	}
+	return nil
+}
+
+// onlyKeys rejects keys outside allowed, so that a misspelt key is not silently
+// dropped from training.
+func onlyKeys(keys map[string]json.RawMessage, allowed ...string) error {
+	for k := range keys {
+		ok := false
+		for _, a := range allowed {
+			ok = ok || k == a
+		}
+		if !ok {
+			return fmt.Errorf("unexpected key %q next to %q", k, allowed[0])
+		}
+	}
+	return nil
+}
+
+func stringField(keys map[string]json.RawMessage, k string) (string, error) {
+	raw, ok := keys[k]
+	if !ok {
+		return "", fmt.Errorf("missing %q", k)
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", fmt.Errorf("%q must be a string", k)
+	}
+	return s, nil
+}
+
+// ex builds an example from pieces of ids, each scored or not.
+type exBuilder struct {
+	ids, labels []int
+	promptLoss  bool
+}
+
+func (b *exBuilder) add(ids []int, scored bool) {
+	for _, id := range ids {
+		b.ids = append(b.ids, id)
+		if scored || b.promptLoss {
+			b.labels = append(b.labels, id)
+		} else {
+			b.labels = append(b.labels, IgnoreIndex)
+		}
+	}
+}
+
+func (b *exBuilder) addSpecial(id int, scored bool) {
+	if id >= 0 {
+		b.add([]int{id}, scored)
+	}
+}
+
+func (b *exBuilder) done(vocab int) (TokenExample, error) {
+	if len(b.ids) == 0 {
+		return TokenExample{}, errors.New("the example has no tokens")
+	}
+	for i, id := range b.ids {
+		if id < 0 || id >= vocab {
+			return TokenExample{}, fmt.Errorf("token %d at %d is outside the model's vocabulary [0, %d): the tokenizer does not belong to this model", id, i, vocab)
+		}
+	}
+	return TokenExample{InputIDs: b.ids, Labels: b.labels}, nil
+}
+
+func (f *Formatter) text(keys map[string]json.RawMessage) (TokenExample, error) {
+	if err := onlyKeys(keys, "text"); err != nil {
+		return TokenExample{}, err
+	}
+	if err := f.needTok(); err != nil {
+		return TokenExample{}, err
+	}
+	s, err := stringField(keys, "text")
+	if err != nil {
+		return TokenExample{}, err
+	}
+	b := &exBuilder{promptLoss: true}
+	b.addSpecial(f.Tok.BOS(), true)
+	b.add(f.Tok.Encode(s, false), true)
+	b.addSpecial(f.Tok.EOS(), true)
+	return b.done(f.Vocab)
+}
+
+func (f *Formatter) promptCompletion(keys map[string]json.RawMessage) (TokenExample, error) {
+	if err := onlyKeys(keys, "prompt", "completion"); err != nil {
+		return TokenExample{}, err
+	}
+	if err := f.needTok(); err != nil {
+		return TokenExample{}, err
+	}
+	p, err := stringField(keys, "prompt")
+	if err != nil {
+		return TokenExample{}, err
+	}
+	c, err := stringField(keys, "completion")
+	if err != nil {
+		return TokenExample{}, err
+	}
+	b := &exBuilder{promptLoss: f.PromptLoss}
+	b.addSpecial(f.Tok.BOS(), false)
+	b.add(f.Tok.Encode(p, false), false)
+	b.add(f.Tok.Encode(c, false), true)
+	b.addSpecial(f.Tok.EOS(), true)
+	return b.done(f.Vocab)
+}
+
+// chat renders messages with the Llama 3 chat template, as tokenizer_config.json's
+// template for Llama 3 does it:
+//
+//	<|begin_of_text|> then per message
+//	<|start_header_id|>{role}<|end_header_id|>\n\n{content, trimmed}<|eot_id|>
+//
+// Each text piece between special tokens is encoded on its own, as Hugging Face
+// tokenizers split special tokens out before the model runs. Assistant content and
+// its <|eot_id|> are scored; headers and other roles' turns are not.
+func (f *Formatter) chat(keys map[string]json.RawMessage) (TokenExample, error) {
+	if err := onlyKeys(keys, "messages"); err != nil {
+		return TokenExample{}, err
+	}
+	if err := f.needTok(); err != nil {
+		return TokenExample{}, err
+	}
+	var msgs []struct {
+		Role    *string `json:"role"`
+		Content *string `json:"content"`
+	}
+	if err := json.Unmarshal(keys["messages"], &msgs); err != nil {
+		return TokenExample{}, errors.New(`"messages" must be a list of {"role": "...", "content": "..."}`)
+	}
+	if len(msgs) == 0 {
+		return TokenExample{}, errors.New(`"messages" is empty`)
+	}
+	sp, err := llama3Specials(f.Tok)
+	if err != nil {
+		return TokenExample{}, err
+	}
+	b := &exBuilder{promptLoss: f.PromptLoss}
+	b.addSpecial(f.Tok.BOS(), false)
+	nl := f.Tok.Encode("\n\n", false)
+	assistant := 0
+	for i, m := range msgs {
+		if m.Role == nil || m.Content == nil {
+			return TokenExample{}, fmt.Errorf("messages[%d] needs both \"role\" and \"content\"", i)
+		}
+		switch *m.Role {
+		case "system", "user", "assistant", "ipython", "tool":
+		default:
+			return TokenExample{}, fmt.Errorf("messages[%d]: role %q is not one of system, user, assistant, tool, ipython", i, *m.Role)
+		}
+		scored := *m.Role == "assistant"
+		if scored {
+			assistant++
+		}
+		b.addSpecial(sp.start, false)
+		b.add(f.Tok.Encode(*m.Role, false), false)
+		b.addSpecial(sp.end, false)
+		body := f.Tok.Encode("\n\n"+strings.TrimSpace(*m.Content), false)
+		// The blank line belongs to the header: score only what follows it.
+		k := 0
+		if len(body) >= len(nl) && equalInts(body[:len(nl)], nl) {
+			k = len(nl)
+		}
+		b.add(body[:k], false)
+		b.add(body[k:], scored)
+		b.addSpecial(sp.eot, scored)
+	}
+	if assistant == 0 && !f.PromptLoss {
+		return TokenExample{}, errors.New("no assistant message: nothing would be trained on (set data.prompt_loss to train on every token)")
+	}
+	return b.done(f.Vocab)
+}
+
+type chatSpecials struct{ start, end, eot int }
+
+func llama3Specials(tok Tokenizer) (chatSpecials, error) {
+	var sp chatSpecials
+	for _, s := range []struct {
+		name string
+		dst  *int
+	}{{"<|start_header_id|>", &sp.start}, {"<|end_header_id|>", &sp.end}, {"<|eot_id|>", &sp.eot}} {
+		id, ok := tok.TokenID(s.name)
+		if !ok {
+			return sp, fmt.Errorf("chat data needs the Llama 3 chat tokens, and the tokenizer has no %s", s.name)
+		}
+		*s.dst = id
+	}
+	return sp, nil
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// ReadExamples reads a JSONL file of examples in any supported format. A malformed
+// line is an error naming file:line, or with skipBad a counted skip.
+func ReadExamples(path string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
+	file, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer file.Close()
+	examples, skipped, err = readExamples(file, path, f, skipBad)
+	if err != nil && !skipBad {
+		err = fmt.Errorf("%w (-skip-bad-lines skips malformed lines)", err)
+	}
+	return examples, skipped, err
+}
+
+func readExamples(r io.Reader, name string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
+	br := bufio.NewReaderSize(r, 1<<16)
+	for lineNo := 1; ; lineNo++ {
+		line, rerr := readLine(br)
+		if rerr != nil && rerr != io.EOF {
+			return nil, skipped, fmt.Errorf("%s:%d: %w", name, lineNo, rerr)
+		}
+		if t := bytes.TrimSpace(line); len(t) > 0 {
+			ex, perr := f.Example(t)
+			switch {
+			case perr != nil && skipBad:
+				skipped++
+			case perr != nil:
+				return nil, skipped, fmt.Errorf("%s:%d: %w", name, lineNo, perr)
+			default:
+				examples = append(examples, ex)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+	}
+	if len(examples) == 0 {
+		if skipped > 0 {
+			return nil, skipped, fmt.Errorf("%s: all %d lines were malformed", name, skipped)
+		}
+		return nil, 0, fmt.Errorf("%s: no examples (the file is empty)", name)
+	}
+	return examples, skipped, nil
+}
+
+// ChatPrompt renders a conversation for generation with the Llama 3 chat template
+// and add_generation_prompt: BOS, each message's turn, then the assistant header
+// the model continues from. roles and contents pair up.
+func ChatPrompt(tok Tokenizer, roles, contents []string) ([]int, error) {
+	if len(roles) != len(contents) || len(roles) == 0 {
+		return nil, errors.New("chat prompt: want one content per role, at least one message")
+	}
+	sp, err := llama3Specials(tok)
+	if err != nil {
+		return nil, err
+	}
+	b := &exBuilder{}
+	b.addSpecial(tok.BOS(), false)
+	turn := func(role, content string, eot bool) {
+		b.addSpecial(sp.start, false)
+		b.add(tok.Encode(role, false), false)
+		b.addSpecial(sp.end, false)
+		b.add(tok.Encode("\n\n"+content, false), false)
+		if eot {
+			b.addSpecial(sp.eot, false)
+		}
+	}
+	for i := range roles {
+		turn(roles[i], strings.TrimSpace(contents[i]), true)
+	}
+	b.addSpecial(sp.start, false)
+	b.add(tok.Encode("assistant", false), false)
+	b.addSpecial(sp.end, false)
+	b.add(tok.Encode("\n\n", false), false)
+	return b.ids, nil
+}

@@ -1,0 +1,133 @@
+package data
+
+import (
+	"strings"
+	"testing"
+)
+
+// byteTok is a stand-in tokenizer: one id per byte, and Llama 3's chat tokens.
+type byteTok struct{ noChat bool }
+
+func (byteTok) Encode(s string, _ bool) []int { return ByteIDs(s) }
+func (t byteTok) TokenID(s string) (int, bool) {
+	if t.noChat {
+		return 0, false
+	}
+	id, ok := map[string]int{"<|start_header_id|>": 300, "<|end_header_id|>": 301, "<|eot_id|>": 302}[s]
+	return id, ok
+}
+func (byteTok) BOS() int { return 256 }
+func (byteTok) EOS() int { return 257 }
+
+func scoredText(ex TokenExample) string {
+	var sb strings.Builder
+	for _, l := range ex.Labels {
+		switch {
+		case l == IgnoreIndex:
+			sb.WriteByte('_')
+		case l < 256:
+			sb.WriteByte(byte(l))
+		default:
+			sb.WriteByte('#')
+		}
+	}
+	return sb.String()
+}
+
+func TestFormats(t *testing.T) {
+	f := &Formatter{Tok: byteTok{}, Vocab: 400}
+	cases := []struct{ line, ids, scored string }{
+		{`{"text": "hi"}`, "#hi#", "#hi#"},
+		{`{"prompt": "2+2=", "completion": "4"}`, "#2+2=4#", "_____4#"},
+		{`{"messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}]}`,
+			"##user#\n\nhi##assistant#\n\nyo#", "_________________________yo#"},
+		{`{"input_ids": [1, 2], "labels": [-100, 2]}`, "\x01\x02", "_\x02"},
+	}
+	for _, tc := range cases {
+		ex, err := f.Example([]byte(tc.line))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.line, err)
+		}
+		var ids strings.Builder
+		for _, id := range ex.InputIDs {
+			if id < 256 {
+				ids.WriteByte(byte(id))
+			} else {
+				ids.WriteByte('#')
+			}
+		}
+		if ids.String() != tc.ids {
+			t.Errorf("%s: ids %q, want %q", tc.line, ids.String(), tc.ids)
+		}
+		if got := scoredText(ex); got != tc.scored {
+			t.Errorf("%s: scored %q, want %q", tc.line, got, tc.scored)
+		}
+	}
+	pl := &Formatter{Tok: byteTok{}, Vocab: 400, PromptLoss: true}
+	ex, err := pl.Example([]byte(`{"prompt": "a", "completion": "b"}`))
+	if err != nil || scoredText(ex) != "#ab#" {
+		t.Errorf("prompt_loss: %q %v", scoredText(ex), err)
+	}
+}
+
+func TestFormatErrors(t *testing.T) {
+	f := &Formatter{Tok: byteTok{}, Vocab: 400}
+	for _, tc := range []struct{ line, want string }{
+		{`[1]`, "not a JSON object"},
+		{`{"txt": "a"}`, "no known format"},
+		{`{"text": 3}`, `"text" must be a string`},
+		{`{"text": "a", "extra": 1}`, `unexpected key "extra"`},
+		{`{"prompt": "a"}`, `missing "completion"`},
+		{`{"messages": []}`, "is empty"},
+		{`{"messages": "hi"}`, "must be a list"},
+		{`{"messages": [{"role": "user"}]}`, `needs both "role" and "content"`},
+		{`{"messages": [{"role": "robot", "content": "x"}]}`, `role "robot"`},
+		{`{"messages": [{"role": "user", "content": "x"}]}`, "no assistant message"},
+	} {
+		if _, err := f.Example([]byte(tc.line)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want %q", tc.line, err, tc.want)
+		}
+	}
+	if _, err := (&Formatter{Vocab: 400}).Example([]byte(`{"text": "a"}`)); err == nil || !strings.Contains(err.Error(), "needs a tokenizer") {
+		t.Errorf("no tokenizer: %v", err)
+	}
+	if _, err := (&Formatter{Tok: byteTok{noChat: true}, Vocab: 400}).Example([]byte(`{"messages": [{"role": "assistant", "content": "x"}]}`)); err == nil || !strings.Contains(err.Error(), "<|start_header_id|>") {
+		t.Errorf("no chat tokens: %v", err)
+	}
+	if _, err := (&Formatter{Tok: byteTok{}, Vocab: 100}).Example([]byte(`{"text": "a"}`)); err == nil || !strings.Contains(err.Error(), "outside the model's vocabulary") {
+		t.Errorf("vocab: %v", err)
+	}
+}
+
+func TestReadExamplesSkipBad(t *testing.T) {
+	f := &Formatter{Tok: byteTok{}, Vocab: 400}
+	src := "{\"text\": \"a\"}\nnot json\n{\"text\": \"b\"}\n"
+	ex, skipped, err := readExamples(strings.NewReader(src), "d.jsonl", f, true)
+	if err != nil || len(ex) != 2 || skipped != 1 {
+		t.Fatalf("got %d examples, %d skipped, %v", len(ex), skipped, err)
+	}
+	if _, _, err := readExamples(strings.NewReader(src), "d.jsonl", f, false); err == nil || !strings.Contains(err.Error(), "d.jsonl:2:") {
+		t.Fatalf("error %v", err)
+	}
+	if _, _, err := readExamples(strings.NewReader("x\ny\n"), "d.jsonl", f, true); err == nil || !strings.Contains(err.Error(), "all 2 lines were malformed") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+func TestChatPrompt(t *testing.T) {
+	ids, err := ChatPrompt(byteTok{}, []string{"user"}, []string{" hi\n"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sb strings.Builder
+	for _, id := range ids {
+		if id < 256 {
+			sb.WriteByte(byte(id))
+		} else {
+			sb.WriteByte('#')
+		}
+	}
+	if got, want := sb.String(), "##user#\n\nhi##assistant#\n\n"; got != want {
+		t.Fatalf("prompt %q, want %q", got, want)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 
+	"train/config"
 	"train/data"
 	"train/model"
 )
@@ -15,12 +16,16 @@ func runEval(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("eval", `Usage: train eval -model DIR [-adapter DIR] -data FILE.jsonl
 
 Prints one JSON object: "loss", the mean cross-entropy over every label that is not
--100 across the whole file, and "tokens", how many labels counted. Each line of the
-file is {"input_ids": [...], "labels": [...]}; labels default to input_ids and are
-aligned with them as transformers expects (position t predicts labels[t+1]).`, stderr)
+-100 across the whole file, and "tokens", how many labels counted. A line is
+{"input_ids": [...], "labels": [...]} (labels default to input_ids and are aligned
+with them as transformers expects: position t predicts labels[t+1]), or any format
+train reads ({"text"}, {"prompt", "completion"}, {"messages"}), tokenized and
+masked exactly as in training.`, stderr)
 	modelDir := fs.String("model", "", "Hugging Face model directory, or random:NAME")
 	adapter := fs.String("adapter", "", "LoRA adapter directory in peft format (adapter_config.json + adapter_model.safetensors)")
-	dataPath := fs.String("data", "", "JSONL file of token ids")
+	dataPath := fs.String("data", "", "JSONL file of examples")
+	tokPath := fs.String("tokenizer", "", "tokenizer.json for text data; default: the model directory's own")
+	promptLoss := fs.Bool("prompt-loss", false, "also score prompt tokens, as data.prompt_loss does in training")
 	batch := fs.Int("batch", 8, "sequences per forward pass (does not change the result)")
 	seed := fs.Int64("seed", 1, "seed of a random:NAME model's weights")
 	device := fs.String("device", "cpu", "cpu, cuda or auto")
@@ -41,7 +46,17 @@ aligned with them as transformers expects (position t predicts labels[t+1]).`, s
 	if err != nil {
 		return err
 	}
-	examples, err := data.ReadTokenFile(*dataPath, w.Config.VocabSize)
+	cfg := config.Default()
+	cfg.Model, cfg.Tokenizer = *modelDir, *tokPath
+	tok, err := loadTokenizer(cfg, w.Config)
+	if err != nil {
+		return err
+	}
+	f := &data.Formatter{Vocab: w.Config.VocabSize, PromptLoss: *promptLoss}
+	if tok != nil {
+		f.Tok = tok
+	}
+	examples, _, err := data.ReadExamples(*dataPath, f, false)
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,7 @@ random Llama learning a generated task on the CPU. Flags override the config fil
 	if err := cfg.Validate(); err != nil {
 		return cfg, false, fmt.Errorf("%w (from flags or -config)", err)
 	}
+	cfg.RunDir = cfg.RunDirOrDefault()
 	return cfg, printConfig, nil
 }
 

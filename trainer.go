@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,8 +9,10 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"train/config"
@@ -17,6 +20,7 @@ import (
 	"train/model"
 	"train/ops"
 	"train/optim"
+	"train/tokenizer"
 )
 
 // maxBadSteps is how many steps in a row may have a non-finite loss or gradient
@@ -26,7 +30,9 @@ const maxBadSteps = 5
 // trainer is one process's training run on one rank: the model on its backend,
 // host copies of the trainable tensors for the optimizer, and the data order.
 type trainer struct {
+	ctx    context.Context // cancelled by SIGINT/SIGTERM: stop after the step
 	cfg    config.Config
+	tok    *tokenizer.Tokenizer // nil for the generated task
 	be     ops.Backend
 	m      *model.Model
 	params []*trainParam
@@ -51,8 +57,20 @@ type trainParam struct {
 	host optim.Param
 }
 
-// trainRun runs a training job as cfg describes and prints a summary.
+// trainRun runs a training job as cfg describes and prints a summary. SIGINT or
+// SIGTERM stops it cleanly after the current step (outputs are still written); a
+// second signal kills it.
 func trainRun(cfg config.Config, stdout, stderr io.Writer) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // restore the default action: a second signal ends the process
+	}()
+	return trainWithContext(ctx, cfg, stdout, stderr)
+}
+
+func trainWithContext(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) error {
 	start := time.Now()
 	be, err := newBackend(cfg.Device)
 	if err != nil {
@@ -62,7 +80,11 @@ func trainRun(cfg config.Config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	task, trainSet, evalSet, err := loadTrainingData(cfg, w.Config)
+	tok, err := loadTokenizer(cfg, w.Config)
+	if err != nil {
+		return err
+	}
+	task, trainSet, evalSet, err := loadTrainingData(cfg, w.Config, tok, stderr)
 	if err != nil {
 		return err
 	}
@@ -86,7 +108,7 @@ func trainRun(cfg config.Config, stdout, stderr io.Writer) error {
 	}
 	defer m.Close()
 
-	t := &trainer{cfg: cfg, be: be, m: m, train: trainSet, eval: evalSet, out: stderr,
+	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, train: trainSet, eval: evalSet, out: stderr, tok: tok,
 		rng:    rand.New(rand.NewPCG(uint64(cfg.Seed), 0x64617461)), // "data"
 		packer: data.Packer{T: cfg.Data.SeqLen, Pack: cfg.Data.Pack, PadID: 0},
 		opt:    optim.AdamW{Beta1: cfg.Train.Beta1, Beta2: cfg.Train.Beta2, Eps: cfg.Train.Eps, WeightDecay: cfg.Train.WeightDecay},
@@ -108,7 +130,7 @@ func trainRun(cfg config.Config, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	first, last, tokens, err := t.loop()
+	res, err := t.loop()
 	if err != nil {
 		return err
 	}
@@ -116,9 +138,10 @@ func trainRun(cfg config.Config, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := t.writeMetric(map[string]any{"step": cfg.Train.Steps, "eval_loss": evalLoss, "eval_tokens": evalTokens}); err != nil {
+	if err := t.writeMetric(map[string]any{"step": res.steps, "eval_loss": evalLoss, "eval_tokens": evalTokens}); err != nil {
 		return err
 	}
+	best := min(evalLoss, res.bestEval)
 	if task != nil {
 		if err := t.showSamples(task, "after training", stdout); err != nil {
 			return err
@@ -129,8 +152,11 @@ func trainRun(cfg config.Config, stdout, stderr io.Writer) error {
 		return err
 	}
 	elapsed := time.Since(start)
-	fmt.Fprintf(stdout, "done: %d steps, %s tokens in %s; train loss %.4f -> %.4f; eval loss %.4f over %d tokens\n",
-		cfg.Train.Steps, humanInt(int64(tokens)), elapsed.Round(time.Second), first, last, evalLoss, evalTokens)
+	if res.stopped {
+		fmt.Fprintf(stdout, "stopped by signal after step %d of %d\n", res.steps, cfg.Train.Steps)
+	}
+	fmt.Fprintf(stdout, "done: %d steps, %s tokens in %s; train loss %.4f -> %.4f; eval loss %.4f over %d tokens (best %.4f)\n",
+		res.steps, humanInt(int64(res.tokens)), elapsed.Round(time.Second), res.first, res.last, evalLoss, evalTokens, best)
 	fmt.Fprintf(stdout, "outputs: %s (metrics.jsonl, config.toml%s)\n", cfg.RunDir, saved)
 	return nil
 }
@@ -149,7 +175,7 @@ func newBackend(device string) (ops.Backend, error) {
 // loadTrainingData returns the training and evaluation examples: the embedded
 // generated task when data.train is empty (task is then not nil, for samples),
 // otherwise the JSONL files, with an evaluation split when data.eval is empty.
-func loadTrainingData(cfg config.Config, mc model.Config) (task *data.ArithmeticTask, trainSet, evalSet []data.TokenExample, err error) {
+func loadTrainingData(cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer, warn io.Writer) (task *data.ArithmeticTask, trainSet, evalSet []data.TokenExample, err error) {
 	if cfg.Data.Train == "" {
 		if mc.VocabSize < data.ByteVocab {
 			return nil, nil, nil, fmt.Errorf("the generated task needs a vocabulary of at least %d ids (bytes and two specials); %s has %d: give -data FILE.jsonl", data.ByteVocab, cfg.Model, mc.VocabSize)
@@ -164,22 +190,74 @@ func loadTrainingData(cfg config.Config, mc model.Config) (task *data.Arithmetic
 		}
 		return task, trainSet, evalSet, nil
 	}
-	all, err := data.ReadTokenFile(cfg.Data.Train, mc.VocabSize)
+	f := &data.Formatter{Vocab: mc.VocabSize, PromptLoss: cfg.Data.PromptLoss}
+	if tok != nil {
+		f.Tok = tok
+	}
+	read := func(key, path string) ([]data.TokenExample, error) {
+		ex, skipped, err := data.ReadExamples(path, f, cfg.Data.SkipBadLines)
+		if err != nil && !cfg.Data.SkipBadLines {
+			return nil, fmt.Errorf("%s: %w (-skip-bad-lines counts and skips malformed lines)", key, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		if skipped > 0 {
+			fmt.Fprintf(warn, "warning: %s: skipped %d malformed lines\n", path, skipped)
+		}
+		return ex, nil
+	}
+	all, err := read("data.train", cfg.Data.Train)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("data.train: %w", err)
+		return nil, nil, nil, err
 	}
 	if cfg.Data.Eval != "" {
-		evalSet, err = data.ReadTokenFile(cfg.Data.Eval, mc.VocabSize)
-		if err != nil {
-			return nil, nil, nil, fmt.Errorf("data.eval: %w", err)
+		if evalSet, err = read("data.eval", cfg.Data.Eval); err != nil {
+			return nil, nil, nil, err
 		}
 		return nil, all, evalSet, nil
 	}
+	// The split is drawn with the seed, so it does not depend on the file's order.
+	order := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x73706c74)).Perm(len(all)) // "splt"
 	nEval := int(math.Round(float64(len(all)) * cfg.Data.EvalFraction))
-	if nEval >= len(all) {
-		nEval = len(all) - 1
+	if cfg.Data.EvalFraction > 0 && nEval == 0 {
+		nEval = 1
 	}
-	return nil, all[nEval:], all[:nEval], nil
+	if nEval >= len(all) {
+		return nil, nil, nil, fmt.Errorf("data.train: %d examples are too few to hold out an evaluation split of %v; give data.eval or more data", len(all), cfg.Data.EvalFraction)
+	}
+	for i, j := range order {
+		if i < nEval {
+			evalSet = append(evalSet, all[j])
+		} else {
+			trainSet = append(trainSet, all[j])
+		}
+	}
+	return nil, trainSet, evalSet, nil
+}
+
+// loadTokenizer loads the tokenizer that cfg names, or the model directory's own
+// tokenizer.json; nil when neither exists (token-id data and the generated task
+// need none). A tokenizer with more ids than the model's embedding is an error.
+func loadTokenizer(cfg config.Config, mc model.Config) (*tokenizer.Tokenizer, error) {
+	path := cfg.Tokenizer
+	if path == "" && !model.IsRandomModel(cfg.Model) {
+		cand := filepath.Join(cfg.Model, "tokenizer.json")
+		if _, err := os.Stat(cand); err == nil {
+			path = cand
+		}
+	}
+	if path == "" {
+		return nil, nil
+	}
+	tok, err := tokenizer.Load(path)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer: %w", err)
+	}
+	if tok.VocabSize() > mc.VocabSize {
+		return nil, fmt.Errorf("tokenizer %s has %d ids but the model's vocabulary is %d: they do not belong together", path, tok.VocabSize(), mc.VocabSize)
+	}
+	return tok, nil
 }
 
 // hostParams makes the host copies of every trainable tensor.
@@ -264,53 +342,72 @@ func batchOf(r *data.Rows, seed uint64) *model.Batch {
 	return &model.Batch{B: r.B, T: r.T, IDs: r.IDs, Labels: r.Labels, Positions: r.Positions, Segments: r.Segments, Seed: seed}
 }
 
-// loop runs every optimizer step and returns the first and last training loss and
-// the number of tokens processed.
-func (t *trainer) loop() (first, last float64, tokens int, err error) {
+// loopResult is what the training loop reports.
+type loopResult struct {
+	steps       int     // optimizer steps run (fewer than asked when stopped by a signal)
+	first, last float64 // training loss of the first and last step
+	tokens      int     // tokens processed, padding included
+	bestEval    float64 // lowest eval loss seen during the loop (+Inf if none)
+	stopped     bool    // a signal ended the loop early
+}
+
+// loop runs every optimizer step: forward and backward over the step's
+// micro-batches with the loss normalised by the step's total scored labels, the
+// global gradient norm, clipping, AdamW, and a metrics line per step.
+func (t *trainer) loop() (loopResult, error) {
 	cfg := t.cfg.Train
+	res := loopResult{bestEval: math.Inf(1)}
+	prog := newProgress(t.out, cfg.Steps, cfg.LogEvery)
+	defer prog.finish()
 	t.m.SetTraining(true)
 	bad := 0
-	stepStart := time.Now()
-	var windowTokens int
 	for step := 0; step < cfg.Steps; step++ {
+		if t.ctx.Err() != nil {
+			res.stopped = true
+			prog.note("signal received: stopping after step %d", res.steps)
+			break
+		}
+		stepStart := time.Now()
 		rows := make([]*data.Rows, cfg.GradAccum)
-		total := 0
+		total, stepTokens := 0, 0
 		for i := range rows {
-			if rows[i], err = t.nextRows(); err != nil {
-				return 0, 0, 0, err
+			r, err := t.nextRows()
+			if err != nil {
+				return res, err
 			}
-			total += rows[i].ScoredLabels()
+			rows[i] = r
+			total += r.ScoredLabels()
+			stepTokens += r.B * r.T
 		}
 		if total == 0 {
-			return 0, 0, 0, fmt.Errorf("step %d: every label of the step is masked (-100): nothing to learn from; check the data's labels", step)
+			return res, fmt.Errorf("step %d: every label of the step is masked (-100): nothing to learn from; check the data's labels", step+1)
 		}
 		t.m.ZeroGrads()
 		var lossSum float64
 		for i, r := range rows {
 			ls, _, err := t.m.Forward(batchOf(r, uint64(t.cfg.Seed)<<32^uint64(step*cfg.GradAccum+i)))
 			if err != nil {
-				return 0, 0, 0, fmt.Errorf("step %d: %w", step, err)
+				return res, fmt.Errorf("step %d: %w", step+1, err)
 			}
 			lossSum += ls
 			if err := t.m.Backward(float32(1 / float64(total))); err != nil {
-				return 0, 0, 0, fmt.Errorf("step %d: %w", step, err)
+				return res, fmt.Errorf("step %d: %w", step+1, err)
 			}
-			tokens += r.B * r.T
-			windowTokens += r.B * r.T
 		}
+		res.tokens += stepTokens
 		loss := lossSum / float64(total)
 		for _, p := range t.params {
 			if err := t.be.Download(p.host.Grad, p.dev.Grad); err != nil {
-				return 0, 0, 0, fmt.Errorf("step %d: %w", step, err)
+				return res, fmt.Errorf("step %d: %w", step+1, err)
 			}
 		}
 		hp := t.hostList()
 		norm := math.Sqrt(optim.SumSquares(hp))
 		if !finite(loss) || !finite(norm) {
 			bad++
-			fmt.Fprintf(t.out, "warning: step %d: loss %v, gradient norm %v: step skipped (%d in a row)\n", step, loss, norm, bad)
+			prog.note("warning: step %d: loss %v, gradient norm %v: step skipped (%d in a row)", step+1, loss, norm, bad)
 			if bad >= maxBadSteps {
-				return 0, 0, 0, fmt.Errorf("step %d: %d steps in a row had a non-finite loss or gradient; lower train.lr or check the data", step, bad)
+				return res, fmt.Errorf("step %d: %d steps in a row had a non-finite loss or gradient; lower train.lr or check the data", step+1, bad)
 			}
 			continue
 		}
@@ -318,40 +415,37 @@ func (t *trainer) loop() (first, last float64, tokens int, err error) {
 		optim.ScaleGrads(hp, optim.ClipScale(norm, cfg.MaxGradNorm))
 		lr := t.sched.LR(step)
 		if err := t.opt.Step(hp, lr); err != nil {
-			return 0, 0, 0, err
+			return res, err
 		}
 		for _, p := range t.params {
 			if err := t.be.Upload(p.dev.Value, p.host.Value); err != nil {
-				return 0, 0, 0, err
+				return res, err
 			}
 		}
-		if step == 0 {
-			first = loss
+		if res.steps == 0 {
+			res.first = loss
 		}
-		last = loss
-		if step%cfg.LogEvery == 0 || step == cfg.Steps-1 {
-			el := time.Since(stepStart).Seconds()
-			tps := float64(windowTokens) / el
-			fmt.Fprintf(t.out, "step %5d/%d  loss %.4f  lr %.2e  grad_norm %.3f  tokens/s %.0f\n", step+1, cfg.Steps, loss, lr, norm, tps)
-			stepStart, windowTokens = time.Now(), 0
-			if err := t.writeMetric(map[string]any{"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
-				"tokens": tokens, "tokens_per_s": tps, "epoch": t.epoch}); err != nil {
-				return 0, 0, 0, err
-			}
+		res.last, res.steps = loss, step+1
+		tps := float64(stepTokens) / time.Since(stepStart).Seconds()
+		prog.step(step+1, loss, lr, tps)
+		if err := t.writeMetric(map[string]any{"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
+			"tokens": res.tokens, "scored_tokens": total, "tokens_per_s": tps, "epoch": t.epoch}); err != nil {
+			return res, err
 		}
 		if cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0 && step+1 < cfg.Steps {
 			el, n, err := t.evaluate()
 			if err != nil {
-				return 0, 0, 0, err
+				return res, err
 			}
 			t.m.SetTraining(true)
-			fmt.Fprintf(t.out, "step %5d/%d  eval_loss %.4f over %d tokens\n", step+1, cfg.Steps, el, n)
+			res.bestEval = min(res.bestEval, el)
+			prog.note("step %5d/%d  eval_loss %.4f over %d tokens", step+1, cfg.Steps, el, n)
 			if err := t.writeMetric(map[string]any{"step": step + 1, "eval_loss": el, "eval_tokens": n}); err != nil {
-				return 0, 0, 0, err
+				return res, err
 			}
 		}
 	}
-	return first, last, tokens, nil
+	return res, nil
 }
 
 func (t *trainer) hostList() []*optim.Param {
@@ -459,10 +553,11 @@ func greedy(m *model.Model, prompt []int, n, eos int) ([]int, error) {
 	return out, nil
 }
 
-// saveOutputs writes the trained adapter (LoRA) in peft's format and says where.
+// saveOutputs writes what was trained: the adapter in peft's format (LoRA), or the
+// whole model as a Hugging Face directory (full fine-tuning), with the tokenizer.
 func (t *trainer) saveOutputs(w *model.Weights) (string, error) {
 	if t.cfg.Train.Method != "lora" {
-		return "", nil
+		return t.saveModel(w)
 	}
 	ts, err := t.m.LoRATensors()
 	if err != nil {
@@ -481,6 +576,42 @@ func (t *trainer) saveOutputs(w *model.Weights) (string, error) {
 		return "", err
 	}
 	return ", adapter/ in peft format", nil
+}
+
+// saveModel writes RUN/model: config.json, model.safetensors (F32) with the trained
+// weights, and the tokenizer files when the model had them.
+func (t *trainer) saveModel(w *model.Weights) (string, error) {
+	dir := filepath.Join(t.cfg.RunDir, "model")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("save model: %w", err)
+	}
+	cfgJSON, err := model.MarshalConfig(w.Config)
+	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfgJSON, 0o644); err != nil {
+		return "", fmt.Errorf("save model: %w", err)
+	}
+	var st model.SafetensorsWriter
+	st.SetMetadata("format", "pt")
+	for _, p := range t.params {
+		if err := st.AddFloat32(p.host.Name, model.DTypeF32, p.dev.Shape, p.host.Value); err != nil {
+			return "", fmt.Errorf("save model: %w", err)
+		}
+	}
+	if err := st.WriteFile(filepath.Join(dir, "model.safetensors")); err != nil {
+		return "", fmt.Errorf("save model: %w", err)
+	}
+	if !model.IsRandomModel(t.cfg.Model) {
+		for _, name := range []string{"tokenizer.json", "tokenizer_config.json"} {
+			if src, err := os.ReadFile(filepath.Join(t.cfg.Model, name)); err == nil {
+				if err := os.WriteFile(filepath.Join(dir, name), src, 0o644); err != nil {
+					return "", fmt.Errorf("save model: %w", err)
+				}
+			}
+		}
+	}
+	return ", model/ in Hugging Face format", nil
 }
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 
@@ -30,7 +31,8 @@ type Config struct {
 	Tokenizer string `toml:"tokenizer"`
 	// Device is "cpu", "cuda", or "auto" (the GPU when there is one).
 	Device string `toml:"device"`
-	// RunDir holds logs, the effective config and checkpoints.
+	// RunDir holds logs, the effective config and checkpoints; empty means
+	// runs/<model name>-<method>.
 	RunDir string `toml:"run_dir"`
 	// Seed makes initialisation, dropout and data order reproducible.
 	Seed int64 `toml:"seed"`
@@ -121,7 +123,6 @@ func Default() Config {
 	return Config{
 		Model:  "random:tiny",
 		Device: "cpu",
-		RunDir: "runs/default",
 		Seed:   1,
 		Data: Data{
 			EvalFraction: 0.05,
@@ -246,8 +247,6 @@ func (c *Config) Validate() error {
 		return bad("model", "must name a Hugging Face model directory or random:NAME")
 	case !oneOf(c.Device, "cpu", "cuda", "auto"):
 		return bad("device", "%q is not one of cpu, cuda, auto", c.Device)
-	case strings.TrimSpace(c.RunDir) == "":
-		return bad("run_dir", "must not be empty")
 	case !finite(c.Data.EvalFraction) || c.Data.EvalFraction < 0 || c.Data.EvalFraction >= 1:
 		return bad("data.eval_fraction", "%v is outside [0, 1)", c.Data.EvalFraction)
 	case c.Data.SeqLen < 2 || c.Data.SeqLen > 1<<20:
@@ -307,6 +306,16 @@ func (c *Config) Validate() error {
 		seen[t] = true
 	}
 	return nil
+}
+
+// RunDirOrDefault is RunDir, or runs/<model name>-<method> when it is empty.
+func (c *Config) RunDirOrDefault() string {
+	if c.RunDir != "" {
+		return c.RunDir
+	}
+	name := filepath.Base(filepath.Clean(c.Model))
+	name = strings.NewReplacer(":", "-", " ", "_").Replace(name)
+	return filepath.Join("runs", name+"-"+c.Train.Method)
 }
 
 // LoRATargets are the projections a LoRA adapter can attach to.

@@ -269,11 +269,7 @@ func ReadExamples(path string, f *Formatter, skipBad bool) (examples []TokenExam
 		return nil, 0, err
 	}
 	defer file.Close()
-	examples, skipped, err = readExamples(file, path, f, skipBad)
-	if err != nil && !skipBad {
-		err = fmt.Errorf("%w (-skip-bad-lines skips malformed lines)", err)
-	}
-	return examples, skipped, err
+	return readExamples(file, path, f, skipBad)
 }
 
 func readExamples(r io.Reader, name string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+
+func requireStories(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(storiesDir, "model.safetensors")); err != nil {
+		t.Skipf("stories260K is not at %s (%v): these tests run in a checkout beside ../shared", storiesDir, err)
+	}
+}
+
+// fixedEnding is the sentence every training story ends with: stories260K never
+// writes it by itself, so producing it shows what fine-tuning taught.
+const fixedEnding = "The moon sang a quiet song."
+
+// writeStories writes n short stories that all end with fixedEnding, as {"text"} lines.
+func writeStories(t *testing.T, path string, n int, seed uint64) {
+	t.Helper()
+	names := []string{"Lily", "Tom", "Sam", "Mia", "Ben", "Sue"}
+	things := []string{"a red ball", "a big dog", "a little cat", "a toy car", "a blue kite", "a pretty flower"}
+	places := []string{"the park", "the garden", "the house", "the beach"}
+	rng := rand.New(rand.NewPCG(seed, 1))
+	var buf bytes.Buffer
+	for i := 0; i < n; i++ {
+		name := names[rng.IntN(len(names))]
+		story := fmt.Sprintf("%s had %s. %s went to %s and played all day. %s", name, things[rng.IntN(len(things))],
+			name, places[rng.IntN(len(places))], fixedEnding)
+		line, _ := json.Marshal(map[string]string{"text": story})
+		buf.Write(append(line, '\n'))
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readMetrics returns metrics.jsonl's lines.
+func readMetrics(t *testing.T, runDir string) []map[string]float64 {
+	t.Helper()
+	f, err := os.Open(filepath.Join(runDir, "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]float64
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var m map[string]float64
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("metrics.jsonl line %q: %v", sc.Text(), err)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func runMain(t *testing.T, args ...string) (stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if code := mainExit(args, &out, &errOut); code != 0 {
+		t.Fatalf("train %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out.String(), errOut.String())
+	}
+	return out.String(), errOut.String()
+}
+
+// TestFineTuneStories fine-tunes the real stories260K model with LoRA and with
+// full fine-tuning on stories that share an ending: the loss falls well below its
+// start, every step is in metrics.jsonl, and `train eval` of the saved adapter or
+// model gives exactly the eval loss the trainer reported.
+func TestFineTuneStories(t *testing.T) {
+	requireStories(t)
+	dir := t.TempDir()
+	trainPath, evalPath := filepath.Join(dir, "train.jsonl"), filepath.Join(dir, "eval.jsonl")
+	writeStories(t, trainPath, 64, 1)
+	writeStories(t, evalPath, 8, 2)
+	steps := 30
+	if raceEnabled {
+		steps = 12
+	}
+	for _, method := range []string{"lora", "full"} {
+		t.Run(method, func(t *testing.T) {
+			run := filepath.Join(dir, "run-"+method)
+			lr := "1e-2"
+			if method == "full" {
+				lr = "3e-3"
+			}
+			stdout, _ := runMain(t, "-model", storiesDir, "-data", trainPath, "-eval-data", evalPath, "-method", method,
+				"-steps", fmt.Sprint(steps), "-lr", lr, "-warmup", "2", "-batch", "4", "-seq", "128", "-lora-rank", "8",
+				"-lora-alpha", "16", "-run", run, "-log-every", "5")
+			metrics := readMetrics(t, run)
+			var losses []float64
+			evalLoss := math.NaN()
+			for _, m := range metrics {
+				if l, ok := m["loss"]; ok {
+					losses = append(losses, l)
+				}
+				if l, ok := m["eval_loss"]; ok {
+					evalLoss = l
+				}
+			}
+			if len(losses) != steps {
+				t.Fatalf("metrics.jsonl has %d step lines, want %d", len(losses), steps)
+			}
+			if losses[len(losses)-1] > 0.6*losses[0] {
+				t.Errorf("loss %.4f -> %.4f: did not fall well below its start", losses[0], losses[len(losses)-1])
+			}
+			var evalArgs []string
+			if method == "lora" {
+				evalArgs = []string{"eval", "-model", storiesDir, "-adapter", filepath.Join(run, "adapter"), "-data", evalPath}
+			} else {
+				evalArgs = []string{"eval", "-model", filepath.Join(run, "model"), "-data", evalPath}
+			}
+			out, _ := runMain(t, evalArgs...)
+			var res struct{ Loss float64 }
+			if err := json.Unmarshal([]byte(out), &res); err != nil {
+				t.Fatalf("eval output %q: %v", out, err)
+			}
+			if math.Abs(res.Loss-evalLoss) > 1e-6*evalLoss {
+				t.Errorf("train eval of the saved %s gives %.9g, the trainer reported %.9g", method, res.Loss, evalLoss)
+			}
+			if !strings.Contains(stdout, "done: ") {
+				t.Errorf("no summary in stdout:\n%s", stdout)
+			}
+			t.Logf("%s: loss %.4f -> %.4f, eval %.4f", method, losses[0], losses[len(losses)-1], evalLoss)
+		})
+	}
+}
+
+// TestTrainDefaultShortRun runs the embedded default for a few steps: it starts
+// with no files at all, shows samples, and writes its run directory.
+func TestTrainDefaultShortRun(t *testing.T) {
+	run := filepath.Join(t.TempDir(), "run")
+	stdout, stderr := runMain(t, "-steps", "4", "-run", run)
+	for _, want := range []string{"before training:", "after training:", "done: 4 steps"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, stdout)
+		}
+	}
+	if !strings.Contains(stderr, "random:tiny") {
+		t.Errorf("stderr lacks the start line:\n%s", stderr)
+	}
+	for _, f := range []string{"config.toml", "metrics.jsonl", "model/model.safetensors", "model/config.json"} {
+		if _, err := os.Stat(filepath.Join(run, f)); err != nil {
+			t.Errorf("run directory: %v", err)
+		}
+	}
+	if n := len(readMetrics(t, run)); n != 5 { // 4 steps and the final eval
+		t.Errorf("metrics.jsonl has %d lines, want 5", n)
+	}
+}
+
+func TestTrainErrors(t *testing.T) {
+	dir := t.TempDir()
+	masked := filepath.Join(dir, "masked.jsonl")
+	os.WriteFile(masked, []byte(strings.Repeat("{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, -100]}\n", 4)), 0o644)
+	bad := filepath.Join(dir, "bad.jsonl")
+	os.WriteFile(bad, []byte("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": \"x\"}\n"), 0o644)
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-data", masked, "-eval-data", masked}, "every label of the step is masked"},
+		{[]string{"-data", bad}, "bad.jsonl:2:"},
+		{[]string{"-data", filepath.Join(dir, "missing.jsonl")}, "missing.jsonl"},
+		{[]string{"-model", "random:nope"}, "random:nope"},
+		{[]string{"-method", "qlora"}, "qlora"},
+		{[]string{"-device", "cuda"}, "GPU"},
+		{[]string{"-lr", "-1"}, "train.lr"},
+	} {
+		var out, errOut bytes.Buffer
+		args := append(tc.args, "-steps", "2", "-run", filepath.Join(dir, "run"))
+		if code := mainExit(args, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), tc.want) {
+			t.Errorf("train %v: exit %d, stderr %q; want an error containing %q", tc.args, code, errOut.String(), tc.want)
+		}
+	}
+}

@@ -13,7 +13,6 @@ import (
 	"testing"
 )
 
-
 func requireStories(t *testing.T) {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(storiesDir, "model.safetensors")); err != nil {

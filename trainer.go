@@ -520,35 +520,30 @@ func (t *trainer) showSamples(task *data.ArithmeticTask, when string, w io.Write
 }
 
 // greedy extends prompt by up to n tokens, each the most likely next one, stopping
-// at eos. It reruns the whole sequence per token: fine for short samples.
+// at eos, with the model's KV-cache decoder.
 func greedy(m *model.Model, prompt []int, n, eos int) ([]int, error) {
-	ids := append([]int(nil), prompt...)
+	d, err := model.NewDecoder(m, len(prompt)+n)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	logits, err := d.Append(prompt)
+	if err != nil {
+		return nil, err
+	}
 	var out []int
-	V := m.Config().VocabSize
 	for i := 0; i < n; i++ {
-		b := &model.Batch{B: 1, T: len(ids), IDs: make([]int32, len(ids))}
-		for j, id := range ids {
-			b.IDs[j] = int32(id)
-		}
-		if _, _, err := m.Forward(b); err != nil {
-			return nil, err
-		}
-		logits, err := m.Logits()
+		best, err := model.Argmax(logits)
 		if err != nil {
 			return nil, err
 		}
-		row := logits[(len(ids)-1)*V : len(ids)*V]
-		best := 0
-		for v := range row {
-			if row[v] > row[best] {
-				best = v
-			}
-		}
 		out = append(out, best)
-		if best == eos {
+		if best == eos || i == n-1 {
 			break
 		}
-		ids = append(ids, best)
+		if logits, err = d.Append([]int{best}); err != nil {
+			return nil, err
+		}
 	}
 	return out, nil
 }

@@ -84,9 +84,6 @@ func TestFineTuneStories(t *testing.T) {
 	writeStories(t, trainPath, 64, 1)
 	writeStories(t, evalPath, 8, 2)
 	steps := 30
-	if raceEnabled {
-		steps = 12
-	}
 	for _, method := range []string{"lora", "full"} {
 		t.Run(method, func(t *testing.T) {
 			run := filepath.Join(dir, "run-"+method)
@@ -95,7 +92,7 @@ func TestFineTuneStories(t *testing.T) {
 				lr = "3e-3"
 			}
 			stdout, _ := runMain(t, "-model", storiesDir, "-data", trainPath, "-eval-data", evalPath, "-method", method,
-				"-steps", fmt.Sprint(steps), "-lr", lr, "-warmup", "2", "-batch", "4", "-seq", "128", "-lora-rank", "8",
+				"-steps", fmt.Sprint(steps), "-lr", lr, "-warmup", "2", "-batch", "2", "-seq", "64", "-lora-rank", "8",
 				"-lora-alpha", "16", "-run", run, "-log-every", "5")
 			metrics := readMetrics(t, run)
 			var losses []float64
@@ -127,6 +124,15 @@ func TestFineTuneStories(t *testing.T) {
 			}
 			if math.Abs(res.Loss-evalLoss) > 1e-6*evalLoss {
 				t.Errorf("train eval of the saved %s gives %.9g, the trainer reported %.9g", method, res.Loss, evalLoss)
+			}
+			// The fine-tuned model ends a new story with the sentence it was taught.
+			genArgs := []string{"generate", "-model", storiesDir, "-adapter", filepath.Join(run, "adapter")}
+			if method == "full" {
+				genArgs = []string{"generate", "-model", filepath.Join(run, "model")}
+			}
+			gen, _ := runMain(t, append(genArgs, "-prompt", "Ben had a toy car. Ben went to the beach and played all day.", "-max-tokens", "24")...)
+			if !strings.Contains(gen, fixedEnding) {
+				t.Errorf("after %s fine-tuning the story goes on %q, without %q", method, gen, fixedEnding)
 			}
 			if !strings.Contains(stdout, "done: ") {
 				t.Errorf("no summary in stdout:\n%s", stdout)

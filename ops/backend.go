@@ -110,6 +110,14 @@ type Backend interface {
 	// AttentionBackward: dq, dk, dv += gradients, from dout and the saved q, k,
 	// v, lse.
 	AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg Buf, B, T, H, KVH, D int)
+	// AttentionDecode is AttentionForward over a key/value cache, for generation
+	// (forward only, nothing saved): q, out [B*Tq, H*D]; kCache, vCache
+	// [B*S, KVH*D], row b's entries at [b*S, b*S+Tk) valid, the rest unread.
+	// Query i of row b sits at position Tk-Tq+i and attends to cache entries
+	// s <= Tk-Tq+i of its row. Needs 1 <= Tq <= Tk <= S. With the cache holding
+	// the same k, v it gives AttentionForward's rows Tk-Tq..Tk-1, so a prompt
+	// (Tq = Tk) and then one token at a time (Tq = 1) reproduce the full pass.
+	AttentionDecode(out, q, kCache, vCache Buf, B, Tq, Tk, S, H, KVH, D int)
 
 	// SwiGLUForward: out[n] = silu(gate[n]) * up[n] over n elements. Nothing
 	// new is saved (backward reads gate and up).

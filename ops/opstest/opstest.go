@@ -5,6 +5,7 @@
 package opstest
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -34,6 +35,7 @@ func Check(t *testing.T, be ops.Backend, tol float64) {
 	t.Run("Matmul", h.matmul)
 	t.Run("Rope", h.rope)
 	t.Run("Attention", h.attention)
+	t.Run("AttentionDecode", h.attentionDecode)
 	t.Run("SwiGLU", h.swiglu)
 	t.Run("CrossEntropy", h.crossEntropy)
 	t.Run("Elementwise", h.elementwise)
@@ -218,6 +220,20 @@ func (h *harness) attention(t *testing.T) {
 			}
 			h.compare(name, x)
 		}
+	}
+}
+
+// attentionDecode checks the cache attention of generation: a prefill chunk
+// (Tq > 1) and single tokens, with a cache longer than the valid entries.
+func (h *harness) attentionDecode(t *testing.T) {
+	B, H, KVH, D, S := 2, 4, 2, 8, 16
+	kc, vc := h.rand(B*S*KVH*D, 1), h.rand(B*S*KVH*D, 1)
+	for _, c := range []struct{ Tq, Tk int }{{9, 9}, {1, 10}, {3, 16}} {
+		q, out := h.rand(B*c.Tq*H*D, 1), h.zeros(B*c.Tq*H*D)
+		h.run(func(be ops.Backend, b func(twin) ops.Buf) {
+			be.AttentionDecode(b(out), b(q), b(kc), b(vc), B, c.Tq, c.Tk, S, H, KVH, D)
+		})
+		h.compare(fmt.Sprintf("out (Tq %d, Tk %d)", c.Tq, c.Tk), out)
 	}
 }
 

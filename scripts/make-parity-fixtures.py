@@ -11,7 +11,8 @@ are unpacked into the repository by scripts/unpack-parity-fixtures.sh:
                                    inputs.json, reference.safetensors (F64 logits, LoRA gradients)
   model/testdata/parity/rslora/    the same with use_rslora=True and a different rank
   model/testdata/parity/stories260k.json   loss of the real stories260K model on fixed sequences
-  data/testdata/tokenizer/*.jsonl  token ids from transformers for a multilingual corpus
+  data/testdata/tokenizer/*.jsonl  token ids from transformers for a multilingual corpus, and
+                                   llama3_chat.jsonl: the Llama 3 chat template's ids
 
 Usage: python3 scripts/make-parity-fixtures.py --shared DIR --out DIR
 where DIR under --shared holds models/stories260K and tokenizers/llama3 (a copy of ../shared).
@@ -283,6 +284,32 @@ def make_tokenizer_refs(root, shared):
                                    ensure_ascii=False) + "\n")
 
 
+CHATS = [
+    [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4"}],
+    [{"role": "system", "content": "You are terse.\n"}, {"role": "user", "content": "  Name a colour. "},
+     {"role": "assistant", "content": "Blue.\n\n"}, {"role": "user", "content": "Another?"},
+     {"role": "assistant", "content": "Red, 赤, 🔴"}],
+    [{"role": "user", "content": "def f(x):\n    return x\n"}],
+]
+
+
+def make_chat_refs(root, shared):
+    """Token ids of the Llama 3 chat template as transformers renders it, with and
+    without the generation prompt, for train's built-in renderer to match."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(os.path.join(shared, "tokenizers/llama3"))
+    path = os.path.join(root, "data/testdata/tokenizer/llama3_chat.jsonl")
+    with open(path, "w") as f:
+        for msgs in CHATS:
+            ids = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=False)
+            gen = tok.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids, gen = ids["input_ids"], gen["input_ids"]
+            f.write(json.dumps({"messages": msgs, "ids": list(ids), "ids_generation_prompt": list(gen)},
+                               ensure_ascii=False) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", required=True)
@@ -296,6 +323,7 @@ def main():
         make_lora(root, gen, tiny, "rslora", rank=2, alpha=3, rslora=True)
         make_stories(root, args.shared, gen)
         make_tokenizer_refs(root, args.shared)
+        make_chat_refs(root, args.shared)
         os.makedirs(args.out, exist_ok=True)
         with tarfile.open(os.path.join(args.out, "fixtures.tar"), "w") as tar:
             for top in ("model", "data"):

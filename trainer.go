@@ -48,6 +48,7 @@ type trainer struct {
 
 	out     io.Writer // human progress lines
 	metrics *os.File  // metrics.jsonl
+	log     *rankLog  // RUN/logs/rank-NNNNN.jsonl
 }
 
 // trainParam pairs a model tensor on the backend with its host copy, which the
@@ -70,7 +71,7 @@ func trainRun(cfg config.Config, stdout, stderr io.Writer) error {
 	return trainWithContext(ctx, cfg, stdout, stderr)
 }
 
-func trainWithContext(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) error {
+func trainWithContext(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (err error) {
 	start := time.Now()
 	be, err := newBackend(cfg.Device)
 	if err != nil {
@@ -122,6 +123,12 @@ func trainWithContext(ctx context.Context, cfg config.Config, stdout, stderr io.
 		return err
 	}
 	defer t.metrics.Close()
+	if t.log, err = openRankLog(cfg.RunDir, 0); err != nil {
+		return err
+	}
+	defer func() { t.log.close(err) }()
+	t.log.start("world", 1, "local_rank", 0, "device", be.Name(), "model", cfg.Model, "method", cfg.Train.Method,
+		"layers", fmt.Sprintf("[0,%d)", w.Config.NumLayers), "trainable_values", t.trainableValues(), "heap_bytes", heapBytes())
 
 	fmt.Fprintf(stderr, "train: %s on %s, %s, %d trainable tensors (%s values), %d training and %d eval examples, run dir %s\n",
 		cfg.Model, be.Name(), cfg.Train.Method, len(t.params), humanInt(t.trainableValues()), len(trainSet), len(evalSet), cfg.RunDir)
@@ -406,6 +413,7 @@ func (t *trainer) loop() (loopResult, error) {
 		if !finite(loss) || !finite(norm) {
 			bad++
 			prog.note("warning: step %d: loss %v, gradient norm %v: step skipped (%d in a row)", step+1, loss, norm, bad)
+			t.log.Warn("step skipped: non-finite loss or gradient", "step", step+1, "loss", fmt.Sprint(loss), "grad_norm", fmt.Sprint(norm))
 			if bad >= maxBadSteps {
 				return res, fmt.Errorf("step %d: %d steps in a row had a non-finite loss or gradient; lower train.lr or check the data", step+1, bad)
 			}
@@ -432,6 +440,8 @@ func (t *trainer) loop() (loopResult, error) {
 			"tokens": res.tokens, "scored_tokens": total, "tokens_per_s": tps, "epoch": t.epoch}); err != nil {
 			return res, err
 		}
+		t.log.Info("step", "step", step+1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
+			"step_s", time.Since(stepStart).Seconds(), "heap_bytes", heapBytes())
 		if cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0 && step+1 < cfg.Steps {
 			el, n, err := t.evaluate()
 			if err != nil {

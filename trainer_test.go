@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -188,5 +189,48 @@ func TestTrainErrors(t *testing.T) {
 		if code := mainExit(args, &out, &errOut); code == 0 || !strings.Contains(errOut.String(), tc.want) {
 			t.Errorf("train %v: exit %d, stderr %q; want an error containing %q", tc.args, code, errOut.String(), tc.want)
 		}
+	}
+}
+
+// TestTrainStopsOnSignal runs the trainer in a child process, interrupts it once it
+// has logged a step, and expects a clean stop: exit 0, outputs written, and the
+// summary saying where it stopped.
+func TestTrainStopsOnSignal(t *testing.T) {
+	if os.Getenv("TRAIN_TEST_CHILD") == "1" {
+		os.Exit(mainExit(strings.Fields(os.Getenv("TRAIN_TEST_ARGS")), os.Stdout, os.Stderr))
+	}
+	run := filepath.Join(t.TempDir(), "run")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestTrainStopsOnSignal$")
+	cmd.Env = append(os.Environ(), "TRAIN_TEST_CHILD=1", "TRAIN_TEST_ARGS=-steps 100000 -log-every 1 -run "+run)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	signalled := false
+	for sc.Scan() {
+		if !signalled && strings.HasPrefix(sc.Text(), "step ") {
+			if err := cmd.Process.Signal(os.Interrupt); err != nil {
+				t.Fatal(err)
+			}
+			signalled = true
+		}
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("after SIGINT the trainer exited with %v; stdout:\n%s", err, stdout.String())
+	}
+	if !signalled {
+		t.Fatal("the trainer never logged a step")
+	}
+	if !strings.Contains(stdout.String(), "stopped by signal after step") {
+		t.Errorf("no stop message in stdout:\n%s", stdout.String())
+	}
+	if _, err := os.Stat(filepath.Join(run, "model", "model.safetensors")); err != nil {
+		t.Errorf("outputs not written after the stop: %v", err)
 	}
 }

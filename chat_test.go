@@ -105,32 +105,7 @@ func TestChatFineTune(t *testing.T) {
 	}
 	cfg.VocabSize, cfg.HiddenSize, cfg.IntermediateSize, cfg.NumLayers, cfg.HeadDim = 128256, 32, 64, 1, 8
 	cfg.TieEmbeddings = true
-	w, err := model.RandomWeights(cfg, 7, 0, cfg.NumLayers, true, true, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	modelDir := filepath.Join(dir, "model")
-	os.MkdirAll(modelDir, 0o755)
-	cj, err := model.MarshalConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(modelDir, "config.json"), cj, 0o644)
-	var st model.SafetensorsWriter
-	for name, v := range w.NamedTensors() {
-		var shape []int
-		for _, spec := range cfg.ExpectedTensors() {
-			if spec.Name == name {
-				shape = spec.Shape
-			}
-		}
-		if err := st.AddFloat32(name, model.DTypeF32, shape, v); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := st.WriteFile(filepath.Join(modelDir, "model.safetensors")); err != nil {
-		t.Fatal(err)
-	}
+	modelDir := writeRandomModel(t, filepath.Join(dir, "model"), cfg, nil)
 	run := filepath.Join(dir, "run")
 	runMain(t, "-model", modelDir, "-tokenizer", llama3Tokenizer, "-data", chat, "-method", "lora",
 		"-steps", "2", "-batch", "1", "-seq", "128", "-lr", "1e-3", "-run", run)
@@ -193,4 +168,41 @@ func equalIDs(a, b []int) bool {
 		}
 	}
 	return true
+}
+
+// writeRandomModel writes a Hugging Face model directory with random weights for
+// cfg, after letting edit change them.
+func writeRandomModel(t *testing.T, dir string, cfg model.Config, edit func(*model.Weights)) string {
+	t.Helper()
+	w, err := model.RandomWeights(cfg, 7, 0, cfg.NumLayers, true, true, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(w)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cj, err := model.MarshalConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), cj, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	shapes := map[string][]int{}
+	for _, spec := range cfg.ExpectedTensors() {
+		shapes[spec.Name] = spec.Shape
+	}
+	var st model.SafetensorsWriter
+	for name, v := range w.NamedTensors() {
+		if err := st.AddFloat32(name, model.DTypeF32, shapes[name], v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := st.WriteFile(filepath.Join(dir, "model.safetensors")); err != nil {
+		t.Fatal(err)
+	}
+	return dir
 }

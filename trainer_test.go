@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"train/model"
 )
 
 func requireStories(t *testing.T) {
@@ -232,5 +234,28 @@ func TestTrainStopsOnSignal(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(run, "model", "model.safetensors")); err != nil {
 		t.Errorf("outputs not written after the stop: %v", err)
+	}
+}
+
+// TestTrainStopsOnNonFiniteLoss: a model whose loss is NaN at every step gets each
+// step skipped with a warning, and the run stops with an error after five in a row.
+func TestTrainStopsOnNonFiniteLoss(t *testing.T) {
+	cfg, err := model.RandomConfig("random:tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeRandomModel(t, filepath.Join(t.TempDir(), "nan-model"), cfg, func(w *model.Weights) {
+		w.FinalNorm[0] = float32(math.NaN())
+	})
+	var out, errOut bytes.Buffer
+	code := mainExit([]string{"-model", dir, "-steps", "20", "-run", filepath.Join(t.TempDir(), "run")}, &out, &errOut)
+	if code == 0 {
+		t.Fatalf("a NaN model trained without error:\n%s", out.String())
+	}
+	if n := strings.Count(errOut.String(), "step skipped"); n != 5 {
+		t.Errorf("%d skip warnings, want 5:\n%s", n, errOut.String())
+	}
+	if !strings.Contains(errOut.String(), "5 steps in a row had a non-finite loss") {
+		t.Errorf("stderr lacks the stop reason:\n%s", errOut.String())
 	}
 }

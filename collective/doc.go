@@ -62,14 +62,19 @@
 // Each rank keeps a control connection to rank 0 and they exchange heartbeats
 // every Timeout/4. A rank that dies closes its sockets and rank 0 notices at
 // once; a rank that hangs or becomes unreachable is noticed after Timeout of
-// silence. A rank whose data link fails reports it to rank 0. Rank 0 decides
-// (the first failure it learns of wins) and sends the verdict, a RankError
-// naming the lost rank and its host, to every rank; every rank then cuts its
-// connections, so every pending and later operation of every Comm returns
-// that error. If rank 0 itself is lost, every rank sees its control link close
-// and names rank 0. Without a verdict within Timeout a rank decides alone. So
-// a failure anywhere makes every rank fail within about Timeout, never hang;
-// the job should then exit non-zero.
+// silence. A rank whose data link fails (or that calls Abort) reports it to
+// rank 0. Rank 0 decides (the first failure it learns of wins) and sends the
+// verdict, a RankError naming the lost rank and its host, to every rank; every
+// rank then hangs up its control link and cuts its connections, so every
+// pending and later operation of every Comm returns that error. Rank 0 fails
+// itself only once the ranks have hung up (or a few seconds passed), so that
+// its process exiting cannot reset a connection before the verdict is read.
+// If rank 0 itself is lost, every rank sees its control link close and names
+// rank 0. Without a verdict within Timeout a rank decides alone. So a failure
+// anywhere makes every rank fail within about Timeout, never hang; the job
+// should then exit non-zero. A live rank that is merely slow is not a failure
+// (its heartbeats keep coming); Config.OpTimeout bounds single operations for
+// those who want that too.
 //
 // Close is collective: after a final barrier the ranks say goodbye over the
 // control links, so that an orderly end is not mistaken for a failure.

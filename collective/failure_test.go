@@ -1,12 +1,14 @@
 package collective
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"io"
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -149,4 +151,117 @@ func TestNoLeak(t *testing.T) {
 		buf := make([]byte, 1<<20)
 		t.Errorf("%d goroutines before, %d after:\n%s", before, g, buf[:runtime.Stack(buf, true)])
 	}
+}
+
+// TestDroppedConnection cuts one ring link between two live ranks: every rank
+// fails with the same verdict, naming one end of the link.
+func TestDroppedConnection(t *testing.T) {
+	n := 4
+	w := startWorld(t, n, func(c *Config) { c.Timeout = 3 * time.Second; c.ChunkBytes = 4096 })
+	w.expectErr = true
+	errs := w.each(func(c Comm) error {
+		buf := make(F32, 1<<12)
+		for i := 0; ; i++ {
+			if c.Rank() == 1 && i == 10 {
+				c.(*tcpComm).next.Close()
+			}
+			if err := c.AllReduce(buf, Sum); err != nil {
+				return err
+			}
+		}
+	})
+	verdict := -1
+	for r, err := range errs {
+		var re *RankError
+		if !errors.As(err, &re) || (re.Rank != 1 && re.Rank != 2) {
+			t.Fatalf("rank %d: %v, want an error naming rank 1 or 2", r, err)
+		}
+		if verdict >= 0 && re.Rank != verdict {
+			t.Errorf("rank %d blames rank %d, another rank blames %d", r, re.Rank, verdict)
+		}
+		verdict = re.Rank
+		t.Logf("rank %d: %v", r, err)
+	}
+}
+
+// TestMissingRank: a rank that never starts makes the others fail, naming it,
+// within the timeout instead of waiting forever.
+func TestMissingRank(t *testing.T) {
+	dir := t.TempDir()
+	n := 4
+	errs := make([]error, n-1)
+	done := make(chan int, n-1)
+	for r := 0; r < n-1; r++ {
+		go func() {
+			cfg := Config{Rank: r, Size: n, JobID: "missing", RendezvousDir: dir, Timeout: time.Second, Logf: func(string, ...any) {}}
+			c, err := Connect(context.Background(), cfg)
+			if err == nil {
+				c.Close()
+			}
+			errs[r] = err
+			done <- r
+		}()
+	}
+	for range n - 1 {
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Fatal("Connect hangs with a rank missing")
+		}
+	}
+	for r, err := range errs {
+		if err == nil {
+			t.Errorf("rank %d connected to a world with a rank missing", r)
+		}
+	}
+	if !strings.Contains(errs[0].Error(), "rank(s) 3 did not register") {
+		t.Errorf("rank 0: %v", errs[0])
+	}
+}
+
+// TestStaleRendezvousFile: the file names an address that is not this job's
+// rank 0 (left over from an earlier job, the port reused by something that
+// accepts and says nothing). The ranks retry until rank 0 has rewritten it.
+func TestStaleRendezvousFile(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // silent until the test ends
+		}
+	}()
+	dir := t.TempDir()
+	job := "stale-job"
+	if err := publish(rendezvousFile(dir, job), ln.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	w := &world{comms: make([]Comm, 3), log: &logBuf{}}
+	errs := w.each(func(Comm) error { return nil }) // sized
+	var wg sync.WaitGroup
+	for r := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r == 0 {
+				time.Sleep(200 * time.Millisecond) // the others find the stale file first
+			}
+			cfg := Config{Rank: r, Size: 3, JobID: job, RendezvousDir: dir, Timeout: 8 * time.Second, Logf: w.log.logf(r)}
+			w.comms[r], errs[r] = Connect(context.Background(), cfg)
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	t.Cleanup(func() { w.close(t) })
+	w.run(t, func(c Comm) error { return c.AllReduce(make(F32, 3), Sum) })
 }

@@ -114,7 +114,7 @@ func intVal(rank, i int) int { return (rank*31+i*7)%17 - 8 }
 
 func groupSizes() []int {
 	if raceEnabled {
-		return []int{1, 2, 3}
+		return []int{1, 2, 3, 4}
 	}
 	return []int{1, 2, 3, 4, 5}
 }

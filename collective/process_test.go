@@ -161,7 +161,7 @@ func TestProcessKilled(t *testing.T) {
 		{"kill rank 0", 0, syscall.SIGKILL},
 		{"stop rank 1", 1, syscall.SIGSTOP}, // hung, not dead: the heartbeat timeout finds it
 	}
-	const timeout = 2 * time.Second
+	const timeout = 3 * time.Second
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			n := 4

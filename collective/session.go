@@ -70,6 +70,7 @@ type ctrlConn struct {
 	rank int
 	wmu  sync.Mutex
 	wbuf []byte
+	done chan struct{} // rank 0: closed when its reader has stopped
 }
 
 func (c *ctrlConn) send(typ byte, payload []byte, timeout time.Duration) error {
@@ -175,7 +176,7 @@ func (s *session) setup(ctx context.Context, cfg Config) error {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	ip, port, err := listenAddr(cfg, s.rank)
+	ip, port, err := listenAddr(cfg, s.rank, s.logf)
 	if err != nil {
 		return err
 	}
@@ -210,7 +211,7 @@ func (s *session) setup(ctx context.Context, cfg Config) error {
 }
 
 // listenAddr picks the IP (and for rank 0, the port) to listen on.
-func listenAddr(cfg Config, rank int) (net.IP, int, error) {
+func listenAddr(cfg Config, rank int, logf func(string, ...any)) (net.IP, int, error) {
 	var ip net.IP
 	if cfg.Interface != "" {
 		var err error
@@ -244,10 +245,23 @@ func listenAddr(cfg Config, rank int) (net.IP, int, error) {
 			return nil, 0, fmt.Errorf("resolving master address %q: %w", host, err)
 		}
 		local := localIPs()
+		var loop net.IP
 		for _, a := range addrs {
-			if local[a.String()] || a.IsLoopback() {
+			if a.IsLoopback() {
+				if loop == nil {
+					loop = a
+				}
+				continue
+			}
+			if local[a.String()] {
 				return a, port, nil
 			}
+		}
+		if loop != nil {
+			if net.ParseIP(host) == nil && host != "localhost" {
+				logf("MASTER_ADDR %s resolves to loopback %v here: ranks on other hosts cannot reach rank 0 (set TRAIN_IFACE or -iface)", host, loop)
+			}
+			return loop, port, nil
 		}
 		return nil, 0, fmt.Errorf("rank 0 runs on %s, but MASTER_ADDR %s (%v) is not one of its addresses (set TRAIN_IFACE or -iface)", hostname(), host, addrs)
 	}
@@ -346,14 +360,19 @@ func (s *session) acceptLoop() {
 // serve authenticates one incoming connection and hands it on.
 func (s *session) serve(c *net.TCPConn) {
 	defer s.wg.Done()
+	if !s.track(c) { // so that closing the session cuts a handshake short
+		return
+	}
 	c.SetDeadline(time.Now().Add(s.timeout))
 	h, err := serverHandshake(c, s.token, uint32(s.size), uint32(s.rank))
 	if err != nil {
+		s.untrack(c)
 		s.logf("refused connection from %s: %v", c.RemoteAddr(), err)
 		c.Close()
 		return
 	}
 	if h.kind == kindRendezvous {
+		s.untrack(c) // a control link, not a data link: failures do not cut it
 		typ, p, _, err := readFrame(c, nil)
 		var reg peer
 		if err == nil && typ != msgRegister {
@@ -435,7 +454,7 @@ func (s *session) gather(ctx context.Context, self peer, deadline time.Time) err
 	s.ctrls = make([]*ctrlConn, s.size)
 	var firstErr error
 	for r := 1; r < s.size; r++ {
-		s.ctrls[r] = &ctrlConn{c: conns[r], rank: r}
+		s.ctrls[r] = &ctrlConn{c: conns[r], rank: r, done: make(chan struct{})}
 		if err := s.ctrls[r].send(msgTable, table, s.timeout); err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("rendezvous: sending the address table to rank %d (%s): %w", r, peers[r].addr, err)
 		}
@@ -451,7 +470,7 @@ func (s *session) gather(ctx context.Context, self peer, deadline time.Time) err
 // register is a rank's side of the rendezvous: find rank 0, prove membership,
 // say where it listens, and receive the address table.
 func (s *session) register(ctx context.Context, cfg Config, self peer, deadline time.Time) error {
-	var lastErr error
+	var lastErr, authErr error
 	file := ""
 	if cfg.MasterAddr == "" {
 		file = rendezvousFile(cfg.RendezvousDir, cfg.JobID)
@@ -468,7 +487,13 @@ func (s *session) register(ctx context.Context, cfg Config, self peer, deadline 
 			}
 		}
 		if master != "" {
-			c, err := s.dial(ctx, master, hello{world: uint32(s.size), from: uint32(s.rank), to: 0, kind: kindRendezvous}, deadline)
+			// One attempt may not use up the whole budget (a stale address can
+			// point at something that accepts and says nothing).
+			attempt := time.Now().Add(max(s.timeout/4, time.Second))
+			if attempt.After(deadline) {
+				attempt = deadline
+			}
+			c, err := s.dial(ctx, master, hello{world: uint32(s.size), from: uint32(s.rank), to: 0, kind: kindRendezvous}, attempt)
 			if err == nil {
 				cc := &ctrlConn{c: c, rank: 0}
 				err = cc.send(msgRegister, encodeRegister(self), s.timeout)
@@ -482,8 +507,14 @@ func (s *session) register(ctx context.Context, cfg Config, self peer, deadline 
 				c.Close()
 			}
 			lastErr = fmt.Errorf("rank 0 at %s: %w", master, err)
+			if strings.Contains(err.Error(), "handshake") {
+				authErr = lastErr // more telling than the refusals once rank 0 has gone
+			}
 		}
 		if time.Now().Add(wait).After(deadline) {
+			if authErr != nil && authErr != lastErr {
+				return fmt.Errorf("rendezvous failed within %v: %w (earlier: %v)", s.timeout, lastErr, authErr)
+			}
 			return fmt.Errorf("rendezvous failed within %v: %w", s.timeout, lastErr)
 		}
 		select {
@@ -709,6 +740,7 @@ func (s *session) fail(e *RankError) {
 func (s *session) report(e *RankError) {
 	if s.rank == 0 {
 		s.decide(e)
+		s.awaitVerdict()
 		return
 	}
 	select {
@@ -727,7 +759,14 @@ func (s *session) report(e *RankError) {
 	}
 }
 
-// decide is rank 0 declaring the job failed and telling every rank why.
+// decide is rank 0 declaring the job failed (the first failure it learns of
+// wins) and telling every rank why. The verdict must reach every live rank
+// before this process fails, and so most likely exits: a socket closed with
+// unread data is reset, and a reset discards what the peer has not read yet.
+// So, in the background, rank 0 sends the verdict and waits, briefly, for each
+// rank to hang up its control link, which is what a rank does on a verdict;
+// only then does it fail itself. Its own operations wait for that
+// (awaitVerdict).
 func (s *session) decide(e *RankError) {
 	s.mu.Lock()
 	if s.decided || s.err != nil {
@@ -737,19 +776,46 @@ func (s *session) decide(e *RankError) {
 	s.decided = true
 	s.mu.Unlock()
 	s.logf("job failed: %v", e)
-	p := encodeAbort(e)
-	var wg sync.WaitGroup
-	for _, c := range s.ctrls {
-		if c != nil {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				c.send(msgAbort, p, min(s.timeout, 5*time.Second))
-			}()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		p := encodeAbort(e)
+		grace := min(s.timeout, 5*time.Second)
+		var wg sync.WaitGroup
+		for _, c := range s.ctrls {
+			if c != nil {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					c.send(msgAbort, p, grace)
+				}()
+			}
 		}
+		wg.Wait()
+		expired := time.After(grace)
+	acks:
+		for _, c := range s.ctrls {
+			if c == nil || c.rank == e.Rank {
+				continue // the lost rank may never answer
+			}
+			select {
+			case <-c.done:
+			case <-expired:
+				break acks
+			}
+		}
+		s.fail(e)
+	}()
+}
+
+// awaitVerdict waits (a bounded time) for the job's verdict.
+func (s *session) awaitVerdict() {
+	t := time.NewTimer(3 * s.timeout)
+	defer t.Stop()
+	select {
+	case <-s.failed:
+	case <-t.C:
 	}
-	s.fail(e)
-	wg.Wait()
 }
 
 // startControl starts the heartbeats and the control readers.
@@ -831,6 +897,7 @@ func (s *session) readCtrl(c *ctrlConn) {
 // readCtrl0 is rank 0's reader of its link to one rank.
 func (s *session) readCtrl0(c *ctrlConn) {
 	defer s.wg.Done()
+	defer close(c.done)
 	defer c.c.Close()
 	var buf []byte
 	saidBye := false
@@ -972,4 +1039,15 @@ func (s *session) teardown() {
 	case <-time.After(s.timeout):
 		s.logf("closing: some goroutines did not stop within %v", s.timeout)
 	}
+}
+
+// tuneConn sets up a data connection: no Nagle delay, and keepalive probes so
+// that an idle link to a vanished host fails within about timeout. (A busy
+// link to a live but slow peer never times out here: the heartbeats on the
+// control links are what find hung ranks.)
+func tuneConn(c *net.TCPConn, timeout time.Duration) {
+	c.SetNoDelay(true)
+	c.SetKeepAliveConfig(net.KeepAliveConfig{
+		Enable: true, Idle: max(timeout/2, time.Second), Interval: max(timeout/8, time.Second), Count: 4,
+	})
 }

@@ -172,8 +172,37 @@ func (c *tcpComm) BroadcastAsync(buf Buffer, root int) Handle {
 	return r
 }
 
+// opDesc describes an operation for error messages; it is formatted only
+// when there is an error.
+type opDesc struct {
+	name  string
+	op    Op
+	n     int
+	dt    DType
+	other int // root, destination or source; -1 if none
+}
+
+func (d opDesc) String() string {
+	s := d.name
+	if d.op != 0 {
+		s += " " + d.op.String()
+	}
+	if d.dt != 0 {
+		s += fmt.Sprintf(" of %d %v", d.n, d.dt)
+	}
+	switch d.name {
+	case "broadcast":
+		s += fmt.Sprintf(" from rank %d", d.other)
+	case "send":
+		s += fmt.Sprintf(" to rank %d", d.other)
+	case "recv":
+		s += fmt.Sprintf(" from rank %d", d.other)
+	}
+	return s
+}
+
 // errorf wraps an operation's error with where it happened.
-func (c *tcpComm) errorf(what string, err error) error {
+func (c *tcpComm) errorf(what opDesc, err error) error {
 	if errors.Is(err, ErrClosed) {
 		return err
 	}
@@ -186,7 +215,7 @@ func (c *tcpComm) header(kind uint8, dt DType, op Op, count int, root int) heade
 }
 
 func (c *tcpComm) allReduce(buf Buffer, op Op) error {
-	what := fmt.Sprintf("all-reduce %s of %d %v", op, lenOf(buf), dtypeOf(buf))
+	what := opDesc{"all-reduce", op, lenOf(buf), dtypeOf(buf), -1}
 	b, err := hostBytes(buf)
 	if err == nil {
 		err = checkOp(buf.DType(), op)
@@ -204,7 +233,7 @@ func (c *tcpComm) allReduce(buf Buffer, op Op) error {
 }
 
 func (c *tcpComm) allGather(send, recv Buffer) error {
-	what := fmt.Sprintf("all-gather of %d %v", lenOf(send), dtypeOf(send))
+	what := opDesc{"all-gather", 0, lenOf(send), dtypeOf(send), -1}
 	sb, err := hostBytes(send)
 	var rb []byte
 	if err == nil {
@@ -237,7 +266,7 @@ func (c *tcpComm) allGather(send, recv Buffer) error {
 }
 
 func (c *tcpComm) reduceScatter(send, recv Buffer, op Op) error {
-	what := fmt.Sprintf("reduce-scatter %s of %d %v", op, lenOf(send), dtypeOf(send))
+	what := opDesc{"reduce-scatter", op, lenOf(send), dtypeOf(send), -1}
 	sb, err := hostBytes(send)
 	var rb []byte
 	if err == nil {
@@ -271,7 +300,7 @@ func (c *tcpComm) reduceScatter(send, recv Buffer, op Op) error {
 }
 
 func (c *tcpComm) broadcast(buf Buffer, root int) error {
-	what := fmt.Sprintf("broadcast of %d %v from rank %d", lenOf(buf), dtypeOf(buf), root)
+	what := opDesc{"broadcast", 0, lenOf(buf), dtypeOf(buf), root}
 	b, err := hostBytes(buf)
 	if err == nil && (root < 0 || root >= len(c.ranks)) {
 		err = fmt.Errorf("root %d is not a rank of %d", root, len(c.ranks))
@@ -458,7 +487,7 @@ func (c *tcpComm) planBroadcast(h header, b []byte, root int) {
 
 // runPlan executes c.plan: the sender goroutine writes p.send while this one
 // reads p.recv, reduces, and releases forwarded chunks to the sender.
-func (c *tcpComm) runPlan(what string, dt DType, op Op) error {
+func (c *tcpComm) runPlan(what opDesc, dt DType, op Op) error {
 	if err := c.s.failure(); err != nil {
 		return c.errorf(what, err)
 	}
@@ -615,7 +644,7 @@ func (c *tcpComm) barrier() error {
 		return nil
 	}
 	if err := c.s.failure(); err != nil {
-		return c.errorf("barrier", err)
+		return c.errorf(opDesc{name: "barrier"}, err)
 	}
 	if c.s.opTimeout > 0 {
 		d := time.Now().Add(c.s.opTimeout)
@@ -627,15 +656,15 @@ func (c *tcpComm) barrier() error {
 		h.flag = lap
 		if c.rank == 0 {
 			if err := c.writeHdr(h, next); err != nil {
-				return c.errorf("barrier", err)
+				return c.errorf(opDesc{name: "barrier"}, err)
 			}
 		}
 		if err := c.readHdr(h, prev); err != nil {
-			return c.errorf("barrier", err)
+			return c.errorf(opDesc{name: "barrier"}, err)
 		}
 		if c.rank != 0 {
 			if err := c.writeHdr(h, next); err != nil {
-				return c.errorf("barrier", err)
+				return c.errorf(opDesc{name: "barrier"}, err)
 			}
 		}
 	}
@@ -707,7 +736,7 @@ func (c *tcpComm) setLink(l *p2pLink, conn *net.TCPConn) error {
 	return nil
 }
 
-func (c *tcpComm) checkPeer(what string, buf Buffer, peer int) ([]byte, error) {
+func (c *tcpComm) checkPeer(what opDesc, buf Buffer, peer int) ([]byte, error) {
 	b, err := hostBytes(buf)
 	if err == nil && (peer < 0 || peer >= len(c.ranks) || peer == c.rank) {
 		err = fmt.Errorf("peer %d is not another rank of %d", peer, len(c.ranks))
@@ -719,7 +748,7 @@ func (c *tcpComm) checkPeer(what string, buf Buffer, peer int) ([]byte, error) {
 }
 
 func (c *tcpComm) SendAsync(buf Buffer, dst int) Handle {
-	what := fmt.Sprintf("send of %d %v to rank %d", lenOf(buf), dtypeOf(buf), dst)
+	what := opDesc{"send", 0, lenOf(buf), dtypeOf(buf), dst}
 	b, err := c.checkPeer(what, buf, dst)
 	if err != nil {
 		return doneRequest(err)
@@ -757,7 +786,7 @@ func (c *tcpComm) SendAsync(buf Buffer, dst int) Handle {
 }
 
 func (c *tcpComm) RecvAsync(buf Buffer, src int) Handle {
-	what := fmt.Sprintf("recv of %d %v from rank %d", lenOf(buf), dtypeOf(buf), src)
+	what := opDesc{"recv", 0, lenOf(buf), dtypeOf(buf), src}
 	b, err := c.checkPeer(what, buf, src)
 	if err != nil {
 		return doneRequest(err)
@@ -1016,7 +1045,7 @@ func (w *worker) loop(c *tcpComm) {
 		case <-c.s.stopped:
 			err = ErrClosed
 		case <-c.s.failed:
-			err = c.errorf("operation", c.s.failure())
+			err = c.errorf(opDesc{name: "operation"}, c.s.failure())
 		}
 		w.mu.Lock()
 		w.dead = err

@@ -4,16 +4,17 @@ import (
 	"fmt"
 	"io"
 
+	"train/collective"
 	"train/config"
 )
 
 // loadRunConfig builds the effective configuration of a training run: the defaults,
 // then the -config file, then every flag given. It returns flag.ErrHelp for -h.
-func loadRunConfig(args []string, stderr io.Writer) (cfg config.Config, printConfig bool, err error) {
+func loadRunConfig(args []string, stderr io.Writer) (cfg config.Config, launch *collective.Flags, printConfig bool, err error) {
 	cfg = config.Default()
 	if path := config.ConfigPath(args); path != "" {
 		if cfg, err = config.Load(path); err != nil {
-			return cfg, false, err
+			return cfg, nil, false, err
 		}
 	}
 	fs := newFlagSet("train", `Usage: train [-config run.toml] [flags]
@@ -24,19 +25,20 @@ random Llama learning a generated task on the CPU. Flags override the config fil
 	fs.String("config", "", "TOML configuration file (see README.md, Config reference)")
 	fs.BoolVar(&printConfig, "print-config", false, "print the effective configuration as TOML and exit")
 	config.BindFlags(fs, &cfg)
+	launch = collective.AddFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
-		return cfg, false, err
+		return cfg, nil, false, err
 	}
 	if err := cfg.Validate(); err != nil {
-		return cfg, false, fmt.Errorf("%w (from flags or -config)", err)
+		return cfg, nil, false, fmt.Errorf("%w (from flags or -config)", err)
 	}
 	cfg.RunDir = cfg.RunDirOrDefault()
-	return cfg, printConfig, nil
+	return cfg, launch, printConfig, nil
 }
 
 // runTrain is the default subcommand.
 func runTrain(args []string, stdout, stderr io.Writer) error {
-	cfg, printConfig, err := loadRunConfig(args, stderr)
+	cfg, launch, printConfig, err := loadRunConfig(args, stderr)
 	if err != nil {
 		return err
 	}
@@ -48,5 +50,5 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 		_, err = stdout.Write(out)
 		return err
 	}
-	return trainRun(cfg, stdout, stderr)
+	return trainRun(cfg, launch, stdout, stderr)
 }

@@ -8,7 +8,38 @@ import (
 	"strings"
 
 	"train/model"
+	"train/shard"
 )
+
+// loadModelConfig reads the architecture of a model directory or random:NAME and
+// checks that train supports it.
+func loadModelConfig(name string) (model.Config, error) {
+	if model.IsRandomModel(name) {
+		return model.RandomConfig(name)
+	}
+	cfg, err := model.LoadConfig(name)
+	if err != nil {
+		return cfg, fmt.Errorf("model %s: %w", name, err)
+	}
+	if err := cfg.Supported(); err != nil {
+		return cfg, fmt.Errorf("model %s: %w", name, err)
+	}
+	return cfg, nil
+}
+
+// loadStageWeights returns the weights one pipeline stage needs, reading (or
+// drawing) nothing else: its layers, the embedding on the first stage, the final
+// norm and head on the last.
+func loadStageWeights(name string, cfg model.Config, seed int64, r shard.Rank) (*model.Weights, error) {
+	if model.IsRandomModel(name) {
+		return model.RandomWeights(cfg, uint64(seed), r.Lo, r.Hi, r.Embed, r.Head, availableMemory())
+	}
+	w, err := model.LoadWeights(name, cfg, r.Lo, r.Hi, r.Embed, r.Head)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", name, err)
+	}
+	return w, nil
+}
 
 // loadModelWeights returns every weight of the model named by a Hugging Face
 // directory or random:NAME (random weights drawn from seed).

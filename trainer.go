@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"train/collective"
 	"train/config"
 	"train/data"
 	"train/model"
@@ -30,14 +31,15 @@ const maxBadSteps = 5
 // trainer is one process's training run on one rank: the model on its backend,
 // host copies of the trainable tensors for the optimizer, and the data order.
 type trainer struct {
-	ctx    context.Context // cancelled by SIGINT/SIGTERM: stop after the step
-	cfg    config.Config
-	tok    *tokenizer.Tokenizer // nil for the generated task
-	be     ops.Backend
-	m      *model.Model
-	params []*trainParam
-	opt    optim.AdamW
-	sched  optim.Schedule
+	ctx   context.Context // cancelled by SIGINT/SIGTERM: stop after the step
+	cfg   config.Config
+	tok   *tokenizer.Tokenizer // nil for the generated task
+	be    ops.Backend
+	m     *model.Model
+	dist  *dist       // this rank's place in the run
+	flat  *flatParams // the trainable tensors on the host, for reduction and the optimizer
+	opt   optim.AdamW
+	sched optim.Schedule
 
 	train, eval []data.TokenExample
 	order       []int // shuffled indices into train; refilled each epoch
@@ -51,33 +53,43 @@ type trainer struct {
 	log     *rankLog  // RUN/logs/rank-NNNNN.jsonl
 }
 
-// trainParam pairs a model tensor on the backend with its host copy, which the
-// optimizer updates and which is uploaded after each step.
-type trainParam struct {
-	dev  *model.Param
-	host optim.Param
-}
-
 // trainRun runs a training job as cfg describes and prints a summary. SIGINT or
 // SIGTERM stops it cleanly after the current step (outputs are still written); a
 // second signal kills it.
-func trainRun(cfg config.Config, stdout, stderr io.Writer) error {
+func trainRun(cfg config.Config, launch *collective.Flags, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	go func() {
 		<-ctx.Done()
 		stop() // restore the default action: a second signal ends the process
 	}()
-	return trainWithContext(ctx, cfg, stdout, stderr)
+	return trainWithContext(ctx, cfg, launch, stdout, stderr)
 }
 
-func trainWithContext(ctx context.Context, cfg config.Config, stdout, stderr io.Writer) (err error) {
+func trainWithContext(ctx context.Context, cfg config.Config, launch *collective.Flags, stdout, stderr io.Writer) (err error) {
 	start := time.Now()
 	be, err := newBackend(cfg.Device)
 	if err != nil {
 		return err
 	}
-	w, err := loadModelWeights(cfg.Model, cfg.Seed)
+	mc, err := loadModelConfig(cfg.Model)
+	if err != nil {
+		return err
+	}
+	d, err := joinWorld(ctx, cfg, launch, &mc)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := d.close(err); err == nil && cerr != nil {
+			err = fmt.Errorf("closing the collectives: %w", cerr)
+		}
+	}()
+	if !d.isRoot() {
+		stdout, stderr = io.Discard, io.Discard // rank 0 speaks for the job; every rank has its log
+	}
+	// Each rank loads only the tensors of its own stage.
+	w, err := loadStageWeights(cfg.Model, mc, cfg.Seed, d.me)
 	if err != nil {
 		return err
 	}
@@ -103,36 +115,49 @@ func trainWithContext(ctx context.Context, cfg config.Config, stdout, stderr io.
 	case "qlora":
 		return errors.New("train.method qlora keeps 4-bit NF4 base weights on a GPU, which this build's CPU backend cannot; use -method lora on the CPU")
 	}
+	opts.Lo, opts.Hi = d.me.Lo, d.me.Hi
 	m, err := model.NewModel(be, w, opts)
 	if err != nil {
 		return err
 	}
 	defer m.Close()
 
-	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, train: trainSet, eval: evalSet, out: stderr, tok: tok,
+	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, dist: d, train: trainSet, eval: evalSet, out: stderr, tok: tok,
 		rng:    rand.New(rand.NewPCG(uint64(cfg.Seed), 0x64617461)), // "data"
 		packer: data.Packer{T: cfg.Data.SeqLen, Pack: cfg.Data.Pack, PadID: 0},
 		opt:    optim.AdamW{Beta1: cfg.Train.Beta1, Beta2: cfg.Train.Beta2, Eps: cfg.Train.Eps, WeightDecay: cfg.Train.WeightDecay},
 		sched: optim.Schedule{Peak: cfg.Train.LR, MinRatio: cfg.Train.MinLRRatio, Warmup: cfg.Train.WarmupSteps,
 			Total: cfg.Train.Steps, Kind: cfg.Train.Schedule},
 	}
-	if err := t.hostParams(); err != nil {
+	shards, shardIndex := 1, 0
+	if d.zero1 {
+		shards, shardIndex = d.plan.Replicas, d.me.Replica
+	}
+	tiedDup := mc.TieEmbeddings && d.plan.Stages > 1 && d.last()
+	if t.flat, err = newFlatParams(m, be, shards, shardIndex, tiedDup); err != nil {
 		return err
 	}
 	if err := t.openRunDir(); err != nil {
 		return err
 	}
-	defer t.metrics.Close()
-	if t.log, err = openRankLog(cfg.RunDir, 0); err != nil {
+	if t.metrics != nil {
+		defer t.metrics.Close()
+	}
+	if t.log, err = openRankLog(cfg.RunDir, d.rank()); err != nil {
 		return err
 	}
 	defer func() { t.log.close(err) }()
-	t.log.start("world", 1, "local_rank", 0, "device", be.Name(), "model", cfg.Model, "method", cfg.Train.Method,
-		"layers", fmt.Sprintf("[0,%d)", w.Config.NumLayers), "trainable_values", t.trainableValues(), "heap_bytes", heapBytes())
+	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(),
+		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
+		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "trainable_values", t.flat.values(), "heap_bytes", heapBytes())
 
-	fmt.Fprintf(stderr, "train: %s on %s, %s, %d trainable tensors (%s values), %d training and %d eval examples, run dir %s\n",
-		cfg.Model, be.Name(), cfg.Train.Method, len(t.params), humanInt(t.trainableValues()), len(trainSet), len(evalSet), cfg.RunDir)
-	if task != nil {
+	fmt.Fprintf(stderr, "train: %s on %s, %s, %s trainable values on rank 0, %d training and %d eval examples, run dir %s\n",
+		cfg.Model, be.Name(), cfg.Train.Method, humanInt(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
+	if d.plan.World > 1 {
+		fmt.Fprint(stderr, d.plan.String())
+	}
+	samples := task != nil && d.plan.Stages == 1
+	if samples && d.isRoot() {
 		if err := t.showSamples(task, "before training", stdout); err != nil {
 			return err
 		}
@@ -149,7 +174,7 @@ func trainWithContext(ctx context.Context, cfg config.Config, stdout, stderr io.
 		return err
 	}
 	best := min(evalLoss, res.bestEval)
-	if task != nil {
+	if samples && d.isRoot() {
 		if err := t.showSamples(task, "after training", stdout); err != nil {
 			return err
 		}
@@ -267,37 +292,16 @@ func loadTokenizer(cfg config.Config, mc model.Config) (*tokenizer.Tokenizer, er
 	return tok, nil
 }
 
-// hostParams makes the host copies of every trainable tensor.
-func (t *trainer) hostParams() error {
-	for _, p := range t.m.Params() {
-		if p.Grad == nil {
-			continue
-		}
-		n := p.Value.Len()
-		tp := &trainParam{dev: p, host: optim.Param{Name: p.Name, Value: make([]float32, n), Grad: make([]float32, n),
-			NoDecay: len(p.Shape) == 1}}
-		if err := t.be.Download(tp.host.Value, p.Value); err != nil {
-			return fmt.Errorf("train: %s: %w", p.Name, err)
-		}
-		t.params = append(t.params, tp)
-	}
-	if len(t.params) == 0 {
-		return errors.New("train: the model has no trainable tensors")
-	}
-	return nil
-}
-
-func (t *trainer) trainableValues() int64 {
-	var n int64
-	for _, p := range t.params {
-		n += int64(len(p.host.Value))
-	}
-	return n
-}
-
-// openRunDir creates the run directory with the effective config and metrics.jsonl.
+// openRunDir creates the run directory; rank 0 writes the effective config, the
+// plan and metrics.jsonl there.
 func (t *trainer) openRunDir() error {
 	if err := os.MkdirAll(t.cfg.RunDir, 0o755); err != nil {
+		return fmt.Errorf("run dir: %w", err)
+	}
+	if !t.dist.isRoot() {
+		return nil
+	}
+	if err := os.WriteFile(filepath.Join(t.cfg.RunDir, "plan.txt"), []byte(t.dist.plan.String()), 0o644); err != nil {
 		return fmt.Errorf("run dir: %w", err)
 	}
 	cfgText, err := t.cfg.Encode()
@@ -316,6 +320,9 @@ func (t *trainer) openRunDir() error {
 }
 
 func (t *trainer) writeMetric(v map[string]any) error {
+	if t.metrics == nil {
+		return nil // not rank 0
+	}
 	line, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -375,42 +382,51 @@ func (t *trainer) loop() (loopResult, error) {
 			break
 		}
 		stepStart := time.Now()
-		rows := make([]*data.Rows, cfg.GradAccum)
+		// Every rank draws the whole step's micro-batches in the same order, so the
+		// token count that normalises the loss is known everywhere without talking;
+		// replica d runs micro-batches [d*M, (d+1)*M).
+		M, D := cfg.GradAccum, t.dist.plan.Replicas
 		total, stepTokens := 0, 0
-		for i := range rows {
+		var mine []microBatch
+		for i := 0; i < M*D; i++ {
 			r, err := t.nextRows()
 			if err != nil {
 				return res, err
 			}
-			rows[i] = r
 			total += r.ScoredLabels()
 			stepTokens += r.B * r.T
+			if i/M == t.dist.me.Replica {
+				mine = append(mine, microBatch{rows: r, seed: uint64(t.cfg.Seed)<<32 ^ uint64(step*M*D+i)})
+			}
 		}
 		if total == 0 {
 			return res, fmt.Errorf("step %d: every label of the step is masked (-100): nothing to learn from; check the data's labels", step+1)
 		}
+		var times stepTimes
 		t.m.ZeroGrads()
-		var lossSum float64
-		for i, r := range rows {
-			ls, _, err := t.m.Forward(batchOf(r, uint64(t.cfg.Seed)<<32^uint64(step*cfg.GradAccum+i)))
-			if err != nil {
-				return res, fmt.Errorf("step %d: %w", step+1, err)
-			}
-			lossSum += ls
-			if err := t.m.Backward(float32(1 / float64(total))); err != nil {
-				return res, fmt.Errorf("step %d: %w", step+1, err)
-			}
+		lossSum, err := t.runPipeline(mine, float32(1/float64(total)), &times)
+		if err != nil {
+			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
 		res.tokens += stepTokens
-		loss := lossSum / float64(total)
-		for _, p := range t.params {
-			if err := t.be.Download(p.host.Grad, p.dev.Grad); err != nil {
-				return res, fmt.Errorf("step %d: %w", step+1, err)
-			}
+		f := t.flat
+		if err := f.downloadGrads(t.be); err != nil {
+			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
-		hp := t.hostList()
-		norm := math.Sqrt(optim.SumSquares(hp))
-		if !finite(loss) || !finite(norm) {
+		if err := t.reduceGrads(&times); err != nil {
+			return res, fmt.Errorf("step %d: %w", step+1, err)
+		}
+		// The loss lives on the last stages and each rank holds part of the norm:
+		// one all-reduce gives every rank both, so every rank decides alike below.
+		sums := []float64{lossSum, f.sumSquares()}
+		if err := timed(&times.comm, func() error { return t.dist.allReduceF64(sums) }); err != nil {
+			return res, fmt.Errorf("step %d: %w", step+1, err)
+		}
+		if !t.dist.zero1 {
+			sums[1] /= float64(D) // every replica counted the same reduced gradient
+		}
+		loss, norm := sums[0]/float64(total), math.Sqrt(sums[1])
+		if !finiteAll(loss, norm) {
 			bad++
 			prog.note("warning: step %d: loss %v, gradient norm %v: step skipped (%d in a row)", step+1, loss, norm, bad)
 			t.log.Warn("step skipped: non-finite loss or gradient", "step", step+1, "loss", fmt.Sprint(loss), "grad_norm", fmt.Sprint(norm))
@@ -420,15 +436,19 @@ func (t *trainer) loop() (loopResult, error) {
 			continue
 		}
 		bad = 0
-		optim.ScaleGrads(hp, optim.ClipScale(norm, cfg.MaxGradNorm))
 		lr := t.sched.LR(step)
-		if err := t.opt.Step(hp, lr); err != nil {
+		err = timed(&times.compute, func() error {
+			optim.ScaleGrads(f.opt, optim.ClipScale(norm, cfg.MaxGradNorm))
+			return t.opt.Step(f.opt, lr)
+		})
+		if err != nil {
 			return res, err
 		}
-		for _, p := range t.params {
-			if err := t.be.Upload(p.dev.Value, p.host.Value); err != nil {
-				return res, err
-			}
+		if err := t.gatherParams(&times); err != nil {
+			return res, fmt.Errorf("step %d: %w", step+1, err)
+		}
+		if err := f.uploadValues(t.be); err != nil {
+			return res, err
 		}
 		if res.steps == 0 {
 			res.first = loss
@@ -441,7 +461,8 @@ func (t *trainer) loop() (loopResult, error) {
 			return res, err
 		}
 		t.log.Info("step", "step", step+1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
-			"step_s", time.Since(stepStart).Seconds(), "heap_bytes", heapBytes())
+			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),
+			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(), "heap_bytes", heapBytes())
 		if cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0 && step+1 < cfg.Steps {
 			el, n, err := t.evaluate()
 			if err != nil {
@@ -458,18 +479,10 @@ func (t *trainer) loop() (loopResult, error) {
 	return res, nil
 }
 
-func (t *trainer) hostList() []*optim.Param {
-	out := make([]*optim.Param, len(t.params))
-	for i, p := range t.params {
-		out[i] = &p.host
-	}
-	return out
-}
-
 // evaluate is the mean loss over every scored label of the evaluation set.
 func (t *trainer) evaluate() (float64, int, error) {
 	t.m.SetTraining(false)
-	return evalExamples(t.m, t.eval, t.cfg.Data.SeqLen, t.cfg.Train.MicroBatch)
+	return t.evalPipeline(t.eval)
 }
 
 // evalExamples is the mean loss over every scored label of examples, each in a row
@@ -561,12 +574,12 @@ func greedy(m *model.Model, prompt []int, n, eos int) ([]int, error) {
 // saveOutputs writes what was trained: the adapter in peft's format (LoRA), or the
 // whole model as a Hugging Face directory (full fine-tuning), with the tokenizer.
 func (t *trainer) saveOutputs(w *model.Weights) (string, error) {
-	if t.cfg.Train.Method != "lora" {
-		return t.saveModel(w)
-	}
-	ts, err := t.m.LoRATensors()
-	if err != nil {
+	ts, err := t.gatherTensors()
+	if err != nil || !t.dist.isRoot() {
 		return "", err
+	}
+	if t.cfg.Train.Method != "lora" {
+		return t.saveModel(w, ts)
 	}
 	l, err := model.NewLoRA(&w.Config, model.LoRAConfig{Rank: t.cfg.LoRA.Rank, Alpha: t.cfg.LoRA.Alpha,
 		Dropout: t.cfg.LoRA.Dropout, RSLoRA: t.cfg.LoRA.RSLoRA, Targets: t.cfg.LoRA.Targets}, 0)
@@ -585,7 +598,7 @@ func (t *trainer) saveOutputs(w *model.Weights) (string, error) {
 
 // saveModel writes RUN/model: config.json, model.safetensors (F32) with the trained
 // weights, and the tokenizer files when the model had them.
-func (t *trainer) saveModel(w *model.Weights) (string, error) {
+func (t *trainer) saveModel(w *model.Weights, ts map[string][]float32) (string, error) {
 	dir := filepath.Join(t.cfg.RunDir, "model")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("save model: %w", err)
@@ -599,8 +612,12 @@ func (t *trainer) saveModel(w *model.Weights) (string, error) {
 	}
 	var st model.SafetensorsWriter
 	st.SetMetadata("format", "pt")
-	for _, p := range t.params {
-		if err := st.AddFloat32(p.host.Name, model.DTypeF32, p.dev.Shape, p.host.Value); err != nil {
+	for _, spec := range w.Config.ExpectedTensors() {
+		v, ok := ts[spec.Name]
+		if !ok {
+			return "", fmt.Errorf("save model: no rank sent %s", spec.Name)
+		}
+		if err := st.AddFloat32(spec.Name, model.DTypeF32, spec.Shape, v); err != nil {
 			return "", fmt.Errorf("save model: %w", err)
 		}
 	}

@@ -1,0 +1,485 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"time"
+
+	"train/collective"
+	"train/config"
+	"train/data"
+	"train/model"
+	"train/ops"
+	"train/optim"
+	"train/shard"
+)
+
+// dist is this rank's place in a run and the communicators it talks over. For a
+// single process world is nil, the plan has one stage and one replica, and every
+// exchange below is a no-op, so one code path serves every world size.
+type dist struct {
+	world collective.Comm // nil for a single process
+	plan  *shard.Plan
+	me    shard.Rank
+	dp    collective.Comm // this stage across the replicas; nil when D == 1
+	tied  collective.Comm // the first and last stage of this replica, when embeddings are tied and P > 1
+	zero1 bool
+}
+
+func (d *dist) rank() int    { return d.me.Rank }
+func (d *dist) isRoot() bool { return d.me.Rank == 0 }
+func (d *dist) first() bool  { return d.me.Embed }
+func (d *dist) last() bool   { return d.me.Head }
+
+// joinWorld connects to the other ranks when a launcher (or flags) says there are
+// any, and plans the run. It returns a single-process dist otherwise.
+func joinWorld(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *model.Config) (*dist, error) {
+	cc, err := flags.Config(os.Getenv)
+	if err != nil {
+		return nil, fmt.Errorf("launch: %w", err)
+	}
+	if cfg.Parallel.TimeoutSeconds > 0 && cc.Timeout == 0 {
+		cc.Timeout = time.Duration(cfg.Parallel.TimeoutSeconds) * time.Second
+	}
+	size := max(cc.Size, 1)
+	plan, err := shard.New(mc, size, cfg.Parallel.PP, cfg.Data.SeqLen)
+	if err != nil {
+		return nil, err
+	}
+	d := &dist{plan: plan, me: plan.Ranks[cc.Rank], zero1: cfg.Parallel.Zero1 && plan.Replicas > 1}
+	if size == 1 {
+		return d, nil
+	}
+	if d.world, err = collective.Connect(ctx, cc); err != nil {
+		return nil, err
+	}
+	// Split is collective over the world: every rank calls it, in this order.
+	if d.dp, err = d.world.Split(d.me.Stage, d.me.Replica); err != nil {
+		return nil, fmt.Errorf("data-parallel group: %w", err)
+	}
+	if plan.Replicas == 1 {
+		d.dp = nil
+	}
+	color := -1
+	if mc.TieEmbeddings && plan.Stages > 1 && (d.first() || d.last()) {
+		color = d.me.Replica
+	}
+	if d.tied, err = d.world.Split(color, d.me.Stage); err != nil {
+		return nil, fmt.Errorf("tied-embedding group: %w", err)
+	}
+	return d, nil
+}
+
+// close ends the collective session (collective: every rank reaches it), or aborts
+// the job when this rank failed, so that the others stop at once naming it.
+func (d *dist) close(failure error) error {
+	if d.world == nil {
+		return nil
+	}
+	if failure != nil {
+		d.world.Abort(failure)
+		return nil
+	}
+	return d.world.Close()
+}
+
+// allReduceF64 sums vals over the world in place.
+func (d *dist) allReduceF64(vals []float64) error {
+	if d.world == nil {
+		return nil
+	}
+	return d.world.AllReduce(collective.F64(vals), collective.Sum)
+}
+
+// flatParams lays every trainable tensor of this rank's stage end to end in host
+// memory, so that a gradient reduction is one collective over one buffer and a
+// ZeRO-1 shard is one contiguous range of it. The optimizer works on the views of
+// the range this rank owns (all of it without ZeRO-1).
+type flatParams struct {
+	value, grad []float32 // padded to a multiple of the data-parallel size
+	views       []flatView
+	lo, hi      int            // the owned range
+	opt         []*optim.Param // the owned range, split at tensor boundaries
+	optDup      []bool         // per opt entry: counted on another stage too (the tied head)
+	embed       *flatView      // the embedding, for the tied-embedding sum; nil if not held
+}
+
+type flatView struct {
+	p      *model.Param
+	off, n int
+}
+
+func newFlatParams(m *model.Model, be ops.Backend, replicas int, shardIndex int, tiedDup bool) (*flatParams, error) {
+	f := &flatParams{}
+	n := 0
+	for _, p := range m.Params() {
+		if p.Grad == nil {
+			continue
+		}
+		f.views = append(f.views, flatView{p: p, off: n, n: p.Value.Len()})
+		n += p.Value.Len()
+	}
+	if n == 0 {
+		return nil, errors.New("train: the model has no trainable tensors")
+	}
+	padded := (n + replicas - 1) / replicas * replicas
+	f.value, f.grad = make([]float32, padded), make([]float32, padded)
+	for i := range f.views {
+		v := &f.views[i]
+		if err := be.Download(f.value[v.off:v.off+v.n], v.p.Value); err != nil {
+			return nil, fmt.Errorf("train: %s: %w", v.p.Name, err)
+		}
+		if v.p.Name == "model.embed_tokens.weight" {
+			f.embed = v
+		}
+	}
+	per := padded / replicas
+	f.lo, f.hi = shardIndex*per, (shardIndex+1)*per
+	for _, v := range f.views {
+		a, b := max(v.off, f.lo), min(v.off+v.n, f.hi)
+		if a >= b {
+			continue
+		}
+		f.opt = append(f.opt, &optim.Param{Name: v.p.Name, Value: f.value[a:b], Grad: f.grad[a:b], NoDecay: len(v.p.Shape) == 1})
+		f.optDup = append(f.optDup, tiedDup && v.p.Name == "model.embed_tokens.weight")
+	}
+	return f, nil
+}
+
+func (f *flatParams) values() int64 {
+	var n int64
+	for _, v := range f.views {
+		n += int64(v.n)
+	}
+	return n
+}
+
+func (f *flatParams) downloadGrads(be ops.Backend) error {
+	for _, v := range f.views {
+		if err := be.Download(f.grad[v.off:v.off+v.n], v.p.Grad); err != nil {
+			return fmt.Errorf("%s: %w", v.p.Name, err)
+		}
+	}
+	return nil
+}
+
+// uploadValues copies the updated values back to the model.
+func (f *flatParams) uploadValues(be ops.Backend) error {
+	for _, v := range f.views {
+		if err := be.Upload(v.p.Value, f.value[v.off:v.off+v.n]); err != nil {
+			return fmt.Errorf("%s: %w", v.p.Name, err)
+		}
+	}
+	return nil
+}
+
+// sumSquares is the squared norm of the owned gradients, leaving out tensors that
+// another stage also counts.
+func (f *flatParams) sumSquares() float64 {
+	var s float64
+	for i, p := range f.opt {
+		if !f.optDup[i] {
+			s += optim.SumSquares([]*optim.Param{p})
+		}
+	}
+	return s
+}
+
+// stepTimes splits a step's wall time for the rank log: computing, waiting on the
+// neighbouring stages (the pipeline bubble), and waiting on collectives.
+type stepTimes struct {
+	compute, bubble, comm time.Duration
+}
+
+func timed(d *time.Duration, f func() error) error {
+	t0 := time.Now()
+	err := f()
+	*d += time.Since(t0)
+	return err
+}
+
+// microBatch is one micro-batch of this replica's share of a step.
+type microBatch struct {
+	rows *data.Rows
+	seed uint64
+}
+
+// runPipeline executes this rank's 1F1B action list for one step over its
+// replica's micro-batches and returns the summed loss (non-zero on the last stage
+// only). Activations and their gradients cross stage boundaries in host buffers.
+// The model keeps one micro-batch's activations, so a stage that must backward a
+// micro-batch other than the one it forwarded last first recomputes its forward
+// from the saved input: bitwise the same activations, one extra forward per
+// micro-batch on the stages before the last.
+func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes) (float64, error) {
+	acts, err := t.dist.plan.Actions(t.dist.rank(), len(mbs))
+	if err != nil {
+		return 0, err
+	}
+	d, m, be := t.dist, t.m, t.be
+	C := t.m.Config().HiddenSize
+	inputs := map[int][]float32{}  // micro-batch -> stage input received
+	outputs := map[int][]float32{} // micro-batch -> gradient to send, or output to send
+	grads := map[int][]float32{}   // micro-batch -> gradient of the stage output received
+	forwarded := -1                // micro-batch whose activations the model holds
+	var lossSum float64
+	buf := func(r *data.Rows) []float32 { return make([]float32, r.B*r.T*C) }
+	forward := func(k int) error {
+		mb := mbs[k]
+		if !d.first() {
+			if err := m.Plan(mb.rows.B, mb.rows.T); err != nil {
+				return err
+			}
+			if err := be.Upload(m.StageInput(), inputs[k]); err != nil {
+				return err
+			}
+		}
+		ls, _, err := m.Forward(batchOf(mb.rows, mb.seed))
+		if err != nil {
+			return err
+		}
+		forwarded = k
+		if d.last() {
+			lossSum += ls
+		}
+		return nil
+	}
+	for _, a := range acts {
+		k := a.Micro
+		switch a.Op {
+		case shard.RecvActivation:
+			inputs[k] = buf(mbs[k].rows)
+			err = timed(&times.bubble, func() error { return d.world.Recv(collective.F32(inputs[k]), a.Peer) })
+		case shard.Forward:
+			err = timed(&times.compute, func() error { return forward(k) })
+			if err == nil && !d.last() {
+				outputs[k] = buf(mbs[k].rows)
+				err = be.Download(outputs[k], m.StageOutput())
+			}
+		case shard.SendActivation:
+			err = timed(&times.bubble, func() error { return d.world.Send(collective.F32(outputs[k]), a.Peer) })
+			delete(outputs, k)
+		case shard.RecvGrad:
+			grads[k] = buf(mbs[k].rows)
+			err = timed(&times.bubble, func() error { return d.world.Recv(collective.F32(grads[k]), a.Peer) })
+		case shard.Backward:
+			err = timed(&times.compute, func() error {
+				if forwarded != k {
+					if err := forward(k); err != nil {
+						return err
+					}
+					if d.last() { // the loss was counted the first time
+						return errors.New("internal: the last stage recomputed a forward")
+					}
+				}
+				if !d.last() {
+					if err := be.Upload(m.StageGrad(), grads[k]); err != nil {
+						return err
+					}
+					delete(grads, k)
+				}
+				forwarded = -1
+				return m.Backward(scale)
+			})
+			if err == nil && !d.first() {
+				outputs[k] = buf(mbs[k].rows)
+				err = be.Download(outputs[k], m.StageGrad())
+			}
+			delete(inputs, k)
+		case shard.SendGrad:
+			err = timed(&times.bubble, func() error { return d.world.Send(collective.F32(outputs[k]), a.Peer) })
+			delete(outputs, k)
+		case shard.ReduceGrads, shard.OptimizerStep:
+			// The trainer does these after the pipeline drains (see step).
+		}
+		if err != nil {
+			return 0, fmt.Errorf("%v: %w", a, err)
+		}
+	}
+	return lossSum, nil
+}
+
+// reduceGrads brings every replica's gradients together: the tied embedding's two
+// halves summed between the first and last stage, then a sum over the replicas
+// (all-reduce, or with ZeRO-1 a reduce-scatter that leaves each rank its shard).
+// The loss was already normalised by the whole step's token count, so a sum, not a
+// mean, gives the step's gradient.
+func (t *trainer) reduceGrads(times *stepTimes) error {
+	f, d := t.flat, t.dist
+	return timed(&times.comm, func() error {
+		if d.tied != nil && f.embed != nil {
+			e := f.grad[f.embed.off : f.embed.off+f.embed.n]
+			if err := d.tied.AllReduce(collective.F32(e), collective.Sum); err != nil {
+				return fmt.Errorf("tied embedding: %w", err)
+			}
+		}
+		if d.dp == nil {
+			return nil
+		}
+		if d.zero1 {
+			own := make([]float32, f.hi-f.lo)
+			if err := d.dp.ReduceScatter(collective.F32(f.grad), collective.F32(own), collective.Sum); err != nil {
+				return fmt.Errorf("gradient reduce-scatter: %w", err)
+			}
+			copy(f.grad[f.lo:f.hi], own)
+			return nil
+		}
+		if err := d.dp.AllReduce(collective.F32(f.grad), collective.Sum); err != nil {
+			return fmt.Errorf("gradient all-reduce: %w", err)
+		}
+		return nil
+	})
+}
+
+// gatherParams shares the updated shards (ZeRO-1) so every replica holds the
+// whole stage again.
+func (t *trainer) gatherParams(times *stepTimes) error {
+	f, d := t.flat, t.dist
+	if !d.zero1 {
+		return nil
+	}
+	return timed(&times.comm, func() error {
+		own := append([]float32(nil), f.value[f.lo:f.hi]...)
+		if err := d.dp.AllGather(collective.F32(own), collective.F32(f.value)); err != nil {
+			return fmt.Errorf("parameter all-gather: %w", err)
+		}
+		return nil
+	})
+}
+
+// evalPipeline is the mean loss over examples, each in a row of its own, run
+// through the pipeline: replica d takes examples d, d+D, ...; the last stages'
+// sums are added over the world.
+func (t *trainer) evalPipeline(examples []data.TokenExample) (float64, int, error) {
+	d := t.dist
+	var mine []data.TokenExample
+	for i := d.me.Replica; i < len(examples); i += d.plan.Replicas {
+		mine = append(mine, examples[i])
+	}
+	C := t.m.Config().HiddenSize
+	var lossSum float64
+	var count int
+	B := t.cfg.Train.MicroBatch
+	for i := 0; i < len(mine); {
+		end := min(i+B, len(mine))
+		T := 2
+		for _, ex := range mine[i:end] {
+			T = max(T, len(ex.InputIDs))
+		}
+		T = min(T, t.cfg.Data.SeqLen)
+		p := data.Packer{T: T}
+		r, used, err := p.Fill(mine[i:end], end-i)
+		if err != nil {
+			return 0, 0, err
+		}
+		i += used
+		if !d.first() {
+			in := make([]float32, r.B*r.T*C)
+			if err := d.world.Recv(collective.F32(in), d.me.Prev()); err != nil {
+				return 0, 0, fmt.Errorf("eval: %w", err)
+			}
+			if err := t.m.Plan(r.B, r.T); err != nil {
+				return 0, 0, err
+			}
+			if err := t.be.Upload(t.m.StageInput(), in); err != nil {
+				return 0, 0, err
+			}
+		}
+		ls, n, err := t.m.Forward(batchOf(r, 0))
+		if err != nil {
+			return 0, 0, fmt.Errorf("eval: %w", err)
+		}
+		if !d.last() {
+			out := make([]float32, r.B*r.T*C)
+			if err := t.be.Download(out, t.m.StageOutput()); err != nil {
+				return 0, 0, err
+			}
+			if err := d.world.Send(collective.F32(out), d.me.Next()); err != nil {
+				return 0, 0, fmt.Errorf("eval: %w", err)
+			}
+			continue
+		}
+		lossSum += ls
+		count += n
+	}
+	sums := []float64{lossSum, float64(count)}
+	if err := d.allReduceF64(sums); err != nil {
+		return 0, 0, fmt.Errorf("eval: %w", err)
+	}
+	if sums[1] == 0 {
+		return 0, 0, errors.New("eval: every label is masked (-100): there is nothing to score")
+	}
+	return sums[0] / sums[1], int(sums[1]), nil
+}
+
+// gatherTensors collects the trainable tensors of every stage of replica 0 on rank
+// 0, by name. Each stage sends its tensors as one safetensors blob: a format both
+// ends already check. Other replicas hold the same values and send nothing.
+func (t *trainer) gatherTensors() (map[string][]float32, error) {
+	d := t.dist
+	own := map[string][]float32{}
+	for _, v := range t.flat.views {
+		own[v.p.Name] = t.flat.value[v.off : v.off+v.n]
+	}
+	if d.world == nil || d.me.Replica != 0 {
+		return own, nil
+	}
+	if !d.isRoot() {
+		var w model.SafetensorsWriter
+		for _, v := range t.flat.views {
+			if err := w.AddFloat32(v.p.Name, model.DTypeF32, v.p.Shape, own[v.p.Name]); err != nil {
+				return nil, err
+			}
+		}
+		var blob bytes.Buffer
+		if _, err := w.WriteTo(&blob); err != nil {
+			return nil, err
+		}
+		if err := d.world.Send(collective.I64{int64(blob.Len())}, 0); err != nil {
+			return nil, err
+		}
+		return nil, d.world.Send(collective.Bytes(blob.Bytes()), 0)
+	}
+	for s := 1; s < d.plan.Stages; s++ {
+		n := collective.I64{0}
+		if err := d.world.Recv(n, s); err != nil {
+			return nil, err
+		}
+		if n[0] < 0 || n[0] > 1<<40 {
+			return nil, fmt.Errorf("rank %d announced %d bytes of tensors", s, n[0])
+		}
+		blob := make([]byte, n[0])
+		if err := d.world.Recv(collective.Bytes(blob), s); err != nil {
+			return nil, err
+		}
+		st, err := model.ParseSafetensors(fmt.Sprintf("rank %d's tensors", s), bytes.NewReader(blob), int64(len(blob)))
+		if err != nil {
+			return nil, err
+		}
+		for _, ti := range st.Tensors() {
+			if _, ok := own[ti.Name]; ok {
+				continue // the tied embedding, held by the first stage too
+			}
+			v, _, err := st.ReadFloat32(ti.Name)
+			if err != nil {
+				return nil, err
+			}
+			own[ti.Name] = v
+		}
+	}
+	return own, nil
+}
+
+// finiteAll is false when any value is NaN or infinite.
+func finiteAll(vals ...float64) bool {
+	for _, v := range vals {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,411 @@
+package shard
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"train/model"
+)
+
+// Memory estimates: what one rank must hold on its device, counted tensor by
+// tensor from the shapes, in one place (llm.c plans all its memory in one
+// function; this is that plan as arithmetic). The counts follow the model
+// package: what model.layerActs saves for backward, bf16 weights on a GPU,
+// fp32 master weights, gradients and AdamW moments for what is trained.
+//
+// Per rank, with n_w the parameters of its part of the model (HostBytes/4:
+// its layers, plus the embedding on the first stage and the final norm and
+// lm_head on the last; with tied embeddings both ends hold the matrix), n_a
+// its LoRA parameters (Σ over layers and targets of r*(in+out)), D replicas:
+//
+//	weights      lora, full: 2*n_w (bf16)
+//	             qlora: each linear n/2 + 4*ceil(n/64) (NF4 + fp32 absmax per
+//	             block, model.NF4Bytes' convention), the rest 2 per weight
+//	master       full: 4*n_w (fp32)        lora, qlora: 4*n_a
+//	grads        full: 4*n_w (fp32)        lora, qlora: 4*n_a
+//	optimizer    AdamW m and v: 8*n_w (full) or 8*n_a, divided by D with ZeRO-1
+//	activations  see activationBytes: what backward needs, for every micro-batch
+//	             forwarded but not yet backwarded (up to P - stage under 1F1B),
+//	             plus one layer's backward scratch and the stage's send/receive
+//	             buffers
+//	logits       last stage: B*T*V fp32 logits (their gradient overwrites them)
+//	             plus the final norm's saved input
+//	reserve      1 GiB: CUDA context, cuBLAS workspace, allocator slack
+//
+// Full fine-tuning comes to 18 bytes per parameter before activations (2 + 4
+// + 4 + 8); Llama 3.1 8B needs about 135 GiB, so it never fits one 80 GiB GPU.
+
+// GiB is 2^30 bytes.
+const GiB = int64(1) << 30
+
+// Reserve is what a rank needs besides the model's tensors: the CUDA context
+// and libraries, cuBLAS workspace and the allocator's slack.
+const Reserve = 1 * GiB
+
+// Methods are the fine-tuning methods Estimate knows, in the order train plan
+// prints them.
+var Methods = []string{"lora", "qlora", "full"}
+
+// Setup is what, besides the plan, decides a rank's memory.
+type Setup struct {
+	Method     string // "lora", "qlora" or "full"
+	MicroBatch int    // B: sequences per micro-batch
+	SeqLen     int    // T: tokens per sequence
+	// MicroBatches is M, micro-batches per step per replica (grad_accum). It
+	// bounds the micro-batches in flight on a stage (min(P-stage, M)); 0 means
+	// at least P, the worst case.
+	MicroBatches int
+	LoRARank     int      // r, for lora and qlora
+	LoRATargets  []string // projections with adapters; nil means all seven
+	Zero1        bool     // optimizer state split across the D replicas
+	Checkpoint   bool     // activation checkpointing
+	// ActBytes is the size of one activation element: 2 (bf16, the GPU) when 0;
+	// 4 for fp32 on a CPU.
+	ActBytes int
+}
+
+// Memory is one rank's estimated device memory, in bytes, by kind.
+type Memory struct {
+	Rank        int   `json:"rank"`
+	Stage       int   `json:"stage"`
+	InFlight    int   `json:"in_flight"` // micro-batches of activations held at once
+	Weights     int64 `json:"weights"`
+	Master      int64 `json:"master"`
+	Grads       int64 `json:"grads"`
+	Optimizer   int64 `json:"optimizer"`
+	Activations int64 `json:"activations"`
+	Logits      int64 `json:"logits"`
+	Reserve     int64 `json:"reserve"`
+}
+
+// Total is the sum of every kind.
+func (m Memory) Total() int64 {
+	return m.Weights + m.Master + m.Grads + m.Optimizer + m.Activations + m.Logits + m.Reserve
+}
+
+// Estimate is the memory every rank of a plan needs for one setup.
+type Estimate struct {
+	Plan  *Plan
+	Setup Setup
+	Ranks []Memory // indexed by rank
+}
+
+// Peak is the rank that needs the most (the first such rank).
+func (e *Estimate) Peak() Memory {
+	var best Memory
+	for i, m := range e.Ranks {
+		if i == 0 || m.Total() > best.Total() {
+			best = m
+		}
+	}
+	return best
+}
+
+// Fits reports whether every rank fits in budget bytes.
+func (e *Estimate) Fits(budget int64) bool { return e.Peak().Total() <= budget }
+
+// validate checks s and fills its defaults, returning the LoRA targets.
+func (s *Setup) validate() error {
+	if !slices.Contains(Methods, s.Method) {
+		return fmt.Errorf("memory: method %q; valid: %s", s.Method, strings.Join(Methods, ", "))
+	}
+	if s.MicroBatch < 1 || s.SeqLen < 1 {
+		return fmt.Errorf("memory: micro-batch %d and sequence length %d must be positive", s.MicroBatch, s.SeqLen)
+	}
+	if s.MicroBatches < 0 {
+		return fmt.Errorf("memory: %d micro-batches per step must not be negative", s.MicroBatches)
+	}
+	if s.ActBytes == 0 {
+		s.ActBytes = 2
+	}
+	if s.Method == "full" {
+		return nil
+	}
+	if s.LoRARank < 1 {
+		return fmt.Errorf("memory: LoRA rank %d must be at least 1", s.LoRARank)
+	}
+	for _, t := range s.LoRATargets {
+		if !slices.Contains(model.Linears, t) {
+			return fmt.Errorf("memory: LoRA target %q is not a projection; valid: %s", t, strings.Join(model.Linears, ", "))
+		}
+	}
+	return nil
+}
+
+// EstimateMemory estimates every rank of p for cfg and s (see the formulas at
+// the top of this file).
+func EstimateMemory(cfg *model.Config, p *Plan, s Setup) (*Estimate, error) {
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	if p.Layers != cfg.NumLayers {
+		return nil, fmt.Errorf("memory: plan has %d layers, model %d", p.Layers, cfg.NumLayers)
+	}
+	targets := s.LoRATargets
+	if targets == nil {
+		targets = model.Linears
+	}
+	D := int64(p.Replicas)
+	e := &Estimate{Plan: p, Setup: s}
+	for _, r := range p.Ranks {
+		L := int64(r.Hi - r.Lo)
+		nW := cfg.HostBytes(r.Lo, r.Hi, r.Embed, r.Head) / 4
+		m := Memory{Rank: r.Rank, Stage: r.Stage, Reserve: Reserve}
+		var trained int64
+		switch s.Method {
+		case "full":
+			m.Weights = 2 * nW
+			trained = nW
+		case "lora", "qlora":
+			m.Weights = 2 * nW
+			if s.Method == "qlora" {
+				var lin, nf4 int64
+				for _, name := range model.Linears {
+					out, in := cfg.LinearShape(name)
+					n := int64(out) * int64(in)
+					lin += n
+					nf4 += (n+1)/2 + 4*((n+model.NF4BlockSize-1)/model.NF4BlockSize)
+				}
+				m.Weights = 2*(nW-L*lin) + L*nf4
+			}
+			for _, name := range targets {
+				out, in := cfg.LinearShape(name)
+				trained += L * int64(s.LoRARank) * int64(in+out)
+			}
+		}
+		m.Master, m.Grads = 4*trained, 4*trained
+		m.Optimizer = 8 * trained
+		if s.Zero1 {
+			m.Optimizer = (m.Optimizer + D - 1) / D
+		}
+		m.InFlight = p.Stages - r.Stage
+		if s.MicroBatches > 0 {
+			m.InFlight = min(m.InFlight, s.MicroBatches)
+		}
+		m.Activations = activationBytes(cfg, s, targets, L, m.InFlight)
+		if r.Head {
+			N := int64(s.MicroBatch) * int64(s.SeqLen)
+			m.Logits = N * (4*int64(cfg.VocabSize) + int64(s.ActBytes)*int64(cfg.HiddenSize))
+		}
+		e.Ranks = append(e.Ranks, m)
+	}
+	return e, nil
+}
+
+// activationBytes is a stage's activation memory: L layers, inFlight
+// micro-batches of N = B*T tokens. Per token, one layer saves for backward
+// (model.layerActs, and the layer input, the previous layer's output):
+//
+//	x, ln1, mid, ln2            4*C     residual stream and the norms' outputs
+//	q, k, v (after rope)        Q + 2*KV
+//	att (o_proj's input)        Q
+//	gate, up, silu(gate)*up     3*I
+//	LoRA x·Aᵀ per target        r each
+//
+// in ActBytes each, plus fp32 rstd of both norms (2) and the attention's
+// log-sum-exp per head (H): no T×T scores (the attention is flash-style).
+//
+// Without checkpointing every layer keeps all of it for every micro-batch in
+// flight. With checkpointing a micro-batch keeps only each layer's input (C),
+// and the layer being recomputed keeps the full set once. Either way add one
+// layer's backward scratch (dresid, dln: 2C; datt, dq: 2Q; dk, dv: 2KV;
+// dact, dgate, dup: 3I) and the stage's input, output and input-gradient
+// buffers (3C), once.
+func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFlight int) int64 {
+	C, Q, KV, I := int64(cfg.HiddenSize), int64(cfg.QDim()), int64(cfg.KVDim()), int64(cfg.IntermediateSize)
+	N, a := int64(s.MicroBatch)*int64(s.SeqLen), int64(s.ActBytes)
+	saved := 4*C + 2*Q + 2*KV + 3*I
+	if s.Method != "full" {
+		saved += int64(s.LoRARank) * int64(len(targets))
+	}
+	perLayer := N * (a*saved + 4*(2+int64(cfg.NumHeads)))
+	scratch := N * a * (2*C + 2*Q + 2*KV + 3*I + 3*C)
+	if s.Checkpoint {
+		return int64(inFlight)*L*N*a*C + perLayer + scratch
+	}
+	return int64(inFlight)*L*perLayer + scratch
+}
+
+// FormatBytes prints n in GiB (or MiB below one GiB), as memory tables want.
+func FormatBytes(n int64) string {
+	if n < GiB {
+		return fmt.Sprintf("%.0f MiB", float64(n)/float64(1<<20))
+	}
+	return fmt.Sprintf("%.1f GiB", float64(n)/float64(GiB))
+}
+
+// String prints the estimate as a table, one line per stage (every replica of
+// a stage needs the same).
+func (e *Estimate) String() string {
+	var sb strings.Builder
+	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "stage\tranks\tin flight\tweights\tmaster\tgrads\toptimizer\tactivations\tlogits\treserve\ttotal\t")
+	for st := 0; st < e.Plan.Stages; st++ {
+		m := e.Ranks[e.Plan.RankOf(st, 0)]
+		fmt.Fprintf(tw, "%d\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", st, rankList(e.Plan, st), m.InFlight,
+			FormatBytes(m.Weights), FormatBytes(m.Master), FormatBytes(m.Grads), FormatBytes(m.Optimizer),
+			FormatBytes(m.Activations), FormatBytes(m.Logits), FormatBytes(m.Reserve), FormatBytes(m.Total()))
+	}
+	tw.Flush()
+	return sb.String()
+}
+
+// rankList names the ranks of a stage: "1,5" or "1,5,...,29".
+func rankList(p *Plan, stage int) string {
+	r := p.Ranks[p.RankOf(stage, 0)].DataParallel
+	if len(r) > 3 {
+		return fmt.Sprintf("%d,%d,...,%d", r[0], r[1], r[len(r)-1])
+	}
+	s := fmt.Sprint(r)
+	return strings.ReplaceAll(s[1:len(s)-1], " ", ",")
+}
+
+// Suggestion is a change to a run that makes every rank fit, checked by
+// estimating it again.
+type Suggestion struct {
+	Change   string    // what to do, in flag terms
+	World    int       // world size after the change
+	Estimate *Estimate // the estimate with the change
+}
+
+// Suggest says what would make a setup fit budget bytes per device when e
+// does not (nil when it fits). Single changes come first, cheapest in speed
+// or quality first: activation checkpointing (recompute, ~1/3 more compute),
+// ZeRO-1 (more communication), a smaller micro-batch (more accumulation
+// steps, same tokens per step), more pipeline stages in the same world (fewer
+// replicas), more stages with more GPUs, then, for full fine-tuning, LoRA, and
+// QLoRA (4-bit base weights, a small loss of quality). If no single change is enough, it returns one
+// suggestion combining them in that order, or nil if nothing tried fits.
+func Suggest(cfg *model.Config, e *Estimate, budget int64) ([]Suggestion, error) {
+	if e.Fits(budget) {
+		return nil, nil
+	}
+	type state struct {
+		s             Setup
+		world, stages int
+	}
+	estimate := func(st state) (*Estimate, error) {
+		p, err := New(cfg, st.world, st.stages, e.Plan.SeqLen)
+		if err != nil {
+			return nil, err
+		}
+		return EstimateMemory(cfg, p, st.s)
+	}
+	// Each change returns the changed state and its description, or ok=false
+	// when it does not apply.
+	type change func(st state) (state, string, bool)
+	checkpoint := func(st state) (state, string, bool) {
+		if st.s.Checkpoint {
+			return st, "", false
+		}
+		st.s.Checkpoint = true
+		return st, "-activation-checkpointing", true
+	}
+	zero1 := func(st state) (state, string, bool) {
+		if st.s.Zero1 || st.world/st.stages < 2 {
+			return st, "", false
+		}
+		st.s.Zero1 = true
+		return st, "-zero1", true
+	}
+	method := func(to string) change {
+		return func(st state) (state, string, bool) {
+			// lora only replaces full; qlora replaces either.
+			if st.s.Method == to || (to == "lora" && st.s.Method != "full") {
+				return st, "", false
+			}
+			st.s.Method = to
+			if st.s.LoRARank < 1 {
+				st.s.LoRARank = 16
+			}
+			return st, "-method " + to, true
+		}
+	}
+	// Searches: the largest micro-batch, the fewest stages that fit.
+	smallerBatch := func(st state) (state, string, bool) {
+		for b := st.s.MicroBatch / 2; b >= 1; b /= 2 {
+			t := st
+			t.s.MicroBatch = b
+			if x, err := estimate(t); err == nil && x.Fits(budget) {
+				return t, fmt.Sprintf("-batch %d", b), true
+			}
+			if b == 1 {
+				t.s.MicroBatch = 1
+				return t, "-batch 1", st.s.MicroBatch > 1
+			}
+		}
+		return st, "", false
+	}
+	moreStages := func(st state) (state, string, bool) {
+		var last state
+		found := false
+		for P := st.stages + 1; P <= cfg.NumLayers; P++ {
+			if st.world%P != 0 {
+				continue
+			}
+			t := st
+			t.stages = P
+			last, found = t, true
+			if x, err := estimate(t); err == nil && x.Fits(budget) {
+				return t, fmt.Sprintf("-pp %d", P), true
+			}
+		}
+		return last, fmt.Sprintf("-pp %d", last.stages), found
+	}
+	sameWorldFits := false // then more GPUs are not worth suggesting
+	moreGPUs := func(st state) (state, string, bool) {
+		if sameWorldFits {
+			return st, "", false
+		}
+		D := st.world / st.stages
+		for P := st.stages + 1; P <= cfg.NumLayers; P++ {
+			t := st
+			t.stages, t.world = P, P*D
+			if x, err := estimate(t); err == nil && x.Fits(budget) {
+				return t, fmt.Sprintf("-np %d -pp %d", t.world, P), true
+			}
+		}
+		return st, "", false
+	}
+	changes := []change{checkpoint, zero1, smallerBatch, moreStages, moreGPUs, method("lora"), method("qlora")}
+	start := state{s: e.Setup, world: e.Plan.World, stages: e.Plan.Stages}
+	var out []Suggestion
+	for _, c := range changes {
+		t, desc, ok := c(start)
+		if !ok {
+			continue
+		}
+		x, err := estimate(t)
+		if err != nil || !x.Fits(budget) {
+			continue
+		}
+		out = append(out, Suggestion{Change: desc, World: t.world, Estimate: x})
+		sameWorldFits = sameWorldFits || (t.world == start.world && t.stages != start.stages)
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	// Nothing alone: combine, in the same order, until it fits.
+	st := start
+	var descs []string
+	for _, c := range changes {
+		t, desc, ok := c(st)
+		if !ok {
+			continue
+		}
+		if _, err := estimate(t); err != nil {
+			continue
+		}
+		st = t
+		if strings.HasPrefix(desc, "-method") { // a later method replaces an earlier one
+			descs = slices.DeleteFunc(descs, func(d string) bool { return strings.HasPrefix(d, "-method") })
+		}
+		descs = append(descs, desc)
+		if x, _ := estimate(st); x.Fits(budget) {
+			return []Suggestion{{Change: strings.Join(descs, " "), World: st.world, Estimate: x}}, nil
+		}
+	}
+	return nil, nil
+}

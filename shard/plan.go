@@ -1,0 +1,305 @@
+// Package shard decides how a training run is spread over its ranks, as pure
+// functions of the model, the world size and the run's shape. Nothing here opens
+// a socket or touches a device: like etcd-io/raft's state machine, it produces
+// data (a Plan, per-rank action lists, memory estimates) that an executor — the
+// trainer, over the collectives — carries out, and that a person or a test can
+// print and check.
+//
+// The model of the package:
+//
+//   - A Plan splits the world of N ranks into P pipeline stages times D = N/P
+//     data-parallel replicas. Rank r is stage r%P of replica r/P, so one
+//     replica's stages are adjacent ranks (on one host when hosts hold whole
+//     replicas, where the point-to-point traffic between stages is heaviest).
+//   - The decoder layers go to stages in contiguous ranges chosen by cost: the
+//     first stage also runs the embedding, the last the final norm, lm_head and
+//     loss; the split minimises the cost of the slowest stage exactly.
+//   - Schedule gives each stage its ordered list of Actions for one optimizer
+//     step with the 1F1B (one-forward-one-backward) schedule, and Plan.Actions
+//     the same list with peers named as world ranks.
+//   - Estimate (memory.go) says how many bytes each rank needs for a method
+//     (LoRA, QLoRA, full) and, when a plan does not fit, Suggest says what would.
+package shard
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"text/tabwriter"
+
+	"train/model"
+)
+
+// Plan is the split of a world of ranks into pipeline stages and data-parallel
+// replicas, and of the model's layers into stages. Build one with New; it is
+// immutable afterwards and safe to share.
+type Plan struct {
+	World    int `json:"world"`    // N, the number of ranks
+	Stages   int `json:"stages"`   // P, pipeline stages per replica
+	Replicas int `json:"replicas"` // D = N/P, data-parallel replicas
+	Layers   int `json:"layers"`   // decoder layers of the model
+	SeqLen   int `json:"seq_len"`  // T the costs were estimated at
+
+	// StageInfo holds, per stage, its layers and estimated cost.
+	StageInfo []Stage `json:"stage_info"`
+	// Ranks holds, per world rank, where it sits in the grid.
+	Ranks []Rank `json:"ranks"`
+}
+
+// Stage is one pipeline stage: the layers [Lo,Hi) it runs and what it costs.
+type Stage struct {
+	Stage int   `json:"stage"`
+	Lo    int   `json:"lo"`
+	Hi    int   `json:"hi"`
+	Embed bool  `json:"embed"` // runs the token embedding (stage 0)
+	Head  bool  `json:"head"`  // runs final norm, lm_head and loss (stage P-1)
+	Cost  int64 `json:"cost"`  // estimated forward FLOPs per token
+}
+
+// Rank is one rank's place in the plan. Pipeline and DataParallel are the
+// groups the executor talks over: Pipeline[s] is the rank of stage s of this
+// rank's replica (Send/Recv of activations and their gradients); DataParallel[d]
+// is the rank of this rank's stage in replica d (gradient reduction, ZeRO-1).
+type Rank struct {
+	Rank         int   `json:"rank"`
+	Stage        int   `json:"stage"`
+	Replica      int   `json:"replica"`
+	Lo           int   `json:"lo"` // layers [Lo,Hi), as model.Options wants them
+	Hi           int   `json:"hi"`
+	Embed        bool  `json:"embed"`
+	Head         bool  `json:"head"`
+	Pipeline     []int `json:"pipeline"`      // ranks of this replica, in stage order
+	DataParallel []int `json:"data_parallel"` // ranks of this stage, in replica order
+}
+
+// Prev is the rank of the previous stage of r's replica, or -1 on the first stage.
+func (r Rank) Prev() int {
+	if r.Stage == 0 {
+		return -1
+	}
+	return r.Pipeline[r.Stage-1]
+}
+
+// Next is the rank of the next stage of r's replica, or -1 on the last stage.
+func (r Rank) Next() int {
+	if r.Stage == len(r.Pipeline)-1 {
+		return -1
+	}
+	return r.Pipeline[r.Stage+1]
+}
+
+// RankOf is the world rank of stage s in replica d: d*P + s.
+func (p *Plan) RankOf(stage, replica int) int { return replica*p.Stages + stage }
+
+// Costs are the estimated forward FLOPs per token of the parts of a model, the
+// unit Split balances. Backward costs about twice forward for every part, so the
+// ratios, and hence the split, are the same for forward+backward.
+type Costs struct {
+	Layer []int64 // per decoder layer
+	Embed int64   // the embedding lookup (first stage)
+	Head  int64   // final norm + lm_head + loss (last stage)
+}
+
+// ModelCosts estimates forward FLOPs per token at sequence length seqLen:
+//
+//	layer = 2 * (weights of the seven projections)      one multiply-add per weight
+//	      + 4 * T * QDim                                 scores QK^T and weights*V, T keys each
+//	      + 10 * C                                       two RMSNorms, residual adds, rope (small)
+//	embed = C                                            a row copy
+//	head  = 2 * V * C + 4*C + 5*V                        lm_head, final norm, softmax/loss
+//
+// The attention term counts all T keys (no causal halving), as the peer's
+// TFLOP/s in DESIGN.md does; it is the same for every layer, so it only
+// matters against the head's cost.
+func ModelCosts(cfg *model.Config, seqLen int) Costs {
+	C := int64(cfg.HiddenSize)
+	var lin int64
+	for _, s := range model.Linears {
+		out, in := cfg.LinearShape(s)
+		lin += int64(out) * int64(in)
+	}
+	layer := 2*lin + 4*int64(seqLen)*int64(cfg.QDim()) + 10*C
+	c := Costs{Layer: make([]int64, cfg.NumLayers), Embed: C, Head: 2*int64(cfg.VocabSize)*C + 4*C + 5*int64(cfg.VocabSize)}
+	for i := range c.Layer {
+		c.Layer[i] = layer
+	}
+	return c
+}
+
+// New plans a world of world ranks as stages pipeline stages for cfg, with the
+// layers split by ModelCosts at sequence length seqLen (0 means 2048).
+func New(cfg *model.Config, world, stages, seqLen int) (*Plan, error) {
+	if seqLen <= 0 {
+		seqLen = 2048
+	}
+	switch {
+	case world < 1:
+		return nil, fmt.Errorf("plan: world size %d must be at least 1", world)
+	case stages < 1:
+		return nil, fmt.Errorf("plan: pipeline stages %d must be at least 1", stages)
+	case world%stages != 0:
+		return nil, fmt.Errorf("plan: world size %d is not a multiple of the %d pipeline stages (data-parallel replicas = world/stages must be whole)", world, stages)
+	case stages > cfg.NumLayers:
+		return nil, fmt.Errorf("plan: %d pipeline stages for a model of %d layers; every stage needs at least one layer", stages, cfg.NumLayers)
+	}
+	costs := ModelCosts(cfg, seqLen)
+	bounds, err := Split(costs, stages)
+	if err != nil {
+		return nil, err
+	}
+	p := &Plan{World: world, Stages: stages, Replicas: world / stages, Layers: cfg.NumLayers, SeqLen: seqLen}
+	for s := 0; s < stages; s++ {
+		p.StageInfo = append(p.StageInfo, Stage{
+			Stage: s, Lo: bounds[s], Hi: bounds[s+1], Embed: s == 0, Head: s == stages-1,
+			Cost: costs.stage(bounds[s], bounds[s+1], s == 0, s == stages-1),
+		})
+	}
+	for r := 0; r < world; r++ {
+		s, d := r%stages, r/stages
+		st := p.StageInfo[s]
+		rk := Rank{Rank: r, Stage: s, Replica: d, Lo: st.Lo, Hi: st.Hi, Embed: st.Embed, Head: st.Head}
+		for i := 0; i < stages; i++ {
+			rk.Pipeline = append(rk.Pipeline, p.RankOf(i, d))
+		}
+		for i := 0; i < p.Replicas; i++ {
+			rk.DataParallel = append(rk.DataParallel, p.RankOf(s, i))
+		}
+		p.Ranks = append(p.Ranks, rk)
+	}
+	return p, nil
+}
+
+// stage is the cost of a stage running layers [lo,hi).
+func (c Costs) stage(lo, hi int, embed, head bool) int64 {
+	var n int64
+	for _, x := range c.Layer[lo:hi] {
+		n += x
+	}
+	if embed {
+		n += c.Embed
+	}
+	if head {
+		n += c.Head
+	}
+	return n
+}
+
+// Split divides the layers of c into stages contiguous, non-empty ranges and
+// returns the stages+1 boundaries: stage s runs layers [b[s], b[s+1]). It
+// minimises the cost of the most expensive stage, where stage 0 also pays
+// c.Embed and the last stage c.Head, exactly, by dynamic programming over split
+// points (O(stages * layers²), nothing at 80 layers).
+//
+// Among the splits with the least maximum it picks the one that gives later
+// stages as many layers as possible: under 1F1B stage s keeps up to P-s
+// micro-batches of activations alive, so the early stages are the ones short
+// of memory.
+func Split(c Costs, stages int) ([]int, error) {
+	L := len(c.Layer)
+	if stages < 1 || stages > L {
+		return nil, fmt.Errorf("split: %d stages for %d layers; need 1 <= stages <= layers", stages, L)
+	}
+	prefix := make([]int64, L+1)
+	for i, x := range c.Layer {
+		if x < 0 {
+			return nil, fmt.Errorf("split: layer %d has negative cost %d", i, x)
+		}
+		prefix[i+1] = prefix[i] + x
+	}
+	cost := func(lo, hi, s int) int64 {
+		n := prefix[hi] - prefix[lo]
+		if s == 0 {
+			n += c.Embed
+		}
+		if s == stages-1 {
+			n += c.Head
+		}
+		return n
+	}
+	// best[s][k]: the least maximum stage cost running layers [0,k) on stages
+	// 0..s (stage s being the last of them, but only stage stages-1 pays Head).
+	const inf = int64(1) << 62
+	best := make([][]int64, stages)
+	for s := range best {
+		best[s] = make([]int64, L+1)
+		for k := range best[s] {
+			best[s][k] = inf
+		}
+	}
+	for k := 1; k <= L; k++ {
+		best[0][k] = cost(0, k, 0)
+	}
+	for s := 1; s < stages; s++ {
+		for k := s + 1; k <= L; k++ {
+			for j := s; j < k; j++ {
+				if m := max(best[s-1][j], cost(j, k, s)); m < best[s][k] {
+					best[s][k] = m
+				}
+			}
+		}
+	}
+	opt := best[stages-1][L]
+	// Walk back from the last stage, giving each the most layers (the smallest
+	// start j) that keeps both it and the prefix before it within opt.
+	b := make([]int, stages+1)
+	b[stages] = L
+	for s := stages - 1; s > 0; s-- {
+		k := b[s+1]
+		for j := s; j < k; j++ {
+			if best[s-1][j] <= opt && cost(j, k, s) <= opt {
+				b[s] = j
+				break
+			}
+		}
+	}
+	return b, nil
+}
+
+// String prints the plan as a table, one line per rank, as the trainer writes
+// it to RUN/plan.txt. The cost share is the stage's fraction of one replica's
+// estimated FLOPs; a balanced plan has every share near 1/P.
+func (p *Plan) String() string {
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "plan: %d rank%s = %d pipeline stage%s x %d data-parallel replica%s, %d layers, costs at seq %d (rank = replica*%d + stage)\n",
+		p.World, plural(p.World), p.Stages, plural(p.Stages), p.Replicas, plural(p.Replicas), p.Layers, p.SeqLen, p.Stages)
+	var total int64
+	var most int64
+	for _, s := range p.StageInfo {
+		total += s.Cost
+		most = max(most, s.Cost)
+	}
+	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "rank\tstage\treplica\tlayers\tcount\tparts\tcost share\t")
+	for _, r := range p.Ranks {
+		st := p.StageInfo[r.Stage]
+		var parts []string
+		if r.Embed {
+			parts = append(parts, "embed")
+		}
+		if r.Head {
+			parts = append(parts, "head")
+		}
+		if len(parts) == 0 {
+			parts = append(parts, "-")
+		}
+		fmt.Fprintf(tw, "%d\t%d\t%d\t[%d,%d)\t%d\t%s\t%.1f%%\t\n", r.Rank, r.Stage, r.Replica, r.Lo, r.Hi, r.Hi-r.Lo,
+			strings.Join(parts, "+"), 100*float64(st.Cost)/float64(total))
+	}
+	tw.Flush()
+	if total > 0 {
+		// The slowest stage sets the pace: the rest wait for it.
+		fmt.Fprintf(&sb, "balance: slowest stage %.1f%% of a replica's work (ideal %.1f%%)\n",
+			100*float64(most)/float64(total), 100/float64(p.Stages))
+	}
+	return sb.String()
+}
+
+// JSON is the plan as indented JSON, for tools and the run directory.
+func (p *Plan) JSON() ([]byte, error) { return json.MarshalIndent(p, "", "  ") }
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}

@@ -1,0 +1,181 @@
+package shard
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+
+	"train/model"
+)
+
+func randomConfig(t *testing.T, name string) *model.Config {
+	t.Helper()
+	c, err := model.RandomConfig(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+func TestPlanLayout(t *testing.T) {
+	cfg := randomConfig(t, "llama-3.1-8b")
+	p, err := New(cfg, 8, 4, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Replicas != 2 || len(p.Ranks) != 8 || len(p.StageInfo) != 4 {
+		t.Fatalf("plan shape: %+v", p)
+	}
+	for _, r := range p.Ranks {
+		if r.Rank != r.Replica*4+r.Stage || p.RankOf(r.Stage, r.Replica) != r.Rank {
+			t.Errorf("rank %d is stage %d replica %d", r.Rank, r.Stage, r.Replica)
+		}
+		if r.Embed != (r.Stage == 0) || r.Head != (r.Stage == 3) {
+			t.Errorf("rank %d: embed %v head %v", r.Rank, r.Embed, r.Head)
+		}
+		if len(r.Pipeline) != 4 || r.Pipeline[r.Stage] != r.Rank || len(r.DataParallel) != 2 || r.DataParallel[r.Replica] != r.Rank {
+			t.Errorf("rank %d groups: pipeline %v data-parallel %v", r.Rank, r.Pipeline, r.DataParallel)
+		}
+	}
+	r5 := p.Ranks[5]
+	if fmt.Sprint(r5.Pipeline) != "[4 5 6 7]" || fmt.Sprint(r5.DataParallel) != "[1 5]" || r5.Prev() != 4 || r5.Next() != 6 {
+		t.Errorf("rank 5: %+v prev %d next %d", r5, r5.Prev(), r5.Next())
+	}
+	if p.Ranks[4].Prev() != -1 || p.Ranks[7].Next() != -1 {
+		t.Error("pipeline ends have neighbours")
+	}
+	// Layers are covered once, contiguously, every stage non-empty.
+	lo := 0
+	for _, s := range p.StageInfo {
+		if s.Lo != lo || s.Hi <= s.Lo {
+			t.Errorf("stage %d: [%d,%d) after %d", s.Stage, s.Lo, s.Hi, lo)
+		}
+		lo = s.Hi
+	}
+	if lo != cfg.NumLayers {
+		t.Errorf("layers end at %d, model has %d", lo, cfg.NumLayers)
+	}
+}
+
+// The last stage pays for lm_head (2*V*C, about 1.2 layers of 70B at T=2048),
+// so it gets fewer layers; among the splits as fast as the best, the first
+// stage (4 micro-batches in flight under 1F1B) gets the fewest.
+func TestPlanBalances70B(t *testing.T) {
+	cfg := randomConfig(t, "llama-3.1-70b")
+	p, err := New(cfg, 4, 4, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counts []int
+	for _, s := range p.StageInfo {
+		counts = append(counts, s.Hi-s.Lo)
+	}
+	if got := fmt.Sprint(counts); got != "[19 21 21 19]" {
+		t.Errorf("70B over 4 stages: layer counts %s\n%s", got, p)
+	}
+	out := p.String()
+	for _, want := range []string{"4 ranks = 4 pipeline stages x 1 data-parallel replica", "[61,80)", "embed", "head", "balance:"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("String() lacks %q:\n%s", want, out)
+		}
+	}
+	js, err := p.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Plan
+	if err := json.Unmarshal(js, &back); err != nil || back.String() != out {
+		t.Errorf("JSON round trip: %v\n%s", err, js)
+	}
+}
+
+func TestPlanErrors(t *testing.T) {
+	cfg := randomConfig(t, "tiny") // 4 layers
+	for _, c := range []struct {
+		world, stages int
+		want          string
+	}{
+		{6, 4, "not a multiple"},
+		{5, 5, "4 layers"},
+		{4, 0, "at least 1"},
+		{0, 1, "at least 1"},
+	} {
+		_, err := New(cfg, c.world, c.stages, 64)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("New(world %d, stages %d) = %v, want an error containing %q", c.world, c.stages, err, c.want)
+		}
+	}
+	if p, err := New(cfg, 8, 4, 64); err != nil || p.Replicas != 2 {
+		t.Errorf("New(8, 4) = %v, %v", p, err)
+	}
+}
+
+// bruteForce tries every split of L layers into P stages.
+func bruteForce(c Costs, P int) int64 {
+	L := len(c.Layer)
+	best := int64(1) << 62
+	var rec func(s, lo int, worst int64)
+	rec = func(s, lo int, worst int64) {
+		if s == P-1 {
+			best = min(best, max(worst, c.stage(lo, L, s == 0, true)))
+			return
+		}
+		for hi := lo + 1; hi <= L-(P-1-s); hi++ {
+			rec(s+1, hi, max(worst, c.stage(lo, hi, s == 0, false)))
+		}
+	}
+	rec(0, 0, 0)
+	return best
+}
+
+func TestSplitIsOptimal(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for trial := 0; trial < 300; trial++ {
+		L := 1 + rng.IntN(10)
+		c := Costs{Layer: make([]int64, L), Embed: rng.Int64N(30), Head: rng.Int64N(60)}
+		for i := range c.Layer {
+			c.Layer[i] = 1 + rng.Int64N(20)
+		}
+		P := 1 + rng.IntN(L)
+		b, err := Split(c, P)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var worst int64
+		for s := 0; s < P; s++ {
+			if b[s+1] <= b[s] {
+				t.Fatalf("%+v P=%d: empty stage in %v", c, P, b)
+			}
+			worst = max(worst, c.stage(b[s], b[s+1], s == 0, s == P-1))
+		}
+		if b[0] != 0 || b[P] != L {
+			t.Fatalf("bounds %v do not cover %d layers", b, L)
+		}
+		if want := bruteForce(c, P); worst != want {
+			t.Errorf("%+v P=%d: split %v has max cost %d, optimum %d", c, P, b, worst, want)
+		}
+	}
+	if _, err := Split(Costs{Layer: []int64{1, 2}}, 3); err == nil {
+		t.Error("Split of 2 layers into 3 stages: no error")
+	}
+}
+
+func TestActionsUseWorldRanks(t *testing.T) {
+	cfg := randomConfig(t, "tiny")
+	p, err := New(cfg, 4, 2, 64) // replicas {0,1}, {2,3}
+	if err != nil {
+		t.Fatal(err)
+	}
+	acts, err := p.Actions(3, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(acts); got != "[RecvActivation(0)@2 Forward(0) Backward(0) SendGrad(0)@2 RecvActivation(1)@2 Forward(1) Backward(1) SendGrad(1)@2 ReduceGrads OptimizerStep]" {
+		t.Errorf("rank 3: %s", got)
+	}
+	if _, err := p.Actions(4, 2); err == nil {
+		t.Error("Actions(4) in a world of 4: no error")
+	}
+}

@@ -81,10 +81,13 @@ func hostname() string {
 // `train bench collective`.
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("which benchmark? (train bench collective)")
+		return usagef("which benchmark? (train bench collective, train bench pipeline)")
+	}
+	if args[0] == "pipeline" {
+		return benchPipeline(args[1:], stdout, stderr)
 	}
 	if args[0] != "collective" {
-		return usagef("unknown benchmark %q (there is: collective)", args[0])
+		return usagef("unknown benchmark %q (there are: collective, pipeline)", args[0])
 	}
 	fs := newFlagSet("bench collective", `train bench collective [flags]
 

@@ -158,7 +158,8 @@ func (f *flatParams) values() int64 {
 	return n
 }
 
-func (f *flatParams) downloadGrads(be ops.Backend) error {
+func (f *flatParams) downloadGrads(m *model.Model, be ops.Backend) error {
+	m.FinishGrads()
 	for _, v := range f.views {
 		if err := be.Download(f.grad[v.off:v.off+v.n], v.p.Grad); err != nil {
 			return fmt.Errorf("%s: %w", v.p.Name, err)

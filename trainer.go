@@ -67,10 +67,8 @@ func trainRun(cfg config.Config, launch *collective.Flags, stdout, stderr io.Wri
 }
 
 func trainWithContext(ctx context.Context, cfg config.Config, launch *collective.Flags, stdout, stderr io.Writer) (err error) {
-	start := time.Now()
-	be, err := newBackend(cfg.Device)
-	if err != nil {
-		return err
+	if _, err := newBackend(cfg.Device); err != nil {
+		return err // before connecting to anyone
 	}
 	mc, err := loadModelConfig(cfg.Model)
 	if err != nil {
@@ -85,21 +83,33 @@ func trainWithContext(ctx context.Context, cfg config.Config, launch *collective
 			err = fmt.Errorf("closing the collectives: %w", cerr)
 		}
 	}()
+	_, err = trainOnWorld(ctx, cfg, mc, d, stdout, stderr)
+	return err
+}
+
+// trainOnWorld runs a whole training job on a joined world: set-up, the loop,
+// evaluation, samples and outputs. It returns what the loop measured.
+func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *dist, stdout, stderr io.Writer) (res loopResult, err error) {
+	start := time.Now()
+	be, err := newBackend(cfg.Device)
+	if err != nil {
+		return res, err
+	}
 	if !d.isRoot() {
 		stdout, stderr = io.Discard, io.Discard // rank 0 speaks for the job; every rank has its log
 	}
 	// Each rank loads only the tensors of its own stage.
 	w, err := loadStageWeights(cfg.Model, mc, cfg.Seed, d.me)
 	if err != nil {
-		return err
+		return res, err
 	}
 	tok, err := loadTokenizer(cfg, w.Config)
 	if err != nil {
-		return err
+		return res, err
 	}
 	task, trainSet, evalSet, err := loadTrainingData(cfg, w.Config, tok, stderr)
 	if err != nil {
-		return err
+		return res, err
 	}
 	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing}
 	switch cfg.Train.Method {
@@ -109,16 +119,16 @@ func trainWithContext(ctx context.Context, cfg config.Config, launch *collective
 			RSLoRA: cfg.LoRA.RSLoRA, Targets: cfg.LoRA.Targets,
 		}, uint64(cfg.Seed))
 		if err != nil {
-			return err
+			return res, err
 		}
 		opts.LoRA = l
 	case "qlora":
-		return errors.New("train.method qlora keeps 4-bit NF4 base weights on a GPU, which this build's CPU backend cannot; use -method lora on the CPU")
+		return res, errors.New("train.method qlora keeps 4-bit NF4 base weights on a GPU, which this build's CPU backend cannot; use -method lora on the CPU")
 	}
 	opts.Lo, opts.Hi = d.me.Lo, d.me.Hi
 	m, err := model.NewModel(be, w, opts)
 	if err != nil {
-		return err
+		return res, err
 	}
 	defer m.Close()
 
@@ -135,16 +145,16 @@ func trainWithContext(ctx context.Context, cfg config.Config, launch *collective
 	}
 	tiedDup := mc.TieEmbeddings && d.plan.Stages > 1 && d.last()
 	if t.flat, err = newFlatParams(m, be, shards, shardIndex, tiedDup); err != nil {
-		return err
+		return res, err
 	}
 	if err := t.openRunDir(); err != nil {
-		return err
+		return res, err
 	}
 	if t.metrics != nil {
 		defer t.metrics.Close()
 	}
 	if t.log, err = openRankLog(cfg.RunDir, d.rank()); err != nil {
-		return err
+		return res, err
 	}
 	defer func() { t.log.close(err) }()
 	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(),
@@ -159,29 +169,29 @@ func trainWithContext(ctx context.Context, cfg config.Config, launch *collective
 	samples := task != nil && d.plan.Stages == 1
 	if samples && d.isRoot() {
 		if err := t.showSamples(task, "before training", stdout); err != nil {
-			return err
+			return res, err
 		}
 	}
-	res, err := t.loop()
+	res, err = t.loop()
 	if err != nil {
-		return err
+		return res, err
 	}
 	evalLoss, evalTokens, err := t.evaluate()
 	if err != nil {
-		return err
+		return res, err
 	}
 	if err := t.writeMetric(map[string]any{"step": res.steps, "eval_loss": evalLoss, "eval_tokens": evalTokens}); err != nil {
-		return err
+		return res, err
 	}
 	best := min(evalLoss, res.bestEval)
 	if samples && d.isRoot() {
 		if err := t.showSamples(task, "after training", stdout); err != nil {
-			return err
+			return res, err
 		}
 	}
 	saved, err := t.saveOutputs(w)
 	if err != nil {
-		return err
+		return res, err
 	}
 	elapsed := time.Since(start)
 	if res.stopped {
@@ -190,7 +200,7 @@ func trainWithContext(ctx context.Context, cfg config.Config, launch *collective
 	fmt.Fprintf(stdout, "done: %d steps, %s tokens in %s; train loss %.4f -> %.4f; eval loss %.4f over %d tokens (best %.4f)\n",
 		res.steps, humanInt(int64(res.tokens)), elapsed.Round(time.Second), res.first, res.last, evalLoss, evalTokens, best)
 	fmt.Fprintf(stdout, "outputs: %s (metrics.jsonl, config.toml%s)\n", cfg.RunDir, saved)
-	return nil
+	return res, nil
 }
 
 // newBackend returns the device cfg.Device names.
@@ -363,6 +373,10 @@ type loopResult struct {
 	tokens      int     // tokens processed, padding included
 	bestEval    float64 // lowest eval loss seen during the loop (+Inf if none)
 	stopped     bool    // a signal ended the loop early
+	// after is the time split of every step after the first (which pays for
+	// warm-up), and wall their total: what `train bench pipeline` reports.
+	after stepTimes
+	wall  time.Duration
 }
 
 // loop runs every optimizer step: forward and backward over the step's
@@ -410,7 +424,7 @@ func (t *trainer) loop() (loopResult, error) {
 		}
 		res.tokens += stepTokens
 		f := t.flat
-		if err := f.downloadGrads(t.be); err != nil {
+		if err := f.downloadGrads(t.m, t.be); err != nil {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
 		if err := t.reduceGrads(&times); err != nil {
@@ -459,6 +473,12 @@ func (t *trainer) loop() (loopResult, error) {
 		if err := t.writeMetric(map[string]any{"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
 			"tokens": res.tokens, "scored_tokens": total, "tokens_per_s": tps, "epoch": t.epoch}); err != nil {
 			return res, err
+		}
+		if step > 0 {
+			res.after.compute += times.compute
+			res.after.bubble += times.bubble
+			res.after.comm += times.comm
+			res.wall += time.Since(stepStart)
 		}
 		t.log.Info("step", "step", step+1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
 			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),

@@ -45,6 +45,11 @@ type Model struct {
 	embed     *Param // first stage, and last stage when tied
 	finalNorm *Param // last stage
 	head      *Param // last stage: lm_head, or embed when tied
+	// headGrad keeps a tied head's gradient apart from the embedding's when one
+	// stage runs both, so the two are summed once at the end (FinishGrads) as a
+	// pipeline sums them across its first and last stage: the same order, so the
+	// same bits, whatever the split.
+	headGrad ops.Buf
 	layers    []*stageLayer
 
 	invFreq      []float32
@@ -264,6 +269,9 @@ func (m *Model) allocParams() error {
 			gp.Add(&p.Grad, p.size())
 		}
 	}
+	if m.first && m.last && m.cfg.TieEmbeddings && m.embed.trainable {
+		gp.Add(&m.headGrad, m.embed.size())
+	}
 	var err error
 	if m.paramBuf, err = vp.Alloc(m.be, ops.F32); err != nil {
 		return fmt.Errorf("model: parameters: %w", err)
@@ -391,8 +399,8 @@ func (m *Model) Backward(scale float32) error {
 	N, C, V := p.N, c.HiddenSize, c.VocabSize
 	if m.last {
 		be.CrossEntropyBackward(p.logits, p.logits, p.targets, N, V, scale) // logits now hold dlogits
-		if m.head.Grad != nil {
-			be.MatmulTN(m.head.Grad, p.logits, p.xf, V, C, N, 1, 1)
+		if hg := m.headGradBuf(); hg != nil {
+			be.MatmulTN(hg, p.logits, p.xf, V, C, N, 1, 1)
 		}
 		be.MatmulNN(p.dln, p.logits, m.head.Value, N, C, V, 1, 0)
 		be.Zero(p.dresid, N*C)
@@ -570,8 +578,29 @@ func (m *Model) ZeroGrads() {
 	}
 }
 
+// headGradBuf is where the head's gradient accumulates.
+func (m *Model) headGradBuf() ops.Buf {
+	if m.headGrad != nil {
+		return m.headGrad
+	}
+	return m.head.Grad
+}
+
+// FinishGrads adds into the tied embedding's gradient the head's part, which
+// Backward keeps apart. Grad and Grads call it; a caller that reads Param.Grad
+// directly calls it once after the step's last Backward.
+func (m *Model) FinishGrads() {
+	if m.headGrad == nil {
+		return
+	}
+	n := m.embed.size()
+	m.be.Add(m.embed.Grad, m.embed.Grad, m.headGrad, n)
+	m.be.Zero(m.headGrad, n)
+}
+
 // Grad downloads the gradient of the named tensor.
 func (m *Model) Grad(name string) ([]float32, error) {
+	m.FinishGrads()
 	p := m.byName[name]
 	if p == nil {
 		return nil, fmt.Errorf("model: no tensor %q in layers [%d,%d)", name, m.lo, m.hi)

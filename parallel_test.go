@@ -1,0 +1,235 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"train/model"
+)
+
+// TestMain lets a test start copies of this binary as training ranks: with
+// TRAIN_TEST_CHILD=1 it runs the program on TRAIN_TEST_ARGS instead of the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("TRAIN_TEST_CHILD") == "1" {
+		os.Exit(mainExit(strings.Fields(os.Getenv("TRAIN_TEST_ARGS")), os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// rankBinary is the program the multi-process tests start as ranks: train built
+// without the race detector when the tests run under it (ranks are separate
+// processes, so -race would only slow their arithmetic several times over; the
+// collectives' own tests cover races), else this test binary itself.
+var rankBinary = sync.OnceValues(func() (string, error) {
+	if !raceEnabled {
+		return os.Args[0], nil
+	}
+	dir, err := os.MkdirTemp("", "train-ranks-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "train")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// launchRanks runs np ranks of `train args...`: under a real mpirun when there is
+// one (CI installs Open MPI), otherwise as np processes bootstrapped through
+// RANK/WORLD_SIZE/MASTER_ADDR, and fails the test if any rank fails.
+func launchRanks(t *testing.T, np int, args []string) {
+	t.Helper()
+	bin, err := rankBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// This test binary takes the program's arguments through the environment
+	// (see TestMain); a built train takes them on its command line.
+	env := append(os.Environ(), "TRAIN_TEST_CHILD=1", "TRAIN_TEST_ARGS="+strings.Join(args, " "))
+	var binArgs []string
+	if bin != os.Args[0] {
+		binArgs = args
+	}
+	if mpirun, err := exec.LookPath("mpirun"); err == nil && np > 1 {
+		cmd := exec.CommandContext(ctx, mpirun, append([]string{"--oversubscribe", "-np", fmt.Sprint(np),
+			"-x", "TRAIN_TEST_CHILD", "-x", "TRAIN_TEST_ARGS", bin}, binArgs...)...)
+		cmd.Env = append(env, "OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("mpirun -np %d train %s: %v\n%s", np, strings.Join(args, " "), err, out)
+		}
+		return
+	}
+	port := freePort(t)
+	var wg sync.WaitGroup
+	errs := make([]error, np)
+	outs := make([][]byte, np)
+	for r := 0; r < np; r++ {
+		cmd := exec.CommandContext(ctx, bin, binArgs...)
+		cmd.Env = append(env, fmt.Sprintf("RANK=%d", r), fmt.Sprintf("WORLD_SIZE=%d", np),
+			"MASTER_ADDR=127.0.0.1", fmt.Sprintf("MASTER_PORT=%d", port), "TRAIN_JOB_ID=test-"+t.Name())
+		wg.Add(1)
+		go func(r int) {
+			defer wg.Done()
+			outs[r], errs[r] = cmd.CombinedOutput()
+		}(r)
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d of train %s: %v\n%s", r, strings.Join(args, " "), err, outs[r])
+		}
+	}
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// runLosses reads the per-step training losses and the final eval loss of a run.
+func runLosses(t *testing.T, run string) (losses []float64, eval float64) {
+	t.Helper()
+	for _, m := range readMetrics(t, run) {
+		if l, ok := m["loss"]; ok {
+			losses = append(losses, l)
+		}
+		if l, ok := m["eval_loss"]; ok {
+			eval = l
+		}
+	}
+	return losses, eval
+}
+
+// trainedTensors reads what a run saved: the adapter (LoRA) or the model (full).
+func trainedTensors(t *testing.T, run, method string) map[string][]float32 {
+	t.Helper()
+	path := filepath.Join(run, "model", "model.safetensors")
+	if method == "lora" {
+		path = filepath.Join(run, "adapter", "adapter_model.safetensors")
+	}
+	f, err := model.OpenSafetensors(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[string][]float32{}
+	for _, ti := range f.Tensors() {
+		v, _, err := f.ReadFloat32(ti.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[ti.Name] = v
+	}
+	return out
+}
+
+// TestParallelEquivalence trains stories260K (5 layers, tied embeddings) for 20
+// steps on one process and on every parallel layout, under mpirun: data-parallel
+// (D=2, D=4), pipeline (P=2, P=5), both (P=2 x D=2), and ZeRO-1, for LoRA and full
+// fine-tuning. The global batch is the same in each (grad_accum x D = 4), so every
+// per-step loss, the final eval loss and every trained tensor must match the
+// single process within 1e-5 relative.
+func TestParallelEquivalence(t *testing.T) {
+	requireStories(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "train.jsonl")
+	evalData := filepath.Join(dir, "eval.jsonl")
+	writeStories(t, data, 64, 3)
+	writeStories(t, evalData, 6, 4)
+	layouts := []struct {
+		name  string
+		np    int
+		flags string
+		full  bool // also run for full fine-tuning
+	}{
+		{"D2", 2, "-grad-accum 2", true},
+		{"D4", 4, "-grad-accum 1", false},
+		{"P2", 2, "-pp 2 -grad-accum 4", false},
+		{"P5", 5, "-pp 5 -grad-accum 4", true},
+		{"P2xD2", 4, "-pp 2 -grad-accum 2", false},
+		{"D2-zero1", 2, "-grad-accum 2 -zero1", false},
+		{"P2xD2-zero1", 4, "-pp 2 -grad-accum 2 -zero1", true},
+	}
+	for _, method := range []string{"lora", "full"} {
+		t.Run(method, func(t *testing.T) {
+			common := fmt.Sprintf("-model %s -data %s -eval-data %s -method %s -steps 20 -lr 5e-3 -warmup 2 -batch 1 -seq 64 -lora-rank 4 -log-every 100 -timeout 120",
+				storiesDir, data, evalData, method)
+			base := filepath.Join(dir, method+"-base")
+			launchRanks(t, 1, strings.Fields(common+" -grad-accum 4 -run "+base))
+			wantLoss, wantEval := runLosses(t, base)
+			wantTensors := trainedTensors(t, base, method)
+			if len(wantLoss) != 20 {
+				t.Fatalf("the single process logged %d steps, want 20", len(wantLoss))
+			}
+			for _, l := range layouts {
+				if method == "full" && !l.full {
+					continue
+				}
+				t.Run(l.name, func(t *testing.T) {
+					run := filepath.Join(dir, method+"-"+l.name)
+					launchRanks(t, l.np, strings.Fields(common+" "+l.flags+" -run "+run))
+					gotLoss, gotEval := runLosses(t, run)
+					if len(gotLoss) != len(wantLoss) {
+						t.Fatalf("%d steps logged, want %d", len(gotLoss), len(wantLoss))
+					}
+					for i := range wantLoss {
+						if rel := math.Abs(gotLoss[i]-wantLoss[i]) / wantLoss[i]; rel > 1e-5 {
+							t.Errorf("step %d: loss %.9g, single process %.9g (relative %.2g)", i+1, gotLoss[i], wantLoss[i], rel)
+						}
+					}
+					if rel := math.Abs(gotEval-wantEval) / wantEval; rel > 1e-5 {
+						t.Errorf("eval loss %.9g, single process %.9g", gotEval, wantEval)
+					}
+					got := trainedTensors(t, run, method)
+					if len(got) != len(wantTensors) {
+						t.Fatalf("%d tensors saved, single process %d", len(got), len(wantTensors))
+					}
+					for name, want := range wantTensors {
+						want64 := make([]float64, len(want))
+						for i, v := range want {
+							want64[i] = float64(v)
+						}
+						if rel := relL2(got[name], want64); rel > 1e-5 {
+							t.Errorf("%s: relative L2 difference %.2g from the single process", name, rel)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// relL2 is ‖got − want‖ / ‖want‖ (‖got − want‖ when want is zero).
+func relL2(got []float32, want []float64) float64 {
+	if len(got) != len(want) {
+		return math.Inf(1)
+	}
+	var num, den float64
+	for i := range want {
+		d := float64(got[i]) - want[i]
+		num += d * d
+		den += want[i] * want[i]
+	}
+	if den == 0 {
+		return math.Sqrt(num)
+	}
+	return math.Sqrt(num / den)
+}

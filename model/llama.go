@@ -50,7 +50,7 @@ type Model struct {
 	// pipeline sums them across its first and last stage: the same order, so the
 	// same bits, whatever the split.
 	headGrad ops.Buf
-	layers    []*stageLayer
+	layers   []*stageLayer
 
 	invFreq      []float32
 	ropeP        int // rows in the rope tables

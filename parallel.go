@@ -484,3 +484,54 @@ func finiteAll(vals ...float64) bool {
 	}
 	return true
 }
+
+// checkFits refuses, before anything is loaded, a plan whose rank would need more
+// host memory than this host has for it (the memory available now, shared by the
+// ranks the launcher put on this host), and says what would fit. The estimate is
+// shard's, with the CPU's sizes: float32 activations, and float32 base weights
+// held twice while the model is built (the loaded tensors and the backend's copy).
+func checkFits(cfg config.Config, mc *model.Config, d *dist) error {
+	avail := availableMemory()
+	if avail <= 0 {
+		return nil // unknown: nothing to check against
+	}
+	budget := avail / int64(ranksOnHost())
+	setup := shard.Setup{Method: cfg.Train.Method, MicroBatch: cfg.Train.MicroBatch, SeqLen: cfg.Data.SeqLen,
+		MicroBatches: cfg.Train.GradAccum, LoRARank: cfg.LoRA.Rank, LoRATargets: cfg.LoRA.Targets,
+		Zero1: d.zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: 4}
+	if cfg.Train.Method != "lora" && cfg.Train.Method != "qlora" {
+		setup.LoRATargets = nil
+	}
+	est, err := shard.EstimateMemory(mc, d.plan, setup)
+	if err != nil {
+		return err
+	}
+	m := est.Ranks[d.rank()]
+	need := m.Total() + 3*m.Weights // bf16 in the estimate; float32, twice, here
+	if need <= budget {
+		return nil
+	}
+	msg := fmt.Sprintf("rank %d (stage %d) needs about %s of host memory and this host has %s for it (%s available, %d ranks here)",
+		d.rank(), d.me.Stage, shard.FormatBytes(need), shard.FormatBytes(budget), shard.FormatBytes(avail), ranksOnHost())
+	if sugg, err := shard.Suggest(mc, est, budget*m.Total()/need); err == nil && len(sugg) > 0 {
+		msg += "; what would fit:"
+		for _, s := range sugg {
+			msg += "\n  " + s.Change
+		}
+	} else {
+		msg += "; try more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora"
+	}
+	return errors.New(msg)
+}
+
+// ranksOnHost is how many ranks the launcher started on this host (1 if it does
+// not say).
+func ranksOnHost() int {
+	for _, k := range []string{"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE", "LOCAL_WORLD_SIZE"} {
+		var n int
+		if _, err := fmt.Sscan(os.Getenv(k), &n); err == nil && n > 0 {
+			return n
+		}
+	}
+	return 1
+}

@@ -98,6 +98,9 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	if !d.isRoot() {
 		stdout, stderr = io.Discard, io.Discard // rank 0 speaks for the job; every rank has its log
 	}
+	if err := checkFits(cfg, &mc, d); err != nil {
+		return res, err
+	}
 	// Each rank loads only the tensors of its own stage.
 	w, err := loadStageWeights(cfg.Model, mc, cfg.Seed, d.me)
 	if err != nil {

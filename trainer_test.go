@@ -256,3 +256,16 @@ func TestTrainStopsOnNonFiniteLoss(t *testing.T) {
 		t.Errorf("stderr lacks the stop reason:\n%s", errOut.String())
 	}
 }
+
+// TestTrainRefusesPlanThatDoesNotFit: Llama 3.1 8B cannot be fully fine-tuned in
+// this machine's memory; the trainer says so before loading anything.
+func TestTrainRefusesPlanThatDoesNotFit(t *testing.T) {
+	if availableMemory() <= 0 || availableMemory() > 150<<30 {
+		t.Skip("this host's available memory is unknown or large enough for the 8B model")
+	}
+	var out, errOut bytes.Buffer
+	code := mainExit([]string{"-model", "random:llama-3.1-8b", "-method", "full", "-steps", "1", "-run", filepath.Join(t.TempDir(), "run")}, &out, &errOut)
+	if code == 0 || !strings.Contains(errOut.String(), "of host memory") || !strings.Contains(errOut.String(), "-pp") {
+		t.Fatalf("exit %d, stderr %q: want a refusal naming the memory and what would fit", code, errOut.String())
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strings"
 	"time"
 
 	"train/collective"
@@ -106,6 +107,11 @@ type flatParams struct {
 	opt         []*optim.Param // the owned range, split at tensor boundaries
 	optDup      []bool         // per opt entry: counted on another stage too (the tied head)
 	embed       *flatView      // the embedding, for the tied-embedding sum; nil if not held
+	// layers maps a decoder layer to the flat range of its tensors (contiguous:
+	// the model lists a layer's tensors together), the unit of the gradient
+	// buckets reduced while backward still runs; rest are the other tensors.
+	layers map[int][2]int
+	rest   []flatView
 }
 
 type flatView struct {
@@ -137,6 +143,23 @@ func newFlatParams(m *model.Model, be ops.Backend, replicas int, shardIndex int,
 			f.embed = v
 		}
 	}
+	f.layers = map[int][2]int{}
+	for _, v := range f.views {
+		l, ok := layerOf(v.p.Name)
+		if !ok {
+			f.rest = append(f.rest, v)
+			continue
+		}
+		r, seen := f.layers[l]
+		if !seen {
+			r = [2]int{v.off, v.off}
+		}
+		if r[1] != v.off {
+			return nil, fmt.Errorf("train: the tensors of layer %d are not contiguous", l)
+		}
+		r[1] = v.off + v.n
+		f.layers[l] = r
+	}
 	per := padded / replicas
 	f.lo, f.hi = shardIndex*per, (shardIndex+1)*per
 	for _, v := range f.views {
@@ -150,6 +173,29 @@ func newFlatParams(m *model.Model, be ops.Backend, replicas int, shardIndex int,
 	return f, nil
 }
 
+// layerOf is the decoder layer a tensor belongs to, from its Hugging Face or peft name.
+func layerOf(name string) (int, bool) {
+	i := strings.Index(name, "model.layers.")
+	if i < 0 {
+		return 0, false
+	}
+	var l int
+	if _, err := fmt.Sscanf(name[i+len("model.layers."):], "%d.", &l); err != nil {
+		return 0, false
+	}
+	return l, true
+}
+
+// downloadViews copies the gradients of views from the model into the flat buffer.
+func (f *flatParams) downloadViews(be ops.Backend, views []flatView) error {
+	for _, v := range views {
+		if err := be.Download(f.grad[v.off:v.off+v.n], v.p.Grad); err != nil {
+			return fmt.Errorf("%s: %w", v.p.Name, err)
+		}
+	}
+	return nil
+}
+
 func (f *flatParams) values() int64 {
 	var n int64
 	for _, v := range f.views {
@@ -158,14 +204,14 @@ func (f *flatParams) values() int64 {
 	return n
 }
 
-func (f *flatParams) downloadGrads(m *model.Model, be ops.Backend) error {
+// downloadGrads copies the gradients not yet on the host: all of them, or with
+// overlapped buckets only the tensors outside the decoder layers.
+func (f *flatParams) downloadGrads(m *model.Model, be ops.Backend, overlapped bool) error {
 	m.FinishGrads()
-	for _, v := range f.views {
-		if err := be.Download(f.grad[v.off:v.off+v.n], v.p.Grad); err != nil {
-			return fmt.Errorf("%s: %w", v.p.Name, err)
-		}
+	if overlapped {
+		return f.downloadViews(be, f.rest)
 	}
-	return nil
+	return f.downloadViews(be, f.views)
 }
 
 // uploadValues copies the updated values back to the model.
@@ -284,6 +330,10 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 					delete(grads, k)
 				}
 				forwarded = -1
+				if t.overlap && k == len(mbs)-1 {
+					m.SetLayerDone(t.startBucket)
+					defer m.SetLayerDone(nil)
+				}
 				return m.Backward(scale)
 			})
 			if err == nil && !d.first() {
@@ -304,6 +354,29 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 	return lossSum, nil
 }
 
+// startBucket is called by the model as soon as the step's last backward has
+// finished layer l: it copies that layer's gradients to the host and starts
+// their all-reduce across the replicas, which runs while the layers below are
+// still computing their backward.
+func (t *trainer) startBucket(l int) error {
+	f := t.flat
+	r, ok := f.layers[l]
+	if !ok {
+		return nil // a layer with nothing to train
+	}
+	var views []flatView
+	for _, v := range f.views {
+		if v.off >= r[0] && v.off < r[1] {
+			views = append(views, v)
+		}
+	}
+	if err := f.downloadViews(t.be, views); err != nil {
+		return err
+	}
+	t.pending = append(t.pending, t.dist.dp.AllReduceAsync(collective.F32(f.grad[r[0]:r[1]]), collective.Sum))
+	return nil
+}
+
 // reduceGrads brings every replica's gradients together: the tied embedding's two
 // halves summed between the first and last stage, then a sum over the replicas
 // (all-reduce, or with ZeRO-1 a reduce-scatter that leaves each rank its shard).
@@ -319,6 +392,21 @@ func (t *trainer) reduceGrads(times *stepTimes) error {
 			}
 		}
 		if d.dp == nil {
+			return nil
+		}
+		if t.overlap {
+			// The layers' buckets went out during backward; the rest follow.
+			for _, h := range t.pending {
+				if err := h.Wait(); err != nil {
+					return fmt.Errorf("gradient all-reduce: %w", err)
+				}
+			}
+			t.pending = t.pending[:0]
+			for _, v := range f.rest {
+				if err := d.dp.AllReduce(collective.F32(f.grad[v.off:v.off+v.n]), collective.Sum); err != nil {
+					return fmt.Errorf("gradient all-reduce: %w", err)
+				}
+			}
 			return nil
 		}
 		if d.zero1 {

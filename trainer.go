@@ -31,15 +31,19 @@ const maxBadSteps = 5
 // trainer is one process's training run on one rank: the model on its backend,
 // host copies of the trainable tensors for the optimizer, and the data order.
 type trainer struct {
-	ctx   context.Context // cancelled by SIGINT/SIGTERM: stop after the step
-	cfg   config.Config
-	tok   *tokenizer.Tokenizer // nil for the generated task
-	be    ops.Backend
-	m     *model.Model
-	dist  *dist       // this rank's place in the run
-	flat  *flatParams // the trainable tensors on the host, for reduction and the optimizer
-	opt   optim.AdamW
-	sched optim.Schedule
+	ctx  context.Context // cancelled by SIGINT/SIGTERM: stop after the step
+	cfg  config.Config
+	tok  *tokenizer.Tokenizer // nil for the generated task
+	be   ops.Backend
+	m    *model.Model
+	dist *dist       // this rank's place in the run
+	flat *flatParams // the trainable tensors on the host, for reduction and the optimizer
+	// overlap reduces each layer's gradients while backward goes on below it
+	// (data parallel without ZeRO-1); pending are those reductions in flight.
+	overlap bool
+	pending []collective.Handle
+	opt     optim.AdamW
+	sched   optim.Schedule
 
 	train, eval []data.TokenExample
 	order       []int // shuffled indices into train; refilled each epoch
@@ -150,6 +154,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	if t.flat, err = newFlatParams(m, be, shards, shardIndex, tiedDup); err != nil {
 		return res, err
 	}
+	t.overlap = d.dp != nil && !d.zero1
 	if err := t.openRunDir(); err != nil {
 		return res, err
 	}
@@ -427,7 +432,7 @@ func (t *trainer) loop() (loopResult, error) {
 		}
 		res.tokens += stepTokens
 		f := t.flat
-		if err := f.downloadGrads(t.m, t.be); err != nil {
+		if err := f.downloadGrads(t.m, t.be, t.overlap); err != nil {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
 		if err := t.reduceGrads(&times); err != nil {

@@ -50,7 +50,10 @@ type Model struct {
 	// pipeline sums them across its first and last stage: the same order, so the
 	// same bits, whatever the split.
 	headGrad ops.Buf
-	layers   []*stageLayer
+	// layerDone, when set, is called after each layer's backward (see
+	// SetLayerDone).
+	layerDone func(layer int) error
+	layers    []*stageLayer
 
 	invFreq      []float32
 	ropeP        int // rows in the rope tables
@@ -412,6 +415,14 @@ func (m *Model) Backward(scale float32) error {
 			m.layerForward(l, a, p.resid[l-m.lo], p.resid[l-m.lo+1], true)
 		}
 		m.layerBackward(l, a, p.resid[l-m.lo])
+		if m.layerDone != nil {
+			if err := m.be.Sync(); err != nil {
+				return fmt.Errorf("model: backward: %w", err)
+			}
+			if err := m.layerDone(l); err != nil {
+				return err
+			}
+		}
 	}
 	if m.first && m.embed.Grad != nil {
 		be.EmbeddingBackward(m.embed.Grad, p.dresid, p.ids, N, C, V)
@@ -577,6 +588,13 @@ func (m *Model) ZeroGrads() {
 		m.be.Zero(m.gradBuf, m.gradBuf.Len())
 	}
 }
+
+// SetLayerDone makes Backward call f after each decoder layer's backward, once
+// that layer's parameter gradients are final for this micro-batch (in
+// decreasing layer order), so a caller can start reducing them while the layers
+// below are still being computed. nil turns it off; an error from f stops the
+// backward with it.
+func (m *Model) SetLayerDone(f func(layer int) error) { m.layerDone = f }
 
 // headGradBuf is where the head's gradient accumulates.
 func (m *Model) headGradBuf() ops.Buf {

@@ -3,12 +3,15 @@
 # no Go: build here first, then carry .dev (binaries and a copy of ../shared):
 #
 #   mkdir -p .dev/bin .dev/shared && cp -r ../shared/models ../shared/tokenizers .dev/shared/
-#   go test -c -o .dev/bin/tokenizer.test ./tokenizer
-#   scripts/gpu-check.sh OUTDIR        # on the GPU machine, from the repository root
+#   go test -c -o .dev/bin/tokenizer.test ./tokenizer && go build -o .dev/bin/train .
+#   scripts/gpu-check.sh OUTDIR [SECTIONS]   # on the GPU machine, from the repository root
 #
-# Writes full logs to OUTDIR and prints a short table last.
+# SECTIONS is a comma-separated subset of fixtures,tokenizer,collective,pipeline
+# (default: all). Writes full logs to OUTDIR and prints a short table last.
 set -uo pipefail
-out="${1:?usage: $0 OUTDIR}"
+out="${1:?usage: $0 OUTDIR [SECTIONS]}"
+sections=",${2:-fixtures,tokenizer,collective,pipeline},"
+want() { [[ "$sections" == *",$1,"* ]]; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 shared="$PWD/.dev/shared"
@@ -17,13 +20,15 @@ shared="$PWD/.dev/shared"
 table=()
 
 # 1. Reference fixtures from transformers/peft (float64): model parity, tokenizer ids, chat template.
-if python3 scripts/make-parity-fixtures.py --shared "$shared" --out "$out" >"$out/fixtures.log" 2>&1; then
+if ! want fixtures; then :
+elif python3 scripts/make-parity-fixtures.py --shared "$shared" --out "$out" >"$out/fixtures.log" 2>&1; then
   table+=("fixtures: written to fixtures.tar (unpack with scripts/unpack-parity-fixtures.sh)")
 else
   table+=("fixtures: FAILED (see fixtures.log)")
 fi
 
 # 2. Tokenizer encode throughput: ours against Hugging Face tokenizers, same CPU, same corpus.
+if want tokenizer; then
 pin=""; command -v taskset >/dev/null && pin="taskset -c 2"
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 {
@@ -34,6 +39,26 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 } >"$out/tokenizer-bench.log" 2>&1
 table+=("tokenizer bench ($cpu, one core):")
 while IFS= read -r line; do table+=("  $line"); done < <(grep -E 'Benchmark|docs|one-string' "$out/tokenizer-bench.log")
+fi
+
+# 3 and 4 run on this machine's CPU cores under its mpirun: the TCP collectives against a raw
+# loopback stream, and the pipeline bubble of real (CPU) training steps against 1F1B's theory.
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+cores=$(nproc)
+if want collective; then
+  for np in 2 4; do
+    timeout 300 mpirun --oversubscribe -np $np .dev/bin/train bench collective >"$out/collective-np$np.log" 2>&1
+    table+=("collective -np $np ($cores cores): rc=$?")
+    while IFS= read -r line; do table+=("  $line"); done < <(grep -E 'MiB|raw' "$out/collective-np$np.log" | head -14)
+  done
+fi
+if want pipeline; then
+  for np in 2 4; do
+    timeout 300 mpirun --oversubscribe -np $np .dev/bin/train bench pipeline -micro 1,2,4,8,16 -steps 5 >"$out/pipeline-np$np.log" 2>&1
+    table+=("pipeline -np $np: rc=$?")
+    while IFS= read -r line; do table+=("  $line"); done < "$out/pipeline-np$np.log"
+  done
+fi
 
 echo
 echo "== gpu-check summary"

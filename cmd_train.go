@@ -26,7 +26,7 @@ random Llama learning a generated task on the CPU. Flags override the config fil
 	fs.BoolVar(&printConfig, "print-config", false, "print the effective configuration as TOML and exit")
 	config.BindFlags(fs, &cfg)
 	launch = collective.AddFlags(fs)
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseFlags(fs, config.ResumeArgs(args)); err != nil {
 		return cfg, nil, false, err
 	}
 	if err := cfg.Validate(); err != nil {

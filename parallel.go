@@ -106,7 +106,10 @@ type flatParams struct {
 	lo, hi      int            // the owned range
 	opt         []*optim.Param // the owned range, split at tensor boundaries
 	optDup      []bool         // per opt entry: counted on another stage too (the tied head)
+	optView     []flatView     // per opt entry: the tensor it is part of
+	optStart    []int64        // per opt entry: its first element within that tensor
 	embed       *flatView      // the embedding, for the tied-embedding sum; nil if not held
+	tiedDup     bool           // this stage's embedding is the tied head, a copy of the first stage's
 	// layers maps a decoder layer to the flat range of its tensors (contiguous:
 	// the model lists a layer's tensors together), the unit of the gradient
 	// buckets reduced while backward still runs; rest are the other tensors.
@@ -120,7 +123,7 @@ type flatView struct {
 }
 
 func newFlatParams(m *model.Model, be ops.Backend, replicas int, shardIndex int, tiedDup bool) (*flatParams, error) {
-	f := &flatParams{}
+	f := &flatParams{tiedDup: tiedDup}
 	n := 0
 	for _, p := range m.Params() {
 		if p.Grad == nil {
@@ -169,6 +172,8 @@ func newFlatParams(m *model.Model, be ops.Backend, replicas int, shardIndex int,
 		}
 		f.opt = append(f.opt, &optim.Param{Name: v.p.Name, Value: f.value[a:b], Grad: f.grad[a:b], NoDecay: len(v.p.Shape) == 1})
 		f.optDup = append(f.optDup, tiedDup && v.p.Name == "model.embed_tokens.weight")
+		f.optView = append(f.optView, v)
+		f.optStart = append(f.optStart, int64(a-v.off))
 	}
 	return f, nil
 }

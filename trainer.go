@@ -42,14 +42,17 @@ type trainer struct {
 	// (data parallel without ZeRO-1); pending are those reductions in flight.
 	overlap bool
 	pending []collective.Handle
-	opt     optim.AdamW
-	sched   optim.Schedule
+	// startStep is the step a resumed run continues after (0: a fresh start).
+	startStep int
+	opt       optim.AdamW
+	sched     optim.Schedule
 
 	train, eval []data.TokenExample
 	order       []int // shuffled indices into train; refilled each epoch
 	cursor      int
 	epoch       int
 	rng         *rand.Rand
+	pcg         *rand.PCG // rng's source, saved in checkpoints
 	packer      data.Packer
 
 	out     io.Writer // human progress lines
@@ -57,11 +60,12 @@ type trainer struct {
 	log     *rankLog  // RUN/logs/rank-NNNNN.jsonl
 }
 
-// trainRun runs a training job as cfg describes and prints a summary. SIGINT or
-// SIGTERM stops it cleanly after the current step (outputs are still written); a
-// second signal kills it.
+// trainRun runs a training job as cfg describes and prints a summary. SIGINT,
+// SIGTERM or SIGUSR1 (Slurm's --signal=USR1@120 before a time limit or
+// preemption) stops it after the current step with a checkpoint and exit status
+// 0; a second signal ends the process at once.
 func trainRun(cfg config.Config, launch *collective.Flags, stdout, stderr io.Writer) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGUSR1)
 	defer stop()
 	go func() {
 		<-ctx.Done()
@@ -140,7 +144,6 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	defer m.Close()
 
 	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, dist: d, train: trainSet, eval: evalSet, out: stderr, tok: tok,
-		rng:    rand.New(rand.NewPCG(uint64(cfg.Seed), 0x64617461)), // "data"
 		packer: data.Packer{T: cfg.Data.SeqLen, Pack: cfg.Data.Pack, PadID: 0},
 		opt:    optim.AdamW{Beta1: cfg.Train.Beta1, Beta2: cfg.Train.Beta2, Eps: cfg.Train.Eps, WeightDecay: cfg.Train.WeightDecay},
 		sched: optim.Schedule{Peak: cfg.Train.LR, MinRatio: cfg.Train.MinLRRatio, Warmup: cfg.Train.WarmupSteps,
@@ -155,6 +158,16 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		return res, err
 	}
 	t.overlap = d.dp != nil && !d.zero1
+	t.pcg = rand.NewPCG(uint64(cfg.Seed), 0x64617461) // "data"
+	t.rng = rand.New(t.pcg)
+	if dir, err := resumeDir(cfg.RunDir, cfg.Ckpt.Resume); err != nil {
+		return res, err
+	} else if dir != "" {
+		if t.startStep, err = t.restore(dir); err != nil {
+			return res, err
+		}
+		fmt.Fprintf(stderr, "train: resumed from %s after step %d\n", dir, t.startStep)
+	}
 	if err := t.openRunDir(); err != nil {
 		return res, err
 	}
@@ -184,15 +197,18 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	if err != nil {
 		return res, err
 	}
-	evalLoss, evalTokens, err := t.evaluate()
-	if err != nil {
-		return res, err
-	}
-	if err := t.writeMetric(map[string]any{"step": res.steps, "eval_loss": evalLoss, "eval_tokens": evalTokens}); err != nil {
-		return res, err
+	// A stopped run is likely about to lose its machine: skip the evaluation.
+	evalLoss, evalTokens := math.NaN(), 0
+	if !res.stopped {
+		if evalLoss, evalTokens, err = t.evaluate(); err != nil {
+			return res, err
+		}
+		if err := t.writeMetric(map[string]any{"step": res.steps, "eval_loss": evalLoss, "eval_tokens": evalTokens}); err != nil {
+			return res, err
+		}
 	}
 	best := min(evalLoss, res.bestEval)
-	if samples && d.isRoot() {
+	if samples && d.isRoot() && !res.stopped {
 		if err := t.showSamples(task, "after training", stdout); err != nil {
 			return res, err
 		}
@@ -203,7 +219,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	}
 	elapsed := time.Since(start)
 	if res.stopped {
-		fmt.Fprintf(stdout, "stopped by signal after step %d of %d\n", res.steps, cfg.Train.Steps)
+		fmt.Fprintf(stdout, "stopped by signal after step %d of %d; checkpoint written: continue with -resume\n", res.steps, cfg.Train.Steps)
 	}
 	fmt.Fprintf(stdout, "done: %d steps, %s tokens in %s; train loss %.4f -> %.4f; eval loss %.4f over %d tokens (best %.4f)\n",
 		res.steps, humanInt(int64(res.tokens)), elapsed.Round(time.Second), res.first, res.last, evalLoss, evalTokens, best)
@@ -329,7 +345,12 @@ func (t *trainer) openRunDir() error {
 	if err := os.WriteFile(filepath.Join(t.cfg.RunDir, "config.toml"), cfgText, 0o644); err != nil {
 		return fmt.Errorf("run dir: %w", err)
 	}
-	f, err := os.Create(filepath.Join(t.cfg.RunDir, "metrics.jsonl"))
+	// A resumed run goes on with the same metrics file.
+	flags := os.O_CREATE | os.O_WRONLY | os.O_TRUNC
+	if t.startStep > 0 {
+		flags = os.O_CREATE | os.O_WRONLY | os.O_APPEND
+	}
+	f, err := os.OpenFile(filepath.Join(t.cfg.RunDir, "metrics.jsonl"), flags, 0o644)
 	if err != nil {
 		return fmt.Errorf("run dir: %w", err)
 	}
@@ -397,12 +418,17 @@ func (t *trainer) loop() (loopResult, error) {
 	defer prog.finish()
 	t.m.SetTraining(true)
 	bad := 0
-	for step := 0; step < cfg.Steps; step++ {
-		if t.ctx.Err() != nil {
-			res.stopped = true
-			prog.note("signal received: stopping after step %d", res.steps)
-			break
+	lastSave, lastSaveTime := t.startStep, time.Now()
+	res.steps = t.startStep
+	// checkpoint saves after step (1-based) and notes the time.
+	checkpoint := func(step int) error {
+		if err := t.saveCheckpoint(step); err != nil {
+			return err
 		}
+		lastSave, lastSaveTime = step, time.Now()
+		return nil
+	}
+	for step := t.startStep; step < cfg.Steps; step++ {
 		stepStart := time.Now()
 		// Every rank draws the whole step's micro-batches in the same order, so the
 		// token count that normalises the loss is known everywhere without talking;
@@ -440,10 +466,22 @@ func (t *trainer) loop() (loopResult, error) {
 		}
 		// The loss lives on the last stages and each rank holds part of the norm:
 		// one all-reduce gives every rank both, so every rank decides alike below.
-		sums := []float64{lossSum, f.sumSquares()}
+		// With the loss and the norm go two decisions every rank must take alike:
+		// stop (any rank got a signal) and checkpoint (rank 0's clock says so).
+		var stopVote, saveVote float64
+		if t.ctx.Err() != nil {
+			stopVote = 1
+		}
+		ck := t.cfg.Ckpt
+		if t.dist.isRoot() && ((ck.Every > 0 && (step+1-lastSave) >= ck.Every) ||
+			(ck.Minutes > 0 && time.Since(lastSaveTime).Minutes() >= ck.Minutes)) {
+			saveVote = 1
+		}
+		sums := []float64{lossSum, f.sumSquares(), stopVote, saveVote}
 		if err := timed(&times.comm, func() error { return t.dist.allReduceF64(sums) }); err != nil {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
+		stopNow, saveNow := sums[2] > 0, sums[3] > 0
 		if !t.dist.zero1 {
 			sums[1] /= float64(D) // every replica counted the same reduced gradient
 		}
@@ -454,6 +492,11 @@ func (t *trainer) loop() (loopResult, error) {
 			t.log.Warn("step skipped: non-finite loss or gradient", "step", step+1, "loss", fmt.Sprint(loss), "grad_norm", fmt.Sprint(norm))
 			if bad >= maxBadSteps {
 				return res, fmt.Errorf("step %d: %d steps in a row had a non-finite loss or gradient; lower train.lr or check the data", step+1, bad)
+			}
+			if stopNow {
+				res.stopped = true
+				prog.note("signal received: checkpointing and stopping after step %d", step+1)
+				return res, checkpoint(step + 1)
 			}
 			continue
 		}
@@ -472,7 +515,7 @@ func (t *trainer) loop() (loopResult, error) {
 		if err := f.uploadValues(t.be); err != nil {
 			return res, err
 		}
-		if res.steps == 0 {
+		if step == t.startStep {
 			res.first = loss
 		}
 		res.last, res.steps = loss, step+1
@@ -503,6 +546,19 @@ func (t *trainer) loop() (loopResult, error) {
 				return res, err
 			}
 		}
+		if stopNow {
+			res.stopped = true
+			prog.note("signal received: checkpointing and stopping after step %d", step+1)
+			return res, checkpoint(step + 1)
+		}
+		if saveNow {
+			if err := checkpoint(step + 1); err != nil {
+				return res, err
+			}
+		}
+	}
+	if res.steps > lastSave {
+		return res, checkpoint(res.steps)
 	}
 	return res, nil
 }

@@ -41,6 +41,24 @@ type Config struct {
 	Train    Train    `toml:"train"`
 	LoRA     LoRA     `toml:"lora"`
 	Parallel Parallel `toml:"parallel"`
+	Ckpt     Ckpt     `toml:"ckpt"`
+}
+
+// Ckpt is when and how checkpoints are written, and where a run resumes from.
+type Ckpt struct {
+	// Every N optimizer steps a checkpoint; 0: only at the end and on a signal.
+	Every int `toml:"every"`
+	// Minutes between checkpoints (whichever of Every and Minutes comes first); 0 is off.
+	Minutes float64 `toml:"minutes"`
+	// KeepLast complete checkpoints are kept, plus every KeepEvery-th step's (0: none).
+	KeepLast  int `toml:"keep_last"`
+	KeepEvery int `toml:"keep_every"`
+	// Compress with zstd (floats byte-grouped first) at Level (zstd's 1-22).
+	Compress bool `toml:"compress"`
+	Level    int  `toml:"level"`
+	// Resume is "" (start fresh), "latest" (the newest complete checkpoint in
+	// run_dir), or a checkpoint directory.
+	Resume string `toml:"resume"`
 }
 
 // Data says what to train and evaluate on.
@@ -151,6 +169,7 @@ func Default() Config {
 			Targets: []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
 		},
 		Parallel: Parallel{PP: 1, TimeoutSeconds: 60},
+		Ckpt:     Ckpt{KeepLast: 2, Compress: true, Level: 1},
 	}
 }
 
@@ -291,6 +310,16 @@ func (c *Config) Validate() error {
 		return bad("parallel.pp", "%d must be at least 1", c.Parallel.PP)
 	case c.Parallel.TimeoutSeconds < 1 || c.Parallel.TimeoutSeconds > 86400:
 		return bad("parallel.timeout_seconds", "%d is outside [1, 86400]", c.Parallel.TimeoutSeconds)
+	case c.Ckpt.Every < 0:
+		return bad("ckpt.every", "%d is negative", c.Ckpt.Every)
+	case !finite(c.Ckpt.Minutes) || c.Ckpt.Minutes < 0:
+		return bad("ckpt.minutes", "%v must be 0 (off) or positive", c.Ckpt.Minutes)
+	case c.Ckpt.KeepLast < 1:
+		return bad("ckpt.keep_last", "%d must be at least 1", c.Ckpt.KeepLast)
+	case c.Ckpt.KeepEvery < 0:
+		return bad("ckpt.keep_every", "%d is negative", c.Ckpt.KeepEvery)
+	case c.Ckpt.Level < 1 || c.Ckpt.Level > 22:
+		return bad("ckpt.level", "%d is outside zstd's [1, 22]", c.Ckpt.Level)
 	}
 	if len(c.LoRA.Targets) == 0 && c.Train.Method != "full" {
 		return bad("lora.targets", "is empty: name at least one of %s", strings.Join(LoRATargets(), ", "))

@@ -121,3 +121,26 @@ func TestKeysCoverSchema(t *testing.T) {
 		}
 	}
 }
+
+func TestResumeFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-resume"}, "latest"},
+		{[]string{"-resume", "runs/x/checkpoints/step-00000010"}, "runs/x/checkpoints/step-00000010"},
+		{[]string{"-resume=d"}, "d"},
+		{[]string{"-resume", "-steps", "3"}, "latest"},
+		{[]string{"-steps", "3"}, ""},
+	} {
+		c := Default()
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		BindFlags(fs, &c)
+		if err := fs.Parse(ResumeArgs(tc.args)); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if c.Ckpt.Resume != tc.want {
+			t.Errorf("%v: resume %q, want %q", tc.args, c.Ckpt.Resume, tc.want)
+		}
+	}
+}

@@ -67,6 +67,12 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 		return nil
 	})
 
+	i(&c.Ckpt.Every, "ckpt-every", "ckpt.every", "steps between checkpoints; 0: only at the end and on a signal")
+	f(&c.Ckpt.Minutes, "ckpt-minutes", "ckpt.minutes", "minutes between checkpoints; 0 is off")
+	i(&c.Ckpt.KeepLast, "ckpt-keep", "ckpt.keep_last", "complete checkpoints to keep")
+	b(&c.Ckpt.Compress, "ckpt-compress", "ckpt.compress", "zstd-compress checkpoints")
+	fs.Var(resumeFlag{&c.Ckpt.Resume}, "resume", "resume from the newest complete checkpoint of the run directory, or -resume=DIR (ckpt.resume)")
+
 	i(&c.Parallel.PP, "pp", "parallel.pp", "pipeline stages; data-parallel replicas = ranks / pp")
 	b(&c.Parallel.Zero1, "zero1", "parallel.zero1", "partition optimizer state across data-parallel replicas")
 	i(&c.Parallel.TimeoutSeconds, "timeout", "parallel.timeout_seconds", "seconds to wait on another rank before failing")
@@ -88,4 +94,43 @@ func ConfigPath(args []string) string {
 		}
 	}
 	return ""
+}
+
+// resumeFlag is -resume alone ("latest") or -resume=DIR. ResumeArgs lets
+// "-resume DIR" (a space) work too.
+type resumeFlag struct{ p *string }
+
+func (r resumeFlag) String() string {
+	if r.p == nil {
+		return ""
+	}
+	return *r.p
+}
+
+func (r resumeFlag) Set(v string) error {
+	if v == "true" {
+		v = "latest"
+	} else if v == "false" {
+		v = ""
+	}
+	*r.p = v
+	return nil
+}
+
+func (r resumeFlag) IsBoolFlag() bool { return true }
+
+// ResumeArgs rewrites "-resume DIR" as "-resume=DIR", since a flag that may stand
+// alone cannot take a separate value in the flag package.
+func ResumeArgs(args []string) []string {
+	out := make([]string, 0, len(args))
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if (a == "-resume" || a == "--resume") && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") {
+			out = append(out, "-resume="+args[i+1])
+			i++
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
 }

@@ -1,0 +1,111 @@
+package ckpt
+
+import (
+	"errors"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+)
+
+const crashChildEnv = "CKPT_CRASH_CHILD_RUN"
+
+// crashChild writes checkpoints in a loop (from the newest complete one on),
+// as a trainer would, until it is killed. It is the child of TestCrashSafety.
+func crashChild(run string) {
+	step := int64(1)
+	if in, err := Latest(run); err == nil {
+		step = in.Step + 1
+	}
+	deadline := time.Now().Add(30 * time.Second) // never outlive a dead parent for long
+	for ; time.Now().Before(deadline); step++ {
+		opts := Options{Compress: step%2 == 0, ChunkBytes: 4096, Workers: 2}
+		if _, err := writeStep(run, step, 3, opts, Retention{KeepLast: 2, KeepEvery: 4}); err != nil {
+			os.Stderr.WriteString("crash child: " + err.Error() + "\n")
+			os.Exit(3)
+		}
+	}
+	os.Exit(0)
+}
+
+// TestCrashSafety SIGKILLs a process writing checkpoints at random moments
+// and checks after each kill that the newest complete checkpoint verifies and
+// holds its step's data, and that List tells complete from incomplete.
+func TestCrashSafety(t *testing.T) {
+	if run := os.Getenv(crashChildEnv); run != "" {
+		crashChild(run)
+		return
+	}
+	kills := 50
+	if testing.Short() {
+		kills = 20
+	}
+	run := t.TempDir()
+	rng := rand.New(rand.NewPCG(1, 2))
+	var last int64
+	advanced, torn := 0, 0
+	for k := 0; k < kills; k++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashSafety$")
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+run)
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(20+rng.IntN(120)) * time.Millisecond)
+		cmd.Process.Kill()
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if errors.As(err, &ee) && ee.ExitCode() == 3 {
+			t.Fatalf("kill %d: child failed on its own", k)
+		}
+
+		in, err := Latest(run)
+		if errors.Is(err, ErrNoCheckpoint) {
+			continue // killed before the first commit
+		}
+		if err != nil {
+			t.Fatalf("kill %d: Latest: %v", k, err)
+		}
+		if in.Step < last {
+			t.Fatalf("kill %d: Latest went back from step %d to %d", k, last, in.Step)
+		}
+		if in.Step > last {
+			advanced++
+		}
+		last = in.Step
+		if rep, err := Verify(in.Dir); err != nil {
+			t.Fatalf("kill %d: latest step %d does not verify: %v (%v)", k, in.Step, err, rep.Problems)
+		}
+		if err := checkStep(in.Dir, in.Step, 3); err != nil {
+			t.Fatalf("kill %d: step %d: %v", k, in.Step, err)
+		}
+		infos, err := List(run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, i := range infos {
+			switch i.Status {
+			case Complete:
+				if _, err := Verify(i.Dir); err != nil {
+					t.Fatalf("kill %d: %s listed complete but: %v", k, i.Dir, err)
+				}
+			case Corrupt:
+				t.Fatalf("kill %d: %s corrupt after a crash: %s", k, i.Dir, i.Reason)
+			default:
+				torn++
+				if r, err := Open(i.Dir); err == nil {
+					r.Close()
+					t.Fatalf("kill %d: %s is %s but opens", k, i.Dir, i.Status)
+				}
+			}
+		}
+	}
+	t.Logf("%d kills, latest step %d, advanced after %d kills, %d unfinished checkpoints seen", kills, last, advanced, torn)
+	if torn == 0 {
+		t.Errorf("no kill left an unfinished checkpoint behind: the kills do not land mid-write")
+	}
+	if advanced < kills/4 {
+		t.Errorf("checkpoints advanced after only %d of %d kills: the kills may not land mid-write", advanced, kills)
+	}
+}

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"train/ckpt"
+)
+
+// Checkpoint entries. A tensor is stored under its logical (Hugging Face or peft)
+// name with its full shape, each rank writing the element ranges it owns, so a run
+// on another world size, pipeline split or ZeRO setting reads back exactly the
+// ranges it needs:
+//
+//	param/NAME     the values (written by replica 0; every replica holds the same)
+//	adam.m/NAME    AdamW's first moments  (replica 0, or every replica's ZeRO-1 shard)
+//	adam.v/NAME    AdamW's second moments
+//	trainer/state  JSON: step, AdamW's step count, the data order and position,
+//	               the data generator's state (rank 0; every rank draws alike)
+const (
+	ckptParam = "param/"
+	ckptM     = "adam.m/"
+	ckptV     = "adam.v/"
+	ckptState = "trainer/state"
+)
+
+// trainerState is the small state beside the tensors that a bitwise-identical
+// continuation needs.
+type trainerState struct {
+	Step      int    `json:"step"`       // optimizer steps completed
+	AdamSteps int    `json:"adam_steps"` // AdamW's bias-correction count (skipped steps do not count)
+	Order     []int  `json:"order"`      // the epoch's shuffled example order
+	Cursor    int    `json:"cursor"`     // next position in Order
+	Epoch     int    `json:"epoch"`
+	RNG       []byte `json:"rng"` // the data generator (PCG), binary-marshalled
+	Examples  int    `json:"examples"`
+}
+
+// saveCheckpoint writes this rank's part of the state after step (1-based) and,
+// once every rank has written, commits it on rank 0: the step's checkpoint is
+// complete, or absent, never torn. Every rank calls it.
+func (t *trainer) saveCheckpoint(step int) error {
+	started := time.Now()
+	d, f, c := t.dist, t.flat, t.cfg.Ckpt
+	dir, err := ckpt.PrepareDir(t.cfg.RunDir, int64(step))
+	if err != nil {
+		return err
+	}
+	// Every rank must see the directory before writing into it (shared file systems).
+	if err := d.barrier(); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	w, err := ckpt.NewShardWriter(dir, d.rank(), ckpt.Options{Compress: c.Compress, Level: c.Level})
+	if err != nil {
+		return err
+	}
+	werr := func() error {
+		for i, v := range f.views {
+			if d.me.Replica != 0 || (f.tiedDup && i == f.embedIndex()) {
+				continue
+			}
+			if err := w.AddF32(ckptParam+v.p.Name, v.p.Shape, 0, f.value[v.off:v.off+v.n]); err != nil {
+				return err
+			}
+		}
+		if d.zero1 || d.me.Replica == 0 {
+			for i, p := range f.opt {
+				if f.optDup[i] || p.M == nil {
+					continue
+				}
+				shape := f.optView[i].p.Shape
+				if err := w.AddF32(ckptM+p.Name, shape, f.optStart[i], p.M); err != nil {
+					return err
+				}
+				if err := w.AddF32(ckptV+p.Name, shape, f.optStart[i], p.V); err != nil {
+					return err
+				}
+			}
+		}
+		if d.isRoot() {
+			st, err := t.state(step)
+			if err != nil {
+				return err
+			}
+			return w.AddBytes(ckptState, st)
+		}
+		return nil
+	}()
+	if _, err := w.Close(); werr == nil {
+		werr = err
+	}
+	if werr != nil {
+		return fmt.Errorf("checkpoint of step %d: %w", step, werr)
+	}
+	if err := d.barrier(); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	if d.isRoot() {
+		cfgText, err := t.cfg.Encode()
+		if err != nil {
+			return err
+		}
+		plan, err := d.plan.JSON()
+		if err != nil {
+			return err
+		}
+		m := ckpt.Manifest{WorldSize: d.plan.World, Config: string(cfgText), Plan: string(plan),
+			ModelSource: t.cfg.Model, TokenizerSource: t.cfg.Tokenizer}
+		final, err := ckpt.Commit(t.cfg.RunDir, int64(step), m, ckpt.Retention{KeepLast: c.KeepLast, KeepEvery: c.KeepEvery})
+		if err != nil {
+			return err
+		}
+		t.log.Info("checkpoint", "step", step, "dir", final, "seconds", time.Since(started).Seconds())
+	}
+	// Nobody goes on (or exits) before the checkpoint is committed.
+	if err := d.barrier(); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
+
+func (t *trainer) state(step int) ([]byte, error) {
+	rng, err := t.pcg.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(trainerState{Step: step, AdamSteps: t.opt.Steps(), Order: t.order, Cursor: t.cursor,
+		Epoch: t.epoch, RNG: rng, Examples: len(t.train)})
+}
+
+// restore loads a checkpoint into this rank's model, optimizer and data order
+// and returns the step it was taken after. The checkpoint may come from any
+// layout: each rank reads the element ranges its own layout needs.
+func (t *trainer) restore(dir string) (int, error) {
+	r, err := ckpt.Open(dir)
+	if err != nil {
+		return 0, fmt.Errorf("resume: %w", err)
+	}
+	defer r.Close()
+	f := t.flat
+	read := func(name string, shape []int, start int64, dst []float32) error {
+		info, ok := r.Lookup(name)
+		if !ok {
+			return fmt.Errorf("resume: %s holds no %s: was it written by a %s run of this model? (this run trains %s)",
+				dir, name, "different-method", t.cfg.Train.Method)
+		}
+		if !slices.Equal(info.Shape, shape) {
+			return fmt.Errorf("resume: %s: %s has shape %v in the checkpoint, %v in this model", dir, name, info.Shape, shape)
+		}
+		return r.ReadF32(name, start, int64(len(dst)), dst)
+	}
+	for _, v := range f.views {
+		if err := read(ckptParam+v.p.Name, v.p.Shape, 0, f.value[v.off:v.off+v.n]); err != nil {
+			return 0, err
+		}
+	}
+	raw, err := r.ReadBytes(ckptState)
+	if err != nil {
+		return 0, fmt.Errorf("resume: %s: %w", dir, err)
+	}
+	var st trainerState
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return 0, fmt.Errorf("resume: %s: trainer state: %w", dir, err)
+	}
+	if st.Examples != len(t.train) {
+		return 0, fmt.Errorf("resume: the checkpoint was trained on %d examples and this run has %d: resume with the same data", st.Examples, len(t.train))
+	}
+	if st.AdamSteps > 0 {
+		for i, p := range f.opt {
+			p.M, p.V = make([]float32, len(p.Value)), make([]float32, len(p.Value))
+			shape := f.optView[i].p.Shape
+			if err := read(ckptM+p.Name, shape, f.optStart[i], p.M); err != nil {
+				return 0, err
+			}
+			if err := read(ckptV+p.Name, shape, f.optStart[i], p.V); err != nil {
+				return 0, err
+			}
+		}
+	}
+	t.opt.SetSteps(st.AdamSteps)
+	if err := t.pcg.UnmarshalBinary(st.RNG); err != nil {
+		return 0, fmt.Errorf("resume: %s: data generator: %w", dir, err)
+	}
+	t.order, t.cursor, t.epoch = st.Order, st.Cursor, st.Epoch
+	if err := f.uploadValues(t.be); err != nil {
+		return 0, err
+	}
+	return st.Step, nil
+}
+
+// resumeDir resolves ckpt.resume: "latest" is the newest complete checkpoint of
+// the run directory ("" when there is none: a fresh start, so that a requeued job
+// that never checkpointed starts over).
+func resumeDir(runDir, resume string) (string, error) {
+	if resume != "latest" {
+		return resume, nil
+	}
+	info, err := ckpt.Latest(runDir)
+	if errors.Is(err, ckpt.ErrNoCheckpoint) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return info.Dir, nil
+}
+
+// barrier waits for every rank.
+func (d *dist) barrier() error {
+	if d.world == nil {
+		return nil
+	}
+	return d.world.Barrier()
+}
+
+func (f *flatParams) embedIndex() int {
+	for i, v := range f.views {
+		if f.embed != nil && v.off == f.embed.off {
+			return i
+		}
+	}
+	return -1
+}

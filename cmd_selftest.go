@@ -81,13 +81,16 @@ func hostname() string {
 // `train bench collective`.
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("which benchmark? (train bench collective, train bench pipeline)")
+		return usagef("which benchmark? (train bench collective | pipeline | ckpt)")
 	}
-	if args[0] == "pipeline" {
+	switch args[0] {
+	case "pipeline":
 		return benchPipeline(args[1:], stdout, stderr)
-	}
-	if args[0] != "collective" {
-		return usagef("unknown benchmark %q (there are: collective, pipeline)", args[0])
+	case "ckpt":
+		return benchCkpt(args[1:], stdout, stderr)
+	case "collective":
+	default:
+		return usagef("unknown benchmark %q (there are: collective, pipeline, ckpt)", args[0])
 	}
 	fs := newFlagSet("bench collective", `train bench collective [flags]
 

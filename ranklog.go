@@ -6,6 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
 )
 
 // rankLog is one rank's machine-readable log, RUN/logs/rank-NNNNN.jsonl: a JSON
@@ -52,4 +56,37 @@ func heapBytes() uint64 {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	return ms.HeapInuse
+}
+
+// resources reads this process's resident memory and CPU time from the kernel:
+// what the rank logs record every step, so that a rank running out of memory or
+// starved of CPU shows in its log.
+func resources() (rssBytes int64, cpuSeconds float64) {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
+		cpuSeconds = float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
+	}
+	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
+		var size, rss int64
+		if _, err := fmt.Sscan(string(b), &size, &rss); err == nil {
+			rssBytes = rss * int64(os.Getpagesize())
+		}
+	}
+	return rssBytes, cpuSeconds
+}
+
+// debugStepSleep is the delay TRAIN_DEBUG_STEP_SLEEP=RANK:DURATION asks this rank
+// to add to every step (e.g. "2:300ms"): a deliberate straggler, for testing that
+// `train logs` finds one. Zero when unset or meant for another rank.
+func debugStepSleep(rank int) time.Duration {
+	v := os.Getenv("TRAIN_DEBUG_STEP_SLEEP")
+	r, d, ok := strings.Cut(v, ":")
+	if !ok || r != strconv.Itoa(rank) {
+		return 0
+	}
+	dur, err := time.ParseDuration(d)
+	if err != nil || dur < 0 {
+		return 0
+	}
+	return dur
 }

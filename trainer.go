@@ -21,6 +21,7 @@ import (
 	"train/model"
 	"train/ops"
 	"train/optim"
+	"train/shard"
 	"train/tokenizer"
 )
 
@@ -44,6 +45,10 @@ type trainer struct {
 	pending []collective.Handle
 	// startStep is the step a resumed run continues after (0: a fresh start).
 	startStep int
+	// warnedMemory is set once the rank has warned that it nears the memory limit.
+	warnedMemory bool
+	// stepSleep is a deliberate delay per step (TRAIN_DEBUG_STEP_SLEEP), for tests.
+	stepSleep time.Duration
 	opt       optim.AdamW
 	sched     optim.Schedule
 
@@ -158,6 +163,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		return res, err
 	}
 	t.overlap = d.dp != nil && !d.zero1
+	t.stepSleep = debugStepSleep(d.rank())
 	t.pcg = rand.NewPCG(uint64(cfg.Seed), 0x64617461) // "data"
 	t.rng = rand.New(t.pcg)
 	if dir, err := resumeDir(cfg.RunDir, cfg.Ckpt.Resume); err != nil {
@@ -430,6 +436,7 @@ func (t *trainer) loop() (loopResult, error) {
 	}
 	for step := t.startStep; step < cfg.Steps; step++ {
 		stepStart := time.Now()
+		time.Sleep(t.stepSleep)
 		// Every rank draws the whole step's micro-batches in the same order, so the
 		// token count that normalises the loss is known everywhere without talking;
 		// replica d runs micro-batches [d*M, (d+1)*M).
@@ -531,9 +538,18 @@ func (t *trainer) loop() (loopResult, error) {
 			res.after.comm += times.comm
 			res.wall += time.Since(stepStart)
 		}
+		rss, cpu := resources()
 		t.log.Info("step", "step", step+1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
 			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),
-			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(), "heap_bytes", heapBytes())
+			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(), "heap_bytes", heapBytes(),
+			"rss_bytes", rss, "cpu_s", cpu)
+		if budget := availableMemory() + rss; !t.warnedMemory && budget > 0 && rss > budget*9/10 {
+			t.warnedMemory = true
+			t.log.Warn("near the host's memory limit", "rss_bytes", rss, "available_bytes", availableMemory(),
+				"relieve", "more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora")
+			prog.note("warning: rank %d uses %s of host memory, near the limit: consider -pp, -activation-checkpointing, a smaller -batch/-seq, or -lora",
+				t.dist.rank(), shard.FormatBytes(rss))
+		}
 		if cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0 && step+1 < cfg.Steps {
 			el, n, err := t.evaluate()
 			if err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -141,7 +142,7 @@ func TestChatTemplateMatchesTransformers(t *testing.T) {
 		if err != nil {
 			t.Fatalf("conversation %d: %v", i, err)
 		}
-		if !equalIDs(ex.InputIDs, ref.IDs) {
+		if !slices.Equal(ex.InputIDs, ref.IDs) {
 			t.Errorf("conversation %d: ids\n%v\ntransformers\n%v", i, ex.InputIDs, ref.IDs)
 		}
 		var roles, contents []string
@@ -152,22 +153,10 @@ func TestChatTemplateMatchesTransformers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !equalIDs(gen, ref.IDsGen) {
+		if !slices.Equal(gen, ref.IDsGen) {
 			t.Errorf("conversation %d: generation prompt ids\n%v\ntransformers\n%v", i, gen, ref.IDsGen)
 		}
 	}
-}
-
-func equalIDs(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // writeRandomModel writes a Hugging Face model directory with random weights for

@@ -1,12 +1,8 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"math"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -126,38 +122,7 @@ func TestResumeOnOtherLayouts(t *testing.T) {
 // it to the run's end.
 func TestPreemptionSignal(t *testing.T) {
 	run := filepath.Join(t.TempDir(), "run")
-	bin, err := rankBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := []string{"-steps", "100000", "-log-every", "1", "-run", run}
-	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "TRAIN_TEST_CHILD=1", "TRAIN_TEST_ARGS="+strings.Join(args, " "))
-	if bin != os.Args[0] {
-		cmd = exec.Command(bin, args...)
-	}
-	var stdout bytes.Buffer
-	cmd.Stdout = &stdout
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(stderr)
-	signalled := false
-	for sc.Scan() {
-		if !signalled && strings.HasPrefix(sc.Text(), "step ") {
-			if err := cmd.Process.Signal(syscall.SIGUSR1); err != nil {
-				t.Fatal(err)
-			}
-			signalled = true
-		}
-	}
-	if err := cmd.Wait(); err != nil {
-		t.Fatalf("after SIGUSR1 the trainer exited with %v; stdout:\n%s", err, stdout.String())
-	}
+	signalAfterFirstStep(t, syscall.SIGUSR1, "-steps", "100000", "-log-every", "1", "-run", run)
 	info, err := ckpt.Latest(run)
 	if err != nil {
 		t.Fatalf("no complete checkpoint after SIGUSR1: %v", err)

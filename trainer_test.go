@@ -194,13 +194,20 @@ func TestTrainErrors(t *testing.T) {
 	}
 }
 
-// TestTrainStopsOnSignal runs the trainer in a child process, interrupts it once it
-// has logged a step, and expects a clean stop: exit 0, outputs written, and the
-// summary saying where it stopped.
-func TestTrainStopsOnSignal(t *testing.T) {
-	run := filepath.Join(t.TempDir(), "run")
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), "TRAIN_TEST_CHILD=1", "TRAIN_TEST_ARGS=-steps 100000 -log-every 1 -run "+run)
+// signalAfterFirstStep runs `train args...` as a child process (a non-race build
+// under -race), sends it sig once it has logged a step, and returns its stdout
+// after it exits; a non-zero exit fails the test.
+func signalAfterFirstStep(t *testing.T, sig os.Signal, args ...string) string {
+	t.Helper()
+	bin, err := rankBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	if bin == os.Args[0] {
+		cmd = exec.Command(bin)
+		cmd.Env = append(os.Environ(), "TRAIN_TEST_CHILD=1", "TRAIN_TEST_ARGS="+strings.Join(args, " "))
+	}
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	stderr, err := cmd.StderrPipe()
@@ -214,20 +221,29 @@ func TestTrainStopsOnSignal(t *testing.T) {
 	signalled := false
 	for sc.Scan() {
 		if !signalled && strings.HasPrefix(sc.Text(), "step ") {
-			if err := cmd.Process.Signal(os.Interrupt); err != nil {
+			if err := cmd.Process.Signal(sig); err != nil {
 				t.Fatal(err)
 			}
 			signalled = true
 		}
 	}
 	if err := cmd.Wait(); err != nil {
-		t.Fatalf("after SIGINT the trainer exited with %v; stdout:\n%s", err, stdout.String())
+		t.Fatalf("after %v the trainer exited with %v; stdout:\n%s", sig, err, stdout.String())
 	}
 	if !signalled {
 		t.Fatal("the trainer never logged a step")
 	}
-	if !strings.Contains(stdout.String(), "stopped by signal after step") {
-		t.Errorf("no stop message in stdout:\n%s", stdout.String())
+	return stdout.String()
+}
+
+// TestTrainStopsOnSignal interrupts a training process once it has logged a step
+// and expects a clean stop: exit 0, outputs written, and the summary saying where
+// it stopped.
+func TestTrainStopsOnSignal(t *testing.T) {
+	run := filepath.Join(t.TempDir(), "run")
+	stdout := signalAfterFirstStep(t, os.Interrupt, "-steps", "100000", "-log-every", "1", "-run", run)
+	if !strings.Contains(stdout, "stopped by signal after step") {
+		t.Errorf("no stop message in stdout:\n%s", stdout)
 	}
 	if _, err := os.Stat(filepath.Join(run, "model", "model.safetensors")); err != nil {
 		t.Errorf("outputs not written after the stop: %v", err)

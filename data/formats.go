@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 )
 
@@ -219,7 +220,7 @@ func (f *Formatter) chat(keys map[string]json.RawMessage) (TokenExample, error) 
 		body := f.Tok.Encode("\n\n"+strings.TrimSpace(*m.Content), false)
 		// The blank line belongs to the header: score only what follows it.
 		k := 0
-		if len(body) >= len(nl) && equalInts(body[:len(nl)], nl) {
+		if len(body) >= len(nl) && slices.Equal(body[:len(nl)], nl) {
 			k = len(nl)
 		}
 		b.add(body[:k], false)
@@ -247,18 +248,6 @@ func llama3Specials(tok Tokenizer) (chatSpecials, error) {
 		*s.dst = id
 	}
 	return sp, nil
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // ReadExamples reads a JSONL file of examples in any supported format. A malformed

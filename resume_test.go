@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 	"path/filepath"
@@ -134,5 +135,30 @@ func TestPreemptionSignal(t *testing.T) {
 	out, _ := runMain(t, "-steps", fmt.Sprint(stopped+3), "-run", run, "-resume")
 	if !strings.Contains(out, fmt.Sprintf("done: %d steps", stopped+3)) {
 		t.Errorf("resume did not run to step %d:\n%s", stopped+3, out)
+	}
+}
+
+// TestInitAdapter starts a run from a saved peft adapter: with no steps, its
+// evaluation equals the evaluation the adapter's own run reported; with other
+// hyper-parameters it is refused, naming them.
+func TestInitAdapter(t *testing.T) {
+	requireStories(t)
+	dir := t.TempDir()
+	data, evalData := filepath.Join(dir, "train.jsonl"), filepath.Join(dir, "eval.jsonl")
+	writeStories(t, data, 32, 7)
+	writeStories(t, evalData, 6, 8)
+	common := []string{"-model", storiesDir, "-data", data, "-eval-data", evalData, "-lora", "-lora-rank", "4", "-batch", "2", "-seq", "64", "-log-every", "100"}
+	a := filepath.Join(dir, "a")
+	runMain(t, append(common, "-steps", "8", "-lr", "5e-3", "-run", a)...)
+	_, wantEval := runLosses(t, a)
+	b := filepath.Join(dir, "b")
+	runMain(t, append(common, "-steps", "0", "-init-adapter", filepath.Join(a, "adapter"), "-run", b)...)
+	if _, got := runLosses(t, b); got != wantEval {
+		t.Errorf("eval loss from the saved adapter %.9g, its run reported %.9g", got, wantEval)
+	}
+	var out, errOut bytes.Buffer
+	code := mainExit(append(common, "-steps", "0", "-lora-rank", "8", "-init-adapter", filepath.Join(a, "adapter"), "-run", filepath.Join(dir, "c")), &out, &errOut)
+	if code == 0 || !strings.Contains(errOut.String(), "r=4") {
+		t.Errorf("a rank-8 run from a rank-4 adapter: exit %d, %s", code, errOut.String())
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -136,6 +137,22 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		}, uint64(cfg.Seed))
 		if err != nil {
 			return res, err
+		}
+		if cfg.LoRA.InitAdapter != "" {
+			// Start from a saved adapter: its matrices replace the fresh ones, and
+			// its hyper-parameters must be this run's.
+			init, err := model.ReadPEFTAdapter(cfg.LoRA.InitAdapter, w.Config)
+			if err != nil {
+				return res, err
+			}
+			ic, lc := init.Config, l.Config
+			if ic.Rank != lc.Rank || ic.Alpha != lc.Alpha || ic.RSLoRA != lc.RSLoRA || !slices.Equal(init.Config.Targets, model.SortedTargets(lc.Targets)) {
+				return res, fmt.Errorf("lora.init_adapter %s has r=%d alpha=%v rslora=%v targets %v; this run has r=%d alpha=%v rslora=%v targets %v: set lora.rank/alpha/rslora/targets to match",
+					cfg.LoRA.InitAdapter, ic.Rank, ic.Alpha, ic.RSLoRA, ic.Targets, lc.Rank, lc.Alpha, lc.RSLoRA, model.SortedTargets(lc.Targets))
+			}
+			if err := l.SetTensors(init.Tensors()); err != nil {
+				return res, fmt.Errorf("lora.init_adapter %s: %w", cfg.LoRA.InitAdapter, err)
+			}
 		}
 		opts.LoRA = l
 	case "qlora":

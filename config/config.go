@@ -121,6 +121,9 @@ type LoRA struct {
 	RSLoRA bool `toml:"rslora"`
 	// Targets are the projections that get adapters.
 	Targets []string `toml:"targets"`
+	// InitAdapter starts training from a saved adapter in peft's format (its r,
+	// alpha and targets must match this section's) instead of a fresh one.
+	InitAdapter string `toml:"init_adapter"`
 }
 
 // Parallel is the split of the world into pipeline stages and data-parallel replicas.

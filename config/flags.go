@@ -57,6 +57,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	f(&c.LoRA.Alpha, "lora-alpha", "lora.alpha", "LoRA alpha (scale alpha/r)")
 	f(&c.LoRA.Dropout, "lora-dropout", "lora.dropout", "dropout on the LoRA branch's input")
 	b(&c.LoRA.RSLoRA, "rslora", "lora.rslora", "scale by alpha/sqrt(r)")
+	s(&c.LoRA.InitAdapter, "init-adapter", "lora.init_adapter", "start from this peft adapter instead of a fresh one")
 	fs.Func("lora-targets", "comma-separated projections that get adapters (lora.targets; default "+strings.Join(c.LoRA.Targets, ",")+")", func(v string) error {
 		c.LoRA.Targets = nil
 		for _, t := range strings.Split(v, ",") {

@@ -36,6 +36,10 @@ func (c LoRAConfig) Scale() float64 {
 	return c.Alpha / float64(c.Rank)
 }
 
+// SortedTargets returns targets in Linears order (all seven when empty), the
+// order peft adapters list them in once read.
+func SortedTargets(targets []string) []string { return LoRAConfig{Targets: targets}.targets() }
+
 // targets returns the target projections in Linears order.
 func (c LoRAConfig) targets() []string {
 	if len(c.Targets) == 0 {

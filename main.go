@@ -26,6 +26,7 @@ func commands() []command {
 		{"check", "describe a Hugging Face model directory and list every incompatibility", runCheck},
 		{"eval", "mean cross-entropy of a model (and optional LoRA adapter) over a JSONL file", runEval},
 		{"ckpt", "inspect checkpoints: `train ckpt ls RUN`, `train ckpt verify DIR`", runCkpt},
+		{"export", "write a model (and LoRA adapter) as a peft adapter, a merged Hugging Face model or a merged GGUF file", runExport},
 		{"plan", "print the parallel plan and per-rank memory for LoRA, QLoRA and full fine-tuning (-np N -pp P)", runPlan},
 		{"generate", "continue a prompt with a model (and optional LoRA adapter): greedy or sampled, KV cache, -chat", runGenerate},
 		{"tokenize", "encode JSON-string lines on stdin to JSON arrays of token ids", runTokenize},

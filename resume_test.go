@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -160,5 +161,34 @@ func TestInitAdapter(t *testing.T) {
 	code := mainExit(append(common, "-steps", "0", "-lora-rank", "8", "-init-adapter", filepath.Join(a, "adapter"), "-run", filepath.Join(dir, "c")), &out, &errOut)
 	if code == 0 || !strings.Contains(errOut.String(), "r=4") {
 		t.Errorf("a rank-8 run from a rank-4 adapter: exit %d, %s", code, errOut.String())
+	}
+}
+
+// TestCheckpointFailure: when checkpoints cannot be written (here the checkpoint
+// directory is a file), training stops with an error saying the previous
+// checkpoint is intact, or with ckpt.continue_on_error trains on with a warning.
+func TestCheckpointFailure(t *testing.T) {
+	dir := t.TempDir()
+	run := filepath.Join(dir, "run")
+	if err := os.MkdirAll(run, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(run, "checkpoints"), []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	code := mainExit([]string{"-steps", "4", "-ckpt-every", "2", "-run", run}, &out, &errOut)
+	if code == 0 || !strings.Contains(errOut.String(), "checkpoint of step 2") || !strings.Contains(errOut.String(), "previous complete checkpoint is intact") {
+		t.Fatalf("exit %d, stderr %q", code, errOut.String())
+	}
+	conf := filepath.Join(dir, "run.toml")
+	if err := os.WriteFile(conf, []byte("[ckpt]\ncontinue_on_error = true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	errOut.Reset()
+	code = mainExit([]string{"-config", conf, "-steps", "4", "-ckpt-every", "2", "-run", run}, &out, &errOut)
+	if code != 0 || !strings.Contains(errOut.String(), "training goes on without this checkpoint") || !strings.Contains(out.String(), "done: 4 steps") {
+		t.Fatalf("continue_on_error: exit %d, stderr %q", code, errOut.String())
 	}
 }

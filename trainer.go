@@ -446,7 +446,11 @@ func (t *trainer) loop() (loopResult, error) {
 	// checkpoint saves after step (1-based) and notes the time.
 	checkpoint := func(step int) error {
 		if err := t.saveCheckpoint(step); err != nil {
-			return err
+			if !t.cfg.Ckpt.ContinueOnError {
+				return fmt.Errorf("%w (the previous complete checkpoint is intact; ckpt.continue_on_error trains on without saving)", err)
+			}
+			prog.note("warning: %v: training goes on without this checkpoint (ckpt.continue_on_error)", err)
+			t.log.Warn("checkpoint failed; continuing", "step", step, "error", err.Error())
 		}
 		lastSave, lastSaveTime = step, time.Now()
 		return nil

@@ -44,15 +44,37 @@ type trainerState struct {
 // complete, or absent, never torn. Every rank calls it.
 func (t *trainer) saveCheckpoint(step int) error {
 	started := time.Now()
-	d, f, c := t.dist, t.flat, t.cfg.Ckpt
+	d := t.dist
 	dir, err := ckpt.PrepareDir(t.cfg.RunDir, int64(step))
 	if err != nil {
+		err = fmt.Errorf("checkpoint of step %d: %w", step, err)
+	}
+	// Every rank must see the directory before writing into it (shared file
+	// systems), and every rank must learn if one could not make it.
+	if err := d.agree(err, "checkpoint of step %d: a rank could not create its directory", step); err != nil {
 		return err
 	}
-	// Every rank must see the directory before writing into it (shared file systems).
-	if err := d.barrier(); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
+	werr := t.writeShard(dir, step)
+	if werr != nil {
+		werr = fmt.Errorf("checkpoint of step %d: %w", step, werr)
 	}
+	// Instead of a plain barrier, every rank says whether its shard is written,
+	// so that one full disk fails the checkpoint on every rank alike (and nobody
+	// waits for a rank that gave up).
+	if err := d.agree(werr, "checkpoint of step %d: a rank could not write its shard", step); err != nil {
+		return err
+	}
+	var cerr error
+	if d.isRoot() {
+		cerr = t.commit(step, started)
+	}
+	// Nobody goes on (or exits) before the checkpoint is committed.
+	return d.agree(cerr, "checkpoint of step %d: rank 0 could not commit it", step)
+}
+
+// writeShard writes this rank's entries into the step's temporary directory.
+func (t *trainer) writeShard(dir string, step int) error {
+	d, f, c := t.dist, t.flat, t.cfg.Ckpt
 	w, err := ckpt.NewShardWriter(dir, d.rank(), ckpt.Options{Compress: c.Compress, Level: c.Level})
 	if err != nil {
 		return err
@@ -92,32 +114,45 @@ func (t *trainer) saveCheckpoint(step int) error {
 	if _, err := w.Close(); werr == nil {
 		werr = err
 	}
-	if werr != nil {
-		return fmt.Errorf("checkpoint of step %d: %w", step, werr)
+	return werr
+}
+
+// commit is rank 0's half: the manifest, the rename, DONE, latest, retention.
+func (t *trainer) commit(step int, started time.Time) error {
+	d, c := t.dist, t.cfg.Ckpt
+	cfgText, err := t.cfg.Encode()
+	if err != nil {
+		return err
 	}
-	if err := d.barrier(); err != nil {
+	plan, err := d.plan.JSON()
+	if err != nil {
+		return err
+	}
+	m := ckpt.Manifest{WorldSize: d.plan.World, Config: string(cfgText), Plan: string(plan),
+		ModelSource: t.cfg.Model, TokenizerSource: t.cfg.Tokenizer}
+	final, err := ckpt.Commit(t.cfg.RunDir, int64(step), m, ckpt.Retention{KeepLast: c.KeepLast, KeepEvery: c.KeepEvery})
+	if err != nil {
+		return err
+	}
+	t.log.Info("checkpoint", "step", step, "dir", final, "seconds", time.Since(started).Seconds())
+	return nil
+}
+
+// agree tells every rank whether any rank failed: local is this rank's error (nil
+// on success). It returns local itself, or an error saying another rank failed.
+func (d *dist) agree(local error, format string, a ...any) error {
+	vote := []float64{0}
+	if local != nil {
+		vote[0] = 1
+	}
+	if err := d.allReduceF64(vote); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	if d.isRoot() {
-		cfgText, err := t.cfg.Encode()
-		if err != nil {
-			return err
-		}
-		plan, err := d.plan.JSON()
-		if err != nil {
-			return err
-		}
-		m := ckpt.Manifest{WorldSize: d.plan.World, Config: string(cfgText), Plan: string(plan),
-			ModelSource: t.cfg.Model, TokenizerSource: t.cfg.Tokenizer}
-		final, err := ckpt.Commit(t.cfg.RunDir, int64(step), m, ckpt.Retention{KeepLast: c.KeepLast, KeepEvery: c.KeepEvery})
-		if err != nil {
-			return err
-		}
-		t.log.Info("checkpoint", "step", step, "dir", final, "seconds", time.Since(started).Seconds())
-	}
-	// Nobody goes on (or exits) before the checkpoint is committed.
-	if err := d.barrier(); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
+	switch {
+	case local != nil:
+		return local
+	case vote[0] > 0:
+		return fmt.Errorf(format, a...)
 	}
 	return nil
 }
@@ -208,13 +243,6 @@ func resumeDir(runDir, resume string) (string, error) {
 	return info.Dir, nil
 }
 
-// barrier waits for every rank.
-func (d *dist) barrier() error {
-	if d.world == nil {
-		return nil
-	}
-	return d.world.Barrier()
-}
 
 func (f *flatParams) embedIndex() int {
 	for i, v := range f.views {

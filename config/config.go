@@ -56,6 +56,9 @@ type Ckpt struct {
 	// Compress with zstd (floats byte-grouped first) at Level (zstd's 1-22).
 	Compress bool `toml:"compress"`
 	Level    int  `toml:"level"`
+	// ContinueOnError trains on when a checkpoint cannot be written (disk full,
+	// unwritable run directory) instead of stopping; the warning is logged.
+	ContinueOnError bool `toml:"continue_on_error"`
 	// Resume is "" (start fresh), "latest" (the newest complete checkpoint in
 	// run_dir), or a checkpoint directory.
 	Resume string `toml:"resume"`

@@ -243,7 +243,6 @@ func resumeDir(runDir, resume string) (string, error) {
 	return info.Dir, nil
 }
 
-
 func (f *flatParams) embedIndex() int {
 	for i, v := range f.views {
 		if f.embed != nil && v.off == f.embed.off {

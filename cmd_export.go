@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"train/ckpt"
+	"train/config"
 	"train/model"
 )
 
@@ -17,6 +19,11 @@ import (
 // the merged model as one GGUF file for llama.cpp.
 func runExport(args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet("export", `Usage: train export -model DIR|FILE.gguf [-adapter DIR] -format peft|hf|gguf -out PATH [-dtype f32|f16|bf16] [-shard-size 5GB]
+       train export -ckpt RUN|CHECKPOINT_DIR -format peft|hf|gguf -out PATH
+
+With -ckpt the trained tensors come from one of train's checkpoints (a run
+directory means its newest complete one); the base model is the one the
+checkpoint names, unless -model gives it.
 
 Formats:
   peft  the LoRA adapter (-adapter) in peft's layout: adapter_config.json and
@@ -31,6 +38,7 @@ Formats:
         -dtype f32, f16 or bf16.`, stderr)
 	modelPath := flags.String("model", "", "base model: Hugging Face directory or .gguf file")
 	adapter := flags.String("adapter", "", "LoRA adapter directory in peft format")
+	ckptDir := flags.String("ckpt", "", "take the trained tensors from this checkpoint (or the newest of this run directory)")
 	format := flags.String("format", "", "peft, hf or gguf")
 	out := flags.String("out", "", "output directory (peft, hf) or file (gguf)")
 	dtype := flags.String("dtype", "f32", "stored precision: f32, f16 (gguf) or bf16 (hf, gguf)")
@@ -40,8 +48,11 @@ Formats:
 	if err := parseFlags(flags, args); err != nil {
 		return err
 	}
-	if *modelPath == "" || *out == "" || *format == "" {
-		return usagef("-model, -format and -out are required (see train export -h)")
+	if (*modelPath == "" && *ckptDir == "") || *out == "" || *format == "" {
+		return usagef("-model (or -ckpt), -format and -out are required (see train export -h)")
+	}
+	if *ckptDir != "" && *adapter != "" {
+		return usagef("-ckpt and -adapter both give the trained tensors: choose one")
 	}
 	maxShard, err := parseByteSize(*shardSize) // cmd_plan.go
 	if err != nil {
@@ -49,8 +60,8 @@ Formats:
 	}
 	switch *format {
 	case "peft":
-		if *adapter == "" {
-			return usagef("-format peft needs -adapter")
+		if *adapter == "" && *ckptDir == "" {
+			return usagef("-format peft needs -adapter or -ckpt")
 		}
 		if *dtype != "f32" {
 			return usagef("-format peft writes f32 adapters (peft keeps LoRA weights in float32), not %s", *dtype)
@@ -67,14 +78,23 @@ Formats:
 		return usagef("-format %q: peft, hf or gguf", *format)
 	}
 
-	w, err := model.LoadAny(*modelPath)
-	if err != nil {
-		return fmt.Errorf("model %s: %w", *modelPath, err)
-	}
+	var w *model.Weights
 	var lora *model.LoRA
-	if *adapter != "" {
-		if lora, err = model.ReadPEFTAdapter(*adapter, w.Config); err != nil {
+	if *ckptDir != "" {
+		if w, lora, *modelPath, err = loadCheckpointModel(*ckptDir, *modelPath); err != nil {
 			return err
+		}
+		if *format == "peft" && lora == nil {
+			return fmt.Errorf("%s holds a full fine-tune, not an adapter: export it with -format hf or gguf", *ckptDir)
+		}
+	} else {
+		if w, err = model.LoadAny(*modelPath); err != nil {
+			return fmt.Errorf("model %s: %w", *modelPath, err)
+		}
+		if *adapter != "" {
+			if lora, err = model.ReadPEFTAdapter(*adapter, w.Config); err != nil {
+				return err
+			}
 		}
 	}
 	if *format == "peft" {
@@ -98,7 +118,9 @@ Formats:
 	}
 	tok := *tokDir
 	if tok == "" {
-		if st, err := os.Stat(filepath.Join(*modelPath, "tokenizer.json")); err == nil && !st.IsDir() {
+		if model.IsRandomModel(*modelPath) {
+			fmt.Fprintf(stderr, "train export: %s has no tokenizer: writing none (give -tokenizer DIR)\n", *modelPath)
+		} else if st, err := os.Stat(filepath.Join(*modelPath, "tokenizer.json")); err == nil && !st.IsDir() {
 			tok = *modelPath
 		} else if !errors.Is(err, fs.ErrNotExist) && err != nil {
 			return fmt.Errorf("tokenizer: %w", err)
@@ -160,4 +182,60 @@ func sameAdapter(a, b *model.LoRA) error {
 		}
 	}
 	return nil
+}
+
+// loadCheckpointModel returns the model a checkpoint of train holds: the base
+// model it names (or modelPath when given) with, for a full fine-tune, every
+// trained tensor replaced by the checkpoint's, or for LoRA the adapter.
+func loadCheckpointModel(dir, modelPath string) (*model.Weights, *model.LoRA, string, error) {
+	if info, err := ckpt.Latest(dir); err == nil {
+		dir = info.Dir // a run directory: its newest complete checkpoint
+	}
+	r, err := ckpt.Open(dir)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	defer r.Close()
+	man := r.Manifest()
+	cfg, err := config.Decode(filepath.Join(dir, ckpt.ManifestName)+" (config)", []byte(man.Config))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if modelPath == "" {
+		modelPath = man.ModelSource
+	}
+	var w *model.Weights
+	if model.IsRandomModel(modelPath) {
+		w, err = loadModelWeights(modelPath, cfg.Seed)
+	} else {
+		w, err = model.LoadAny(modelPath)
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("base model %s (named by the checkpoint): %w", modelPath, err)
+	}
+	read := func(name string, dst []float32) error {
+		if _, ok := r.Lookup(ckptParam + name); !ok {
+			return fmt.Errorf("%s holds no %s", dir, name)
+		}
+		return r.ReadF32(ckptParam+name, 0, int64(len(dst)), dst)
+	}
+	if cfg.Train.Method == "lora" {
+		l, err := model.NewLoRA(&w.Config, model.LoRAConfig{Rank: cfg.LoRA.Rank, Alpha: cfg.LoRA.Alpha,
+			Dropout: cfg.LoRA.Dropout, RSLoRA: cfg.LoRA.RSLoRA, Targets: cfg.LoRA.Targets}, 0)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		for name, dst := range l.Tensors() {
+			if err := read(name, dst); err != nil {
+				return nil, nil, "", err
+			}
+		}
+		return w, l, modelPath, nil
+	}
+	for name, dst := range w.NamedTensors() {
+		if err := read(name, dst); err != nil {
+			return nil, nil, "", err
+		}
+	}
+	return w, nil, modelPath, nil
 }

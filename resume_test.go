@@ -6,9 +6,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
+	"train/model"
 
 	"train/ckpt"
 )
@@ -190,5 +192,39 @@ func TestCheckpointFailure(t *testing.T) {
 	code = mainExit([]string{"-config", conf, "-steps", "4", "-ckpt-every", "2", "-run", run}, &out, &errOut)
 	if code != 0 || !strings.Contains(errOut.String(), "training goes on without this checkpoint") || !strings.Contains(out.String(), "done: 4 steps") {
 		t.Fatalf("continue_on_error: exit %d, stderr %q", code, errOut.String())
+	}
+}
+
+// TestExportFromCheckpoint: `train export -ckpt` gives the same adapter (LoRA) or
+// model (full) as the run saved at its end.
+func TestExportFromCheckpoint(t *testing.T) {
+	requireStories(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "train.jsonl")
+	writeStories(t, data, 24, 9)
+	for _, tc := range []struct{ method, format, file string }{
+		{"lora", "peft", "adapter_model.safetensors"},
+		{"full", "hf", "model.safetensors"},
+	} {
+		run := filepath.Join(dir, tc.method)
+		runMain(t, "-model", storiesDir, "-data", data, "-method", tc.method, "-steps", "3", "-batch", "2", "-seq", "64",
+			"-lora-rank", "4", "-run", run)
+		out := filepath.Join(dir, tc.method+"-export")
+		runMain(t, "export", "-ckpt", run, "-format", tc.format, "-out", out)
+		want := trainedTensors(t, run, tc.method)
+		f, err := model.OpenSafetensors(filepath.Join(out, tc.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for name, w := range want {
+			got, _, err := f.ReadFloat32(name)
+			if err != nil {
+				t.Fatalf("%s export: %v", tc.method, err)
+			}
+			if !slices.Equal(got, w) {
+				t.Errorf("%s export: %s differs from the run's own output", tc.method, name)
+			}
+		}
+		f.Close()
 	}
 }

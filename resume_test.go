@@ -10,9 +10,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"train/model"
 
 	"train/ckpt"
+	"train/model"
 )
 
 // stepLosses maps step -> training loss from a run's metrics.jsonl.

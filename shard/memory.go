@@ -399,13 +399,28 @@ func Suggest(cfg *model.Config, e *Estimate, budget int64) ([]Suggestion, error)
 			continue
 		}
 		st = t
-		if strings.HasPrefix(desc, "-method") { // a later method replaces an earlier one
-			descs = slices.DeleteFunc(descs, func(d string) bool { return strings.HasPrefix(d, "-method") })
-		}
+		// A later change to a flag replaces an earlier one (-pp 8, then -np 17 -pp 17).
+		descs = slices.DeleteFunc(descs, func(d string) bool { return sharesFlag(d, desc) })
 		descs = append(descs, desc)
 		if x, _ := estimate(st); x.Fits(budget) {
 			return []Suggestion{{Change: strings.Join(descs, " "), World: st.world, Estimate: x}}, nil
 		}
 	}
 	return nil, nil
+}
+
+// sharesFlag reports whether two suggestions (flag strings such as "-np 4 -pp 2")
+// set a flag in common.
+func sharesFlag(a, b string) bool {
+	for _, fa := range strings.Fields(a) {
+		if !strings.HasPrefix(fa, "-") {
+			continue
+		}
+		for _, fb := range strings.Fields(b) {
+			if fa == fb {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -170,3 +170,33 @@ func TestSuggest(t *testing.T) {
 		}
 	}
 }
+
+// TestSuggestNamesEachFlagOnce: a combined suggestion never repeats a flag (a
+// later change to -pp replaces an earlier one).
+func TestSuggestNamesEachFlagOnce(t *testing.T) {
+	cfg, err := model.RandomConfig("random:llama-3.1-70b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(&cfg, 8, 4, 4096)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := EstimateMemory(&cfg, p, Setup{Method: "full", MicroBatch: 1, SeqLen: 4096, LoRARank: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sugg, err := Suggest(&cfg, e, 80<<30)
+	if err != nil || len(sugg) == 0 {
+		t.Fatalf("no suggestion: %v", err)
+	}
+	for _, s := range sugg {
+		seen := map[string]bool{}
+		for _, f := range strings.Fields(s.Change) {
+			if strings.HasPrefix(f, "-") && seen[f] {
+				t.Errorf("suggestion %q repeats %s", s.Change, f)
+			}
+			seen[f] = true
+		}
+	}
+}

@@ -129,34 +129,8 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		return res, err
 	}
 	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing}
-	switch cfg.Train.Method {
-	case "lora":
-		l, err := model.NewLoRA(&w.Config, model.LoRAConfig{
-			Rank: cfg.LoRA.Rank, Alpha: cfg.LoRA.Alpha, Dropout: cfg.LoRA.Dropout,
-			RSLoRA: cfg.LoRA.RSLoRA, Targets: cfg.LoRA.Targets,
-		}, uint64(cfg.Seed))
-		if err != nil {
-			return res, err
-		}
-		if cfg.LoRA.InitAdapter != "" {
-			// Start from a saved adapter: its matrices replace the fresh ones, and
-			// its hyper-parameters must be this run's.
-			init, err := model.ReadPEFTAdapter(cfg.LoRA.InitAdapter, w.Config)
-			if err != nil {
-				return res, err
-			}
-			ic, lc := init.Config, l.Config
-			if ic.Rank != lc.Rank || ic.Alpha != lc.Alpha || ic.RSLoRA != lc.RSLoRA || !slices.Equal(init.Config.Targets, model.SortedTargets(lc.Targets)) {
-				return res, fmt.Errorf("lora.init_adapter %s has r=%d alpha=%v rslora=%v targets %v; this run has r=%d alpha=%v rslora=%v targets %v: set lora.rank/alpha/rslora/targets to match",
-					cfg.LoRA.InitAdapter, ic.Rank, ic.Alpha, ic.RSLoRA, ic.Targets, lc.Rank, lc.Alpha, lc.RSLoRA, model.SortedTargets(lc.Targets))
-			}
-			if err := l.SetTensors(init.Tensors()); err != nil {
-				return res, fmt.Errorf("lora.init_adapter %s: %w", cfg.LoRA.InitAdapter, err)
-			}
-		}
-		opts.LoRA = l
-	case "qlora":
-		return res, errors.New("train.method qlora keeps 4-bit NF4 base weights on a GPU, which this build's CPU backend cannot; use -method lora on the CPU")
+	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
+		return res, err
 	}
 	opts.Lo, opts.Hi = d.me.Lo, d.me.Hi
 	m, err := model.NewModel(be, w, opts)
@@ -248,6 +222,38 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		res.steps, humanInt(int64(res.tokens)), elapsed.Round(time.Second), res.first, res.last, evalLoss, evalTokens, best)
 	fmt.Fprintf(stdout, "outputs: %s (metrics.jsonl, config.toml%s)\n", cfg.RunDir, saved)
 	return res, nil
+}
+
+// newAdapter returns the LoRA adapter a run trains (nil in full fine-tuning): a
+// fresh one, or the saved adapter lora.init_adapter names, whose hyper-parameters
+// must be this run's.
+func newAdapter(cfg config.Config, mc *model.Config) (*model.LoRA, error) {
+	switch cfg.Train.Method {
+	case "full":
+		return nil, nil
+	case "qlora":
+		return nil, errors.New("train.method qlora keeps 4-bit NF4 base weights on a GPU, which this build's CPU backend cannot; use -method lora on the CPU")
+	}
+	l, err := model.NewLoRA(mc, model.LoRAConfig{
+		Rank: cfg.LoRA.Rank, Alpha: cfg.LoRA.Alpha, Dropout: cfg.LoRA.Dropout,
+		RSLoRA: cfg.LoRA.RSLoRA, Targets: cfg.LoRA.Targets,
+	}, uint64(cfg.Seed))
+	if err != nil || cfg.LoRA.InitAdapter == "" {
+		return l, err
+	}
+	init, err := model.ReadPEFTAdapter(cfg.LoRA.InitAdapter, *mc)
+	if err != nil {
+		return nil, err
+	}
+	ic, lc := init.Config, l.Config
+	if ic.Rank != lc.Rank || ic.Alpha != lc.Alpha || ic.RSLoRA != lc.RSLoRA || !slices.Equal(ic.Targets, model.SortedTargets(lc.Targets)) {
+		return nil, fmt.Errorf("lora.init_adapter %s has r=%d alpha=%v rslora=%v targets %v; this run has r=%d alpha=%v rslora=%v targets %v: set lora.rank/alpha/rslora/targets to match",
+			cfg.LoRA.InitAdapter, ic.Rank, ic.Alpha, ic.RSLoRA, ic.Targets, lc.Rank, lc.Alpha, lc.RSLoRA, model.SortedTargets(lc.Targets))
+	}
+	if err := l.SetTensors(init.Tensors()); err != nil {
+		return nil, fmt.Errorf("lora.init_adapter %s: %w", cfg.LoRA.InitAdapter, err)
+	}
+	return l, nil
 }
 
 // newBackend returns the device cfg.Device names.

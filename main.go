@@ -25,6 +25,7 @@ func commands() []command {
 		{"train", "fine-tune a model (the default when no subcommand is given)", runTrain},
 		{"check", "describe a Hugging Face model directory and list every incompatibility", runCheck},
 		{"eval", "mean cross-entropy of a model (and optional LoRA adapter) over a JSONL file", runEval},
+		{"logs", "inspect a run's per-rank logs: failures first, stragglers, step times, throughput, checkpoints (-follow, -json, -plot FILE)", runLogs},
 		{"ckpt", "inspect checkpoints: `train ckpt ls RUN`, `train ckpt verify DIR`", runCkpt},
 		{"export", "write a model (and LoRA adapter) as a peft adapter, a merged Hugging Face model or a merged GGUF file", runExport},
 		{"plan", "print the parallel plan and per-rank memory for LoRA, QLoRA and full fine-tuning (-np N -pp P)", runPlan},

@@ -1,0 +1,124 @@
+package runlog
+
+import (
+	"fmt"
+	"image/color"
+	"io"
+	"math"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
+	"gonum.org/v1/plot/vg/vgsvg"
+)
+
+var (
+	blue   = color.RGBA{R: 31, G: 119, B: 180, A: 255}
+	orange = color.RGBA{R: 255, G: 127, B: 14, A: 255}
+	green  = color.RGBA{R: 44, G: 160, B: 44, A: 255}
+	purple = color.RGBA{R: 148, G: 103, B: 189, A: 255}
+)
+
+// WritePlot draws the run's curves against step in three stacked panels that
+// share the step axis: training and eval loss, learning rate, tokens per
+// second. format is "png" or "svg".
+func WritePlot(w io.Writer, s Series, format, title string) error {
+	if len(s.Loss)+len(s.EvalLoss) == 0 {
+		return fmt.Errorf("plot: no loss to draw (no step lines in metrics.jsonl or the rank logs)")
+	}
+	const width, height = 9 * vg.Inch, 10 * vg.Inch
+	var c vg.CanvasWriterTo
+	switch format {
+	case "png":
+		c = vgimg.PngCanvas{Canvas: vgimg.New(width, height)}
+	case "svg":
+		c = vgsvg.New(width, height)
+	default:
+		return fmt.Errorf("plot: unknown format %q: use .png or .svg", format)
+	}
+	lossP, err := panel(title, "loss", []curve{{"train loss", s.Loss, blue, false}, {"eval loss", s.EvalLoss, orange, true}})
+	if err != nil {
+		return err
+	}
+	lrP, err := panel("", "learning rate", []curve{{"", s.LR, green, false}})
+	if err != nil {
+		return err
+	}
+	tpsP, err := panel("", "tokens/s", []curve{{"", s.TokensPerS, purple, false}})
+	if err != nil {
+		return err
+	}
+	tpsP.X.Label.Text = "step"
+	// One step range for every panel, so that they line up.
+	lo, hi := math.Inf(1), math.Inf(-1)
+	for _, p := range []*plot.Plot{lossP, lrP, tpsP} {
+		lo, hi = math.Min(lo, p.X.Min), math.Max(hi, p.X.Max)
+	}
+	plots := [][]*plot.Plot{{lossP}, {lrP}, {tpsP}}
+	for _, row := range plots {
+		row[0].X.Min, row[0].X.Max = lo, hi
+	}
+	dc := draw.New(c)
+	// Paint the background once: vgimg starts transparent.
+	dc.SetColor(color.White)
+	dc.Fill(dc.Rectangle.Path())
+	tiles := draw.Tiles{Rows: 3, Cols: 1, PadTop: vg.Points(6), PadBottom: vg.Points(6), PadLeft: vg.Points(6), PadRight: vg.Points(12), PadY: vg.Points(12)}
+	canvases := plot.Align(plots, tiles, dc)
+	for i, row := range plots {
+		row[0].Draw(canvases[i][0])
+	}
+	if _, err := c.WriteTo(w); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	return nil
+}
+
+type curve struct {
+	name   string
+	pts    []Point
+	col    color.Color
+	points bool // draw the points too (eval loss is sparse)
+}
+
+func panel(title, ylabel string, curves []curve) (*plot.Plot, error) {
+	p := plot.New()
+	p.Title.Text = title
+	p.Y.Label.Text = ylabel
+	p.Add(plotter.NewGrid())
+	p.Legend.Top = true
+	for _, c := range curves {
+		if len(c.pts) == 0 {
+			continue
+		}
+		xys := make(plotter.XYs, 0, len(c.pts))
+		for _, q := range c.pts {
+			if math.IsNaN(q.Value) || math.IsInf(q.Value, 0) {
+				continue // a skipped step: nothing to draw
+			}
+			xys = append(xys, plotter.XY{X: float64(q.Step), Y: q.Value})
+		}
+		if len(xys) == 0 {
+			continue
+		}
+		line, err := plotter.NewLine(xys)
+		if err != nil {
+			return nil, fmt.Errorf("plot %s: %w", ylabel, err)
+		}
+		line.Color, line.Width = c.col, vg.Points(1.5)
+		p.Add(line)
+		if c.points {
+			sc, err := plotter.NewScatter(xys)
+			if err != nil {
+				return nil, fmt.Errorf("plot %s: %w", ylabel, err)
+			}
+			sc.Color, sc.Shape, sc.Radius = c.col, draw.CircleGlyph{}, vg.Points(3)
+			p.Add(sc)
+		}
+		if c.name != "" {
+			p.Legend.Add(c.name, line)
+		}
+	}
+	return p, nil
+}

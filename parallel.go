@@ -242,9 +242,33 @@ func (f *flatParams) sumSquares() float64 {
 }
 
 // stepTimes splits a step's wall time for the rank log: computing, waiting on the
-// neighbouring stages (the pipeline bubble), and waiting on collectives.
+// neighbouring stages (the pipeline bubble), and waiting on collectives; and
+// counts the payload bytes this rank sent and received (the algorithms' data, not
+// the wire's framing: a ring all-reduce of n bytes over g ranks moves
+// 2(g-1)/g x n each way, a reduce-scatter or all-gather half that).
 type stepTimes struct {
 	compute, bubble, comm time.Duration
+	sent, received        int64
+}
+
+// p2p counts a point-to-point transfer of n float32 values.
+func (s *stepTimes) p2p(n int, send bool) {
+	if send {
+		s.sent += 4 * int64(n)
+	} else {
+		s.received += 4 * int64(n)
+	}
+}
+
+// ring counts a ring collective of n float32 values over a group of g ranks:
+// passes is 2 for an all-reduce, 1 for a reduce-scatter or an all-gather.
+func (s *stepTimes) ring(n, g, passes int) {
+	if g < 2 {
+		return
+	}
+	b := int64(passes) * 4 * int64(n) * int64(g-1) / int64(g)
+	s.sent += b
+	s.received += b
 }
 
 func timed(d *time.Duration, f func() error) error {
@@ -305,6 +329,7 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 		switch a.Op {
 		case shard.RecvActivation:
 			inputs[k] = buf(mbs[k].rows)
+			times.p2p(len(inputs[k]), false)
 			err = timed(&times.bubble, func() error { return d.world.Recv(collective.F32(inputs[k]), a.Peer) })
 		case shard.Forward:
 			err = timed(&times.compute, func() error { return forward(k) })
@@ -313,10 +338,12 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 				err = be.Download(outputs[k], m.StageOutput())
 			}
 		case shard.SendActivation:
+			times.p2p(len(outputs[k]), true)
 			err = timed(&times.bubble, func() error { return d.world.Send(collective.F32(outputs[k]), a.Peer) })
 			delete(outputs, k)
 		case shard.RecvGrad:
 			grads[k] = buf(mbs[k].rows)
+			times.p2p(len(grads[k]), false)
 			err = timed(&times.bubble, func() error { return d.world.Recv(collective.F32(grads[k]), a.Peer) })
 		case shard.Backward:
 			err = timed(&times.compute, func() error {
@@ -347,6 +374,7 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 			}
 			delete(inputs, k)
 		case shard.SendGrad:
+			times.p2p(len(outputs[k]), true)
 			err = timed(&times.bubble, func() error { return d.world.Send(collective.F32(outputs[k]), a.Peer) })
 			delete(outputs, k)
 		case shard.ReduceGrads, shard.OptimizerStep:
@@ -378,6 +406,7 @@ func (t *trainer) startBucket(l int) error {
 	if err := f.downloadViews(t.be, views); err != nil {
 		return err
 	}
+	t.bucketTraffic.ring(r[1]-r[0], t.dist.plan.Replicas, 2)
 	t.pending = append(t.pending, t.dist.dp.AllReduceAsync(collective.F32(f.grad[r[0]:r[1]]), collective.Sum))
 	return nil
 }
@@ -392,6 +421,7 @@ func (t *trainer) reduceGrads(times *stepTimes) error {
 	return timed(&times.comm, func() error {
 		if d.tied != nil && f.embed != nil {
 			e := f.grad[f.embed.off : f.embed.off+f.embed.n]
+			times.ring(len(e), 2, 2)
 			if err := d.tied.AllReduce(collective.F32(e), collective.Sum); err != nil {
 				return fmt.Errorf("tied embedding: %w", err)
 			}
@@ -407,7 +437,11 @@ func (t *trainer) reduceGrads(times *stepTimes) error {
 				}
 			}
 			t.pending = t.pending[:0]
+			times.sent += t.bucketTraffic.sent
+			times.received += t.bucketTraffic.received
+			t.bucketTraffic = stepTimes{}
 			for _, v := range f.rest {
+				times.ring(v.n, d.plan.Replicas, 2)
 				if err := d.dp.AllReduce(collective.F32(f.grad[v.off:v.off+v.n]), collective.Sum); err != nil {
 					return fmt.Errorf("gradient all-reduce: %w", err)
 				}
@@ -416,12 +450,14 @@ func (t *trainer) reduceGrads(times *stepTimes) error {
 		}
 		if d.zero1 {
 			own := make([]float32, f.hi-f.lo)
+			times.ring(len(f.grad), d.plan.Replicas, 1)
 			if err := d.dp.ReduceScatter(collective.F32(f.grad), collective.F32(own), collective.Sum); err != nil {
 				return fmt.Errorf("gradient reduce-scatter: %w", err)
 			}
 			copy(f.grad[f.lo:f.hi], own)
 			return nil
 		}
+		times.ring(len(f.grad), d.plan.Replicas, 2)
 		if err := d.dp.AllReduce(collective.F32(f.grad), collective.Sum); err != nil {
 			return fmt.Errorf("gradient all-reduce: %w", err)
 		}
@@ -438,6 +474,7 @@ func (t *trainer) gatherParams(times *stepTimes) error {
 	}
 	return timed(&times.comm, func() error {
 		own := append([]float32(nil), f.value[f.lo:f.hi]...)
+		times.ring(len(f.value), d.plan.Replicas, 1)
 		if err := d.dp.AllGather(collective.F32(own), collective.F32(f.value)); err != nil {
 			return fmt.Errorf("parameter all-gather: %w", err)
 		}

@@ -42,8 +42,9 @@ type trainer struct {
 	flat *flatParams // the trainable tensors on the host, for reduction and the optimizer
 	// overlap reduces each layer's gradients while backward goes on below it
 	// (data parallel without ZeRO-1); pending are those reductions in flight.
-	overlap bool
-	pending []collective.Handle
+	overlap       bool
+	pending       []collective.Handle
+	bucketTraffic stepTimes // bytes of the buckets in flight, added to the step's when they end
 	// startStep is the step a resumed run continues after (0: a fresh start).
 	startStep int
 	// warnedMemory is set once the rank has warned that it nears the memory limit.
@@ -568,7 +569,8 @@ func (t *trainer) loop() (loopResult, error) {
 		rss, cpu := resources()
 		t.log.Info("step", "step", step+1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
 			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),
-			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(), "heap_bytes", heapBytes(),
+			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(),
+			"bytes_sent", times.sent, "bytes_received", times.received, "heap_bytes", heapBytes(),
 			"rss_bytes", rss, "cpu_s", cpu)
 		if budget := availableMemory() + rss; !t.warnedMemory && budget > 0 && rss > budget*9/10 {
 			t.warnedMemory = true

@@ -38,10 +38,11 @@ masked exactly as in training.`, stderr)
 	if *batch < 1 {
 		return usagef("-batch %d must be at least 1", *batch)
 	}
-	be, err := newBackend(*device)
+	be, err := newBackend(*device, 0)
 	if err != nil {
 		return err
 	}
+	defer closeBackend(be)
 	w, err := loadModelWeights(*modelDir, *seed)
 	if err != nil {
 		return err

@@ -109,10 +109,11 @@ Examples:
 	if err != nil {
 		return err
 	}
-	be, err := newBackend(o.device)
+	be, err := newBackend(o.device, 0)
 	if err != nil {
 		return err
 	}
+	defer closeBackend(be)
 	w, err := loadModelWeights(o.model, o.modelSeed)
 	if err != nil {
 		return err

@@ -23,12 +23,13 @@ import (
 // single process world is nil, the plan has one stage and one replica, and every
 // exchange below is a no-op, so one code path serves every world size.
 type dist struct {
-	world collective.Comm // nil for a single process
-	plan  *shard.Plan
-	me    shard.Rank
-	dp    collective.Comm // this stage across the replicas; nil when D == 1
-	tied  collective.Comm // the first and last stage of this replica, when embeddings are tied and P > 1
-	zero1 bool
+	world     collective.Comm // nil for a single process
+	localRank int             // among this host's ranks: which GPU to use
+	plan      *shard.Plan
+	me        shard.Rank
+	dp        collective.Comm // this stage across the replicas; nil when D == 1
+	tied      collective.Comm // the first and last stage of this replica, when embeddings are tied and P > 1
+	zero1     bool
 }
 
 func (d *dist) rank() int    { return d.me.Rank }
@@ -51,7 +52,7 @@ func joinWorld(ctx context.Context, cfg config.Config, flags *collective.Flags, 
 	if err != nil {
 		return nil, err
 	}
-	d := &dist{plan: plan, me: plan.Ranks[cc.Rank], zero1: cfg.Parallel.Zero1 && plan.Replicas > 1}
+	d := &dist{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: cfg.Parallel.Zero1 && plan.Replicas > 1}
 	if size == 1 {
 		return d, nil
 	}

@@ -19,6 +19,7 @@ import (
 	"train/collective"
 	"train/config"
 	"train/data"
+	"train/kernels"
 	"train/model"
 	"train/ops"
 	"train/optim"
@@ -82,9 +83,12 @@ func trainRun(cfg config.Config, launch *collective.Flags, stdout, stderr io.Wri
 }
 
 func trainWithContext(ctx context.Context, cfg config.Config, launch *collective.Flags, stdout, stderr io.Writer) (err error) {
-	if _, err := newBackend(cfg.Device); err != nil {
-		return err // before connecting to anyone
+	// Fail on a missing device before connecting to anyone.
+	be, err := newBackend(cfg.Device, 0)
+	if err != nil {
+		return err
 	}
+	closeBackend(be)
 	mc, err := loadModelConfig(cfg.Model)
 	if err != nil {
 		return err
@@ -106,10 +110,11 @@ func trainWithContext(ctx context.Context, cfg config.Config, launch *collective
 // evaluation, samples and outputs. It returns what the loop measured.
 func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *dist, stdout, stderr io.Writer) (res loopResult, err error) {
 	start := time.Now()
-	be, err := newBackend(cfg.Device)
+	be, err := newBackend(cfg.Device, d.localRank)
 	if err != nil {
 		return res, err
 	}
+	defer closeBackend(be)
 	if !d.isRoot() {
 		stdout, stderr = io.Discard, io.Discard // rank 0 speaks for the job; every rank has its log
 	}
@@ -257,15 +262,34 @@ func newAdapter(cfg config.Config, mc *model.Config) (*model.LoRA, error) {
 	return l, nil
 }
 
-// newBackend returns the device cfg.Device names.
-func newBackend(device string) (ops.Backend, error) {
+// newBackend returns the device cfg.Device names: the CPU, GPU number gpu
+// (the rank's local rank, so each rank of a host has its own), or with "auto"
+// that GPU when there is one and the CPU otherwise. Release it with closeBackend.
+func newBackend(device string, gpu int) (ops.Backend, error) {
 	switch device {
-	case "cpu", "auto":
+	case "cpu":
 		return ops.NewCPU(), nil
 	case "cuda":
-		return nil, errors.New("device cuda: this build has no GPU backend yet; use -device cpu (or auto)")
+		be, err := kernels.Open(gpu)
+		if err != nil {
+			return nil, err // not the typed nil: it would make a non-nil ops.Backend
+		}
+		return be, nil
+	case "auto":
+		if be, err := kernels.Open(gpu); err == nil {
+			return be, nil
+		}
+		return ops.NewCPU(), nil
 	}
 	return nil, fmt.Errorf("device %q is not one of cpu, cuda, auto", device)
+}
+
+// closeBackend releases a device that holds resources (a GPU context and the
+// goroutine that owns it).
+func closeBackend(be ops.Backend) {
+	if c, ok := be.(io.Closer); ok {
+		c.Close()
+	}
 }
 
 // loadTrainingData returns the training and evaluation examples: the embedded

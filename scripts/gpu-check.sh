@@ -4,13 +4,14 @@
 #
 #   mkdir -p .dev/bin .dev/shared && cp -r ../shared/models ../shared/tokenizers .dev/shared/
 #   go test -c -o .dev/bin/tokenizer.test ./tokenizer && go build -o .dev/bin/train .
+#   go test -c -o .dev/bin/kernels.test ./kernels
 #   scripts/gpu-check.sh OUTDIR [SECTIONS]   # on the GPU machine, from the repository root
 #
-# SECTIONS is a comma-separated subset of fixtures,tokenizer,collective,pipeline
+# SECTIONS is a comma-separated subset of fixtures,tokenizer,collective,pipeline,kernels
 # (default: all). Writes full logs to OUTDIR and prints a short table last.
 set -uo pipefail
 out="${1:?usage: $0 OUTDIR [SECTIONS]}"
-sections=",${2:-fixtures,tokenizer,collective,pipeline},"
+sections=",${2:-fixtures,tokenizer,collective,pipeline,kernels},"
 want() { [[ "$sections" == *",$1,"* ]]; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
@@ -58,6 +59,26 @@ if want pipeline; then
     table+=("pipeline -np $np: rc=$?")
     while IFS= read -r line; do table+=("  $line"); done < "$out/pipeline-np$np.log"
   done
+fi
+
+# 5. CUDA backend: rebuild the kernel image where nvcc is (kernels/kernels.fatbin and .sum, copied
+# to OUTDIR to commit), then every op against the float64 CPU reference and a model step against
+# the float32 CPU twin, on the fresh image (TRAIN_KERNELS_FATBIN), so a test binary built before
+# the new fatbin was committed still tests the new kernels.
+if want kernels; then
+  if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then
+    if scripts/build-kernels.sh "$out" >"$out/build-kernels.log" 2>&1; then
+      cp kernels/kernels.fatbin kernels/kernels.sum "$out/"
+      table+=("kernels build: ok, $(grep '^nvcc' kernels/kernels.sum)")
+      export TRAIN_KERNELS_FATBIN="$PWD/kernels/kernels.fatbin"
+    else
+      table+=("kernels build: FAILED (see build-kernels.log)")
+    fi
+  fi
+  gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+  (cd kernels && timeout 480 ../.dev/bin/kernels.test -test.v -test.timeout 470s) >"$out/kernels.log" 2>&1
+  table+=("kernels tests on $gpu: rc=$?")
+  while IFS= read -r line; do table+=("  $line"); done < <(grep -E -e '^(--- |ok|FAIL|PASS)' -e 'loss gpu|worst|relative L2|driver' "$out/kernels.log" | grep -v -- '--- PASS: TestOps/' | head -40)
 fi
 
 echo

@@ -1,0 +1,416 @@
+// Package kernels is the CUDA backend of ops.Backend: the driver and cuBLAS
+// loaded at run time (cuda.go, the repository's one cgo file), the kernels of
+// kernels/*.cu compiled into kernels.fatbin and embedded, and Go launch wrappers.
+//
+// The model of the package:
+//
+//   - One Backend is one GPU: its primary context, one stream, the kernel module
+//     and a cuBLAS handle. Every CUDA call runs on one goroutine locked to one OS
+//     thread (thread.go), which owns the context; Close ends it.
+//   - A Buf is a device pointer, a length and a dtype; views (Slice) offset the
+//     pointer. F32 is float32, I32 int32, both 4 bytes.
+//   - Ops are launched on the stream and return at once; Upload, Download and
+//     Sync wait for the stream. Like the CPU backend, a bad argument (a buffer
+//     too short, a token id out of range) records the first error, later ops are
+//     skipped, and Sync or Download returns it. Range errors found inside a
+//     kernel go to a small device error word that Sync reads.
+//   - Matmuls go through cublasSgemm (float32, no TF32), everything else
+//     through the kernels. Results are deterministic: no atomics; reductions in
+//     a fixed order.
+//
+// Float32 only for now: bf16 storage, planned memory for the attention scratch
+// and flash attention are later work (see the package's notes in kernels.go).
+package kernels
+
+import (
+	_ "embed"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"unsafe"
+
+	"train/ops"
+)
+
+// fatbin is kernels/*.cu compiled by scripts/build-kernels.sh (sm_80, sm_90 and
+// compute_90 PTX); kernels.sum holds the hash of the sources it came from.
+//
+//go:embed kernels.fatbin
+var fatbin []byte
+
+// FatbinEnv names a file that replaces the embedded kernel image, for
+// developing kernels on a GPU machine before the new fatbin is committed.
+const FatbinEnv = "TRAIN_KERNELS_FATBIN"
+
+// Backend is one GPU. Like ops.CPU its ops are not safe for concurrent use:
+// one goroutine drives a Backend at a time.
+type Backend struct {
+	th  *thread
+	dev *device
+	err error // first op error, returned by Sync/Download
+
+	errWord  uint64 // device int32[4]: code, row, value, limit (see common.cuh)
+	scratch  uint64 // attention backward's per-row deltas, grown on demand
+	scratchN int
+	closed   bool
+}
+
+// Info describes the device and the libraries a Backend runs on.
+type Info struct {
+	Name             string // the GPU, e.g. "NVIDIA H100 80GB HBM3"
+	Ordinal          int
+	Driver, CUBLAS   int // versions, e.g. 13000 and 130000
+	LibCUDA, CUBLASL string
+	FreeMem, Total   int64
+}
+
+// New opens GPU 0. Without a usable GPU it returns an error starting with
+// "device cuda: no usable NVIDIA GPU: " that says why (libcuda missing, no
+// device, ...).
+func New() (*Backend, error) { return Open(0) }
+
+// Open opens GPU ord (the local rank's GPU under a launcher).
+func Open(ord int) (*Backend, error) {
+	img := fatbin
+	if p := os.Getenv(FatbinEnv); p != "" {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("device cuda: %s: %w", FatbinEnv, err)
+		}
+		img = b
+	}
+	b := &Backend{th: startThread()}
+	var err error
+	b.th.do(func() { b.dev, err = openDevice(ord, img) })
+	if err != nil {
+		b.th.stop()
+		return nil, fmt.Errorf("device cuda: no usable NVIDIA GPU: %w", err)
+	}
+	b.th.do(func() {
+		if b.errWord, err = b.dev.alloc(16); err == nil {
+			err = b.dev.memset32(b.errWord, 0, 4)
+		}
+	})
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("device cuda: %w", err)
+	}
+	return b, nil
+}
+
+// Close waits for pending work, frees the backend's own memory and the
+// context's resources, and ends its thread. Buffers from Alloc must be freed
+// before. It is safe to call twice.
+func (b *Backend) Close() error {
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	var err error
+	b.th.do(func() {
+		err = b.dev.sync()
+		for _, p := range []uint64{b.errWord, b.scratch} {
+			if p != 0 {
+				if e := b.dev.free(p); err == nil {
+					err = e
+				}
+			}
+		}
+		if e := b.dev.close(); err == nil {
+			err = e
+		}
+	})
+	b.th.stop()
+	return err
+}
+
+// Info reports the device, library versions and memory.
+func (b *Backend) Info() (Info, error) {
+	in := Info{Name: b.dev.name, Ordinal: b.dev.ord, Driver: b.dev.driver, CUBLAS: b.dev.blasVer}
+	in.LibCUDA, in.CUBLASL = libPaths()
+	err := b.call(func(d *device) error {
+		var e error
+		in.FreeMem, in.Total, e = d.memInfo()
+		return e
+	})
+	if err != nil {
+		return in, fmt.Errorf("kernels: %w", err)
+	}
+	return in, nil
+}
+
+// Name reports "cuda-f32".
+func (b *Backend) Name() string { return "cuda-f32" }
+
+// buf is a device buffer or a view of one.
+type buf struct {
+	ptr  uint64
+	n    int
+	dt   ops.DType
+	base bool // returned by Alloc (Free takes only these)
+}
+
+func (x *buf) Len() int         { return x.n }
+func (x *buf) DType() ops.DType { return x.dt }
+
+func (x *buf) Slice(off, n int) ops.Buf {
+	if off < 0 || n < 0 || off+n > x.n {
+		panic(fmt.Sprintf("kernels: view [%d:%d] of a buffer of %d", off, off+n, x.n))
+	}
+	return &buf{ptr: x.ptr + 4*uint64(off), n: n, dt: x.dt}
+}
+
+// Alloc returns a zeroed buffer of n elements.
+func (b *Backend) Alloc(dt ops.DType, n int) (ops.Buf, error) {
+	if n < 0 || (dt != ops.F32 && dt != ops.I32) {
+		return nil, fmt.Errorf("kernels: alloc of %d elements of %v", n, dt)
+	}
+	x := &buf{n: n, dt: dt, base: true}
+	if n == 0 {
+		return x, nil
+	}
+	err := b.call(func(d *device) error {
+		var e error
+		if x.ptr, e = d.alloc(4 * n); e == nil {
+			e = d.memset32(x.ptr, 0, n)
+		}
+		return e
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kernels: alloc of %d %v: %w", n, dt, err)
+	}
+	return x, nil
+}
+
+// Free waits for pending work and releases an allocation. Freeing a view or a
+// foreign buffer records an error.
+func (b *Backend) Free(x ops.Buf) {
+	d, ok := x.(*buf)
+	if !ok || !d.base {
+		b.fail("Free: %s is not an allocation of this backend", describe(x))
+		return
+	}
+	if d.ptr == 0 {
+		return
+	}
+	err := b.call(func(dv *device) error {
+		if e := dv.sync(); e != nil {
+			return e
+		}
+		return dv.free(d.ptr)
+	})
+	d.ptr, d.n = 0, 0
+	if err != nil {
+		b.fail("Free: %w", err)
+	}
+}
+
+// Upload copies host values into an F32 buffer.
+func (b *Backend) Upload(dst ops.Buf, src []float32) error {
+	d, ok := dst.(*buf)
+	if !ok || d.dt != ops.F32 {
+		return fmt.Errorf("kernels: upload into %s", describe(dst))
+	}
+	if len(src) > d.n {
+		return fmt.Errorf("kernels: upload of %d values into a buffer of %d", len(src), d.n)
+	}
+	if len(src) == 0 {
+		return nil
+	}
+	err := b.call(func(dv *device) error { return dv.upload(d.ptr, unsafe.Pointer(&src[0]), 4*len(src)) })
+	if err != nil {
+		return fmt.Errorf("kernels: upload: %w", err)
+	}
+	return nil
+}
+
+// UploadInt copies host values into an I32 buffer.
+func (b *Backend) UploadInt(dst ops.Buf, src []int32) error {
+	d, ok := dst.(*buf)
+	if !ok || d.dt != ops.I32 {
+		return fmt.Errorf("kernels: int upload into %s", describe(dst))
+	}
+	if len(src) > d.n {
+		return fmt.Errorf("kernels: upload of %d ints into a buffer of %d", len(src), d.n)
+	}
+	if len(src) == 0 {
+		return nil
+	}
+	err := b.call(func(dv *device) error { return dv.upload(d.ptr, unsafe.Pointer(&src[0]), 4*len(src)) })
+	if err != nil {
+		return fmt.Errorf("kernels: upload: %w", err)
+	}
+	return nil
+}
+
+// Download waits for pending work and copies the first len(dst) values of src.
+func (b *Backend) Download(dst []float32, src ops.Buf) error {
+	if err := b.Sync(); err != nil {
+		return err
+	}
+	s, ok := src.(*buf)
+	if !ok || s.dt != ops.F32 {
+		return fmt.Errorf("kernels: download from %s", describe(src))
+	}
+	if len(dst) > s.n {
+		return fmt.Errorf("kernels: download of %d values from a buffer of %d", len(dst), s.n)
+	}
+	if len(dst) == 0 {
+		return nil
+	}
+	err := b.call(func(dv *device) error { return dv.download(unsafe.Pointer(&dst[0]), s.ptr, 4*len(dst)) })
+	if err != nil {
+		return fmt.Errorf("kernels: download: %w", err)
+	}
+	return nil
+}
+
+// Download64 is Download widened to float64.
+func (b *Backend) Download64(dst []float64, src ops.Buf) error {
+	tmp := make([]float32, len(dst))
+	if err := b.Download(tmp, src); err != nil {
+		return err
+	}
+	for i, v := range tmp {
+		dst[i] = float64(v)
+	}
+	return nil
+}
+
+// Sync waits for the stream and returns the first error: a recorded op error,
+// a CUDA error, or a range error a kernel reported.
+func (b *Backend) Sync() error {
+	if b.err != nil {
+		return b.err
+	}
+	if b.closed {
+		return fmt.Errorf("kernels: backend used after Close")
+	}
+	var word [4]int32
+	err := b.call(func(d *device) error { return d.download(unsafe.Pointer(&word[0]), b.errWord, 16) })
+	if err != nil {
+		b.fail("%w", err)
+		return b.err
+	}
+	if word[0] != 0 {
+		b.fail("%s", kernelError(word))
+	}
+	return b.err
+}
+
+// Kernel error codes, as common.cuh defines them.
+var kernelOps = map[int32]string{
+	1: "EmbeddingForward: token id %[2]d at row %[1]d outside vocabulary [0,%[3]d)",
+	2: "EmbeddingBackward: token id %[2]d at row %[1]d outside vocabulary [0,%[3]d)",
+	3: "RopeForward/RopeBackward: position %[2]d at row %[1]d outside the rope table [0,%[3]d)",
+	4: "CrossEntropyForward: target %[2]d at row %[1]d outside vocabulary [0,%[3]d) and not -100",
+	5: "CrossEntropyBackward: target %[2]d at row %[1]d outside vocabulary [0,%[3]d) and not -100",
+}
+
+func kernelError(w [4]int32) string {
+	if f, ok := kernelOps[w[0]]; ok {
+		return fmt.Sprintf(f, w[1], w[2], w[3])
+	}
+	return fmt.Sprintf("kernel error code %d (row %d, value %d, limit %d)", w[0], w[1], w[2], w[3])
+}
+
+func describe(x ops.Buf) string {
+	if x == nil {
+		return "a nil buffer"
+	}
+	return fmt.Sprintf("a %T of %d %v", x, x.Len(), x.DType())
+}
+
+// fail records the first op error.
+func (b *Backend) fail(format string, args ...any) {
+	if b.err == nil {
+		b.err = fmt.Errorf("kernels: "+format, args...)
+	}
+}
+
+// ptr returns the device pointer of the first n elements of x, of type dt, or
+// records an error naming op and arg. A nil x gives 0 when optional.
+func (b *Backend) ptr(x ops.Buf, n int, dt ops.DType, op, arg string, optional bool) uint64 {
+	if b.err != nil {
+		return 0
+	}
+	if x == nil && optional {
+		return 0
+	}
+	d, ok := x.(*buf)
+	if !ok || d.dt != dt {
+		b.fail("%s: %s is %s, want a %v buffer of this backend", op, arg, describe(x), dt)
+		return 0
+	}
+	if n < 0 || d.n < n {
+		b.fail("%s: %s has %d elements, need %d", op, arg, d.n, n)
+		return 0
+	}
+	return d.ptr
+}
+
+func (b *Backend) f(x ops.Buf, n int, op, arg string) uint64 {
+	return b.ptr(x, n, ops.F32, op, arg, false)
+}
+
+func (b *Backend) i(x ops.Buf, n int, op, arg string, optional bool) uint64 {
+	return b.ptr(x, n, ops.I32, op, arg, optional)
+}
+
+// run calls f on the CUDA thread unless an error is recorded, and records its
+// error under op's name.
+func (b *Backend) run(op string, f func(d *device) error) {
+	if b.err != nil {
+		return
+	}
+	if b.closed {
+		b.fail("%s: backend used after Close", op)
+		return
+	}
+	if err := b.call(f); err != nil {
+		b.fail("%s: %w", op, err)
+	}
+}
+
+var errClosed = errors.New("backend used after Close")
+
+// call runs f on the CUDA thread and returns its error; after Close it runs
+// nothing and returns errClosed.
+func (b *Backend) call(f func(d *device) error) error {
+	var err error
+	if !b.th.do(func() { err = f(b.dev) }) {
+		return errClosed
+	}
+	return err
+}
+
+// launch1 launches kernel over n threads in blocks of block (a 1-D grid); n == 0
+// launches nothing.
+func (b *Backend) launch1(op, kernel string, n, block int, args ...uint64) {
+	if n <= 0 || b.err != nil {
+		return
+	}
+	grid := (n + block - 1) / block
+	if grid > math.MaxInt32 {
+		b.fail("%s: %d threads is too many for one launch", op, n)
+		return
+	}
+	b.run(op, func(d *device) error { return d.launch(kernel, [3]int{grid, 1, 1}, [3]int{block, 1, 1}, args) })
+}
+
+// Kernel argument slots (see tr_launch in cuda.go).
+func aI(v int) uint64     { return uint64(uint32(int32(v))) }
+func aL(v int) uint64     { return uint64(int64(v)) }
+func aF(v float32) uint64 { return uint64(math.Float32bits(v)) }
+func aD(v float64) uint64 { return math.Float64bits(v) }
+func aB(v bool) uint64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+func (b *Backend) ew() uint64 { return b.errWord }
+
+// Backend implements ops.Backend.
+var _ ops.Backend = (*Backend)(nil)

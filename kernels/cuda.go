@@ -1,0 +1,466 @@
+//go:build cgo
+
+package kernels
+
+// This is the only cgo file of the repository: it loads the NVIDIA driver
+// (libcuda.so.1) and cuBLAS with dlopen at run time, through prototypes written
+// here, so that the binary builds without CUDA and starts on machines without a
+// GPU. Every wrapper returns the library's status code; Go turns it into an
+// error naming the call.
+//
+// Process-wide library state: the dlopen handles and the function pointers below
+// are C statics, filled once per process under loadOnce (see load). They are
+// read-only afterwards; everything per device (context, stream, handles) lives
+// in a Backend.
+
+/*
+#cgo LDFLAGS: -ldl
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef int CUresult;
+typedef int CUdevice;
+typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream;
+typedef unsigned long long CUdeviceptr;
+typedef void *cublasHandle_t;
+typedef int cublasStatus_t;
+
+static CUresult (*p_cuInit)(unsigned);
+static CUresult (*p_cuDriverGetVersion)(int*);
+static CUresult (*p_cuDeviceGetCount)(int*);
+static CUresult (*p_cuDeviceGet)(CUdevice*, int);
+static CUresult (*p_cuDeviceGetName)(char*, int, CUdevice);
+static CUresult (*p_cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice);
+static CUresult (*p_cuDevicePrimaryCtxRelease)(CUdevice);
+static CUresult (*p_cuCtxSetCurrent)(CUcontext);
+static CUresult (*p_cuMemGetInfo)(size_t*, size_t*);
+static CUresult (*p_cuMemAlloc)(CUdeviceptr*, size_t);
+static CUresult (*p_cuMemFree)(CUdeviceptr);
+static CUresult (*p_cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, CUstream);
+static CUresult (*p_cuMemcpyDtoHAsync)(void*, CUdeviceptr, size_t, CUstream);
+static CUresult (*p_cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+static CUresult (*p_cuMemsetD32Async)(CUdeviceptr, unsigned, size_t, CUstream);
+static CUresult (*p_cuModuleLoadData)(CUmodule*, const void*);
+static CUresult (*p_cuModuleUnload)(CUmodule);
+static CUresult (*p_cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
+static CUresult (*p_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+	unsigned, CUstream, void**, void**);
+static CUresult (*p_cuStreamCreate)(CUstream*, unsigned);
+static CUresult (*p_cuStreamDestroy)(CUstream);
+static CUresult (*p_cuStreamSynchronize)(CUstream);
+static CUresult (*p_cuGetErrorString)(CUresult, const char**);
+
+static cublasStatus_t (*p_cublasCreate)(cublasHandle_t*);
+static cublasStatus_t (*p_cublasDestroy)(cublasHandle_t);
+static cublasStatus_t (*p_cublasSetStream)(cublasHandle_t, CUstream);
+static cublasStatus_t (*p_cublasGetVersion)(cublasHandle_t, int*);
+static cublasStatus_t (*p_cublasSgemm)(cublasHandle_t, int, int, int, int, int, const float*, const float*, int,
+	const float*, int, const float*, float*, int);
+static const char* (*p_cublasGetStatusString)(cublasStatus_t);
+
+// tr_sym loads one symbol into *dst; it returns the name when missing.
+static const char* tr_sym(void* lib, const char* name, void** dst) {
+	*dst = dlsym(lib, name);
+	return *dst ? NULL : name;
+}
+
+#define SYM(lib, fn, name) if ((miss = tr_sym(lib, name, (void**)&fn)) != NULL) return miss;
+
+// tr_load_cuda binds the driver API from an opened libcuda; NULL or the name of
+// a missing symbol.
+static const char* tr_load_cuda(void* lib) {
+	const char* miss;
+	SYM(lib, p_cuInit, "cuInit")
+	SYM(lib, p_cuDriverGetVersion, "cuDriverGetVersion")
+	SYM(lib, p_cuDeviceGetCount, "cuDeviceGetCount")
+	SYM(lib, p_cuDeviceGet, "cuDeviceGet")
+	SYM(lib, p_cuDeviceGetName, "cuDeviceGetName")
+	SYM(lib, p_cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain")
+	SYM(lib, p_cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2")
+	SYM(lib, p_cuCtxSetCurrent, "cuCtxSetCurrent")
+	SYM(lib, p_cuMemGetInfo, "cuMemGetInfo_v2")
+	SYM(lib, p_cuMemAlloc, "cuMemAlloc_v2")
+	SYM(lib, p_cuMemFree, "cuMemFree_v2")
+	SYM(lib, p_cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2")
+	SYM(lib, p_cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2")
+	SYM(lib, p_cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2")
+	SYM(lib, p_cuMemsetD32Async, "cuMemsetD32Async")
+	SYM(lib, p_cuModuleLoadData, "cuModuleLoadData")
+	SYM(lib, p_cuModuleUnload, "cuModuleUnload")
+	SYM(lib, p_cuModuleGetFunction, "cuModuleGetFunction")
+	SYM(lib, p_cuLaunchKernel, "cuLaunchKernel")
+	SYM(lib, p_cuStreamCreate, "cuStreamCreate")
+	SYM(lib, p_cuStreamDestroy, "cuStreamDestroy_v2")
+	SYM(lib, p_cuStreamSynchronize, "cuStreamSynchronize")
+	SYM(lib, p_cuGetErrorString, "cuGetErrorString")
+	return NULL;
+}
+
+static const char* tr_load_cublas(void* lib) {
+	const char* miss;
+	SYM(lib, p_cublasCreate, "cublasCreate_v2")
+	SYM(lib, p_cublasDestroy, "cublasDestroy_v2")
+	SYM(lib, p_cublasSetStream, "cublasSetStream_v2")
+	SYM(lib, p_cublasGetVersion, "cublasGetVersion_v2")
+	SYM(lib, p_cublasSgemm, "cublasSgemm_v2")
+	p_cublasGetStatusString = dlsym(lib, "cublasGetStatusString"); // optional (cuBLAS >= 11.4)
+	return NULL;
+}
+
+static void* tr_dlopen(const char* path) { return dlopen(path, RTLD_NOW | RTLD_LOCAL); }
+static const char* tr_dlerror(void) { const char* e = dlerror(); return e ? e : "unknown dlopen error"; }
+
+static CUresult tr_cuInit(void) { return p_cuInit(0); }
+static CUresult tr_cuDriverGetVersion(int* v) { return p_cuDriverGetVersion(v); }
+static CUresult tr_cuDeviceGetCount(int* n) { return p_cuDeviceGetCount(n); }
+static CUresult tr_cuDeviceGet(CUdevice* d, int i) { return p_cuDeviceGet(d, i); }
+static CUresult tr_cuDeviceGetName(char* s, int n, CUdevice d) { return p_cuDeviceGetName(s, n, d); }
+static CUresult tr_cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) { return p_cuDevicePrimaryCtxRetain(c, d); }
+static CUresult tr_cuDevicePrimaryCtxRelease(CUdevice d) { return p_cuDevicePrimaryCtxRelease(d); }
+static CUresult tr_cuCtxSetCurrent(CUcontext c) { return p_cuCtxSetCurrent(c); }
+static CUresult tr_cuMemGetInfo(size_t* f, size_t* t) { return p_cuMemGetInfo(f, t); }
+static CUresult tr_cuMemAlloc(CUdeviceptr* p, size_t n) { return p_cuMemAlloc(p, n); }
+static CUresult tr_cuMemFree(CUdeviceptr p) { return p_cuMemFree(p); }
+static CUresult tr_cuMemcpyHtoDAsync(CUdeviceptr d, const void* s, size_t n, CUstream st) { return p_cuMemcpyHtoDAsync(d, s, n, st); }
+static CUresult tr_cuMemcpyDtoHAsync(void* d, CUdeviceptr s, size_t n, CUstream st) { return p_cuMemcpyDtoHAsync(d, s, n, st); }
+static CUresult tr_cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st) { return p_cuMemcpyDtoDAsync(d, s, n, st); }
+static CUresult tr_cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream st) { return p_cuMemsetD32Async(d, v, n, st); }
+static CUresult tr_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuModuleLoadData(m, img); }
+static CUresult tr_cuModuleUnload(CUmodule m) { return p_cuModuleUnload(m); }
+static CUresult tr_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) { return p_cuModuleGetFunction(f, m, name); }
+static CUresult tr_cuStreamCreate(CUstream* s) { return p_cuStreamCreate(s, 1); } // CU_STREAM_NON_BLOCKING
+static CUresult tr_cuStreamDestroy(CUstream s) { return p_cuStreamDestroy(s); }
+static CUresult tr_cuStreamSynchronize(CUstream s) { return p_cuStreamSynchronize(s); }
+static const char* tr_cuGetErrorString(CUresult r) {
+	const char* s = NULL;
+	if (p_cuGetErrorString == NULL || p_cuGetErrorString(r, &s) != 0 || s == NULL) return "unknown CUDA error";
+	return s;
+}
+
+// tr_launch launches f with its arguments packed one per 8-byte slot: the driver
+// copies each parameter's size (from the kernel's metadata) from its slot, so a
+// 4-byte int or float sits in the slot's low bytes (x86-64 and arm64 are little
+// endian).
+static CUresult tr_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+	unsigned smem, CUstream s, uint64_t* args, int nargs) {
+	void* params[24];
+	if (nargs > 24) return 1; // CUDA_ERROR_INVALID_VALUE
+	for (int i = 0; i < nargs; i++) params[i] = &args[i];
+	return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, s, params, NULL);
+}
+
+static cublasStatus_t tr_cublasCreate(cublasHandle_t* h) { return p_cublasCreate(h); }
+static cublasStatus_t tr_cublasDestroy(cublasHandle_t h) { return p_cublasDestroy(h); }
+static cublasStatus_t tr_cublasSetStream(cublasHandle_t h, CUstream s) { return p_cublasSetStream(h, s); }
+static cublasStatus_t tr_cublasGetVersion(cublasHandle_t h, int* v) { return p_cublasGetVersion(h, v); }
+static cublasStatus_t tr_cublasSgemm(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha,
+	CUdeviceptr A, int lda, CUdeviceptr B, int ldb, float beta, CUdeviceptr C, int ldc) {
+	return p_cublasSgemm(h, ta, tb, m, n, k, &alpha, (const float*)A, lda, (const float*)B, ldb, &beta, (float*)C, ldc);
+}
+static const char* tr_cublasStatusString(cublasStatus_t s) {
+	return p_cublasGetStatusString ? p_cublasGetStatusString(s) : "cuBLAS error";
+}
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"unsafe"
+)
+
+// libs is the outcome of loading the libraries, once per process.
+type libs struct {
+	cuda, cublas string // the paths that loaded
+	err          error
+}
+
+var (
+	loadOnce sync.Once // process-wide: dlopen and the C function pointers
+	loaded   libs
+)
+
+// cublasCandidates lists where cuBLAS is looked for, in order: $TRAIN_CUBLAS,
+// the sonames of CUDA 13, 12 and 11 on the library path, then the toolkit's
+// default location.
+func cublasCandidates() []string {
+	var c []string
+	if p := os.Getenv("TRAIN_CUBLAS"); p != "" {
+		c = append(c, p)
+	}
+	for _, v := range []string{"13", "12", "11"} {
+		c = append(c, "libcublas.so."+v)
+	}
+	for _, v := range []string{"13", "12", "11"} {
+		c = append(c, "/usr/local/cuda/lib64/libcublas.so."+v)
+	}
+	return c
+}
+
+// load opens libcuda.so.1 and cuBLAS and binds their functions, once per
+// process; later calls return the first outcome.
+func load() libs {
+	loadOnce.Do(func() { loaded = loadLibs() })
+	return loaded
+}
+
+func loadLibs() libs {
+	var l libs
+	name := C.CString("libcuda.so.1")
+	defer C.free(unsafe.Pointer(name))
+	h := C.tr_dlopen(name)
+	if h == nil {
+		l.err = errors.New(C.GoString(C.tr_dlerror())) // "libcuda.so.1: cannot open shared object file: ..."
+		return l
+	}
+	if miss := C.tr_load_cuda(h); miss != nil {
+		l.err = fmt.Errorf("libcuda.so.1: symbol %s missing (driver too old?)", C.GoString(miss))
+		return l
+	}
+	l.cuda = "libcuda.so.1"
+	var tried []string
+	for _, p := range cublasCandidates() {
+		cp := C.CString(p)
+		h := C.tr_dlopen(cp)
+		C.free(unsafe.Pointer(cp))
+		if h == nil {
+			tried = append(tried, C.GoString(C.tr_dlerror()))
+			continue
+		}
+		if miss := C.tr_load_cublas(h); miss != nil {
+			tried = append(tried, fmt.Sprintf("%s: symbol %s missing", p, C.GoString(miss)))
+			continue
+		}
+		l.cublas = p
+		return l
+	}
+	l.err = fmt.Errorf("cuBLAS not found (set TRAIN_CUBLAS to its path): %s", strings.Join(tried, "; "))
+	return l
+}
+
+// cuErr turns a driver status into an error naming the call, or nil.
+func cuErr(call string, r C.CUresult) error {
+	if r == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: %s (CUresult %d)", call, C.GoString(C.tr_cuGetErrorString(r)), int(r))
+}
+
+// blasErr turns a cuBLAS status into an error naming the call, or nil.
+func blasErr(call string, s C.cublasStatus_t) error {
+	if s == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: %s (cublasStatus %d)", call, C.GoString(C.tr_cublasStatusString(s)), int(s))
+}
+
+// device is the CUDA state of one Backend: the primary context of one GPU, one
+// stream, the kernel module and a cuBLAS handle. Its methods must run on the
+// Backend's locked OS thread (see thread.go).
+type device struct {
+	ord     int
+	dev     C.CUdevice
+	ctx     C.CUcontext
+	stream  C.CUstream
+	module  C.CUmodule
+	blas    C.cublasHandle_t
+	name    string
+	driver  int
+	blasVer int
+	funcs   map[string]C.CUfunction
+}
+
+// openDevice initialises the driver, makes GPU ord's primary context current on
+// this (locked) thread, and loads the fatbin.
+func openDevice(ord int, fatbin []byte) (*device, error) {
+	l := load()
+	if l.err != nil {
+		return nil, l.err
+	}
+	if err := cuErr("cuInit", C.tr_cuInit()); err != nil {
+		return nil, err
+	}
+	var n C.int
+	if err := cuErr("cuDeviceGetCount", C.tr_cuDeviceGetCount(&n)); err != nil {
+		return nil, err
+	}
+	if int(n) == 0 {
+		return nil, errors.New("the driver sees no GPU")
+	}
+	if ord < 0 || ord >= int(n) {
+		return nil, fmt.Errorf("GPU %d asked for, the driver sees %d", ord, int(n))
+	}
+	d := &device{ord: ord, funcs: map[string]C.CUfunction{}}
+	if err := cuErr("cuDeviceGet", C.tr_cuDeviceGet(&d.dev, C.int(ord))); err != nil {
+		return nil, err
+	}
+	var buf [256]C.char
+	if err := cuErr("cuDeviceGetName", C.tr_cuDeviceGetName(&buf[0], C.int(len(buf)), d.dev)); err != nil {
+		return nil, err
+	}
+	d.name = C.GoString(&buf[0])
+	var v C.int
+	if err := cuErr("cuDriverGetVersion", C.tr_cuDriverGetVersion(&v)); err != nil {
+		return nil, err
+	}
+	d.driver = int(v)
+	if err := cuErr("cuDevicePrimaryCtxRetain", C.tr_cuDevicePrimaryCtxRetain(&d.ctx, d.dev)); err != nil {
+		return nil, err
+	}
+	if err := d.init(fatbin); err != nil {
+		d.close()
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *device) init(fatbin []byte) error {
+	if err := cuErr("cuCtxSetCurrent", C.tr_cuCtxSetCurrent(d.ctx)); err != nil {
+		return err
+	}
+	if err := cuErr("cuStreamCreate", C.tr_cuStreamCreate(&d.stream)); err != nil {
+		return err
+	}
+	if len(fatbin) == 0 {
+		return errors.New("no kernel image embedded (run scripts/build-kernels.sh on a machine with nvcc)")
+	}
+	img := C.CBytes(fatbin) // the driver reads the image; keep it off the Go heap
+	defer C.free(img)
+	if err := cuErr("cuModuleLoadData", C.tr_cuModuleLoadData(&d.module, img)); err != nil {
+		return fmt.Errorf("loading the kernel image: %w", err)
+	}
+	if err := blasErr("cublasCreate", C.tr_cublasCreate(&d.blas)); err != nil {
+		d.blas = nil
+		return err
+	}
+	if err := blasErr("cublasSetStream", C.tr_cublasSetStream(d.blas, d.stream)); err != nil {
+		return err
+	}
+	var bv C.int
+	if err := blasErr("cublasGetVersion", C.tr_cublasGetVersion(d.blas, &bv)); err != nil {
+		return err
+	}
+	d.blasVer = int(bv)
+	return nil
+}
+
+// close releases what init made, in reverse order; it returns the first error.
+func (d *device) close() error {
+	var errs []error
+	if d.blas != nil {
+		errs = append(errs, blasErr("cublasDestroy", C.tr_cublasDestroy(d.blas)))
+	}
+	if d.module != nil {
+		errs = append(errs, cuErr("cuModuleUnload", C.tr_cuModuleUnload(d.module)))
+	}
+	if d.stream != nil {
+		errs = append(errs, cuErr("cuStreamDestroy", C.tr_cuStreamDestroy(d.stream)))
+	}
+	if d.ctx != nil {
+		errs = append(errs, cuErr("cuDevicePrimaryCtxRelease", C.tr_cuDevicePrimaryCtxRelease(d.dev)))
+	}
+	return errors.Join(errs...)
+}
+
+// fn returns the kernel called name, looked up once.
+func (d *device) fn(name string) (C.CUfunction, error) {
+	if f, ok := d.funcs[name]; ok {
+		return f, nil
+	}
+	cn := C.CString(name)
+	defer C.free(unsafe.Pointer(cn))
+	var f C.CUfunction
+	if err := cuErr("cuModuleGetFunction "+name, C.tr_cuModuleGetFunction(&f, d.module, cn)); err != nil {
+		return nil, err
+	}
+	d.funcs[name] = f
+	return f, nil
+}
+
+// launch runs kernel name on the stream over grid x block threads; args are
+// packed one per 8-byte slot (see arg).
+func (d *device) launch(name string, grid, block [3]int, args []uint64) error {
+	f, err := d.fn(name)
+	if err != nil {
+		return err
+	}
+	if len(args) == 0 {
+		args = []uint64{0}
+	}
+	return cuErr("cuLaunchKernel "+name, C.tr_launch(f, C.uint(grid[0]), C.uint(grid[1]), C.uint(grid[2]),
+		C.uint(block[0]), C.uint(block[1]), C.uint(block[2]), 0, d.stream, (*C.uint64_t)(unsafe.Pointer(&args[0])), C.int(len(args))))
+}
+
+func (d *device) memInfo() (free, total int64, err error) {
+	var f, t C.size_t
+	err = cuErr("cuMemGetInfo", C.tr_cuMemGetInfo(&f, &t))
+	return int64(f), int64(t), err
+}
+
+func (d *device) alloc(bytes int) (uint64, error) {
+	var p C.CUdeviceptr
+	if err := cuErr(fmt.Sprintf("cuMemAlloc(%d bytes)", bytes), C.tr_cuMemAlloc(&p, C.size_t(bytes))); err != nil {
+		return 0, err
+	}
+	return uint64(p), nil
+}
+
+func (d *device) free(p uint64) error { return cuErr("cuMemFree", C.tr_cuMemFree(C.CUdeviceptr(p))) }
+
+func (d *device) sync() error {
+	return cuErr("cuStreamSynchronize", C.tr_cuStreamSynchronize(d.stream))
+}
+
+// upload copies host bytes to the device and waits, so src may be reused.
+func (d *device) upload(dst uint64, src unsafe.Pointer, bytes int) error {
+	if bytes == 0 {
+		return nil
+	}
+	if err := cuErr("cuMemcpyHtoDAsync", C.tr_cuMemcpyHtoDAsync(C.CUdeviceptr(dst), src, C.size_t(bytes), d.stream)); err != nil {
+		return err
+	}
+	return d.sync()
+}
+
+// download waits for the stream and copies device bytes to the host.
+func (d *device) download(dst unsafe.Pointer, src uint64, bytes int) error {
+	if bytes == 0 {
+		return d.sync()
+	}
+	if err := cuErr("cuMemcpyDtoHAsync", C.tr_cuMemcpyDtoHAsync(dst, C.CUdeviceptr(src), C.size_t(bytes), d.stream)); err != nil {
+		return err
+	}
+	return d.sync()
+}
+
+func (d *device) copy(dst, src uint64, bytes int) error {
+	return cuErr("cuMemcpyDtoDAsync", C.tr_cuMemcpyDtoDAsync(C.CUdeviceptr(dst), C.CUdeviceptr(src), C.size_t(bytes), d.stream))
+}
+
+func (d *device) memset32(dst uint64, v uint32, n int) error {
+	return cuErr("cuMemsetD32Async", C.tr_cuMemsetD32Async(C.CUdeviceptr(dst), C.uint(v), C.size_t(n), d.stream))
+}
+
+// sgemm is column-major cublasSgemm: C[m,n] = alpha op(A) op(B) + beta C.
+func (d *device) sgemm(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int, beta float32, c uint64, ldc int) error {
+	ta, tb := C.int(0), C.int(0) // CUBLAS_OP_N
+	if transA {
+		ta = 1 // CUBLAS_OP_T
+	}
+	if transB {
+		tb = 1
+	}
+	return blasErr("cublasSgemm", C.tr_cublasSgemm(d.blas, ta, tb, C.int(m), C.int(n), C.int(k), C.float(alpha),
+		C.CUdeviceptr(a), C.int(lda), C.CUdeviceptr(b), C.int(ldb), C.float(beta), C.CUdeviceptr(c), C.int(ldc)))
+}
+
+// libPaths reports which libraries loaded.
+func libPaths() (cuda, cublas string) {
+	l := load()
+	return l.cuda, l.cublas
+}

@@ -1,0 +1,37 @@
+//go:build !cgo
+
+package kernels
+
+import (
+	"errors"
+	"unsafe"
+)
+
+// Without cgo there is no dlopen: the package builds, and New reports that this
+// binary cannot use a GPU.
+
+var errNoCgo = errors.New("this binary was built without cgo (CGO_ENABLED=0), so it cannot load libcuda")
+
+type device struct {
+	ord     int
+	name    string
+	driver  int
+	blasVer int
+}
+
+func openDevice(int, []byte) (*device, error) { return nil, errNoCgo }
+
+func (d *device) close() error                                  { return errNoCgo }
+func (d *device) launch(string, [3]int, [3]int, []uint64) error { return errNoCgo }
+func (d *device) memInfo() (int64, int64, error)                { return 0, 0, errNoCgo }
+func (d *device) alloc(int) (uint64, error)                     { return 0, errNoCgo }
+func (d *device) free(uint64) error                             { return errNoCgo }
+func (d *device) sync() error                                   { return errNoCgo }
+func (d *device) upload(uint64, unsafe.Pointer, int) error      { return errNoCgo }
+func (d *device) download(unsafe.Pointer, uint64, int) error    { return errNoCgo }
+func (d *device) copy(uint64, uint64, int) error                { return errNoCgo }
+func (d *device) memset32(uint64, uint32, int) error            { return errNoCgo }
+func (d *device) sgemm(bool, bool, int, int, int, float32, uint64, int, uint64, int, float32, uint64, int) error {
+	return errNoCgo
+}
+func libPaths() (cuda, cublas string) { return "", "" }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Compiles kernels/*.cu into kernels/kernels.fatbin (SASS for sm_80 and sm_90,
+# plus compute_90 PTX for later GPUs) and writes kernels/kernels.sum: the hash of
+# the sources it came from (kernels/*.cu, kernels/*.cuh and this script, as
+# kernels.sum's "sources" line defines) and of the fatbin. kernels' tests fail
+# when the sources change and these two files do not: rebuild, commit both.
+#
+# Needs nvcc (CUDA 12 or 13; $NVCC, else nvcc on PATH, else /usr/local/cuda/bin).
+# Run it on a GPU test machine, from anywhere: scripts/build-kernels.sh [LOGDIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nvcc="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+log="${1:-}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# One translation unit: every op family's .cu, in name order.
+for f in $(ls kernels/*.cu | LC_ALL=C sort); do echo "#include \"$(basename "$f")\""; done >"$tmp/all.cu"
+"$nvcc" -fatbin -O3 -std=c++17 -I kernels --resource-usage \
+  -gencode arch=compute_80,code=sm_80 \
+  -gencode arch=compute_90,code=sm_90 \
+  -gencode arch=compute_90,code=compute_90 \
+  -o "$tmp/kernels.fatbin" "$tmp/all.cu" 2>"$tmp/nvcc.log" || { cat "$tmp/nvcc.log" >&2; exit 1; }
+[ -n "$log" ] && cp "$tmp/nvcc.log" "$log/nvcc-resource-usage.log"
+cp "$tmp/kernels.fatbin" kernels/kernels.fatbin
+
+sources=$(ls kernels/*.cu kernels/*.cuh scripts/build-kernels.sh | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+{
+  echo "sources $sources"
+  echo "fatbin $(sha256sum kernels/kernels.fatbin | cut -d' ' -f1)"
+  echo "nvcc $("$nvcc" --version | tail -n 2 | head -n 1)"
+} >kernels/kernels.sum
+echo "build-kernels: kernels/kernels.fatbin ($(stat -c %s kernels/kernels.fatbin) bytes), kernels/kernels.sum:"
+cat kernels/kernels.sum

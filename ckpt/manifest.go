@@ -197,7 +197,8 @@ func (m *Manifest) validate() error {
 	}
 	files := make(map[string]File, len(m.Files))
 	for _, f := range m.Files {
-		if f.Name == "" || f.Name != filepath.Base(f.Name) || f.Name == ManifestName || f.Name == DoneName {
+		if f.Name == "" || f.Name != filepath.Base(f.Name) || f.Name == "." || f.Name == ".." ||
+			f.Name == ManifestName || f.Name == DoneName {
 			return fmt.Errorf("bad file name %q", f.Name)
 		}
 		if _, dup := files[f.Name]; dup {

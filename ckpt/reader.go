@@ -66,7 +66,7 @@ func Open(stepDir string) (*Reader, error) {
 func readDone(stepDir string) (done, error) {
 	var d done
 	path := filepath.Join(stepDir, DoneName)
-	b, err := os.ReadFile(path)
+	b, err := readRegular(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return d, fmt.Errorf("ckpt: %s: %w: no %s marker (the commit did not finish)", stepDir, ErrIncomplete, DoneName)
 	}
@@ -83,7 +83,7 @@ func readDone(stepDir string) (done, error) {
 // checksum must match the DONE marker's.
 func readManifest(stepDir string, want *done) (*Manifest, error) {
 	path := filepath.Join(stepDir, ManifestName)
-	b, err := os.ReadFile(path)
+	b, err := readRegular(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("ckpt: %s: %w: missing file", path, ErrCorrupt)
 	}
@@ -114,6 +114,19 @@ func readManifest(stepDir string, want *done) (*Manifest, error) {
 	return &m, nil
 }
 
+// readRegular reads a file of a checkpoint directory, refusing a symlink (or
+// anything but a regular file) so that nothing outside the directory is read.
+func readRegular(path string) ([]byte, error) {
+	st, err := os.Lstat(path)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: %w: not a regular file (%s)", path, ErrCorrupt, st.Mode().Type())
+	}
+	return os.ReadFile(path)
+}
+
 // loadChecked is the cheap check of a committed checkpoint: DONE, manifest
 // checksum and consistency, every shard file present with its recorded size.
 func loadChecked(stepDir string) (*Manifest, error) {
@@ -127,12 +140,16 @@ func loadChecked(stepDir string) (*Manifest, error) {
 	}
 	for _, f := range m.Files {
 		path := filepath.Join(stepDir, f.Name)
-		st, err := os.Stat(path)
+		st, err := os.Lstat(path)
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("ckpt: %s: %w: missing shard file (rank %d, %d bytes expected)", path, ErrCorrupt, f.Rank, f.Size)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("ckpt: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			// A symlink is not followed out of the checkpoint directory.
+			return nil, fmt.Errorf("ckpt: %s: %w: not a regular file (%s)", path, ErrCorrupt, st.Mode().Type())
 		}
 		if st.Size() != f.Size {
 			what := "truncated"
@@ -226,7 +243,10 @@ func (r *Reader) readRaw(e *Entry) ([]byte, error) {
 		if dec == nil {
 			return nil, fmt.Errorf("ckpt: %s: reader closed", where())
 		}
-		out, err := dec.DecodeAll(stored, make([]byte, 0, e.RawLength))
+		// raw_length comes from the manifest: reserve no more than a generous
+		// ratio of the stored bytes, and let real output grow the buffer, so
+		// that a manifest claiming terabytes cannot allocate them.
+		out, err := dec.DecodeAll(stored, make([]byte, 0, min(e.RawLength, 8*e.Length+1<<20)))
 		if err != nil {
 			return nil, fmt.Errorf("ckpt: %s: %w: zstd: %v", where(), ErrCorrupt, err)
 		}
@@ -395,17 +415,17 @@ func (r *Reader) ReadBytes(name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, n)
-	err = r.forPieces(ps, func(p piece) error {
-		raw, err := r.readRaw(p.e)
-		if err != nil {
-			return err
+	// Read (and check) the pieces before allocating the blob: its size is
+	// the manifest's word, their bytes are real.
+	raws := make([][]byte, len(ps))
+	for i, p := range ps {
+		if raws[i], err = r.readRaw(p.e); err != nil {
+			return nil, err
 		}
-		copy(out[p.lo:p.hi], raw[p.lo-p.e.Start:])
-		return nil
-	})
-	if err != nil {
-		return nil, err
+	}
+	out := make([]byte, n)
+	for i, p := range ps {
+		copy(out[p.lo:p.hi], raws[i][p.lo-p.e.Start:])
 	}
 	return out, nil
 }

@@ -124,7 +124,7 @@ func noWeightsError(dir string) error {
 	msg := fmt.Sprintf("%s: no %s or %s", dir, singleWeightsFile, weightsIndexFile)
 	if st := found("*.safetensors"); len(st) > 0 {
 		msg += fmt.Sprintf(" (found %s: shards need the index that lists their tensors)", strings.Join(st, ", "))
-	} else if other := found("pytorch_model*.bin", "*.pth", "*.gguf"); len(other) > 0 {
+	} else if other := found("*.bin", "*.pt", "*.pth", "*.gguf"); len(other) > 0 {
 		msg += fmt.Sprintf(" (found %s; train reads Hugging Face safetensors only)", strings.Join(other, ", "))
 	}
 	return errors.New(msg)

@@ -11,7 +11,7 @@
 # (default: all). Writes full logs to OUTDIR and prints a short table last.
 set -uo pipefail
 out="${1:?usage: $0 OUTDIR [SECTIONS]}"
-sections=",${2:-fixtures,tokenizer,collective,pipeline,kernels},"
+sections=",${2:-fixtures,tokenizer,collective,pipeline,kernels,train},"
 want() { [[ "$sections" == *",$1,"* ]]; }
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 RAYON_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
@@ -79,6 +79,34 @@ if want kernels; then
   (cd kernels && timeout 480 ../.dev/bin/kernels.test -test.v -test.timeout 470s) >"$out/kernels.log" 2>&1
   table+=("kernels tests on $gpu: rc=$?")
   while IFS= read -r line; do table+=("  $line"); done < <(grep -E -e '^(--- |ok|FAIL|PASS)' -e 'loss gpu|worst|relative L2|driver' "$out/kernels.log" | grep -v -- '--- PASS: TestOps/' | head -40)
+fi
+
+# 6. The trainer end to end on the GPU against the CPU: the same 20 steps of stories260K
+# (float32 both), LoRA and full fine-tuning; per-step losses compared, and step times.
+if want train; then
+  data=.dev/stories.jsonl
+  for method in lora full; do
+    for dev in cpu cuda; do
+      .dev/bin/train -model "$shared/models/stories260K" -data $data -method $method -steps 20 -batch 8 -seq 128 \
+        -lr 5e-3 -log-every 100 -device $dev -run "$out/train-$method-$dev" >"$out/train-$method-$dev.log" 2>&1
+      table+=("train $method $dev: rc=$? $(grep '^done' "$out/train-$method-$dev.log")")
+    done
+    table+=("  $(python3 - "$out/train-$method-cpu/metrics.jsonl" "$out/train-$method-cuda/metrics.jsonl" <<'PY'
+import json, sys
+def losses(p):
+    return [json.loads(l)["loss"] for l in open(p) if '"loss"' in l]
+a, b = losses(sys.argv[1]), losses(sys.argv[2])
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b)) if a and len(a) == len(b) else float("nan")
+print(f"{len(a)} steps; worst per-step loss relative difference cuda vs cpu: {worst:.2e}")
+PY
+)")
+  done
+  if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
+    timeout 300 mpirun --oversubscribe -np 2 .dev/bin/train -model "$shared/models/stories260K" -data .dev/stories.jsonl \
+      -method lora -steps 20 -batch 8 -seq 128 -lr 5e-3 -log-every 100 -device cuda -pp 2 -grad-accum 4 \
+      -run "$out/train-pp2-cuda" >"$out/train-pp2-cuda.log" 2>&1
+    table+=("train lora cuda mpirun -np 2 -pp 2: rc=$? $(grep '^done' "$out/train-pp2-cuda.log")")
+  fi
 fi
 
 echo

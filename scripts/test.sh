@@ -26,6 +26,9 @@ if command -v mpirun >/dev/null 2>&1 && [ -x scripts/mpi-selftest.sh ]; then
 else
   echo "== mpirun selftest: skipped (no mpirun; apt-get install openmpi-bin to run it)"
 fi
+echo "== fuzz (every target, \${FUZZTIME:-10s} each)"
+scripts/fuzz.sh
+
 echo "== Slurm (one node, started here; skipped unless root with Slurm installable)"
 scripts/slurm-ci.sh ./train
 

@@ -52,7 +52,17 @@ func TestCrashSafety(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(time.Duration(20+rng.IntN(120)) * time.Millisecond)
+		// Kill relative to the child's own progress, not the clock alone, so that
+		// a slow start (a loaded machine, a -race build) cannot make every kill
+		// land before the first write: wait until it has begun writing a step
+		// after the newest complete one, then kill it at once (mid-write) or
+		// after a random while (often after a commit), alternately.
+		waitForWrite(run, last, 10*time.Second)
+		if k%2 == 0 {
+			time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
+		} else {
+			time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+		}
 		cmd.Process.Kill()
 		err := cmd.Wait()
 		var ee *exec.ExitError
@@ -107,5 +117,22 @@ func TestCrashSafety(t *testing.T) {
 	}
 	if advanced < kills/4 {
 		t.Errorf("checkpoints advanced after only %d of %d kills: the kills may not land mid-write", advanced, kills)
+	}
+}
+
+// waitForWrite waits until a checkpoint of a step after last is being written in
+// run (its step-N.tmp or step-N directory exists), or timeout passes.
+func waitForWrite(run string, last int64, timeout time.Duration) {
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		des, _ := os.ReadDir(Dir(run))
+		for _, de := range des {
+			step, ok := parseStepName(de.Name(), ".tmp")
+			if !ok {
+				step, ok = parseStepName(de.Name(), "")
+			}
+			if ok && step > last {
+				return
+			}
+		}
 	}
 }

@@ -186,7 +186,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "trainable_values", t.flat.values(), "heap_bytes", heapBytes())
 
 	fmt.Fprintf(stderr, "train: %s on %s, %s, %s trainable values on rank 0, %d training and %d eval examples, run dir %s\n",
-		cfg.Model, be.Name(), cfg.Train.Method, humanInt(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
+		cfg.Model, be.Name(), cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
 	if d.plan.World > 1 {
 		fmt.Fprint(stderr, d.plan.String())
 	}
@@ -225,7 +225,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		fmt.Fprintf(stdout, "stopped by signal after step %d of %d; checkpoint written: continue with -resume\n", res.steps, cfg.Train.Steps)
 	}
 	fmt.Fprintf(stdout, "done: %d steps, %s tokens in %s; train loss %.4f -> %.4f; eval loss %.4f over %d tokens (best %.4f)\n",
-		res.steps, humanInt(int64(res.tokens)), elapsed.Round(time.Second), res.first, res.last, evalLoss, evalTokens, best)
+		res.steps, model.HumanCount(int64(res.tokens)), elapsed.Round(time.Second), res.first, res.last, evalLoss, evalTokens, best)
 	fmt.Fprintf(stdout, "outputs: %s (metrics.jsonl, config.toml%s)\n", cfg.RunDir, saved)
 	return res, nil
 }
@@ -790,16 +790,3 @@ func (t *trainer) saveModel(w *model.Weights, ts map[string][]float32) (string, 
 }
 
 func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
-
-// humanInt writes n with a k/M/G suffix.
-func humanInt(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2fG", float64(n)/1e9)
-	case n >= 1e6:
-		return fmt.Sprintf("%.2fM", float64(n)/1e6)
-	case n >= 1e4:
-		return fmt.Sprintf("%.1fk", float64(n)/1e3)
-	}
-	return fmt.Sprint(n)
-}

@@ -378,7 +378,7 @@ func (r *Report) WriteText(w io.Writer) error {
 	}
 	line("rope", "%s", rope)
 	line("tied embeddings", "%s", yesNo(r.TiedEmbeddings))
-	line("parameters", "%s (%s)", groupDigits(r.Parameters), humanCount(r.Parameters))
+	line("parameters", "%s (%s)", groupDigits(r.Parameters), HumanCount(r.Parameters))
 	line("bf16 weights", "%s", formatByteSize(r.BF16Bytes))
 	line("nf4 weights", "%s (linear layers 4-bit NF4, one fp32 absmax per %d weights; embeddings, lm_head, norms bf16)",
 		formatByteSize(r.NF4Bytes), NF4BlockSize)
@@ -437,8 +437,8 @@ func groupDigits(n int64) string {
 	return b.String()
 }
 
-// humanCount writes a parameter count as people say it: 8.03B, 260K.
-func humanCount(n int64) string {
+// HumanCount writes a count as people say it: 8.03B, 260.0K.
+func HumanCount(n int64) string {
 	switch {
 	case n >= 1e9:
 		return fmt.Sprintf("%.2fB", float64(n)/1e9)

@@ -160,16 +160,11 @@ type GGUFFile struct {
 
 // ReadGGUF opens path and reads its header. Close the file when done.
 func ReadGGUF(path string) (*GGUFFile, error) {
-	f, err := os.Open(path)
+	f, size, err := openSized(path)
 	if err != nil {
 		return nil, err
 	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	g, err := ParseGGUF(path, f, st.Size())
+	g, err := ParseGGUF(path, f, size)
 	if err != nil {
 		f.Close()
 		return nil, err

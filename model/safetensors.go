@@ -110,18 +110,28 @@ type SafetensorsFile struct {
 	tensors   map[string]TensorInfo
 }
 
-// OpenSafetensors opens and validates the safetensors file at path.
-func OpenSafetensors(path string) (*SafetensorsFile, error) {
+// openSized opens path for a parser that reads it by offset and must know its
+// size. The caller closes the file, also when parsing fails.
+func openSized(path string) (*os.File, int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	st, err := f.Stat()
 	if err != nil {
 		f.Close()
+		return nil, 0, err
+	}
+	return f, st.Size(), nil
+}
+
+// OpenSafetensors opens and validates the safetensors file at path.
+func OpenSafetensors(path string) (*SafetensorsFile, error) {
+	f, size, err := openSized(path)
+	if err != nil {
 		return nil, err
 	}
-	sf, err := ParseSafetensors(path, f, st.Size())
+	sf, err := ParseSafetensors(path, f, size)
 	if err != nil {
 		f.Close()
 		return nil, err

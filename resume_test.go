@@ -178,20 +178,17 @@ func TestCheckpointFailure(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(run, "checkpoints"), []byte("not a directory"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	var out, errOut bytes.Buffer
-	code := mainExit([]string{"-steps", "4", "-ckpt-every", "2", "-run", run}, &out, &errOut)
-	if code == 0 || !strings.Contains(errOut.String(), "checkpoint of step 2") || !strings.Contains(errOut.String(), "previous complete checkpoint is intact") {
-		t.Fatalf("exit %d, stderr %q", code, errOut.String())
+	_, errOut, code := runProgram(t, "-steps", "4", "-ckpt-every", "2", "-run", run)
+	if code == 0 || !strings.Contains(errOut, "checkpoint of step 2") || !strings.Contains(errOut, "previous complete checkpoint is intact") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
 	}
 	conf := filepath.Join(dir, "run.toml")
 	if err := os.WriteFile(conf, []byte("[ckpt]\ncontinue_on_error = true\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out.Reset()
-	errOut.Reset()
-	code = mainExit([]string{"-config", conf, "-steps", "4", "-ckpt-every", "2", "-run", run}, &out, &errOut)
-	if code != 0 || !strings.Contains(errOut.String(), "training goes on without this checkpoint") || !strings.Contains(out.String(), "done: 4 steps") {
-		t.Fatalf("continue_on_error: exit %d, stderr %q", code, errOut.String())
+	out, errOut, code := runProgram(t, "-config", conf, "-steps", "4", "-ckpt-every", "2", "-run", run)
+	if code != 0 || !strings.Contains(errOut, "training goes on without this checkpoint") || !strings.Contains(out, "done: 4 steps") {
+		t.Fatalf("continue_on_error: exit %d, stderr %q", code, errOut)
 	}
 }
 

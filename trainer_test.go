@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -69,11 +70,40 @@ func readMetrics(t *testing.T, runDir string) []map[string]float64 {
 
 func runMain(t *testing.T, args ...string) (stdout, stderr string) {
 	t.Helper()
-	var out, errOut bytes.Buffer
-	if code := mainExit(args, &out, &errOut); code != 0 {
-		t.Fatalf("train %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, out.String(), errOut.String())
+	stdout, stderr, code := runProgram(t, args...)
+	if code != 0 {
+		t.Fatalf("train %s: exit %d\nstdout:\n%s\nstderr:\n%s", strings.Join(args, " "), code, stdout, stderr)
 	}
-	return out.String(), errOut.String()
+	return stdout, stderr
+}
+
+// runProgram runs `train args...` and returns its output and exit status. Under
+// -race it runs a non-race build as a child process: these tests check numbers,
+// which the race detector only slows several times over, while the in-process
+// runs (TestTrainDefaultShortRun, TestTrainStopsOnNonFiniteLoss, TestTrainErrors)
+// keep the trainer's own code under the race detector.
+func runProgram(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	if !raceEnabled {
+		code = mainExit(args, &out, &errOut)
+		return out.String(), errOut.String(), code
+	}
+	bin, err := rankBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	case err != nil:
+		t.Fatalf("running train: %v", err)
+	}
+	return out.String(), errOut.String(), code
 }
 
 // TestFineTuneStories fine-tunes the real stories260K model with LoRA and with

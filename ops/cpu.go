@@ -104,25 +104,13 @@ func (c *CPU[T]) UploadInt(dst Buf, src []int32) error {
 }
 
 // Download copies the first len(dst) values of src to the host.
-func (c *CPU[T]) Download(dst []float32, src Buf) error {
-	if c.err != nil {
-		return c.err
-	}
-	s, ok := src.(*cpuBuf[T])
-	if !ok || s.dt != F32 {
-		return fmt.Errorf("ops: download from %s", describe(src))
-	}
-	if len(dst) > len(s.f) {
-		return fmt.Errorf("ops: download of %d values from a buffer of %d", len(dst), len(s.f))
-	}
-	for i := range dst {
-		dst[i] = float32(s.f[i])
-	}
-	return nil
-}
+func (c *CPU[T]) Download(dst []float32, src Buf) error { return download(c, dst, src) }
 
 // Download64 copies the first len(dst) values of src to the host as float64.
-func (c *CPU[T]) Download64(dst []float64, src Buf) error {
+func (c *CPU[T]) Download64(dst []float64, src Buf) error { return download(c, dst, src) }
+
+// download is Download for either host type: the backend's values converted.
+func download[T Float, D float32 | float64](c *CPU[T], dst []D, src Buf) error {
 	if c.err != nil {
 		return c.err
 	}
@@ -134,7 +122,7 @@ func (c *CPU[T]) Download64(dst []float64, src Buf) error {
 		return fmt.Errorf("ops: download of %d values from a buffer of %d", len(dst), len(s.f))
 	}
 	for i := range dst {
-		dst[i] = float64(s.f[i])
+		dst[i] = D(s.f[i])
 	}
 	return nil
 }

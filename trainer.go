@@ -52,8 +52,10 @@ type trainer struct {
 	warnedMemory bool
 	// stepSleep is a deliberate delay per step (TRAIN_DEBUG_STEP_SLEEP), for tests.
 	stepSleep time.Duration
-	opt       optim.AdamW
-	sched     optim.Schedule
+	// gpuPeak is the most GPU memory in use seen at a step's end (0 on the CPU).
+	gpuPeak int64
+	opt     optim.AdamW
+	sched   optim.Schedule
 
 	train, eval []data.TokenExample
 	order       []int // shuffled indices into train; refilled each epoch
@@ -185,6 +187,15 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
 		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "trainable_values", t.flat.values(), "heap_bytes", heapBytes())
 
+	if g, ok := be.(gpuInfo); ok {
+		if in, err := g.Info(); err == nil {
+			t.log.Info("gpu", "name", in.Name, "ordinal", in.Ordinal, "driver", in.Driver, "cublas", in.CUBLAS,
+				"libcuda", in.LibCUDA, "libcublas", in.CUBLASL, "free_bytes", in.FreeMem, "total_bytes", in.Total)
+			fmt.Fprintf(stderr, "train: GPU %d %s: %s free of %s after loading the model (rank 0)\n",
+				in.Ordinal, in.Name, shard.FormatBytes(in.FreeMem), shard.FormatBytes(in.Total))
+			t.gpuPeak = in.Total - in.FreeMem
+		}
+	}
 	fmt.Fprintf(stderr, "train: %s on %s, %s, %s trainable values on rank 0, %d training and %d eval examples, run dir %s\n",
 		cfg.Model, be.Name(), cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
 	if d.plan.World > 1 {
@@ -228,6 +239,27 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		res.steps, model.HumanCount(int64(res.tokens)), elapsed.Round(time.Second), res.first, res.last, evalLoss, evalTokens, best)
 	fmt.Fprintf(stdout, "outputs: %s (metrics.jsonl, config.toml%s)\n", cfg.RunDir, saved)
 	return res, nil
+}
+
+// gpuInfo is what a GPU backend tells about its device (kernels.Backend).
+type gpuInfo interface {
+	Info() (kernels.Info, error)
+}
+
+// gpuUsed is the device memory in use now (every process's, as the driver
+// counts it), updating the peak; 0 on the CPU.
+func (t *trainer) gpuUsed() int64 {
+	g, ok := t.be.(gpuInfo)
+	if !ok {
+		return 0
+	}
+	in, err := g.Info()
+	if err != nil {
+		return 0
+	}
+	used := in.Total - in.FreeMem
+	t.gpuPeak = max(t.gpuPeak, used)
+	return used
 }
 
 // newAdapter returns the LoRA adapter a run trains (nil in full fine-tuning): a
@@ -591,7 +623,8 @@ func (t *trainer) loop() (loopResult, error) {
 			res.wall += time.Since(stepStart)
 		}
 		rss, cpu := resources()
-		t.log.Info("step", "step", step+1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
+		gpuUsed := t.gpuUsed()
+		t.log.Info("step", "gpu_used_bytes", gpuUsed, "gpu_peak_bytes", t.gpuPeak, "step", step+1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
 			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),
 			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(),
 			"bytes_sent", times.sent, "bytes_received", times.received, "heap_bytes", heapBytes(),

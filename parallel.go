@@ -495,57 +495,44 @@ func (t *trainer) evalPipeline(examples []data.TokenExample) (float64, int, erro
 	C := t.m.Config().HiddenSize
 	var lossSum float64
 	var count int
-	B := t.cfg.Train.MicroBatch
-	for i := 0; i < len(mine); {
-		end := min(i+B, len(mine))
-		T := 2
-		for _, ex := range mine[i:end] {
-			T = max(T, len(ex.InputIDs))
-		}
-		T = min(T, t.cfg.Data.SeqLen)
-		p := data.Packer{T: T}
-		r, used, err := p.Fill(mine[i:end], end-i)
-		if err != nil {
-			return 0, 0, err
-		}
-		i += used
+	err := evalRows(mine, t.cfg.Data.SeqLen, t.cfg.Train.MicroBatch, func(r *data.Rows) error {
 		if !d.first() {
 			in := make([]float32, r.B*r.T*C)
 			if err := d.world.Recv(collective.F32(in), d.me.Prev()); err != nil {
-				return 0, 0, fmt.Errorf("eval: %w", err)
+				return fmt.Errorf("eval: %w", err)
 			}
 			if err := t.m.Plan(r.B, r.T); err != nil {
-				return 0, 0, err
+				return err
 			}
 			if err := t.be.Upload(t.m.StageInput(), in); err != nil {
-				return 0, 0, err
+				return err
 			}
 		}
 		ls, n, err := t.m.Forward(batchOf(r, 0))
 		if err != nil {
-			return 0, 0, fmt.Errorf("eval: %w", err)
+			return fmt.Errorf("eval: %w", err)
 		}
 		if !d.last() {
 			out := make([]float32, r.B*r.T*C)
 			if err := t.be.Download(out, t.m.StageOutput()); err != nil {
-				return 0, 0, err
+				return err
 			}
 			if err := d.world.Send(collective.F32(out), d.me.Next()); err != nil {
-				return 0, 0, fmt.Errorf("eval: %w", err)
+				return fmt.Errorf("eval: %w", err)
 			}
-			continue
+			return nil
 		}
-		lossSum += ls
-		count += n
+		lossSum, count = lossSum+ls, count+n
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
 	}
 	sums := []float64{lossSum, float64(count)}
 	if err := d.allReduceF64(sums); err != nil {
 		return 0, 0, fmt.Errorf("eval: %w", err)
 	}
-	if sums[1] == 0 {
-		return 0, 0, errors.New("eval: every label is masked (-100): there is nothing to score")
-	}
-	return sums[0] / sums[1], int(sums[1]), nil
+	return meanLoss(sums[0], int(sums[1]))
 }
 
 // gatherTensors collects the trainable tensors of every stage of replica 0 on rank

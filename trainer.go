@@ -676,9 +676,27 @@ func (t *trainer) evaluate() (float64, int, error) {
 func evalExamples(m *model.Model, examples []data.TokenExample, maxT, B int) (float64, int, error) {
 	var lossSum float64
 	var count int
+	err := evalRows(examples, maxT, B, func(r *data.Rows) error {
+		ls, n, err := m.Forward(batchOf(r, 0))
+		if err != nil {
+			return fmt.Errorf("eval: %w", err)
+		}
+		lossSum, count = lossSum+ls, count+n
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	return meanLoss(lossSum, count)
+}
+
+// evalRows lays examples out for evaluation, each in a row of its own (so nothing
+// depends on how they are batched), B rows at a time, as long as the batch's
+// longest example (at most maxT when maxT > 0), and calls each on every batch.
+func evalRows(examples []data.TokenExample, maxT, B int, each func(*data.Rows) error) error {
 	for i := 0; i < len(examples); {
-		T := 2
 		end := min(i+B, len(examples))
+		T := 2
 		for _, ex := range examples[i:end] {
 			T = max(T, len(ex.InputIDs))
 		}
@@ -688,20 +706,22 @@ func evalExamples(m *model.Model, examples []data.TokenExample, maxT, B int) (fl
 		p := data.Packer{T: T}
 		r, used, err := p.Fill(examples[i:end], end-i)
 		if err != nil {
-			return 0, 0, err
+			return err
 		}
-		ls, n, err := m.Forward(batchOf(r, 0))
-		if err != nil {
-			return 0, 0, fmt.Errorf("eval: %w", err)
-		}
-		lossSum += ls
-		count += n
 		i += used
+		if err := each(r); err != nil {
+			return err
+		}
 	}
+	return nil
+}
+
+// meanLoss is the mean of a loss summed over count scored labels.
+func meanLoss(sum float64, count int) (float64, int, error) {
 	if count == 0 {
 		return 0, 0, errors.New("eval: every label is masked (-100): there is nothing to score")
 	}
-	return lossSum / float64(count), count, nil
+	return sum / float64(count), count, nil
 }
 
 // showSamples prints the model's greedy answers to a few fixed prompts.

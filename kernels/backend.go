@@ -208,36 +208,33 @@ func (b *Backend) Free(x ops.Buf) {
 
 // Upload copies host values into an F32 buffer.
 func (b *Backend) Upload(dst ops.Buf, src []float32) error {
-	d, ok := dst.(*buf)
-	if !ok || d.dt != ops.F32 {
-		return fmt.Errorf("kernels: upload into %s", describe(dst))
-	}
-	if len(src) > d.n {
-		return fmt.Errorf("kernels: upload of %d values into a buffer of %d", len(src), d.n)
-	}
 	if len(src) == 0 {
-		return nil
+		return b.upload(dst, ops.F32, nil, 0, "values")
 	}
-	err := b.call(func(dv *device) error { return dv.upload(d.ptr, unsafe.Pointer(&src[0]), 4*len(src)) })
-	if err != nil {
-		return fmt.Errorf("kernels: upload: %w", err)
-	}
-	return nil
+	return b.upload(dst, ops.F32, unsafe.Pointer(&src[0]), len(src), "values")
 }
 
 // UploadInt copies host values into an I32 buffer.
 func (b *Backend) UploadInt(dst ops.Buf, src []int32) error {
-	d, ok := dst.(*buf)
-	if !ok || d.dt != ops.I32 {
-		return fmt.Errorf("kernels: int upload into %s", describe(dst))
-	}
-	if len(src) > d.n {
-		return fmt.Errorf("kernels: upload of %d ints into a buffer of %d", len(src), d.n)
-	}
 	if len(src) == 0 {
+		return b.upload(dst, ops.I32, nil, 0, "ints")
+	}
+	return b.upload(dst, ops.I32, unsafe.Pointer(&src[0]), len(src), "ints")
+}
+
+// upload copies n 4-byte host elements at src into dst, a buffer of type dt.
+func (b *Backend) upload(dst ops.Buf, dt ops.DType, src unsafe.Pointer, n int, what string) error {
+	d, ok := dst.(*buf)
+	if !ok || d.dt != dt {
+		return fmt.Errorf("kernels: upload of %s into %s", what, describe(dst))
+	}
+	if n > d.n {
+		return fmt.Errorf("kernels: upload of %d %s into a buffer of %d", n, what, d.n)
+	}
+	if n == 0 {
 		return nil
 	}
-	err := b.call(func(dv *device) error { return dv.upload(d.ptr, unsafe.Pointer(&src[0]), 4*len(src)) })
+	err := b.call(func(dv *device) error { return dv.upload(d.ptr, src, 4*n) })
 	if err != nil {
 		return fmt.Errorf("kernels: upload: %w", err)
 	}

@@ -29,6 +29,7 @@ masked exactly as in training.`, stderr)
 	batch := fs.Int("batch", 8, "sequences per forward pass (does not change the result)")
 	seed := fs.Int64("seed", 1, "seed of a random:NAME model's weights")
 	device := fs.String("device", "cpu", "cpu, cuda or auto")
+	precision := fs.String("precision", "auto", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -62,6 +63,9 @@ masked exactly as in training.`, stderr)
 		return err
 	}
 	var opt model.Options
+	if opt.Compute, err = computeType(*precision, be); err != nil {
+		return usagef("%v", err)
+	}
 	if *adapter != "" {
 		if opt.LoRA, err = model.ReadPEFTAdapter(*adapter, w.Config); err != nil {
 			return err

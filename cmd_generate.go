@@ -33,7 +33,7 @@ type generateOptions struct {
 	maxTokens                 int
 	sampler                   model.SamplerOptions
 	modelSeed                 int64
-	device                    string
+	device, precision         string
 }
 
 // runGenerateFrom is runGenerate reading a "-" prompt from stdin (a parameter,
@@ -67,6 +67,7 @@ Examples:
 	seed := fs.Uint64("seed", 1, "seed of the sampling (the same seed gives the same text)")
 	fs.Int64Var(&o.modelSeed, "model-seed", 1, "seed of a random:NAME model's weights")
 	fs.StringVar(&o.device, "device", "cpu", "cpu, cuda or auto")
+	fs.StringVar(&o.precision, "precision", "auto", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -130,6 +131,9 @@ Examples:
 		return fmt.Errorf("the prompt is %d tokens, longer than the model's context of %d (max_position_embeddings)", len(prompt), cfg.MaxPositions)
 	}
 	var opt model.Options
+	if opt.Compute, err = computeType(o.precision, be); err != nil {
+		return usagef("%v", err)
+	}
 	if o.adapter != "" {
 		if opt.LoRA, err = model.ReadPEFTAdapter(o.adapter, cfg); err != nil {
 			return err

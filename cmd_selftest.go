@@ -19,10 +19,14 @@ import (
 // `train selftest collective` under mpirun, srun or by hand.
 func runSelftest(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("which selftest? (train selftest collective)")
+		return usagef("which selftest? (train selftest collective | gpu)")
 	}
-	if args[0] != "collective" {
-		return usagef("unknown selftest %q (there is: collective)", args[0])
+	switch args[0] {
+	case "gpu":
+		return selftestGPU(args[1:], stdout, stderr)
+	case "collective":
+	default:
+		return usagef("unknown selftest %q (there are: collective, gpu)", args[0])
 	}
 	fs := newFlagSet("selftest collective", `train selftest collective [flags]
 
@@ -81,16 +85,18 @@ func hostname() string {
 // `train bench collective`.
 func runBench(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
-		return usagef("which benchmark? (train bench collective | pipeline | ckpt)")
+		return usagef("which benchmark? (train bench collective | pipeline | ckpt | model)")
 	}
 	switch args[0] {
+	case "model":
+		return benchModel(args[1:], stdout, stderr)
 	case "pipeline":
 		return benchPipeline(args[1:], stdout, stderr)
 	case "ckpt":
 		return benchCkpt(args[1:], stdout, stderr)
 	case "collective":
 	default:
-		return usagef("unknown benchmark %q (there are: collective, pipeline, ckpt)", args[0])
+		return usagef("unknown benchmark %q (there are: collective, pipeline, ckpt, model)", args[0])
 	}
 	fs := newFlagSet("bench collective", `train bench collective [flags]
 

@@ -220,13 +220,15 @@ func (f *flatParams) downloadGrads(m *model.Model, be ops.Backend, overlapped bo
 	return f.downloadViews(be, f.views)
 }
 
-// uploadValues copies the updated values back to the model.
-func (f *flatParams) uploadValues(be ops.Backend) error {
+// uploadValues copies the updated values back to the model, and from there
+// into its compute copies (bf16).
+func (f *flatParams) uploadValues(m *model.Model, be ops.Backend) error {
 	for _, v := range f.views {
 		if err := be.Upload(v.p.Value, f.value[v.off:v.off+v.n]); err != nil {
 			return fmt.Errorf("%s: %w", v.p.Name, err)
 		}
 	}
+	m.RefreshCompute()
 	return nil
 }
 

@@ -52,6 +52,10 @@ type trainer struct {
 	warnedMemory bool
 	// stepSleep is a deliberate delay per step (TRAIN_DEBUG_STEP_SLEEP), for tests.
 	stepSleep time.Duration
+	// dopt, when not nil, runs the optimizer on the device (see deviceOptimizer).
+	dopt *deviceOptimizer
+	// nccl, when not nil, sums the replicas' gradients on their GPUs (with dopt).
+	nccl *kernels.NCCL
 	// gpuPeak is the most GPU memory in use seen at a step's end (0 on the CPU).
 	gpuPeak int64
 	opt     optim.AdamW
@@ -137,6 +141,9 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		return res, err
 	}
 	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing}
+	if opts.Compute, err = computeType(cfg.Precision, be); err != nil {
+		return res, err
+	}
 	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
 		return res, err
 	}
@@ -162,6 +169,21 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		return res, err
 	}
 	t.overlap = d.dp != nil && !d.zero1
+	if t.nccl, err = openReplicaNCCL(be, d, stderr); err != nil {
+		return res, err
+	}
+	if t.nccl != nil {
+		defer t.nccl.Close()
+	}
+	if onDevice, err := useDeviceOptimizer(be, d, t.nccl != nil); err != nil {
+		return res, err
+	} else if onDevice {
+		if t.dopt, err = newDeviceOptimizer(be, t.flat); err != nil {
+			return res, err
+		}
+		defer t.dopt.close()
+		t.overlap = false
+	}
 	t.stepSleep = debugStepSleep(d.rank())
 	t.pcg = rand.NewPCG(uint64(cfg.Seed), 0x64617461) // "data"
 	t.rng = rand.New(t.pcg)
@@ -170,6 +192,11 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	} else if dir != "" {
 		if t.startStep, err = t.restore(dir); err != nil {
 			return res, err
+		}
+		if t.dopt != nil {
+			if err := t.dopt.syncDevice(t.flat); err != nil {
+				return res, fmt.Errorf("resume: %w", err)
+			}
 		}
 		fmt.Fprintf(stderr, "train: resumed from %s after step %d\n", dir, t.startStep)
 	}
@@ -183,10 +210,16 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		return res, err
 	}
 	defer func() { t.log.close(err) }()
-	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(),
+	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
-		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "trainable_values", t.flat.values(), "heap_bytes", heapBytes())
+		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", t.optimizerPlace(), "nccl", t.nccl != nil, "trainable_values", t.flat.values(), "heap_bytes", heapBytes())
 
+	// Plan the activations of the training batch shape now, so the memory
+	// report is the whole of a step's and the first step allocates nothing.
+	if err := m.Plan(cfg.Train.MicroBatch, cfg.Data.SeqLen); err != nil {
+		return res, err
+	}
+	t.reportMemory(stderr)
 	if g, ok := be.(gpuInfo); ok {
 		if in, err := g.Info(); err == nil {
 			t.log.Info("gpu", "name", in.Name, "ordinal", in.Ordinal, "driver", in.Driver, "cublas", in.CUBLAS,
@@ -196,8 +229,8 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 			t.gpuPeak = in.Total - in.FreeMem
 		}
 	}
-	fmt.Fprintf(stderr, "train: %s on %s, %s, %s trainable values on rank 0, %d training and %d eval examples, run dir %s\n",
-		cfg.Model, be.Name(), cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
+	fmt.Fprintf(stderr, "train: %s on %s in %v, %s, %s trainable values on rank 0, %d training and %d eval examples, run dir %s\n",
+		cfg.Model, be.Name(), opts.Compute, cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
 	if d.plan.World > 1 {
 		fmt.Fprint(stderr, d.plan.String())
 	}
@@ -239,6 +272,45 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		res.steps, model.HumanCount(int64(res.tokens)), elapsed.Round(time.Second), res.first, res.last, evalLoss, evalTokens, best)
 	fmt.Fprintf(stdout, "outputs: %s (metrics.jsonl, config.toml%s)\n", cfg.RunDir, saved)
 	return res, nil
+}
+
+// reportMemory logs what the model and the device optimizer hold on the device,
+// part by part, and prints it on rank 0.
+func (t *trainer) reportMemory(stderr io.Writer) {
+	parts := t.m.Memory()
+	if t.dopt != nil {
+		parts = append(parts, model.MemoryPart{Name: "optimizer state (f32)", Bytes: t.dopt.bytes()})
+	}
+	var total int64
+	var fields []any
+	var words []string
+	for _, p := range parts {
+		total += p.Bytes
+		fields = append(fields, logKey(p.Name)+"_bytes", p.Bytes)
+		words = append(words, p.Name+" "+shard.FormatBytes(p.Bytes))
+	}
+	t.log.Info("memory", append(fields, "total_bytes", total)...)
+	where := "device"
+	if t.dopt == nil {
+		where = "device (optimizer state on the host)"
+	}
+	fmt.Fprintf(stderr, "train: %s memory: %s; total %s\n", where, strings.Join(words, ", "), shard.FormatBytes(total))
+}
+
+// logKey turns a label into a log key: "weights (bf16)" -> "weights_bf16".
+func logKey(label string) string {
+	f := strings.FieldsFunc(strings.ToLower(label), func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9')
+	})
+	return strings.Join(f, "_")
+}
+
+// optimizerPlace says where the optimizer runs, for the logs.
+func (t *trainer) optimizerPlace() string {
+	if t.dopt != nil {
+		return "device"
+	}
+	return "host"
 }
 
 // gpuInfo is what a GPU backend tells about its device (kernels.Backend).
@@ -314,6 +386,24 @@ func newBackend(device string, gpu int) (ops.Backend, error) {
 		return ops.NewCPU(), nil
 	}
 	return nil, fmt.Errorf("device %q is not one of cpu, cuda, auto", device)
+}
+
+// computeType is the model's compute type for a precision setting on be:
+// "auto" is bf16 on a GPU and fp32 on the CPU, where bf16 is an emulation for
+// tests (correct, but slower than fp32).
+func computeType(precision string, be ops.Backend) (ops.DType, error) {
+	switch precision {
+	case "fp32":
+		return ops.F32, nil
+	case "bf16":
+		return ops.BF16, nil
+	case "auto", "":
+		if _, gpu := be.(gpuInfo); gpu {
+			return ops.BF16, nil
+		}
+		return ops.F32, nil
+	}
+	return ops.F32, fmt.Errorf("precision %q is not one of auto, fp32, bf16", precision)
 }
 
 // closeBackend releases a device that holds resources (a GPU context and the
@@ -549,11 +639,23 @@ func (t *trainer) loop() (loopResult, error) {
 		}
 		res.tokens += stepTokens
 		f := t.flat
-		if err := f.downloadGrads(t.m, t.be, t.overlap); err != nil {
-			return res, fmt.Errorf("step %d: %w", step+1, err)
-		}
-		if err := t.reduceGrads(&times); err != nil {
-			return res, fmt.Errorf("step %d: %w", step+1, err)
+		var sumSq float64
+		if t.dopt != nil {
+			t.m.FinishGrads()
+			if err := t.reduceGradsNCCL(&times); err != nil {
+				return res, fmt.Errorf("step %d: %w", step+1, err)
+			}
+			if sumSq, err = t.dopt.sumSquares(); err != nil {
+				return res, fmt.Errorf("step %d: %w", step+1, err)
+			}
+		} else {
+			if err := f.downloadGrads(t.m, t.be, t.overlap); err != nil {
+				return res, fmt.Errorf("step %d: %w", step+1, err)
+			}
+			if err := t.reduceGrads(&times); err != nil {
+				return res, fmt.Errorf("step %d: %w", step+1, err)
+			}
+			sumSq = f.sumSquares()
 		}
 		// The loss lives on the last stages and each rank holds part of the norm:
 		// one all-reduce gives every rank both, so every rank decides alike below.
@@ -568,7 +670,7 @@ func (t *trainer) loop() (loopResult, error) {
 			(ck.Minutes > 0 && time.Since(lastSaveTime).Minutes() >= ck.Minutes)) {
 			saveVote = 1
 		}
-		sums := []float64{lossSum, f.sumSquares(), stopVote, saveVote}
+		sums := []float64{lossSum, sumSq, stopVote, saveVote}
 		if err := timed(&times.comm, func() error { return t.dist.allReduceF64(sums) }); err != nil {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
@@ -593,18 +695,22 @@ func (t *trainer) loop() (loopResult, error) {
 		}
 		bad = 0
 		lr := t.sched.LR(step)
-		err = timed(&times.compute, func() error {
-			optim.ScaleGrads(f.opt, optim.ClipScale(norm, cfg.MaxGradNorm))
-			return t.opt.Step(f.opt, lr)
-		})
-		if err != nil {
-			return res, err
-		}
-		if err := t.gatherParams(&times); err != nil {
-			return res, fmt.Errorf("step %d: %w", step+1, err)
-		}
-		if err := f.uploadValues(t.be); err != nil {
-			return res, err
+		if t.dopt != nil {
+			t.dopt.step(&t.opt, lr, optim.ClipScale(norm, cfg.MaxGradNorm))
+		} else {
+			err = timed(&times.compute, func() error {
+				optim.ScaleGrads(f.opt, optim.ClipScale(norm, cfg.MaxGradNorm))
+				return t.opt.Step(f.opt, lr)
+			})
+			if err != nil {
+				return res, err
+			}
+			if err := t.gatherParams(&times); err != nil {
+				return res, fmt.Errorf("step %d: %w", step+1, err)
+			}
+			if err := f.uploadValues(t.m, t.be); err != nil {
+				return res, err
+			}
 		}
 		if step == t.startStep {
 			res.first = loss
@@ -780,6 +886,9 @@ func greedy(m *model.Model, prompt []int, n, eos int) ([]int, error) {
 // saveOutputs writes what was trained: the adapter in peft's format (LoRA), or the
 // whole model as a Hugging Face directory (full fine-tuning), with the tokenizer.
 func (t *trainer) saveOutputs(w *model.Weights) (string, error) {
+	if err := t.syncHost(); err != nil {
+		return "", err
+	}
 	ts, err := t.gatherTensors()
 	if err != nil || !t.dist.isRoot() {
 		return "", err

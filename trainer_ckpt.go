@@ -54,7 +54,10 @@ func (t *trainer) saveCheckpoint(step int) error {
 	if err := d.agree(err, "checkpoint of step %d: a rank could not create its directory", step); err != nil {
 		return err
 	}
-	werr := t.writeShard(dir, step)
+	werr := t.syncHost()
+	if werr == nil {
+		werr = t.writeShard(dir, step)
+	}
 	if werr != nil {
 		werr = fmt.Errorf("checkpoint of step %d: %w", step, werr)
 	}
@@ -115,6 +118,15 @@ func (t *trainer) writeShard(dir string, step int) error {
 		werr = err
 	}
 	return werr
+}
+
+// syncHost brings the host mirror of the trainable state up to date when the
+// optimizer runs on the device.
+func (t *trainer) syncHost() error {
+	if t.dopt == nil {
+		return nil
+	}
+	return t.dopt.syncHost(t.flat)
 }
 
 // commit is rank 0's half: the manifest, the rename, DONE, latest, retention.
@@ -220,7 +232,7 @@ func (t *trainer) restore(dir string) (int, error) {
 		return 0, fmt.Errorf("resume: %s: data generator: %w", dir, err)
 	}
 	t.order, t.cursor, t.epoch = st.Order, st.Cursor, st.Epoch
-	if err := f.uploadValues(t.be); err != nil {
+	if err := f.uploadValues(t.m, t.be); err != nil {
 		return 0, err
 	}
 	return st.Step, nil

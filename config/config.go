@@ -31,6 +31,10 @@ type Config struct {
 	Tokenizer string `toml:"tokenizer"`
 	// Device is "cpu", "cuda", or "auto" (the GPU when there is one).
 	Device string `toml:"device"`
+	// Precision is the type of weights and activations: "fp32", "bf16" (mixed
+	// precision: float32 master weights, optimizer state and losses), or
+	// "auto": bf16 on a GPU, fp32 on the CPU (where bf16 is only emulated).
+	Precision string `toml:"precision"`
 	// RunDir holds logs, the effective config and checkpoints; empty means
 	// runs/<model name>-<method>.
 	RunDir string `toml:"run_dir"`
@@ -145,9 +149,10 @@ type Parallel struct {
 // (README.md shows a LoRA configuration for Llama 3.1 8B).
 func Default() Config {
 	return Config{
-		Model:  "random:tiny",
-		Device: "cpu",
-		Seed:   1,
+		Model:     "random:tiny",
+		Device:    "cpu",
+		Precision: "auto",
+		Seed:      1,
 		Data: Data{
 			EvalFraction: 0.05,
 			SeqLen:       64,
@@ -272,6 +277,8 @@ func (c *Config) Validate() error {
 		return bad("model", "must name a Hugging Face model directory or random:NAME")
 	case !oneOf(c.Device, "cpu", "cuda", "auto"):
 		return bad("device", "%q is not one of cpu, cuda, auto", c.Device)
+	case !oneOf(c.Precision, "auto", "fp32", "bf16"):
+		return bad("precision", "%q is not one of auto, fp32, bf16", c.Precision)
 	case !finite(c.Data.EvalFraction) || c.Data.EvalFraction < 0 || c.Data.EvalFraction >= 1:
 		return bad("data.eval_fraction", "%v is outside [0, 1)", c.Data.EvalFraction)
 	case c.Data.SeqLen < 2 || c.Data.SeqLen > 1<<20:

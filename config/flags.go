@@ -18,6 +18,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	s(&c.Model, "model", "model", "Hugging Face model directory, or random:NAME (random:tiny, random:llama-3.2-1b, random:llama-3.1-8b, random:llama-3.1-70b)")
 	s(&c.Tokenizer, "tokenizer", "tokenizer", "tokenizer.json; empty: the model directory's own")
 	s(&c.Device, "device", "device", "cpu, cuda or auto")
+	s(&c.Precision, "precision", "precision", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
 	s(&c.RunDir, "run", "run_dir", "directory for logs, the effective config and checkpoints")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "seed for initialisation, dropout and data order (seed)")
 

@@ -1,5 +1,6 @@
 // Package kernels is the CUDA backend of ops.Backend: the driver and cuBLAS
-// loaded at run time (cuda.go, the repository's one cgo file), the kernels of
+// loaded at run time (cuda.go, the repository's one cgo file; libs.go says
+// where cuBLAS is looked for, pip's wheels included), the kernels of
 // kernels/*.cu compiled into kernels.fatbin and embedded, and Go launch wrappers.
 //
 // The model of the package:
@@ -8,18 +9,30 @@
 //     and a cuBLAS handle. Every CUDA call runs on one goroutine locked to one OS
 //     thread (thread.go), which owns the context; Close ends it.
 //   - A Buf is a device pointer, a length and a dtype; views (Slice) offset the
-//     pointer. F32 is float32, I32 int32, both 4 bytes.
+//     pointer. F32 is float32 and I32 int32 (4 bytes), BF16 bfloat16 (2 bytes,
+//     converted on the host by Upload and Download, to nearest even).
+//   - Mixed precision (ops.Backend's "Float types"): every kernel exists for
+//     float and bfloat16 data (kernels/*.cu: name_f32, name_bf16), loads to
+//     float, computes in float and rounds once on store. The wrapper picks the
+//     kernel by its data buffers' dtype and records an error when they mix
+//     types or when a statistic, rope table, parameter gradient or optimizer
+//     buffer is not F32.
 //   - Ops are launched on the stream and return at once; Upload, Download and
 //     Sync wait for the stream. Like the CPU backend, a bad argument (a buffer
 //     too short, a token id out of range) records the first error, later ops are
 //     skipped, and Sync or Download returns it. Range errors found inside a
 //     kernel go to a small device error word that Sync reads.
-//   - Matmuls go through cublasSgemm (float32, no TF32), everything else
-//     through the kernels. Results are deterministic: no atomics; reductions in
-//     a fixed order.
+//   - Matmuls: float32 through cublasSgemm (default math mode: no TF32);
+//     bfloat16 a and b through cublasGemmEx computing in float32, into a
+//     float32 or bfloat16 out. Everything else runs in the kernels. Results are
+//     deterministic: no atomics (but the error word); reductions in a fixed
+//     order.
+//   - Scratch: attention backward's deltas and SumSquares' partial sums share
+//     one device buffer, grown on demand; it is the one allocation outside the
+//     caller's memory plan.
 //
-// Float32 only for now: bf16 storage, planned memory for the attention scratch
-// and flash attention are later work (see the package's notes in kernels.go).
+// Later work (kernels/NOTES.md): a planned workspace instead of the scratch,
+// flash-style attention, cuBLASLt.
 package kernels
 
 import (
@@ -51,18 +64,21 @@ type Backend struct {
 	err error // first op error, returned by Sync/Download
 
 	errWord  uint64 // device int32[4]: code, row, value, limit (see common.cuh)
-	scratch  uint64 // attention backward's per-row deltas, grown on demand
-	scratchN int
+	scratch  uint64 // attention backward's deltas, SumSquares' partials; grown on demand
+	scratchB int    // its size in bytes
 	closed   bool
 }
 
 // Info describes the device and the libraries a Backend runs on.
 type Info struct {
-	Name             string // the GPU, e.g. "NVIDIA H100 80GB HBM3"
-	Ordinal          int
-	Driver, CUBLAS   int // versions, e.g. 13000 and 130000
-	LibCUDA, CUBLASL string
-	FreeMem, Total   int64
+	Name           string // the GPU, e.g. "NVIDIA H100 80GB HBM3"
+	Ordinal        int
+	Driver, CUBLAS int // versions, e.g. 13000 and 130000
+	// The files loaded: libcuda, libcublas and the libcublasLt beside it
+	// (paths where the dynamic linker tells them; "" for cuBLASLt when it
+	// cannot be found among the loaded objects).
+	LibCUDA, CUBLASL, CUBLASLt string
+	FreeMem, Total             int64
 }
 
 // New opens GPU 0. Without a usable GPU it returns an error starting with
@@ -128,7 +144,7 @@ func (b *Backend) Close() error {
 // Info reports the device, library versions and memory.
 func (b *Backend) Info() (Info, error) {
 	in := Info{Name: b.dev.name, Ordinal: b.dev.ord, Driver: b.dev.driver, CUBLAS: b.dev.blasVer}
-	in.LibCUDA, in.CUBLASL = libPaths()
+	in.LibCUDA, in.CUBLASL, in.CUBLASLt = libPaths()
 	err := b.call(func(d *device) error {
 		var e error
 		in.FreeMem, in.Total, e = d.memInfo()
@@ -140,8 +156,9 @@ func (b *Backend) Info() (Info, error) {
 	return in, nil
 }
 
-// Name reports "cuda-f32".
-func (b *Backend) Name() string { return "cuda-f32" }
+// Name reports "cuda"; the storage type (F32 or BF16) is the model's choice,
+// logged beside it as the precision.
+func (b *Backend) Name() string { return "cuda" }
 
 // buf is a device buffer or a view of one.
 type buf struct {
@@ -158,12 +175,32 @@ func (x *buf) Slice(off, n int) ops.Buf {
 	if off < 0 || n < 0 || off+n > x.n {
 		panic(fmt.Sprintf("kernels: view [%d:%d] of a buffer of %d", off, off+n, x.n))
 	}
-	return &buf{ptr: x.ptr + 4*uint64(off), n: n, dt: x.dt}
+	return &buf{ptr: x.ptr + uint64(elemSize(x.dt)*off), n: n, dt: x.dt}
 }
 
-// Alloc returns a zeroed buffer of n elements.
+// elemSize is the size in bytes of an element of type dt, 0 for an unknown
+// type.
+func elemSize(dt ops.DType) int {
+	switch dt {
+	case ops.F32, ops.I32:
+		return 4
+	case ops.BF16:
+		return 2
+	}
+	return 0
+}
+
+// zero sets n elements of type dt at p to zero (all bits zero in every type).
+func zero(d *device, p uint64, dt ops.DType, n int) error {
+	if elemSize(dt) == 2 {
+		return d.memset16(p, 0, n)
+	}
+	return d.memset32(p, 0, n)
+}
+
+// Alloc returns a zeroed buffer of n elements of type dt (F32, I32 or BF16).
 func (b *Backend) Alloc(dt ops.DType, n int) (ops.Buf, error) {
-	if n < 0 || (dt != ops.F32 && dt != ops.I32) {
+	if n < 0 || elemSize(dt) == 0 {
 		return nil, fmt.Errorf("kernels: alloc of %d elements of %v", n, dt)
 	}
 	x := &buf{n: n, dt: dt, base: true}
@@ -172,8 +209,8 @@ func (b *Backend) Alloc(dt ops.DType, n int) (ops.Buf, error) {
 	}
 	err := b.call(func(d *device) error {
 		var e error
-		if x.ptr, e = d.alloc(4 * n); e == nil {
-			e = d.memset32(x.ptr, 0, n)
+		if x.ptr, e = d.alloc(elemSize(dt) * n); e == nil {
+			e = zero(d, x.ptr, dt, n)
 		}
 		return e
 	})
@@ -206,12 +243,29 @@ func (b *Backend) Free(x ops.Buf) {
 	}
 }
 
-// Upload copies host values into an F32 buffer.
+// Upload copies host values into an F32 buffer, or into a BF16 one rounded to
+// nearest even on the host (ops.ToBF16).
 func (b *Backend) Upload(dst ops.Buf, src []float32) error {
 	if len(src) == 0 {
-		return b.upload(dst, ops.F32, nil, 0, "values")
+		return b.upload(dst, dtypeOf(dst, ops.F32), nil, 0, "values")
+	}
+	if dtypeOf(dst, ops.F32) == ops.BF16 {
+		h := make([]uint16, len(src))
+		for i, v := range src {
+			h[i] = ops.ToBF16(v)
+		}
+		return b.upload(dst, ops.BF16, unsafe.Pointer(&h[0]), len(h), "values")
 	}
 	return b.upload(dst, ops.F32, unsafe.Pointer(&src[0]), len(src), "values")
+}
+
+// dtypeOf is x's dtype when it is BF16, else def: the type a float transfer
+// wants (a wrong type is reported by the transfer itself).
+func dtypeOf(x ops.Buf, def ops.DType) ops.DType {
+	if x != nil && x.DType() == ops.BF16 {
+		return ops.BF16
+	}
+	return def
 }
 
 // UploadInt copies host values into an I32 buffer.
@@ -222,7 +276,7 @@ func (b *Backend) UploadInt(dst ops.Buf, src []int32) error {
 	return b.upload(dst, ops.I32, unsafe.Pointer(&src[0]), len(src), "ints")
 }
 
-// upload copies n 4-byte host elements at src into dst, a buffer of type dt.
+// upload copies n host elements of type dt at src into dst, a buffer of type dt.
 func (b *Backend) upload(dst ops.Buf, dt ops.DType, src unsafe.Pointer, n int, what string) error {
 	d, ok := dst.(*buf)
 	if !ok || d.dt != dt {
@@ -234,20 +288,21 @@ func (b *Backend) upload(dst ops.Buf, dt ops.DType, src unsafe.Pointer, n int, w
 	if n == 0 {
 		return nil
 	}
-	err := b.call(func(dv *device) error { return dv.upload(d.ptr, src, 4*n) })
+	err := b.call(func(dv *device) error { return dv.upload(d.ptr, src, elemSize(dt)*n) })
 	if err != nil {
 		return fmt.Errorf("kernels: upload: %w", err)
 	}
 	return nil
 }
 
-// Download waits for pending work and copies the first len(dst) values of src.
+// Download waits for pending work and copies the first len(dst) values of src,
+// an F32 or BF16 buffer (widened on the host, exactly).
 func (b *Backend) Download(dst []float32, src ops.Buf) error {
 	if err := b.Sync(); err != nil {
 		return err
 	}
 	s, ok := src.(*buf)
-	if !ok || s.dt != ops.F32 {
+	if !ok || (s.dt != ops.F32 && s.dt != ops.BF16) {
 		return fmt.Errorf("kernels: download from %s", describe(src))
 	}
 	if len(dst) > s.n {
@@ -256,7 +311,16 @@ func (b *Backend) Download(dst []float32, src ops.Buf) error {
 	if len(dst) == 0 {
 		return nil
 	}
-	err := b.call(func(dv *device) error { return dv.download(unsafe.Pointer(&dst[0]), s.ptr, 4*len(dst)) })
+	var err error
+	if s.dt == ops.BF16 {
+		h := make([]uint16, len(dst))
+		err = b.call(func(dv *device) error { return dv.download(unsafe.Pointer(&h[0]), s.ptr, 2*len(h)) })
+		for i, v := range h {
+			dst[i] = ops.FromBF16(v)
+		}
+	} else {
+		err = b.call(func(dv *device) error { return dv.download(unsafe.Pointer(&dst[0]), s.ptr, 4*len(dst)) })
+	}
 	if err != nil {
 		return fmt.Errorf("kernels: download: %w", err)
 	}
@@ -347,8 +411,47 @@ func (b *Backend) ptr(x ops.Buf, n int, dt ops.DType, op, arg string, optional b
 	return d.ptr
 }
 
+// f is ptr for an F32 buffer: a statistic (rstd, lse, losses), a rope table,
+// a parameter gradient (dtable, dw) or an optimizer buffer, F32 whatever the
+// compute type.
 func (b *Backend) f(x ops.Buf, n int, op, arg string) uint64 {
 	return b.ptr(x, n, ops.F32, op, arg, false)
+}
+
+// data is ptr for a data buffer (activations, weights, their gradients): F32
+// or BF16. Wrappers check with same that an op's data buffers agree.
+func (b *Backend) data(x ops.Buf, n int, op, arg string) uint64 {
+	d, ok := x.(*buf)
+	if b.err == nil && (!ok || (d.dt != ops.F32 && d.dt != ops.BF16)) {
+		b.fail("%s: %s is %s, want an f32 or bf16 buffer of this backend", op, arg, describe(x))
+	}
+	if b.err != nil {
+		return 0
+	}
+	return b.ptr(x, n, d.dt, op, arg, false)
+}
+
+// same records an error unless every non-nil buffer has the dtype of the
+// first: an op's data buffers share the compute type (ops.Backend).
+func (b *Backend) same(op string, bufs ...ops.Buf) {
+	if b.err != nil || len(bufs) == 0 || bufs[0] == nil {
+		return
+	}
+	for _, x := range bufs[1:] {
+		if x != nil && x.DType() != bufs[0].DType() {
+			b.fail("%s: mixed types %v and %v; data buffers share the compute type", op, bufs[0].DType(), x.DType())
+			return
+		}
+	}
+}
+
+// kname is kernel's instantiation for x's data type: kernel_f32 or
+// kernel_bf16 (see TR_KERNEL_F32_BF16 in common.cuh).
+func kname(kernel string, x ops.Buf) string {
+	if x != nil && x.DType() == ops.BF16 {
+		return kernel + "_bf16"
+	}
+	return kernel + "_f32"
 }
 
 func (b *Backend) i(x ops.Buf, n int, op, arg string, optional bool) uint64 {

@@ -15,7 +15,9 @@ package kernels
 
 /*
 #cgo LDFLAGS: -ldl
+#define _GNU_SOURCE // dladdr
 #include <dlfcn.h>
+#include <link.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,7 @@ static CUresult (*p_cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, CUstrea
 static CUresult (*p_cuMemcpyDtoHAsync)(void*, CUdeviceptr, size_t, CUstream);
 static CUresult (*p_cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
 static CUresult (*p_cuMemsetD32Async)(CUdeviceptr, unsigned, size_t, CUstream);
+static CUresult (*p_cuMemsetD16Async)(CUdeviceptr, unsigned short, size_t, CUstream);
 static CUresult (*p_cuModuleLoadData)(CUmodule*, const void*);
 static CUresult (*p_cuModuleUnload)(CUmodule);
 static CUresult (*p_cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
@@ -58,6 +61,10 @@ static cublasStatus_t (*p_cublasSetStream)(cublasHandle_t, CUstream);
 static cublasStatus_t (*p_cublasGetVersion)(cublasHandle_t, int*);
 static cublasStatus_t (*p_cublasSgemm)(cublasHandle_t, int, int, int, int, int, const float*, const float*, int,
 	const float*, int, const float*, float*, int);
+// cublasGemmEx; the enums (cudaDataType, cublasComputeType_t, cublasGemmAlgo_t)
+// are C ints.
+static cublasStatus_t (*p_cublasGemmEx)(cublasHandle_t, int, int, int, int, int, const void*, const void*, int, int,
+	const void*, int, int, const void*, void*, int, int, int, int);
 static const char* (*p_cublasGetStatusString)(cublasStatus_t);
 
 // tr_sym loads one symbol into *dst; it returns the name when missing.
@@ -87,6 +94,7 @@ static const char* tr_load_cuda(void* lib) {
 	SYM(lib, p_cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2")
 	SYM(lib, p_cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2")
 	SYM(lib, p_cuMemsetD32Async, "cuMemsetD32Async")
+	SYM(lib, p_cuMemsetD16Async, "cuMemsetD16Async")
 	SYM(lib, p_cuModuleLoadData, "cuModuleLoadData")
 	SYM(lib, p_cuModuleUnload, "cuModuleUnload")
 	SYM(lib, p_cuModuleGetFunction, "cuModuleGetFunction")
@@ -105,11 +113,43 @@ static const char* tr_load_cublas(void* lib) {
 	SYM(lib, p_cublasSetStream, "cublasSetStream_v2")
 	SYM(lib, p_cublasGetVersion, "cublasGetVersion_v2")
 	SYM(lib, p_cublasSgemm, "cublasSgemm_v2")
+	SYM(lib, p_cublasGemmEx, "cublasGemmEx")
 	p_cublasGetStatusString = dlsym(lib, "cublasGetStatusString"); // optional (cuBLAS >= 11.4)
 	return NULL;
 }
 
 static void* tr_dlopen(const char* path) { return dlopen(path, RTLD_NOW | RTLD_LOCAL); }
+static void* tr_dlopen_global(const char* path) { return dlopen(path, RTLD_NOW | RTLD_GLOBAL); }
+static void tr_dlclose(void* h) { dlclose(h); }
+
+// tr_loaded_path copies into out the path of the first loaded object whose
+// file name starts with prefix ("libcublasLt.so"), or "" when none: it tells
+// which file the dynamic linker picked for a soname.
+struct tr_find { const char* prefix; char* out; size_t n; };
+static int tr_find_cb(struct dl_phdr_info* info, size_t size, void* data) {
+	struct tr_find* f = data;
+	const char* name = info->dlpi_name;
+	const char* base = name ? strrchr(name, '/') : NULL;
+	base = base ? base + 1 : name;
+	if (base == NULL || strncmp(base, f->prefix, strlen(f->prefix)) != 0) return 0;
+	strncpy(f->out, name, f->n - 1);
+	f->out[f->n - 1] = 0;
+	return 1;
+}
+static void tr_loaded_path(const char* prefix, char* out, size_t n) {
+	struct tr_find f = {prefix, out, n};
+	out[0] = 0;
+	dl_iterate_phdr(tr_find_cb, &f);
+}
+
+// tr_symbol_file returns the file that defines the bound function fn (0: the
+// driver's cuInit, 1: cublasCreate), or NULL.
+static const char* tr_symbol_file(int fn) {
+	Dl_info info;
+	void* p = fn == 0 ? (void*)p_cuInit : (void*)p_cublasCreate;
+	if (p == NULL || dladdr(p, &info) == 0) return NULL;
+	return info.dli_fname;
+}
 static const char* tr_dlerror(void) { const char* e = dlerror(); return e ? e : "unknown dlopen error"; }
 
 static CUresult tr_cuInit(void) { return p_cuInit(0); }
@@ -127,6 +167,7 @@ static CUresult tr_cuMemcpyHtoDAsync(CUdeviceptr d, const void* s, size_t n, CUs
 static CUresult tr_cuMemcpyDtoHAsync(void* d, CUdeviceptr s, size_t n, CUstream st) { return p_cuMemcpyDtoHAsync(d, s, n, st); }
 static CUresult tr_cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st) { return p_cuMemcpyDtoDAsync(d, s, n, st); }
 static CUresult tr_cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream st) { return p_cuMemsetD32Async(d, v, n, st); }
+static CUresult tr_cuMemsetD16Async(CUdeviceptr d, unsigned short v, size_t n, CUstream st) { return p_cuMemsetD16Async(d, v, n, st); }
 static CUresult tr_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuModuleLoadData(m, img); }
 static CUresult tr_cuModuleUnload(CUmodule m) { return p_cuModuleUnload(m); }
 static CUresult tr_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) { return p_cuModuleGetFunction(f, m, name); }
@@ -159,6 +200,14 @@ static cublasStatus_t tr_cublasSgemm(cublasHandle_t h, int ta, int tb, int m, in
 	CUdeviceptr A, int lda, CUdeviceptr B, int ldb, float beta, CUdeviceptr C, int ldc) {
 	return p_cublasSgemm(h, ta, tb, m, n, k, &alpha, (const float*)A, lda, (const float*)B, ldb, &beta, (float*)C, ldc);
 }
+// tr_cublasGemmEx computes in float32 (CUBLAS_COMPUTE_32F = 68) with float
+// alpha and beta on the host, and lets cuBLAS pick the algorithm
+// (CUBLAS_GEMM_DEFAULT = -1).
+static cublasStatus_t tr_cublasGemmEx(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha,
+	CUdeviceptr A, int atype, int lda, CUdeviceptr B, int btype, int ldb, float beta, CUdeviceptr C, int ctype, int ldc) {
+	return p_cublasGemmEx(h, ta, tb, m, n, k, &alpha, (const void*)A, atype, lda, (const void*)B, btype, ldb, &beta,
+		(void*)C, ctype, ldc, 68, -1);
+}
 static const char* tr_cublasStatusString(cublasStatus_t s) {
 	return p_cublasGetStatusString ? p_cublasGetStatusString(s) : "cuBLAS error";
 }
@@ -172,35 +221,20 @@ import (
 	"strings"
 	"sync"
 	"unsafe"
+
+	"train/ops"
 )
 
 // libs is the outcome of loading the libraries, once per process.
 type libs struct {
-	cuda, cublas string // the paths that loaded
-	err          error
+	cuda, cublas, cublasLt string // the files that loaded
+	err                    error
 }
 
 var (
 	loadOnce sync.Once // process-wide: dlopen and the C function pointers
 	loaded   libs
 )
-
-// cublasCandidates lists where cuBLAS is looked for, in order: $TRAIN_CUBLAS,
-// the sonames of CUDA 13, 12 and 11 on the library path, then the toolkit's
-// default location.
-func cublasCandidates() []string {
-	var c []string
-	if p := os.Getenv("TRAIN_CUBLAS"); p != "" {
-		c = append(c, p)
-	}
-	for _, v := range []string{"13", "12", "11"} {
-		c = append(c, "libcublas.so."+v)
-	}
-	for _, v := range []string{"13", "12", "11"} {
-		c = append(c, "/usr/local/cuda/lib64/libcublas.so."+v)
-	}
-	return c
-}
 
 // load opens libcuda.so.1 and cuBLAS and binds their functions, once per
 // process; later calls return the first outcome.
@@ -222,25 +256,69 @@ func loadLibs() libs {
 		l.err = fmt.Errorf("libcuda.so.1: symbol %s missing (driver too old?)", C.GoString(miss))
 		return l
 	}
-	l.cuda = "libcuda.so.1"
+	l.cuda = symbolFile(0, "libcuda.so.1")
 	var tried []string
-	for _, p := range cublasCandidates() {
-		cp := C.CString(p)
-		h := C.tr_dlopen(cp)
-		C.free(unsafe.Pointer(cp))
+	for _, c := range cublasCandidates(os.Getenv, "") {
+		var lt unsafe.Pointer
+		if c.Lt != "" {
+			if lt = dlopen(c.Lt, true); lt == nil {
+				tried = append(tried, C.GoString(C.tr_dlerror()))
+			}
+		}
+		h := dlopen(c.Lib, false)
 		if h == nil {
 			tried = append(tried, C.GoString(C.tr_dlerror()))
+		} else if miss := C.tr_load_cublas(h); miss != nil {
+			tried = append(tried, fmt.Sprintf("%s: symbol %s missing", c.Lib, C.GoString(miss)))
+			C.tr_dlclose(h)
+			h = nil
+		}
+		if h == nil {
+			if lt != nil {
+				C.tr_dlclose(lt) // not to shadow the next candidate's cuBLASLt
+			}
 			continue
 		}
-		if miss := C.tr_load_cublas(h); miss != nil {
-			tried = append(tried, fmt.Sprintf("%s: symbol %s missing", p, C.GoString(miss)))
-			continue
-		}
-		l.cublas = p
+		l.cublas = symbolFile(1, c.Lib)
+		l.cublasLt = loadedPath("libcublasLt.so", c.Lt)
 		return l
 	}
-	l.err = fmt.Errorf("cuBLAS not found (set TRAIN_CUBLAS to its path): %s", strings.Join(tried, "; "))
+	l.err = fmt.Errorf("cuBLAS not found (set TRAIN_CUBLAS to its path; searched the library path, /usr/local/cuda/lib64 "+
+		"and pip's nvidia/cublas/lib): %s", strings.Join(tried, "; "))
 	return l
+}
+
+// dlopen opens a library, RTLD_GLOBAL when global (else RTLD_LOCAL); nil on
+// failure, with tr_dlerror saying why.
+func dlopen(path string, global bool) unsafe.Pointer {
+	cp := C.CString(path)
+	defer C.free(unsafe.Pointer(cp))
+	if global {
+		return C.tr_dlopen_global(cp)
+	}
+	return C.tr_dlopen(cp)
+}
+
+// symbolFile returns the file that defines the driver's functions (fn 0) or
+// cuBLAS's (fn 1), or def when the dynamic linker does not say.
+func symbolFile(fn int, def string) string {
+	if p := C.tr_symbol_file(C.int(fn)); p != nil {
+		return C.GoString(p)
+	}
+	return def
+}
+
+// loadedPath returns the file of the loaded object whose name starts with
+// prefix, or def when the dynamic linker does not say.
+func loadedPath(prefix, def string) string {
+	cp := C.CString(prefix)
+	defer C.free(unsafe.Pointer(cp))
+	var out [4096]C.char
+	C.tr_loaded_path(cp, &out[0], C.size_t(len(out)))
+	if p := C.GoString(&out[0]); p != "" {
+		return p
+	}
+	return def
 }
 
 // cuErr turns a driver status into an error naming the call, or nil.
@@ -446,6 +524,10 @@ func (d *device) memset32(dst uint64, v uint32, n int) error {
 	return cuErr("cuMemsetD32Async", C.tr_cuMemsetD32Async(C.CUdeviceptr(dst), C.uint(v), C.size_t(n), d.stream))
 }
 
+func (d *device) memset16(dst uint64, v uint16, n int) error {
+	return cuErr("cuMemsetD16Async", C.tr_cuMemsetD16Async(C.CUdeviceptr(dst), C.ushort(v), C.size_t(n), d.stream))
+}
+
 // sgemm is column-major cublasSgemm: C[m,n] = alpha op(A) op(B) + beta C.
 func (d *device) sgemm(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int, beta float32, c uint64, ldc int) error {
 	ta, tb := C.int(0), C.int(0) // CUBLAS_OP_N
@@ -459,8 +541,42 @@ func (d *device) sgemm(transA, transB bool, m, n, k int, alpha float32, a uint64
 		C.CUdeviceptr(a), C.int(lda), C.CUdeviceptr(b), C.int(ldb), C.float(beta), C.CUdeviceptr(c), C.int(ldc)))
 }
 
-// libPaths reports which libraries loaded.
-func libPaths() (cuda, cublas string) {
+// gemmEx is column-major cublasGemmEx computing in float32: C[m,n] = alpha
+// op(A) op(B) + beta C, A and B of type ab (BF16), C of type ct (F32 or BF16).
+func (d *device) gemmEx(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int,
+	ab ops.DType, beta float32, c uint64, ct ops.DType, ldc int) error {
+	ta, tb := C.int(0), C.int(0) // CUBLAS_OP_N
+	if transA {
+		ta = 1 // CUBLAS_OP_T
+	}
+	if transB {
+		tb = 1
+	}
+	at, err := cudaDataType(ab)
+	if err != nil {
+		return err
+	}
+	cty, err := cudaDataType(ct)
+	if err != nil {
+		return err
+	}
+	return blasErr("cublasGemmEx", C.tr_cublasGemmEx(d.blas, ta, tb, C.int(m), C.int(n), C.int(k), C.float(alpha),
+		C.CUdeviceptr(a), at, C.int(lda), C.CUdeviceptr(b), at, C.int(ldb), C.float(beta), C.CUdeviceptr(c), cty, C.int(ldc)))
+}
+
+// cudaDataType is library_types.h's cudaDataType of dt.
+func cudaDataType(dt ops.DType) (C.int, error) {
+	switch dt {
+	case ops.F32:
+		return 0, nil // CUDA_R_32F
+	case ops.BF16:
+		return 14, nil // CUDA_R_16BF
+	}
+	return 0, fmt.Errorf("cublasGemmEx: no %v matrices", dt)
+}
+
+// libPaths reports which library files loaded.
+func libPaths() (cuda, cublas, cublasLt string) {
 	l := load()
-	return l.cuda, l.cublas
+	return l.cuda, l.cublas, l.cublasLt
 }

@@ -5,6 +5,8 @@ package kernels
 import (
 	"errors"
 	"unsafe"
+
+	"train/ops"
 )
 
 // Without cgo there is no dlopen: the package builds, and New reports that this
@@ -31,7 +33,11 @@ func (d *device) upload(uint64, unsafe.Pointer, int) error      { return errNoCg
 func (d *device) download(unsafe.Pointer, uint64, int) error    { return errNoCgo }
 func (d *device) copy(uint64, uint64, int) error                { return errNoCgo }
 func (d *device) memset32(uint64, uint32, int) error            { return errNoCgo }
+func (d *device) memset16(uint64, uint16, int) error            { return errNoCgo }
 func (d *device) sgemm(bool, bool, int, int, int, float32, uint64, int, uint64, int, float32, uint64, int) error {
 	return errNoCgo
 }
-func libPaths() (cuda, cublas string) { return "", "" }
+func (d *device) gemmEx(bool, bool, int, int, int, float32, uint64, int, uint64, int, ops.DType, float32, uint64, ops.DType, int) error {
+	return errNoCgo
+}
+func libPaths() (cuda, cublas, cublasLt string) { return "", "", "" }

@@ -3,56 +3,83 @@ package kernels
 import "train/ops"
 
 // Launch wrappers, one per ops.Backend op: check the buffers on the host (as
-// the CPU backend does), then launch. Block sizes: 256 threads for elementwise
-// kernels, 256 per row for row reductions, 128 (4 warps, one query row each)
-// for attention.
+// the CPU backend does: sizes, F32 where ops.Backend wants it, one data type
+// per op), pick the kernel's instantiation by the data type, then launch. Block
+// sizes: 256 threads for elementwise kernels, 256 per row for row reductions,
+// 128 (4 warps, one query row each) for attention.
 
 const (
 	ewBlock   = 256
 	rowBlock  = 256
 	attnBlock = 128
 	maxHeadD  = 256 // attention keeps a head in 8 registers per lane
+
+	// sumsqBlocks bounds SumSquares' first pass: at most this many partial
+	// sums, one per block, which the second pass adds in one block.
+	sumsqBlocks = 1024
 )
 
-// Zero sets the first n elements of x (F32 or I32) to zero.
+// Zero sets the first n elements of x (F32, BF16 or I32) to zero.
 func (b *Backend) Zero(x ops.Buf, n int) {
 	dt := ops.F32
-	if x != nil && x.DType() == ops.I32 {
-		dt = ops.I32
+	if x != nil && elemSize(x.DType()) != 0 {
+		dt = x.DType()
 	}
 	p := b.ptr(x, n, dt, "Zero", "b", false)
 	if b.err != nil || n == 0 {
 		return
 	}
-	b.run("Zero", func(d *device) error { return d.memset32(p, 0, n) })
+	b.run("Zero", func(d *device) error { return zero(d, p, dt, n) })
 }
 
-// Copy copies the first n elements of src into dst (both F32 or both I32).
+// Copy copies the first n elements of src into dst, both of one type.
 func (b *Backend) Copy(dst, src ops.Buf, n int) {
 	dt := ops.F32
-	if src != nil && src.DType() == ops.I32 {
-		dt = ops.I32
+	if src != nil && elemSize(src.DType()) != 0 {
+		dt = src.DType()
 	}
 	s, o := b.ptr(src, n, dt, "Copy", "src", false), b.ptr(dst, n, dt, "Copy", "dst", false)
 	if b.err != nil || n == 0 || s == o {
 		return
 	}
-	b.run("Copy", func(d *device) error { return d.copy(o, s, 4*n) })
+	b.run("Copy", func(d *device) error { return d.copy(o, s, elemSize(dt)*n) })
+}
+
+// Cast converts n elements between F32 and BF16 (to nearest even); the same
+// type copies.
+func (b *Backend) Cast(dst, src ops.Buf, n int) {
+	const op = "Cast"
+	o, s := b.data(dst, n, op, "dst"), b.data(src, n, op, "src")
+	if b.err != nil {
+		return
+	}
+	if dst.DType() == src.DType() {
+		b.Copy(dst, src, n)
+		return
+	}
+	kernel := "cast_f32_to_bf16"
+	if src.DType() == ops.BF16 {
+		kernel = "cast_bf16_to_f32"
+	}
+	b.launch1(op, kernel, n, ewBlock, o, s, aL(n))
 }
 
 func (b *Backend) EmbeddingForward(out, ids, table ops.Buf, N, C, V int) {
 	const op = "EmbeddingForward"
-	o, id, t := b.f(out, N*C, op, "out"), b.i(ids, N, op, "ids", false), b.f(table, V*C, op, "table")
-	b.launch1(op, "embedding_forward", N*C, ewBlock, o, id, t, aI(N), aI(C), aI(V), b.ew())
+	o, id, t := b.data(out, N*C, op, "out"), b.i(ids, N, op, "ids", false), b.data(table, V*C, op, "table")
+	b.same(op, out, table)
+	b.launch1(op, kname("embedding_forward", table), N*C, ewBlock, o, id, t, aI(N), aI(C), aI(V), b.ew())
 }
 
+// EmbeddingBackward accumulates into an F32 dtable (a parameter gradient)
+// from dout of either type.
 func (b *Backend) EmbeddingBackward(dtable, dout, ids ops.Buf, N, C, V int) {
 	const op = "EmbeddingBackward"
-	dt, do, id := b.f(dtable, V*C, op, "dtable"), b.f(dout, N*C, op, "dout"), b.i(ids, N, op, "ids", false)
+	dt, do, id := b.f(dtable, V*C, op, "dtable"), b.data(dout, N*C, op, "dout"), b.i(ids, N, op, "ids", false)
 	if N == 0 {
 		return
 	}
-	b.launch1(op, "embedding_backward", C, ewBlock, dt, do, id, aI(N), aI(C), aI(V), b.ew())
+	b.launch1(op, kname("embedding_backward", dout), C, ewBlock, dt, do, id, aI(N), aI(C), aI(V), b.ew())
 }
 
 // rows launches kernel with one block of rowBlock threads per row.
@@ -65,63 +92,76 @@ func (b *Backend) rows(op, kernel string, rows int, args ...uint64) {
 
 func (b *Backend) RMSNormForward(out, rstd, x, w ops.Buf, N, C int, eps float32) {
 	const op = "RMSNormForward"
-	o, r, xv, wv := b.f(out, N*C, op, "out"), b.f(rstd, N, op, "rstd"), b.f(x, N*C, op, "x"), b.f(w, C, op, "w")
-	b.rows(op, "rmsnorm_forward", N, o, r, xv, wv, aI(N), aI(C), aF(eps))
+	o, r, xv, wv := b.data(out, N*C, op, "out"), b.f(rstd, N, op, "rstd"), b.data(x, N*C, op, "x"), b.data(w, C, op, "w")
+	b.same(op, out, x, w)
+	b.rows(op, kname("rmsnorm_forward", x), N, o, r, xv, wv, aI(N), aI(C), aF(eps))
 }
 
 func (b *Backend) RMSNormBackward(dx, dw, dout, x, w, rstd ops.Buf, N, C int) {
 	const op = "RMSNormBackward"
-	dxv := b.f(dx, N*C, op, "dx")
+	dxv := b.data(dx, N*C, op, "dx")
 	dwv := b.ptr(dw, C, ops.F32, op, "dw", true)
-	do, xv, wv, r := b.f(dout, N*C, op, "dout"), b.f(x, N*C, op, "x"), b.f(w, C, op, "w"), b.f(rstd, N, op, "rstd")
+	do, xv, wv, r := b.data(dout, N*C, op, "dout"), b.data(x, N*C, op, "x"), b.data(w, C, op, "w"), b.f(rstd, N, op, "rstd")
+	b.same(op, dx, dout, x, w)
 	if dw != nil && N > 0 { // dw first: it reads dout, which dx may alias
-		b.launch1(op, "rmsnorm_backward_dw", C, ewBlock, dwv, do, xv, r, aI(N), aI(C))
+		b.launch1(op, kname("rmsnorm_backward_dw", x), C, ewBlock, dwv, do, xv, r, aI(N), aI(C))
 	}
-	b.rows(op, "rmsnorm_backward_dx", N, dxv, do, xv, wv, r, aI(N), aI(C))
+	b.rows(op, kname("rmsnorm_backward_dx", x), N, dxv, do, xv, wv, r, aI(N), aI(C))
 }
 
-// matmul checks the operands and calls cuBLAS. Row-major out[M,N] is
-// column-major outᵀ[N,M], so each layout becomes outᵀ = op(b)ᵀ-ish · op(a) with
-// the operands swapped (see the three callers).
+// matmul checks the operands and calls cuBLAS: cublasSgemm for F32 a and b,
+// cublasGemmEx for BF16 ones (out F32 or BF16). Row-major out[M,N] is
+// column-major outᵀ[N,M] = op(b)·op(a) in cuBLAS's terms, so cuBLAS's A is our
+// b (transposed when transA, leading dimension lda) and its B our a (transB,
+// ldb); see the three callers.
 func (b *Backend) matmul(op string, out, a, bm ops.Buf, M, N, K int, alpha, beta float32,
-	gemm func(d *device, o, a, b uint64) error) {
-	o, av, bv := b.f(out, M*N, op, "out"), b.f(a, M*K, op, "a"), b.f(bm, N*K, op, "b")
+	transA, transB bool, lda, ldb int) {
+	av, bv := b.data(a, M*K, op, "a"), b.data(bm, N*K, op, "b")
+	b.same(op, a, bm)
+	var o uint64
+	if b.err == nil {
+		if out != nil && out.DType() != ops.F32 && out.DType() != a.DType() {
+			b.fail("%s: out is %v, want f32 or %v like a and b", op, out.DType(), a.DType())
+		}
+		o = b.data(out, M*N, op, "out")
+	}
 	if b.err != nil || M == 0 || N == 0 {
 		return
 	}
+	ot := out.DType()
 	if K == 0 { // out = beta*out; cuBLAS wants lda >= 1
 		if beta == 0 {
-			b.run(op, func(d *device) error { return d.memset32(o, 0, M*N) })
+			b.run(op, func(d *device) error { return zero(d, o, ot, M*N) })
 		} else {
-			b.launch1(op, "scale", M*N, ewBlock, o, aF(beta), aL(M*N))
+			b.launch1(op, kname("scale", out), M*N, ewBlock, o, aF(beta), aL(M*N))
 		}
 		return
 	}
-	b.run(op, func(d *device) error { return gemm(d, o, av, bv) })
+	if ab := a.DType(); ab == ops.BF16 {
+		b.run(op, func(d *device) error {
+			return d.gemmEx(transA, transB, N, M, K, alpha, bv, lda, av, ldb, ab, beta, o, ot, N)
+		})
+		return
+	}
+	b.run(op, func(d *device) error { return d.sgemm(transA, transB, N, M, K, alpha, bv, lda, av, ldb, beta, o, N) })
 }
 
 // MatmulNT: out[M,N] = alpha a[M,K]·b[N,K]ᵀ + beta out; column-major
-// outᵀ[N,M] = bᵀ... = op_T(b as K×N)ᵀ · (a as K×M).
+// outᵀ[N,M] = op_T(b as K×N) · (a as K×M).
 func (b *Backend) MatmulNT(out, a, bm ops.Buf, M, N, K int, alpha, beta float32) {
-	b.matmul("MatmulNT", out, a, bm, M, N, K, alpha, beta, func(d *device, o, a, bv uint64) error {
-		return d.sgemm(true, false, N, M, K, alpha, bv, K, a, K, beta, o, N)
-	})
+	b.matmul("MatmulNT", out, a, bm, M, N, K, alpha, beta, true, false, K, K)
 }
 
 // MatmulNN: out[M,N] = alpha a[M,K]·b[K,N] + beta out; column-major
 // outᵀ[N,M] = (b as N×K) · (a as K×M).
 func (b *Backend) MatmulNN(out, a, bm ops.Buf, M, N, K int, alpha, beta float32) {
-	b.matmul("MatmulNN", out, a, bm, M, N, K, alpha, beta, func(d *device, o, a, bv uint64) error {
-		return d.sgemm(false, false, N, M, K, alpha, bv, N, a, K, beta, o, N)
-	})
+	b.matmul("MatmulNN", out, a, bm, M, N, K, alpha, beta, false, false, N, K)
 }
 
 // MatmulTN: out[M,N] = alpha a[K,M]ᵀ·b[K,N] + beta out; column-major
 // outᵀ[N,M] = (b as N×K) · (a as M×K)ᵀ.
 func (b *Backend) MatmulTN(out, a, bm ops.Buf, M, N, K int, alpha, beta float32) {
-	b.matmul("MatmulTN", out, a, bm, M, N, K, alpha, beta, func(d *device, o, a, bv uint64) error {
-		return d.sgemm(false, true, N, M, K, alpha, bv, N, a, M, beta, o, N)
-	})
+	b.matmul("MatmulTN", out, a, bm, M, N, K, alpha, beta, false, true, N, M)
 }
 
 func (b *Backend) RopeForward(out, x, cos, sin, pos ops.Buf, N, H, D, P int) {
@@ -132,14 +172,16 @@ func (b *Backend) RopeBackward(dx, dout, cos, sin, pos ops.Buf, N, H, D, P int) 
 	b.rope(dx, dout, cos, sin, pos, N, H, D, P, true, "RopeBackward")
 }
 
+// rope: out and x of the data type, the tables F32.
 func (b *Backend) rope(out, x, cos, sin, pos ops.Buf, N, H, D, P int, inverse bool, op string) {
 	if D%2 != 0 {
 		b.fail("%s: head dim %d is odd", op, D)
 		return
 	}
-	o, xv := b.f(out, N*H*D, op, "out"), b.f(x, N*H*D, op, "x")
+	o, xv := b.data(out, N*H*D, op, "out"), b.data(x, N*H*D, op, "x")
 	cv, sv, pv := b.f(cos, P*D/2, op, "cos"), b.f(sin, P*D/2, op, "sin"), b.i(pos, N, op, "pos", false)
-	b.launch1(op, "rope", N*H*D/2, ewBlock, o, xv, cv, sv, pv, aI(N), aI(H), aI(D), aI(P), aB(inverse), b.ew())
+	b.same(op, out, x)
+	b.launch1(op, kname("rope", x), N*H*D/2, ewBlock, o, xv, cv, sv, pv, aI(N), aI(H), aI(D), aI(P), aB(inverse), b.ew())
 }
 
 func (b *Backend) attnDims(op string, H, KVH, D int) bool {
@@ -165,10 +207,11 @@ func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH,
 		return
 	}
 	N := B * T
-	o, l := b.f(out, N*H*D, op, "out"), b.f(lse, B*H*T, op, "lse")
-	qv, kv, vv := b.f(q, N*H*D, op, "q"), b.f(k, N*KVH*D, op, "k"), b.f(v, N*KVH*D, op, "v")
+	o, l := b.data(out, N*H*D, op, "out"), b.f(lse, B*H*T, op, "lse")
+	qv, kv, vv := b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
 	sg := b.i(seg, N, op, "seg", true)
-	b.warps(op, "attention_forward", B*H*T, o, l, qv, kv, vv, sg, aI(B), aI(T), aI(T), aI(T), aI(H), aI(KVH), aI(D))
+	b.same(op, out, q, k, v)
+	b.warps(op, kname("attention_forward", q), B*H*T, o, l, qv, kv, vv, sg, aI(B), aI(T), aI(T), aI(T), aI(H), aI(KVH), aI(D))
 }
 
 func (b *Backend) AttentionDecode(out, q, kCache, vCache ops.Buf, B, Tq, Tk, S, H, KVH, D int) {
@@ -180,37 +223,40 @@ func (b *Backend) AttentionDecode(out, q, kCache, vCache ops.Buf, B, Tq, Tk, S, 
 		b.fail("%s: need B, D > 0 and 1 <= Tq <= Tk <= S (have B %d, D %d, Tq %d, Tk %d, S %d)", op, B, D, Tq, Tk, S)
 		return
 	}
-	o, qv := b.f(out, B*Tq*H*D, op, "out"), b.f(q, B*Tq*H*D, op, "q")
-	kv, vv := b.f(kCache, B*S*KVH*D, op, "kCache"), b.f(vCache, B*S*KVH*D, op, "vCache")
-	b.warps(op, "attention_forward", B*H*Tq, o, 0, qv, kv, vv, 0, aI(B), aI(Tq), aI(Tk), aI(S), aI(H), aI(KVH), aI(D))
+	o, qv := b.data(out, B*Tq*H*D, op, "out"), b.data(q, B*Tq*H*D, op, "q")
+	kv, vv := b.data(kCache, B*S*KVH*D, op, "kCache"), b.data(vCache, B*S*KVH*D, op, "vCache")
+	b.same(op, out, q, kCache, vCache)
+	b.warps(op, kname("attention_forward", q), B*H*Tq, o, 0, qv, kv, vv, 0, aI(B), aI(Tq), aI(Tk), aI(S), aI(H), aI(KVH), aI(D))
 }
 
 // AttentionBackward runs two kernels: one warp per query row for dq (and the
-// row's delta = sum_s p_s dp_s, kept in the backend's scratch), then one warp
-// per key row for dk, dv, so that no two warps write one element.
+// row's delta = sum_s p_s dp_s, float, kept in the backend's scratch), then one
+// warp per key row for dk, dv, so that no two warps write one element.
 func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
 	const op = "AttentionBackward"
 	if !b.attnDims(op, H, KVH, D) {
 		return
 	}
 	N := B * T
-	dqv, dkv, dvv := b.f(dq, N*H*D, op, "dq"), b.f(dk, N*KVH*D, op, "dk"), b.f(dv, N*KVH*D, op, "dv")
-	do, l := b.f(dout, N*H*D, op, "dout"), b.f(lse, B*H*T, op, "lse")
-	qv, kv, vv := b.f(q, N*H*D, op, "q"), b.f(k, N*KVH*D, op, "k"), b.f(v, N*KVH*D, op, "v")
+	dqv, dkv, dvv := b.data(dq, N*H*D, op, "dq"), b.data(dk, N*KVH*D, op, "dk"), b.data(dv, N*KVH*D, op, "dv")
+	do, l := b.data(dout, N*H*D, op, "dout"), b.f(lse, B*H*T, op, "lse")
+	qv, kv, vv := b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
 	sg := b.i(seg, N, op, "seg", true)
+	b.same(op, dq, dk, dv, dout, q, k, v)
 	if b.err != nil || N == 0 {
 		return
 	}
-	delta := b.scratchFor(op, B*H*T)
-	b.warps(op, "attention_backward_dq", B*H*T, dqv, delta, do, qv, kv, vv, l, sg, aI(B), aI(T), aI(H), aI(KVH), aI(D))
-	b.warps(op, "attention_backward_dkv", B*KVH*T, dkv, dvv, delta, do, qv, kv, vv, l, sg, aI(B), aI(T), aI(H), aI(KVH), aI(D))
+	delta := b.scratchFor(op, 4*B*H*T)
+	b.warps(op, kname("attention_backward_dq", q), B*H*T, dqv, delta, do, qv, kv, vv, l, sg, aI(B), aI(T), aI(H), aI(KVH), aI(D))
+	b.warps(op, kname("attention_backward_dkv", q), B*KVH*T, dkv, dvv, delta, do, qv, kv, vv, l, sg, aI(B), aI(T), aI(H), aI(KVH), aI(D))
 }
 
-// scratchFor returns a device buffer of at least n floats, reused across calls
-// and grown (after a sync) when too small. It is the one allocation outside the
-// caller's memory plan; a planned workspace is later work.
-func (b *Backend) scratchFor(op string, n int) uint64 {
-	if n <= b.scratchN || b.err != nil {
+// scratchFor returns a device buffer of at least bytes bytes, reused across
+// calls and grown (after a sync) when too small. It is the one allocation
+// outside the caller's memory plan (attention backward's deltas, SumSquares'
+// partial sums); a planned workspace is later work.
+func (b *Backend) scratchFor(op string, bytes int) uint64 {
+	if bytes <= b.scratchB || b.err != nil {
 		return b.scratch
 	}
 	b.run(op, func(d *device) error {
@@ -221,13 +267,13 @@ func (b *Backend) scratchFor(op string, n int) uint64 {
 			if err := d.free(b.scratch); err != nil {
 				return err
 			}
-			b.scratch, b.scratchN = 0, 0
+			b.scratch, b.scratchB = 0, 0
 		}
-		p, err := d.alloc(4 * n)
+		p, err := d.alloc(bytes)
 		if err != nil {
 			return err
 		}
-		b.scratch, b.scratchN = p, n
+		b.scratch, b.scratchB = p, bytes
 		return nil
 	})
 	return b.scratch
@@ -235,45 +281,51 @@ func (b *Backend) scratchFor(op string, n int) uint64 {
 
 func (b *Backend) SwiGLUForward(out, gate, up ops.Buf, n int) {
 	const op = "SwiGLUForward"
-	o, g, u := b.f(out, n, op, "out"), b.f(gate, n, op, "gate"), b.f(up, n, op, "up")
-	b.launch1(op, "swiglu_forward", n, ewBlock, o, g, u, aL(n))
+	o, g, u := b.data(out, n, op, "out"), b.data(gate, n, op, "gate"), b.data(up, n, op, "up")
+	b.same(op, out, gate, up)
+	b.launch1(op, kname("swiglu_forward", gate), n, ewBlock, o, g, u, aL(n))
 }
 
 func (b *Backend) SwiGLUBackward(dgate, dup, dout, gate, up ops.Buf, n int) {
 	const op = "SwiGLUBackward"
-	dg, du := b.f(dgate, n, op, "dgate"), b.f(dup, n, op, "dup")
-	do, g, u := b.f(dout, n, op, "dout"), b.f(gate, n, op, "gate"), b.f(up, n, op, "up")
-	b.launch1(op, "swiglu_backward", n, ewBlock, dg, du, do, g, u, aL(n))
+	dg, du := b.data(dgate, n, op, "dgate"), b.data(dup, n, op, "dup")
+	do, g, u := b.data(dout, n, op, "dout"), b.data(gate, n, op, "gate"), b.data(up, n, op, "up")
+	b.same(op, dgate, dup, dout, gate, up)
+	b.launch1(op, kname("swiglu_backward", gate), n, ewBlock, dg, du, do, g, u, aL(n))
 }
 
+// CrossEntropyForward writes F32 losses from logits of either type.
 func (b *Backend) CrossEntropyForward(losses, logits, targets ops.Buf, N, V int) {
 	const op = "CrossEntropyForward"
-	l, lg, tg := b.f(losses, N, op, "losses"), b.f(logits, N*V, op, "logits"), b.i(targets, N, op, "targets", false)
-	b.rows(op, "crossentropy_forward", N, l, lg, tg, aI(N), aI(V), b.ew())
+	l, lg, tg := b.f(losses, N, op, "losses"), b.data(logits, N*V, op, "logits"), b.i(targets, N, op, "targets", false)
+	b.rows(op, kname("crossentropy_forward", logits), N, l, lg, tg, aI(N), aI(V), b.ew())
 }
 
 func (b *Backend) CrossEntropyBackward(dlogits, logits, targets ops.Buf, N, V int, scale float32) {
 	const op = "CrossEntropyBackward"
-	d, lg, tg := b.f(dlogits, N*V, op, "dlogits"), b.f(logits, N*V, op, "logits"), b.i(targets, N, op, "targets", false)
-	b.rows(op, "crossentropy_backward", N, d, lg, tg, aI(N), aI(V), aF(scale), b.ew())
+	d, lg, tg := b.data(dlogits, N*V, op, "dlogits"), b.data(logits, N*V, op, "logits"), b.i(targets, N, op, "targets", false)
+	b.same(op, dlogits, logits)
+	b.rows(op, kname("crossentropy_backward", logits), N, d, lg, tg, aI(N), aI(V), aF(scale), b.ew())
 }
 
 func (b *Backend) Add(out, a, c ops.Buf, n int) {
 	const op = "Add"
-	o, x, y := b.f(out, n, op, "out"), b.f(a, n, op, "a"), b.f(c, n, op, "b")
-	b.launch1(op, "add", n, ewBlock, o, x, y, aL(n))
+	o, x, y := b.data(out, n, op, "out"), b.data(a, n, op, "a"), b.data(c, n, op, "b")
+	b.same(op, out, a, c)
+	b.launch1(op, kname("add", a), n, ewBlock, o, x, y, aL(n))
 }
 
 func (b *Backend) Scale(x ops.Buf, s float32, n int) {
-	v := b.f(x, n, "Scale", "x")
-	b.launch1("Scale", "scale", n, ewBlock, v, aF(s), aL(n))
+	v := b.data(x, n, "Scale", "x")
+	b.launch1("Scale", kname("scale", x), n, ewBlock, v, aF(s), aL(n))
 }
 
 // Dropout uses ops.DropoutKeep's generator (splitmix64 of seed and index, 24
 // bits against p), so the masks match the CPU's bit for bit.
 func (b *Backend) Dropout(out, x ops.Buf, n int, p float32, seed uint64) {
 	const op = "Dropout"
-	o, v := b.f(out, n, op, "out"), b.f(x, n, op, "x")
+	o, v := b.data(out, n, op, "out"), b.data(x, n, op, "x")
+	b.same(op, out, x)
 	if b.err != nil {
 		return
 	}
@@ -287,5 +339,41 @@ func (b *Backend) Dropout(out, x ops.Buf, n int, p float32, seed uint64) {
 	}
 	pd := float64(p)
 	scale := float32(1 / (1 - pd))
-	b.launch1(op, "dropout", n, ewBlock, o, v, aL(n), aD(pd), aF(scale), seed)
+	b.launch1(op, kname("dropout", x), n, ewBlock, o, v, aL(n), aD(pd), aF(scale), seed)
+}
+
+// SumSquares: out[0] += sum of x^2 in float64, in two launches with a fixed
+// order: one partial sum per block into the scratch (the grid depends on n
+// only), then one block adds the partials and out[0].
+func (b *Backend) SumSquares(out, x ops.Buf, n int) {
+	const op = "SumSquares"
+	o, xv := b.f(out, 1, op, "out"), b.data(x, n, op, "x")
+	if b.err != nil || n == 0 {
+		return
+	}
+	blocks := min((n+ewBlock-1)/ewBlock, sumsqBlocks)
+	partial := b.scratchFor(op, 8*blocks)
+	if b.err != nil {
+		return
+	}
+	b.run(op, func(d *device) error {
+		if err := d.launch(kname("sumsq_partial", x), [3]int{blocks, 1, 1}, [3]int{ewBlock, 1, 1},
+			[]uint64{partial, xv, aL(n)}); err != nil {
+			return err
+		}
+		return d.launch("sumsq_final", [3]int{1, 1, 1}, [3]int{ewBlock, 1, 1}, []uint64{o, partial, aI(blocks)})
+	})
+}
+
+// AdamW updates the F32 value, m and v from the F32 grad (ops.AdamWStep), and
+// writes the new value into work (F32 or BF16) unless work is nil.
+func (b *Backend) AdamW(value, grad, m, v, work ops.Buf, n int, s ops.AdamWStep) {
+	const op = "AdamW"
+	pv, g, mv, vv := b.f(value, n, op, "value"), b.f(grad, n, op, "grad"), b.f(m, n, op, "m"), b.f(v, n, op, "v")
+	var wv uint64
+	if work != nil {
+		wv = b.data(work, n, op, "work")
+	}
+	b.launch1(op, kname("adamw", work), n, ewBlock, pv, g, mv, vv, wv, aL(n),
+		aF(s.B1), aF(s.B2), aF(s.Decay), aF(s.GradScale), aD(s.StepSize), aD(s.SqrtBC2), aD(s.Eps))
 }

@@ -28,8 +28,8 @@ type Decoder struct {
 	chunk  int // most tokens per pass: rows of the scratch buffers
 	n      int // tokens in the cache
 
-	fbuf, ibuf ops.Buf
-	k, v       []ops.Buf // per layer [maxLen, KV]
+	fbuf, sbuf, ibuf ops.Buf   // compute type, F32 statistics, ints
+	k, v             []ops.Buf // per layer [maxLen, KV]
 
 	// Scratch for a chunk of up to chunk tokens.
 	x        ops.Buf // residual stream [chunk, C]
@@ -75,7 +75,7 @@ func NewDecoder(m *Model, maxLen int) (*Decoder, error) {
 	}
 	d := &Decoder{m: m, maxLen: maxLen, chunk: min(maxLen, decodeChunk)}
 	d.k, d.v = make([]ops.Buf, L), make([]ops.Buf, L)
-	var fp, ip ops.Plan
+	var fp, sp, ip ops.Plan
 	for l := range L {
 		fp.Add(&d.k[l], maxLen*KV)
 		fp.Add(&d.v[l], maxLen*KV)
@@ -84,7 +84,7 @@ func NewDecoder(m *Model, maxLen int) (*Decoder, error) {
 	fp.Add(&d.x, ch*C)
 	fp.Add(&d.ln, ch*C)
 	fp.Add(&d.mid, ch*C)
-	fp.Add(&d.rstd, ch)
+	sp.Add(&d.rstd, ch)
 	fp.Add(&d.q, ch*Q)
 	fp.Add(&d.att, ch*Q)
 	fp.Add(&d.gate, ch*I)
@@ -98,11 +98,16 @@ func NewDecoder(m *Model, maxLen int) (*Decoder, error) {
 	ip.Add(&d.ids, ch)
 	ip.Add(&d.pos, ch)
 	var err error
-	if d.fbuf, err = fp.Alloc(m.be, ops.F32); err != nil {
+	if d.fbuf, err = fp.Alloc(m.be, m.compute); err != nil {
+		return nil, fmt.Errorf("model: decoder cache for %d tokens: %w", maxLen, err)
+	}
+	if d.sbuf, err = sp.Alloc(m.be, ops.F32); err != nil {
+		m.be.Free(d.fbuf)
 		return nil, fmt.Errorf("model: decoder cache for %d tokens: %w", maxLen, err)
 	}
 	if d.ibuf, err = ip.Alloc(m.be, ops.I32); err != nil {
 		m.be.Free(d.fbuf)
+		m.be.Free(d.sbuf)
 		return nil, fmt.Errorf("model: decoder cache for %d tokens: %w", maxLen, err)
 	}
 	if err := m.ensureRope(maxLen); err != nil {
@@ -124,12 +129,12 @@ func (d *Decoder) Reset() { d.n = 0 }
 
 // Close frees the decoder's device memory.
 func (d *Decoder) Close() {
-	for _, b := range []ops.Buf{d.fbuf, d.ibuf} {
+	for _, b := range []ops.Buf{d.fbuf, d.sbuf, d.ibuf} {
 		if b != nil {
 			d.m.be.Free(b)
 		}
 	}
-	d.fbuf, d.ibuf = nil, nil
+	d.fbuf, d.sbuf, d.ibuf = nil, nil, nil
 }
 
 // Append runs ids at the next positions (Len() onwards), adds their keys and
@@ -193,11 +198,11 @@ func (d *Decoder) run(ids []int, last bool) error {
 	if err := be.UploadInt(d.pos, pos); err != nil {
 		return fmt.Errorf("model: decoder: %w", err)
 	}
-	be.EmbeddingForward(d.x, d.ids, m.embed.Value, T, C, V)
+	be.EmbeddingForward(d.x, d.ids, m.embed.W, T, C, V)
 	for l := range c.NumLayers {
 		sl := m.layers[l]
 		kNew, vNew := d.k[l].Slice(n*KV, T*KV), d.v[l].Slice(n*KV, T*KV)
-		be.RMSNormForward(d.ln, d.rstd, d.x, sl.attnNorm.Value, T, C, eps)
+		be.RMSNormForward(d.ln, d.rstd, d.x, sl.attnNorm.W, T, C, eps)
 		d.linear(l, linQ, d.q, d.ln, T)
 		d.linear(l, linK, kNew, d.ln, T)
 		d.linear(l, linV, vNew, d.ln, T)
@@ -206,7 +211,7 @@ func (d *Decoder) run(ids []int, last bool) error {
 		be.AttentionDecode(d.att, d.q, d.k[l], d.v[l], 1, T, n+T, d.maxLen, H, KVH, D)
 		d.linear(l, linO, d.mid, d.att, T)
 		be.Add(d.mid, d.x, d.mid, T*C)
-		be.RMSNormForward(d.ln, d.rstd, d.mid, sl.mlpNorm.Value, T, C, eps)
+		be.RMSNormForward(d.ln, d.rstd, d.mid, sl.mlpNorm.W, T, C, eps)
 		d.linear(l, linGate, d.gate, d.ln, T)
 		d.linear(l, linUp, d.up, d.ln, T)
 		be.SwiGLUForward(d.act, d.gate, d.up, T*I)
@@ -214,8 +219,8 @@ func (d *Decoder) run(ids []int, last bool) error {
 		be.Add(d.x, d.mid, d.ln, T*C)
 	}
 	if last {
-		be.RMSNormForward(d.xf, d.rstd, d.x.Slice((T-1)*C, C), m.finalNorm.Value, 1, C, eps)
-		be.MatmulNT(d.logitBuf, d.xf, m.head.Value, 1, V, C, 1, 0)
+		be.RMSNormForward(d.xf, d.rstd, d.x.Slice((T-1)*C, C), m.finalNorm.W, 1, C, eps)
+		be.MatmulNT(d.logitBuf, d.xf, m.head.W, 1, V, C, 1, 0)
 	}
 	if err := be.Sync(); err != nil {
 		return fmt.Errorf("model: decoder at position %d: %w", n, err)
@@ -230,10 +235,10 @@ func (d *Decoder) linear(l, j int, y, x ops.Buf, T int) {
 	m, be := d.m, d.m.be
 	sl := m.layers[l]
 	out, in := m.cfg.LinearShape(Linears[j])
-	be.MatmulNT(y, x, sl.lin[j].Value, T, out, in, 1, 0)
+	be.MatmulNT(y, x, sl.lin[j].W, T, out, in, 1, 0)
 	if lp := sl.lora[j]; lp != nil {
 		r := m.lora.Rank
-		be.MatmulNT(d.h, x, lp.A.Value, T, r, in, 1, 0)
-		be.MatmulNT(y, d.h, lp.B.Value, T, out, r, m.loraScale, 1)
+		be.MatmulNT(d.h, x, lp.A.W, T, r, in, 1, 0)
+		be.MatmulNT(y, d.h, lp.B.W, T, out, r, m.loraScale, 1)
 	}
 }

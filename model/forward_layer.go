@@ -22,7 +22,7 @@ func (m *Model) layerForward(l int, a *layerActs, x, out ops.Buf, recompute bool
 	sl := m.layers[l-m.lo]
 	N, C, I := p.N, c.HiddenSize, c.IntermediateSize
 	eps := float32(c.RMSNormEps)
-	be.RMSNormForward(a.ln1, a.rstd1, x, sl.attnNorm.Value, N, C, eps)
+	be.RMSNormForward(a.ln1, a.rstd1, x, sl.attnNorm.W, N, C, eps)
 	m.linearForward(l, linQ, a.q, a.ln1, a.h[linQ])
 	m.linearForward(l, linK, a.k, a.ln1, a.h[linK])
 	m.linearForward(l, linV, a.v, a.ln1, a.h[linV])
@@ -31,7 +31,7 @@ func (m *Model) layerForward(l int, a *layerActs, x, out ops.Buf, recompute bool
 	be.AttentionForward(a.att, a.lse, a.q, a.k, a.v, m.segBuf(), p.B, p.T, c.NumHeads, c.NumKVHeads, c.HeadDim)
 	m.linearForward(l, linO, a.mid, a.att, a.h[linO])
 	be.Add(a.mid, x, a.mid, N*C)
-	be.RMSNormForward(a.ln2, a.rstd2, a.mid, sl.mlpNorm.Value, N, C, eps)
+	be.RMSNormForward(a.ln2, a.rstd2, a.mid, sl.mlpNorm.W, N, C, eps)
 	m.linearForward(l, linGate, a.gate, a.ln2, a.h[linGate])
 	m.linearForward(l, linUp, a.up, a.ln2, a.h[linUp])
 	be.SwiGLUForward(a.act, a.gate, a.up, N*I)
@@ -57,7 +57,7 @@ func (m *Model) layerBackward(l int, a *layerActs, x ops.Buf) {
 	be.SwiGLUBackward(p.dgate, p.dup, p.dact, a.gate, a.up, N*I)
 	m.linearBackward(l, linGate, p.dln, p.dgate, a.ln2, a.h[linGate], false)
 	m.linearBackward(l, linUp, p.dln, p.dup, a.ln2, a.h[linUp], true)
-	be.RMSNormBackward(d, sl.mlpNorm.Grad, p.dln, a.mid, sl.mlpNorm.Value, a.rstd2, N, C) // d is now d(mid)
+	be.RMSNormBackward(d, sl.mlpNorm.Grad, p.dln, a.mid, sl.mlpNorm.W, a.rstd2, N, C) // d is now d(mid)
 	// Attention: mid = x + o(att).
 	m.linearBackward(l, linO, p.datt, d, a.att, a.h[linO], false)
 	be.Zero(p.dq, N*Q)
@@ -69,7 +69,7 @@ func (m *Model) layerBackward(l int, a *layerActs, x ops.Buf) {
 	m.linearBackward(l, linQ, p.dln, p.dq, a.ln1, a.h[linQ], false)
 	m.linearBackward(l, linK, p.dln, p.dk, a.ln1, a.h[linK], true)
 	m.linearBackward(l, linV, p.dln, p.dv, a.ln1, a.h[linV], true)
-	be.RMSNormBackward(d, sl.attnNorm.Grad, p.dln, x, sl.attnNorm.Value, a.rstd1, N, C) // d is now d(x)
+	be.RMSNormBackward(d, sl.attnNorm.Grad, p.dln, x, sl.attnNorm.W, a.rstd1, N, C) // d is now d(x)
 }
 
 // linearForward: y[N,out] = x[N,in]·Wᵀ, plus, when projection j of layer l is
@@ -80,16 +80,16 @@ func (m *Model) linearForward(l, j int, y, x, h ops.Buf) {
 	sl := m.layers[l-m.lo]
 	out, in := m.cfg.LinearShape(Linears[j])
 	if y != nil {
-		be.MatmulNT(y, x, sl.lin[j].Value, N, out, in, 1, 0)
+		be.MatmulNT(y, x, sl.lin[j].W, N, out, in, 1, 0)
 	}
 	lp := sl.lora[j]
 	if lp == nil {
 		return
 	}
 	r := m.lora.Rank
-	be.MatmulNT(h, m.loraInput(l, j, x, in), lp.A.Value, N, r, in, 1, 0)
+	be.MatmulNT(h, m.loraInput(l, j, x, in), lp.A.W, N, r, in, 1, 0)
 	if y != nil {
-		be.MatmulNT(y, h, lp.B.Value, N, out, r, m.loraScale, 1)
+		be.MatmulNT(y, h, lp.B.W, N, out, r, m.loraScale, 1)
 	}
 }
 
@@ -106,7 +106,7 @@ func (m *Model) linearBackward(l, j int, dx, dy, x, h ops.Buf, acc bool) {
 	if acc {
 		beta = 1
 	}
-	be.MatmulNN(dx, dy, w.Value, N, in, out, 1, beta)
+	be.MatmulNN(dx, dy, w.W, N, in, out, 1, beta)
 	if w.Grad != nil {
 		be.MatmulTN(w.Grad, dy, x, out, in, N, 1, 1)
 	}
@@ -116,13 +116,13 @@ func (m *Model) linearBackward(l, j int, dx, dy, x, h ops.Buf, acc bool) {
 	}
 	p, r, s := m.acts, m.lora.Rank, m.loraScale
 	be.MatmulTN(lp.B.Grad, dy, h, out, r, N, s, 1)
-	be.MatmulNN(p.dh, dy, lp.B.Value, N, r, out, s, 0)
+	be.MatmulNN(p.dh, dy, lp.B.W, N, r, out, s, 0)
 	be.MatmulTN(lp.A.Grad, p.dh, m.loraInput(l, j, x, in), r, in, N, 1, 1)
 	if !m.dropoutActive() {
-		be.MatmulNN(dx, p.dh, lp.A.Value, N, in, r, 1, 1)
+		be.MatmulNN(dx, p.dh, lp.A.W, N, in, r, 1, 1)
 		return
 	}
-	be.MatmulNN(p.dxd, p.dh, lp.A.Value, N, in, r, 1, 0)
+	be.MatmulNN(p.dxd, p.dh, lp.A.W, N, in, r, 1, 0)
 	be.Dropout(p.dxd, p.dxd, N*in, float32(m.lora.Dropout), m.dropoutSeed(l, j))
 	be.Add(dx, dx, p.dxd, N*in)
 }

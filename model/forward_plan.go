@@ -7,12 +7,14 @@ import (
 )
 
 // actPlan is every activation and scratch buffer for one batch shape, carved
-// from one float allocation and one int allocation (llm.c's memory plan).
+// from one allocation of the compute type, one of F32 statistics and one of
+// ints (llm.c's memory plan).
 // Shapes: N = B*T tokens, C hidden, Q = heads*head_dim, KV = kv_heads*head_dim,
 // I intermediate, V vocabulary, r LoRA rank.
 type actPlan struct {
 	B, T, N int
-	fbuf    ops.Buf
+	fbuf    ops.Buf // compute type: activations and their gradients
+	sbuf    ops.Buf // F32: rstd, lse, losses
 	ibuf    ops.Buf
 
 	ids, targets, pos, seg ops.Buf // [N] int32
@@ -67,7 +69,7 @@ func (m *Model) Plan(B, T int) error {
 	}
 	m.freeActs()
 	p := &actPlan{B: B, T: T, N: N}
-	var fp, ip ops.Plan
+	var fp, sp, ip ops.Plan
 	for _, b := range []*ops.Buf{&p.ids, &p.targets, &p.pos, &p.seg} {
 		ip.Add(b, N)
 	}
@@ -86,15 +88,15 @@ func (m *Model) Plan(B, T int) error {
 	for range sets {
 		a := &layerActs{}
 		fp.Add(&a.ln1, N*C)
-		fp.Add(&a.rstd1, N)
+		sp.Add(&a.rstd1, N)
 		fp.Add(&a.q, N*Q)
 		fp.Add(&a.k, N*KV)
 		fp.Add(&a.v, N*KV)
 		fp.Add(&a.att, N*Q)
-		fp.Add(&a.lse, B*c.NumHeads*T)
+		sp.Add(&a.lse, B*c.NumHeads*T)
 		fp.Add(&a.mid, N*C)
 		fp.Add(&a.ln2, N*C)
-		fp.Add(&a.rstd2, N)
+		sp.Add(&a.rstd2, N)
 		fp.Add(&a.gate, N*I)
 		fp.Add(&a.up, N*I)
 		fp.Add(&a.act, N*I)
@@ -107,9 +109,9 @@ func (m *Model) Plan(B, T int) error {
 	}
 	if m.last {
 		fp.Add(&p.xf, N*C)
-		fp.Add(&p.rstdF, N)
+		sp.Add(&p.rstdF, N)
 		fp.Add(&p.logits, N*V)
-		fp.Add(&p.losses, N)
+		sp.Add(&p.losses, N)
 	}
 	fp.Add(&p.dresid, N*C)
 	fp.Add(&p.dln, N*C)
@@ -128,11 +130,16 @@ func (m *Model) Plan(B, T int) error {
 		}
 	}
 	var err error
-	if p.fbuf, err = fp.Alloc(m.be, ops.F32); err != nil {
+	if p.fbuf, err = fp.Alloc(m.be, m.compute); err != nil {
+		return fmt.Errorf("model: activations for batch [%d, %d]: %w", B, T, err)
+	}
+	if p.sbuf, err = sp.Alloc(m.be, ops.F32); err != nil {
+		m.be.Free(p.fbuf)
 		return fmt.Errorf("model: activations for batch [%d, %d]: %w", B, T, err)
 	}
 	if p.ibuf, err = ip.Alloc(m.be, ops.I32); err != nil {
 		m.be.Free(p.fbuf)
+		m.be.Free(p.sbuf)
 		return fmt.Errorf("model: activations for batch [%d, %d]: %w", B, T, err)
 	}
 	m.acts = p
@@ -143,6 +150,7 @@ func (m *Model) Plan(B, T int) error {
 func (m *Model) freeActs() {
 	if m.acts != nil {
 		m.be.Free(m.acts.fbuf)
+		m.be.Free(m.acts.sbuf)
 		m.be.Free(m.acts.ibuf)
 		m.acts = nil
 	}

@@ -37,9 +37,11 @@ type Model struct {
 	lora      *LoRAConfig // nil in full fine-tuning
 	loraScale float32
 
+	compute  ops.DType // weights and activations: F32 or BF16
 	params   []*Param
 	byName   map[string]*Param
-	paramBuf ops.Buf
+	paramBuf ops.Buf // F32 values: every tensor, or in BF16 only the trainable masters
+	workBuf  ops.Buf // BF16: every tensor's compute copy; nil in F32
 	gradBuf  ops.Buf
 
 	embed     *Param // first stage, and last stage when tied
@@ -83,14 +85,21 @@ type Options struct {
 	// Checkpoint keeps only each layer's input during forward and recomputes
 	// the layer in backward; the gradients are bitwise the same as without.
 	Checkpoint bool
+	// Compute is the type of weights and activations: ops.F32 (the zero
+	// value), or ops.BF16 for mixed precision, where trainable tensors keep an
+	// F32 master copy and F32 gradients and everything else is bfloat16.
+	Compute ops.DType
 }
 
 // Param is one tensor of the model on the backend, with its gradient.
 type Param struct {
 	Name  string  // Hugging Face name, or peft name for LoRA matrices
 	Shape []int   // row-major shape
-	Value ops.Buf // the values
-	Grad  ops.Buf // the gradient; nil when frozen
+	Value ops.Buf // the values: F32 when trainable (the master), else of the compute type
+	// W is what the passes read: Value itself, or in mixed precision a
+	// trainable tensor's BF16 copy, refreshed from Value by RefreshCompute.
+	W    ops.Buf
+	Grad ops.Buf // the F32 gradient; nil when frozen
 
 	host      []float32 // the weights until uploaded
 	trainable bool
@@ -169,9 +178,12 @@ func NewModel(be ops.Backend, w *Weights, opt Options) (*Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model: %w", err)
 	}
+	if opt.Compute != ops.F32 && opt.Compute != ops.BF16 {
+		return nil, fmt.Errorf("model: compute type %v: want f32 or bf16", opt.Compute)
+	}
 	m := &Model{
 		be: be, cfg: cfg, lo: lo, hi: hi, first: lo == 0, last: hi == cfg.NumLayers,
-		checkpoint: opt.Checkpoint, invFreq: inv, byName: map[string]*Param{},
+		checkpoint: opt.Checkpoint, invFreq: inv, byName: map[string]*Param{}, compute: opt.Compute,
 	}
 	full := opt.LoRA == nil
 	if !full {
@@ -262,12 +274,22 @@ func (m *Model) addParams(w *Weights, lora *LoRA) error {
 	return err
 }
 
-// allocParams places every parameter in one allocation and every gradient in
-// another, and uploads the values.
+// allocParams places the parameters in one allocation per type and every
+// gradient in another, and uploads the values. In F32 every tensor has one F32
+// copy. In BF16 every tensor has a BF16 copy (W) and a trainable one also an
+// F32 master (Value), so the optimizer updates full-precision values.
 func (m *Model) allocParams() error {
-	var vp, gp ops.Plan
+	var vp, wp, gp ops.Plan
 	for _, p := range m.params {
-		vp.Add(&p.Value, p.size())
+		switch {
+		case m.compute == ops.F32:
+			vp.Add(&p.Value, p.size())
+		case p.trainable:
+			vp.Add(&p.Value, p.size())
+			wp.Add(&p.W, p.size())
+		default:
+			wp.Add(&p.Value, p.size())
+		}
 		if p.trainable {
 			gp.Add(&p.Grad, p.size())
 		}
@@ -279,16 +301,39 @@ func (m *Model) allocParams() error {
 	if m.paramBuf, err = vp.Alloc(m.be, ops.F32); err != nil {
 		return fmt.Errorf("model: parameters: %w", err)
 	}
+	if m.compute != ops.F32 {
+		if m.workBuf, err = wp.Alloc(m.be, m.compute); err != nil {
+			return fmt.Errorf("model: %v parameters: %w", m.compute, err)
+		}
+	}
 	if m.gradBuf, err = gp.Alloc(m.be, ops.F32); err != nil {
 		return fmt.Errorf("model: gradients: %w", err)
 	}
 	for _, p := range m.params {
+		if p.W == nil {
+			p.W = p.Value
+		}
 		if err := m.be.Upload(p.Value, p.host); err != nil {
 			return fmt.Errorf("model: upload %s: %w", p.Name, err)
 		}
 		p.host = nil // the caller's slice; not kept
 	}
+	m.RefreshCompute()
 	return nil
+}
+
+// Compute is the type of the model's weights and activations.
+func (m *Model) Compute() ops.DType { return m.compute }
+
+// RefreshCompute copies every trainable tensor's Value into its compute copy
+// W; call it after changing Values (an optimizer step, an upload). In F32 the
+// two are one buffer and it does nothing.
+func (m *Model) RefreshCompute() {
+	for _, p := range m.params {
+		if p.W != p.Value {
+			m.be.Cast(p.W, p.Value, p.size())
+		}
+	}
 }
 
 func (p *Param) size() int {
@@ -360,7 +405,7 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 	N, C, V := p.N, c.HiddenSize, c.VocabSize
 
 	if m.first {
-		be.EmbeddingForward(p.resid[0], p.ids, m.embed.Value, N, C, V)
+		be.EmbeddingForward(p.resid[0], p.ids, m.embed.W, N, C, V)
 	}
 	for l := m.lo; l < m.hi; l++ {
 		m.layerForward(l, p.layer(m, l), p.resid[l-m.lo], p.resid[l-m.lo+1], false)
@@ -372,8 +417,8 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 		m.state = stateForwarded
 		return 0, 0, nil
 	}
-	be.RMSNormForward(p.xf, p.rstdF, p.resid[m.hi-m.lo], m.finalNorm.Value, N, C, float32(c.RMSNormEps))
-	be.MatmulNT(p.logits, p.xf, m.head.Value, N, V, C, 1, 0)
+	be.RMSNormForward(p.xf, p.rstdF, p.resid[m.hi-m.lo], m.finalNorm.W, N, C, float32(c.RMSNormEps))
+	be.MatmulNT(p.logits, p.xf, m.head.W, N, V, C, 1, 0)
 	be.CrossEntropyForward(p.losses, p.logits, p.targets, N, V)
 	losses := make([]float64, N)
 	if err := be.Download64(losses, p.losses); err != nil {
@@ -405,9 +450,9 @@ func (m *Model) Backward(scale float32) error {
 		if hg := m.headGradBuf(); hg != nil {
 			be.MatmulTN(hg, p.logits, p.xf, V, C, N, 1, 1)
 		}
-		be.MatmulNN(p.dln, p.logits, m.head.Value, N, C, V, 1, 0)
+		be.MatmulNN(p.dln, p.logits, m.head.W, N, C, V, 1, 0)
 		be.Zero(p.dresid, N*C)
-		be.RMSNormBackward(p.dresid, m.finalNorm.Grad, p.dln, p.resid[m.hi-m.lo], m.finalNorm.Value, p.rstdF, N, C)
+		be.RMSNormBackward(p.dresid, m.finalNorm.Grad, p.dln, p.resid[m.hi-m.lo], m.finalNorm.W, p.rstdF, N, C)
 	}
 	for l := m.hi - 1; l >= m.lo; l-- {
 		a := p.layer(m, l)
@@ -676,7 +721,13 @@ func (m *Model) SetValue(name string, v []float32) error {
 		return fmt.Errorf("model: %s has %d values, want %v", name, len(v), p.Shape)
 	}
 	m.state = stateIdle
-	return m.be.Upload(p.Value, v)
+	if err := m.be.Upload(p.Value, v); err != nil {
+		return err
+	}
+	if p.W != p.Value {
+		m.be.Cast(p.W, p.Value, p.size())
+	}
+	return nil
 }
 
 // LoRATensors downloads the adapter matrices of the stage by peft name, for
@@ -706,7 +757,7 @@ func (m *Model) LoRATensors() (map[string][]float32, error) {
 // Close frees the model's device memory.
 func (m *Model) Close() {
 	m.freeActs()
-	for _, b := range []ops.Buf{m.paramBuf, m.gradBuf, m.ropeBuf} {
+	for _, b := range []ops.Buf{m.paramBuf, m.workBuf, m.gradBuf, m.ropeBuf} {
 		if b != nil {
 			m.be.Free(b)
 		}

@@ -18,13 +18,15 @@ func (c *CPU[T]) AttentionForward(out, lse, q, k, v, seg Buf, B, T_, H, KVH, D i
 		return
 	}
 	N := B * T_
-	o, l := c.f(out, N*H*D, op, "out"), c.f(lse, B*H*T_, op, "lse")
+	o, l := c.f(out, N*H*D, op, "out"), c.stat(lse, B*H*T_, op, "lse")
 	qv, kv, vv := c.f(q, N*H*D, op, "q"), c.f(k, N*KVH*D, op, "k"), c.f(v, N*KVH*D, op, "v")
 	sg := c.i(seg, N, op, "seg", true)
+	c.same(op, out, q, k, v)
 	if c.err != nil {
 		return
 	}
 	attentionForward(o, l, qv, kv, vv, sg, B, T_, H, KVH, D, c.workers)
+	c.round(out, o)
 }
 
 func (c *CPU[T]) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg Buf, B, T_, H, KVH, D int) {
@@ -34,13 +36,17 @@ func (c *CPU[T]) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg Buf, B, T
 	}
 	N := B * T_
 	dqv, dkv, dvv := c.f(dq, N*H*D, op, "dq"), c.f(dk, N*KVH*D, op, "dk"), c.f(dv, N*KVH*D, op, "dv")
-	do, l := c.f(dout, N*H*D, op, "dout"), c.f(lse, B*H*T_, op, "lse")
+	do, l := c.f(dout, N*H*D, op, "dout"), c.stat(lse, B*H*T_, op, "lse")
 	qv, kv, vv := c.f(q, N*H*D, op, "q"), c.f(k, N*KVH*D, op, "k"), c.f(v, N*KVH*D, op, "v")
 	sg := c.i(seg, N, op, "seg", true)
+	c.same(op, dq, dk, dv, dout, q, k, v)
 	if c.err != nil {
 		return
 	}
 	attentionBackward(dqv, dkv, dvv, do, qv, kv, vv, l, sg, B, T_, H, KVH, D, c.workers)
+	c.round(dq, dqv)
+	c.round(dk, dkv)
+	c.round(dv, dvv)
 }
 
 func (c *CPU[T]) attnDims(op string, H, KVH int) bool {

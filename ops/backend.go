@@ -11,7 +11,28 @@ const (
 	F32 DType = iota
 	// I32 holds int32 values: token ids, labels, positions, segment ids.
 	I32
+	// BF16 is bfloat16 storage for weights, activations and their gradients in
+	// mixed precision. A device keeps 2 bytes per element and computes in
+	// float32, rounding on every store; the CPU backend keeps its float type
+	// rounded to bfloat16 after every write, so it is the devices' twin.
+	BF16
 )
+
+// Size is the bytes of one element.
+func (d DType) Size() int {
+	if d == BF16 {
+		return 2
+	}
+	return 4
+}
+
+// Bytes is the memory b takes: its length times its element size; 0 for nil.
+func Bytes(b Buf) int64 {
+	if b == nil {
+		return 0
+	}
+	return int64(b.Len()) * int64(b.DType().Size())
+}
 
 func (d DType) String() string {
 	switch d {
@@ -19,6 +40,8 @@ func (d DType) String() string {
 		return "f32"
 	case I32:
 		return "i32"
+	case BF16:
+		return "bf16"
 	}
 	return fmt.Sprintf("DType(%d)", int(d))
 }
@@ -42,6 +65,15 @@ type Buf interface {
 //
 // Dimension names: N rows (tokens, B*T), C model width, V vocabulary, H query
 // heads, KVH key/value heads, D head dimension, P rows of a rope table.
+//
+// Float types (mixed precision): an op's data buffers (activations, weights
+// and the gradients of activations) share one float type, F32 or BF16, the
+// compute type. These are always F32, whatever the compute type: statistics
+// (rstd, lse, losses), rope tables, the parameter gradients dtable and dw, and
+// the optimizer's buffers. A matmul's out may be F32 or the compute type of a
+// and b (a parameter gradient accumulates in F32 from BF16 inputs). Backends
+// compute in at least float32 and round once when storing; Copy and Zero take
+// any type, Cast converts.
 type Backend interface {
 	// Name says what the device is, for logs ("cpu-f32").
 	Name() string
@@ -50,12 +82,13 @@ type Backend interface {
 	Alloc(dt DType, n int) (Buf, error)
 	// Free releases a buffer returned by Alloc. Views of it become invalid.
 	Free(b Buf)
-	// Upload copies host values into an F32 buffer (len(src) <= dst.Len()).
+	// Upload copies host values into an F32 buffer, or a BF16 one rounding to
+	// nearest even (len(src) <= dst.Len()).
 	Upload(dst Buf, src []float32) error
 	// UploadInt copies host values into an I32 buffer (len(src) <= dst.Len()).
 	UploadInt(dst Buf, src []int32) error
 	// Download waits for pending work and copies the first len(dst) values of
-	// an F32 buffer to the host. It returns the first recorded op error.
+	// an F32 or BF16 buffer to the host. It returns the first recorded op error.
 	Download(dst []float32, src Buf) error
 	// Download64 is Download widened to float64; a float64 backend returns its
 	// values unrounded (tests use it for losses).
@@ -65,8 +98,11 @@ type Backend interface {
 
 	// Zero sets the first n elements of b to zero.
 	Zero(b Buf, n int)
-	// Copy copies the first n elements of src into dst.
+	// Copy copies the first n elements of src into dst, of the same type.
 	Copy(dst, src Buf, n int)
+	// Cast converts the first n elements of src into dst between F32 and BF16
+	// (rounding to nearest even); the same type copies.
+	Cast(dst, src Buf, n int)
 
 	// EmbeddingForward: out[N,C] = table[ids[n], :]. Nothing is saved.
 	EmbeddingForward(out, ids, table Buf, N, C, V int)
@@ -144,6 +180,28 @@ type Backend interface {
 	// same seed to a gradient is its backward, and a recomputation reproduces
 	// it. out may be x. p == 0 copies.
 	Dropout(out, x Buf, n int, p float32, seed uint64)
+
+	// SumSquares: out[0] += sum of x[i]^2 over n elements of an F32 or BF16 x,
+	// accumulated in float64 in a fixed order, out F32 (a gradient's share of
+	// the global norm).
+	SumSquares(out, x Buf, n int)
+	// AdamW updates n elements of the F32 value, m and v from the F32 grad as
+	// optim.AdamW does (see AdamWStep), then writes the updated value rounded to
+	// work's type into work when work is not nil (a BF16 compute copy).
+	AdamW(value, grad, m, v, work Buf, n int, s AdamWStep)
+}
+
+// AdamWStep is one AdamW update's constants, computed once on the host in
+// float64 so every backend applies the same numbers:
+//
+//	m = B1*m + (1-B1)*g;  v = B2*v + (1-B2)*g*g
+//	value = value*Decay - StepSize*m / (sqrt(v)/SqrtBC2 + Eps)
+//
+// with StepSize = lr/(1-beta1^t), SqrtBC2 = sqrt(1-beta2^t), Decay = 1-lr*wd
+// (1 for tensors without decay). GradScale multiplies g first (clipping).
+type AdamWStep struct {
+	B1, B2, Decay, GradScale float32
+	StepSize, SqrtBC2, Eps   float64
 }
 
 // Carve splits b into consecutive views of the given sizes, the llm.c way of

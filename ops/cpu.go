@@ -55,7 +55,7 @@ func (b *cpuBuf[T]) Slice(off, n int) Buf {
 	if b.dt == I32 {
 		return &cpuBuf[T]{i: b.i[off : off+n : off+n], dt: I32}
 	}
-	return &cpuBuf[T]{f: b.f[off : off+n : off+n], dt: F32}
+	return &cpuBuf[T]{f: b.f[off : off+n : off+n], dt: b.dt}
 }
 
 // Alloc returns a zeroed buffer.
@@ -64,8 +64,8 @@ func (c *CPU[T]) Alloc(dt DType, n int) (Buf, error) {
 		return nil, fmt.Errorf("ops: alloc of %d elements", n)
 	}
 	switch dt {
-	case F32:
-		return &cpuBuf[T]{f: make([]T, n), dt: F32}, nil
+	case F32, BF16:
+		return &cpuBuf[T]{f: make([]T, n), dt: dt}, nil
 	case I32:
 		return &cpuBuf[T]{i: make([]int32, n), dt: I32}, nil
 	}
@@ -75,10 +75,10 @@ func (c *CPU[T]) Alloc(dt DType, n int) (Buf, error) {
 // Free drops the reference; the garbage collector does the rest.
 func (c *CPU[T]) Free(b Buf) {}
 
-// Upload copies host values into an F32 buffer.
+// Upload copies host values into an F32 or BF16 buffer.
 func (c *CPU[T]) Upload(dst Buf, src []float32) error {
 	d, ok := dst.(*cpuBuf[T])
-	if !ok || d.dt != F32 {
+	if !ok || (d.dt != F32 && d.dt != BF16) {
 		return fmt.Errorf("ops: upload into %s", describe(dst))
 	}
 	if len(src) > len(d.f) {
@@ -87,6 +87,7 @@ func (c *CPU[T]) Upload(dst Buf, src []float32) error {
 	for i, v := range src {
 		d.f[i] = T(v)
 	}
+	c.round(dst, d.f[:len(src)])
 	return nil
 }
 
@@ -115,7 +116,7 @@ func download[T Float, D float32 | float64](c *CPU[T], dst []D, src Buf) error {
 		return c.err
 	}
 	s, ok := src.(*cpuBuf[T])
-	if !ok || s.dt != F32 {
+	if !ok || (s.dt != F32 && s.dt != BF16) {
 		return fmt.Errorf("ops: download from %s", describe(src))
 	}
 	if len(dst) > len(s.f) {
@@ -144,14 +145,29 @@ func (c *CPU[T]) fail(format string, args ...any) {
 	}
 }
 
-// f returns the first n floats of b, or records an error naming op and arg.
+// f returns the first n floats of b (F32 or BF16), or records an error naming
+// op and arg.
 func (c *CPU[T]) f(b Buf, n int, op, arg string) []T {
+	return c.floats(b, n, op, arg, false)
+}
+
+// stat is f for a buffer that must be F32 whatever the compute type:
+// statistics, rope tables, parameter gradients, optimizer state.
+func (c *CPU[T]) stat(b Buf, n int, op, arg string) []T {
+	return c.floats(b, n, op, arg, true)
+}
+
+func (c *CPU[T]) floats(b Buf, n int, op, arg string, f32 bool) []T {
 	if c.err != nil {
 		return nil
 	}
 	cb, ok := b.(*cpuBuf[T])
-	if !ok || cb.dt != F32 {
-		c.fail("%s: %s is %s, want a %s buffer", op, arg, describe(b), c.Name())
+	if !ok || (cb.dt != F32 && (f32 || cb.dt != BF16)) {
+		want := "an f32 or bf16"
+		if f32 {
+			want = "an f32"
+		}
+		c.fail("%s: %s is %s, want %s buffer of %s", op, arg, describe(b), want, c.Name())
 		return nil
 	}
 	if n < 0 || len(cb.f) < n {
@@ -161,12 +177,45 @@ func (c *CPU[T]) f(b Buf, n int, op, arg string) []T {
 	return cb.f[:n:n]
 }
 
-// fopt is f for an optional buffer: nil stays nil.
-func (c *CPU[T]) fopt(b Buf, n int, op, arg string) []T {
+// round rounds vals, the written part of buffer b, to bfloat16 when b is BF16:
+// every op ends with it on each output, so that a BF16 buffer always holds
+// bfloat16 values, as a device stores them.
+func (c *CPU[T]) round(b Buf, vals []T) {
+	if cb, ok := b.(*cpuBuf[T]); !ok || cb.dt != BF16 {
+		return
+	}
+	for i, v := range vals {
+		vals[i] = T(RoundBF16(float32(v)))
+	}
+}
+
+// same records an error unless every buffer has the type of the first: an
+// op's data buffers share the compute type.
+func (c *CPU[T]) same(op string, bufs ...Buf) {
+	if c.err != nil || len(bufs) == 0 {
+		return
+	}
+	for _, b := range bufs[1:] {
+		if b != nil && bufs[0] != nil && b.DType() != bufs[0].DType() {
+			c.fail("%s: mixed types %v and %v; data buffers share the compute type", op, bufs[0].DType(), b.DType())
+			return
+		}
+	}
+}
+
+// statOpt is stat for an optional buffer: nil stays nil.
+func (c *CPU[T]) statOpt(b Buf, n int, op, arg string) []T {
 	if b == nil {
 		return nil
 	}
-	return c.f(b, n, op, arg)
+	return c.stat(b, n, op, arg)
+}
+
+// matmulOut records an error unless out is F32 or of a's type.
+func (c *CPU[T]) matmulOut(op string, out, a Buf) {
+	if c.err == nil && out != nil && a != nil && out.DType() != F32 && out.DType() != a.DType() {
+		c.fail("%s: out is %v, want f32 or %v like a and b", op, out.DType(), a.DType())
+	}
 }
 
 // i returns the first n ints of b, or records an error; a nil b gives nil when

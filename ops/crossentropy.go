@@ -13,7 +13,7 @@ const IgnoreIndex = -100
 // accumulated in float64. Saves nothing new: backward recomputes the softmax.
 
 func (c *CPU[T]) CrossEntropyForward(losses, logits, targets Buf, N, V int) {
-	l, lg, tg := c.f(losses, N, "CrossEntropyForward", "losses"), c.f(logits, N*V, "CrossEntropyForward", "logits"), c.i(targets, N, "CrossEntropyForward", "targets", false)
+	l, lg, tg := c.stat(losses, N, "CrossEntropyForward", "losses"), c.f(logits, N*V, "CrossEntropyForward", "logits"), c.i(targets, N, "CrossEntropyForward", "targets", false)
 	if c.err != nil {
 		return
 	}
@@ -35,6 +35,7 @@ func (c *CPU[T]) CrossEntropyForward(losses, logits, targets Buf, N, V int) {
 
 func (c *CPU[T]) CrossEntropyBackward(dlogits, logits, targets Buf, N, V int, scale float32) {
 	d, lg, tg := c.f(dlogits, N*V, "CrossEntropyBackward", "dlogits"), c.f(logits, N*V, "CrossEntropyBackward", "logits"), c.i(targets, N, "CrossEntropyBackward", "targets", false)
+	c.same("CrossEntropyBackward", dlogits, logits)
 	if c.err != nil {
 		return
 	}
@@ -42,6 +43,7 @@ func (c *CPU[T]) CrossEntropyBackward(dlogits, logits, targets Buf, N, V int, sc
 		c.fail("CrossEntropyBackward: %v", err)
 		return
 	}
+	defer c.round(dlogits, d)
 	s := float64(scale)
 	parallelFor(N, c.workers, N*V, func(lo, hi int) {
 		for n := lo; n < hi; n++ {

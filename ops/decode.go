@@ -20,10 +20,12 @@ func (c *CPU[T]) AttentionDecode(out, q, kCache, vCache Buf, B, Tq, Tk, S, H, KV
 	}
 	o, qv := c.f(out, B*Tq*H*D, op, "out"), c.f(q, B*Tq*H*D, op, "q")
 	kv, vv := c.f(kCache, B*S*KVH*D, op, "kCache"), c.f(vCache, B*S*KVH*D, op, "vCache")
+	c.same(op, out, q, kCache, vCache)
 	if c.err != nil {
 		return
 	}
 	attentionDecode(o, qv, kv, vv, B, Tq, Tk, S, H, KVH, D, c.workers)
+	c.round(out, o)
 }
 
 // attentionDecode: for each (b, h, i) with t = Tk-Tq+i, scores_s = q_i·k_s/sqrt(D)

@@ -25,6 +25,7 @@ func (c *CPU[T]) Copy(dst, src Buf, n int) {
 		return
 	}
 	d, s := c.f(dst, n, "Copy", "dst"), c.f(src, n, "Copy", "src")
+	c.same("Copy", dst, src)
 	if c.err == nil {
 		copy(d, s)
 	}
@@ -34,12 +35,14 @@ func (c *CPU[T]) Copy(dst, src Buf, n int) {
 // to both operands unchanged.
 func (c *CPU[T]) Add(out, a, b Buf, n int) {
 	o, x, y := c.f(out, n, "Add", "out"), c.f(a, n, "Add", "a"), c.f(b, n, "Add", "b")
+	c.same("Add", out, a, b)
 	if c.err != nil {
 		return
 	}
 	for i := range o {
 		o[i] = x[i] + y[i]
 	}
+	c.round(out, o)
 }
 
 // Scale: x *= s.
@@ -52,15 +55,18 @@ func (c *CPU[T]) Scale(x Buf, s float32, n int) {
 	for i := range v {
 		v[i] *= st
 	}
+	c.round(x, v)
 }
 
 // Dropout: out[i] = x[i] * 1/(1-p) where dropKeep(seed, i, p), else 0. Its
 // backward is itself with the same seed.
 func (c *CPU[T]) Dropout(out, x Buf, n int, p float32, seed uint64) {
 	o, v := c.f(out, n, "Dropout", "out"), c.f(x, n, "Dropout", "x")
+	c.same("Dropout", out, x)
 	if c.err != nil {
 		return
 	}
+	defer c.round(out, o)
 	if !(p >= 0 && p < 1) {
 		c.fail("Dropout: p = %v, want 0 <= p < 1", p)
 		return

@@ -7,14 +7,16 @@ import "fmt"
 
 func (c *CPU[T]) EmbeddingForward(out, ids, table Buf, N, C, V int) {
 	o, id, tb := c.f(out, N*C, "EmbeddingForward", "out"), c.i(ids, N, "EmbeddingForward", "ids", false), c.f(table, V*C, "EmbeddingForward", "table")
+	c.same("EmbeddingForward", out, table)
 	if c.err != nil {
 		return
 	}
 	c.check("EmbeddingForward", embeddingForward(o, id, tb, N, C, V))
+	c.round(out, o)
 }
 
 func (c *CPU[T]) EmbeddingBackward(dtable, dout, ids Buf, N, C, V int) {
-	dt, do, id := c.f(dtable, V*C, "EmbeddingBackward", "dtable"), c.f(dout, N*C, "EmbeddingBackward", "dout"), c.i(ids, N, "EmbeddingBackward", "ids", false)
+	dt, do, id := c.stat(dtable, V*C, "EmbeddingBackward", "dtable"), c.f(dout, N*C, "EmbeddingBackward", "dout"), c.i(ids, N, "EmbeddingBackward", "ids", false)
 	if c.err != nil {
 		return
 	}

@@ -8,26 +8,35 @@ package ops
 
 func (c *CPU[T]) MatmulNT(out, a, b Buf, M, N, K int, alpha, beta float32) {
 	o, av, bv := c.f(out, M*N, "MatmulNT", "out"), c.f(a, M*K, "MatmulNT", "a"), c.f(b, N*K, "MatmulNT", "b")
+	c.same("MatmulNT", a, b)
+	c.matmulOut("MatmulNT", out, a)
 	if c.err != nil {
 		return
 	}
 	matmulNT(o, av, bv, M, N, K, T(alpha), T(beta), c.workers)
+	c.round(out, o)
 }
 
 func (c *CPU[T]) MatmulNN(out, a, b Buf, M, N, K int, alpha, beta float32) {
 	o, av, bv := c.f(out, M*N, "MatmulNN", "out"), c.f(a, M*K, "MatmulNN", "a"), c.f(b, K*N, "MatmulNN", "b")
+	c.same("MatmulNN", a, b)
+	c.matmulOut("MatmulNN", out, a)
 	if c.err != nil {
 		return
 	}
 	matmulNN(o, av, bv, M, N, K, T(alpha), T(beta), c.workers)
+	c.round(out, o)
 }
 
 func (c *CPU[T]) MatmulTN(out, a, b Buf, M, N, K int, alpha, beta float32) {
 	o, av, bv := c.f(out, M*N, "MatmulTN", "out"), c.f(a, K*M, "MatmulTN", "a"), c.f(b, K*N, "MatmulTN", "b")
+	c.same("MatmulTN", a, b)
+	c.matmulOut("MatmulTN", out, a)
 	if c.err != nil {
 		return
 	}
 	matmulTN(o, av, bv, M, N, K, T(alpha), T(beta), c.workers)
+	c.round(out, o)
 }
 
 // store writes alpha*s + beta*o, ignoring o when beta is 0.

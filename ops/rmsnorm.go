@@ -8,20 +8,24 @@ import "math"
 // float64. Saves rstd[N].
 
 func (c *CPU[T]) RMSNormForward(out, rstd, x, w Buf, N, C int, eps float32) {
-	o, r, xv, wv := c.f(out, N*C, "RMSNormForward", "out"), c.f(rstd, N, "RMSNormForward", "rstd"), c.f(x, N*C, "RMSNormForward", "x"), c.f(w, C, "RMSNormForward", "w")
+	o, r, xv, wv := c.f(out, N*C, "RMSNormForward", "out"), c.stat(rstd, N, "RMSNormForward", "rstd"), c.f(x, N*C, "RMSNormForward", "x"), c.f(w, C, "RMSNormForward", "w")
+	c.same("RMSNormForward", out, x, w)
 	if c.err != nil {
 		return
 	}
 	rmsnormForward(o, r, xv, wv, N, C, float64(eps))
+	c.round(out, o)
 }
 
 func (c *CPU[T]) RMSNormBackward(dx, dw, dout, x, w, rstd Buf, N, C int) {
-	dxv, dwv := c.f(dx, N*C, "RMSNormBackward", "dx"), c.fopt(dw, C, "RMSNormBackward", "dw")
-	do, xv, wv, r := c.f(dout, N*C, "RMSNormBackward", "dout"), c.f(x, N*C, "RMSNormBackward", "x"), c.f(w, C, "RMSNormBackward", "w"), c.f(rstd, N, "RMSNormBackward", "rstd")
+	dxv, dwv := c.f(dx, N*C, "RMSNormBackward", "dx"), c.statOpt(dw, C, "RMSNormBackward", "dw")
+	do, xv, wv, r := c.f(dout, N*C, "RMSNormBackward", "dout"), c.f(x, N*C, "RMSNormBackward", "x"), c.f(w, C, "RMSNormBackward", "w"), c.stat(rstd, N, "RMSNormBackward", "rstd")
+	c.same("RMSNormBackward", dx, dout, x, w)
 	if c.err != nil {
 		return
 	}
 	rmsnormBackward(dxv, dwv, do, xv, wv, r, N, C)
+	c.round(dx, dxv)
 }
 
 func rmsnormForward[T Float](out, rstd, x, w []T, N, C int, eps float64) {

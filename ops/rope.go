@@ -22,11 +22,13 @@ func (c *CPU[T]) rope(out, x, cos, sin, pos Buf, N, H, D, P int, inverse bool, o
 		return
 	}
 	o, xv := c.f(out, N*H*D, op, "out"), c.f(x, N*H*D, op, "x")
-	cv, sv, pv := c.f(cos, P*D/2, op, "cos"), c.f(sin, P*D/2, op, "sin"), c.i(pos, N, op, "pos", false)
+	cv, sv, pv := c.stat(cos, P*D/2, op, "cos"), c.stat(sin, P*D/2, op, "sin"), c.i(pos, N, op, "pos", false)
+	c.same(op, out, x)
 	if c.err != nil {
 		return
 	}
 	c.check(op, rope(o, xv, cv, sv, pv, N, H, D, P, inverse))
+	c.round(out, o)
 }
 
 // rope rotates every head of every row: forward

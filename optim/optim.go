@@ -31,14 +31,20 @@ func (o *AdamW) Steps() int { return o.step }
 // SetSteps restores the update count from a checkpoint.
 func (o *AdamW) SetSteps(n int) { o.step = n }
 
-// Step applies one update with learning rate lr to every parameter.
-func (o *AdamW) Step(params []*Param, lr float64) error {
+// Begin counts one more update and returns its bias-corrected constants:
+// stepSize = lr/(1-beta1^t) and sqrtBC2 = sqrt(1-beta2^t). Step calls it; a
+// device applying the update itself (ops.Backend.AdamW) calls it once per step.
+func (o *AdamW) Begin(lr float64) (stepSize, sqrtBC2 float64) {
 	o.step++
 	bc1 := 1 - math.Pow(o.Beta1, float64(o.step))
 	bc2 := 1 - math.Pow(o.Beta2, float64(o.step))
+	return lr / bc1, math.Sqrt(bc2)
+}
+
+// Step applies one update with learning rate lr to every parameter.
+func (o *AdamW) Step(params []*Param, lr float64) error {
+	stepSize, sqrtBC2 := o.Begin(lr)
 	b1, b2 := float32(o.Beta1), float32(o.Beta2)
-	stepSize := lr / bc1
-	sqrtBC2 := math.Sqrt(bc2)
 	for _, p := range params {
 		if len(p.Grad) != len(p.Value) {
 			return fmt.Errorf("optim: %s: gradient has %d elements, value %d", p.Name, len(p.Grad), len(p.Value))

@@ -5,18 +5,25 @@
 # kernels.sum's "sources" line defines) and of the fatbin. kernels' tests fail
 # when the sources change and these two files do not: rebuild, commit both.
 #
-# Needs nvcc (CUDA 12 or 13; $NVCC, else nvcc on PATH, else /usr/local/cuda/bin).
-# Run it on a GPU test machine, from anywhere: scripts/build-kernels.sh [LOGDIR]
+# Needs nvcc 11.8 or later with cuda_bf16.h ($NVCC, else nvcc on PATH, else
+# /usr/local/cuda/bin); $NVCC_CCBIN, when set, is its host compiler (-ccbin),
+# e.g. g++-11 for nvcc 11.8 on a machine whose default g++ is too new. Run it
+# from anywhere: scripts/build-kernels.sh [LOGDIR]. On a development machine
+# without CUDA: NVCC=/work/cuda118/bin/nvcc scripts/build-kernels.sh (DESIGN.md
+# says how to unpack nvcc 11.8 there); on a GPU test machine nvcc 13 needs
+# nothing more.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvcc="${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}"
+ccbin=()
+if [ -n "${NVCC_CCBIN:-}" ]; then ccbin=(-ccbin "$NVCC_CCBIN"); fi
 log="${1:-}"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
 # One translation unit: every op family's .cu, in name order.
 for f in $(ls kernels/*.cu | LC_ALL=C sort); do echo "#include \"$(basename "$f")\""; done >"$tmp/all.cu"
-"$nvcc" -fatbin -O3 -std=c++17 -I kernels --resource-usage \
+"$nvcc" ${ccbin[@]+"${ccbin[@]}"} -fatbin -O3 -std=c++17 -I kernels --resource-usage \
   -gencode arch=compute_80,code=sm_80 \
   -gencode arch=compute_90,code=sm_90 \
   -gencode arch=compute_90,code=compute_90 \

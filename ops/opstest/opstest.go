@@ -24,12 +24,22 @@ type harness struct {
 	be, ref ops.Backend
 	rng     *rand.Rand
 	tol     float64
+	dt      ops.DType // the data buffers' type on be; the reference holds float64
 }
 
 // Check runs every op on be and on ops.NewCPU64 with the same inputs and fails t
 // where an output's relative L2 error exceeds tol (1e-5 suits float32).
-func Check(t *testing.T, be ops.Backend, tol float64) {
-	h := &harness{t: t, be: be, ref: ops.NewCPU64(), rng: rand.New(rand.NewPCG(1, 2)), tol: tol}
+func Check(t *testing.T, be ops.Backend, tol float64) { check(t, be, ops.F32, tol) }
+
+// CheckBF16 is Check in mixed precision: the data buffers (activations,
+// weights, their gradients) are BF16 on be, the statistics, rope tables,
+// parameter gradients and optimizer state F32, as ops.Backend defines. The
+// reference computes in float64 from the same bfloat16-rounded inputs, so the
+// error measured is be's own (1e-2 suits bfloat16 storage).
+func CheckBF16(t *testing.T, be ops.Backend, tol float64) { check(t, be, ops.BF16, tol) }
+
+func check(t *testing.T, be ops.Backend, dt ops.DType, tol float64) {
+	h := &harness{t: t, be: be, ref: ops.NewCPU64(), rng: rand.New(rand.NewPCG(1, 2)), tol: tol, dt: dt}
 	t.Run("Embedding", h.embedding)
 	t.Run("RMSNorm", h.rmsnorm)
 	t.Run("Matmul", h.matmul)
@@ -39,6 +49,7 @@ func Check(t *testing.T, be ops.Backend, tol float64) {
 	t.Run("SwiGLU", h.swiglu)
 	t.Run("CrossEntropy", h.crossEntropy)
 	t.Run("Elementwise", h.elementwise)
+	t.Run("Optimizer", h.optimizer)
 }
 
 func (h *harness) alloc(dt ops.DType, n int) twin {
@@ -47,26 +58,43 @@ func (h *harness) alloc(dt ops.DType, n int) twin {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	r, err := h.ref.Alloc(dt, n)
+	refType := dt
+	if dt == ops.BF16 {
+		refType = ops.F32 // the float64 reference keeps full precision
+	}
+	r, err := h.ref.Alloc(refType, n)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	return twin{g, r, n}
 }
 
-// rand returns a buffer of values uniform in [-scale, scale).
-func (h *harness) rand(n int, scale float64) twin {
-	h.t.Helper()
+// rand returns a data buffer of values uniform in [-scale, scale).
+func (h *harness) rand(n int, scale float64) twin { return h.setAs(h.dt, h.uniform(n, scale)) }
+
+// randF32 is rand for a buffer that is F32 in every mode.
+func (h *harness) randF32(n int, scale float64) twin { return h.setAs(ops.F32, h.uniform(n, scale)) }
+
+func (h *harness) uniform(n int, scale float64) []float32 {
 	v := make([]float32, n)
 	for i := range v {
 		v[i] = float32(scale * (2*h.rng.Float64() - 1))
 	}
-	return h.set(v)
+	return v
 }
 
-func (h *harness) set(v []float32) twin {
+// setAs returns a buffer of type dt on be holding v; the reference holds v
+// rounded as be stores it.
+func (h *harness) setAs(dt ops.DType, v []float32) twin {
 	h.t.Helper()
-	x := h.alloc(ops.F32, len(v))
+	if dt == ops.BF16 {
+		r := make([]float32, len(v))
+		for i, x := range v {
+			r[i] = ops.RoundBF16(x)
+		}
+		v = r
+	}
+	x := h.alloc(dt, len(v))
 	if err := h.be.Upload(x.got, v); err != nil {
 		h.t.Fatal(err)
 	}
@@ -76,7 +104,9 @@ func (h *harness) set(v []float32) twin {
 	return x
 }
 
-func (h *harness) zeros(n int) twin { return h.alloc(ops.F32, n) }
+// zeros is a zeroed data buffer; zerosF32 one that is F32 in every mode.
+func (h *harness) zeros(n int) twin    { return h.alloc(h.dt, n) }
+func (h *harness) zerosF32(n int) twin { return h.alloc(ops.F32, n) }
 
 func (h *harness) ints(v []int32) twin {
 	h.t.Helper()
@@ -130,7 +160,7 @@ func (h *harness) embedding(t *testing.T) {
 	N, C, V := 9, 12, 7
 	table, dout := h.rand(V*C, 1), h.rand(N*C, 1)
 	ids := h.ints([]int32{3, 0, 6, 3, 3, 1, 2, 5, 0})
-	out, dtable := h.zeros(N*C), h.rand(V*C, 1) // backward adds into dtable
+	out, dtable := h.zeros(N*C), h.randF32(V*C, 1) // backward adds into dtable
 	h.run(func(be ops.Backend, b func(twin) ops.Buf) {
 		be.EmbeddingForward(b(out), b(ids), b(table), N, C, V)
 		be.EmbeddingBackward(b(dtable), b(dout), b(ids), N, C, V)
@@ -142,8 +172,8 @@ func (h *harness) embedding(t *testing.T) {
 func (h *harness) rmsnorm(t *testing.T) {
 	N, C := 7, 96
 	x, w, dout := h.rand(N*C, 3), h.rand(C, 1), h.rand(N*C, 1)
-	out, rstd := h.zeros(N*C), h.zeros(N)
-	dx, dw := h.rand(N*C, 1), h.rand(C, 1)
+	out, rstd := h.zeros(N*C), h.zerosF32(N)
+	dx, dw := h.rand(N*C, 1), h.randF32(C, 1)
 	h.run(func(be ops.Backend, b func(twin) ops.Buf) {
 		be.RMSNormForward(b(out), b(rstd), b(x), b(w), N, C, 1e-5)
 		be.RMSNormBackward(b(dx), b(dw), b(dout), b(x), b(w), b(rstd), N, C)
@@ -176,7 +206,7 @@ func (h *harness) rope(t *testing.T) {
 		a := 6 * h.rng.Float64()
 		cosv[i], sinv[i] = float32(math.Cos(a)), float32(math.Sin(a))
 	}
-	cos, sin := h.set(cosv), h.set(sinv)
+	cos, sin := h.setAs(ops.F32, cosv), h.setAs(ops.F32, sinv)
 	pos := h.ints([]int32{0, 1, 8, 2, 0, 5})
 	x, dout := h.rand(N*H*D, 1), h.rand(N*H*D, 1)
 	out, dx := h.zeros(N*H*D), h.zeros(N*H*D)
@@ -199,7 +229,7 @@ func (h *harness) attention(t *testing.T) {
 	}
 	for _, withSeg := range []bool{false, true} {
 		q, k, v, dout := h.rand(N*H*D, 1), h.rand(N*KVH*D, 1), h.rand(N*KVH*D, 1), h.rand(N*H*D, 1)
-		out, lse := h.zeros(N*H*D), h.zeros(B*H*T)
+		out, lse := h.zeros(N*H*D), h.zerosF32(B*H*T)
 		dq, dk, dv := h.rand(N*H*D, 1), h.rand(N*KVH*D, 1), h.rand(N*KVH*D, 1)
 		var seg *twin
 		if withSeg {
@@ -254,7 +284,7 @@ func (h *harness) crossEntropy(t *testing.T) {
 	N, V := 6, 50
 	logits := h.rand(N*V, 5)
 	targets := h.ints([]int32{3, ops.IgnoreIndex, 0, 49, 7, ops.IgnoreIndex})
-	losses, d := h.zeros(N), h.rand(N*V, 1)
+	losses, d := h.zerosF32(N), h.rand(N*V, 1)
 	h.run(func(be ops.Backend, b func(twin) ops.Buf) {
 		be.CrossEntropyForward(b(losses), b(logits), b(targets), N, V)
 		be.CrossEntropyBackward(b(d), b(logits), b(targets), N, V, 0.125)
@@ -287,4 +317,55 @@ func (h *harness) elementwise(t *testing.T) {
 		}
 	}
 	h.compare("dropout", drop)
+}
+
+// matmulF32Out checks a matmul writing an F32 out from data-type operands (a
+// parameter gradient in mixed precision).
+func (h *harness) matmulF32Out(t *testing.T) {
+	M, N, K := 19, 33, 41
+	at, bn := h.rand(K*M, 1), h.rand(K*N, 1)
+	tn := h.randF32(M*N, 1)
+	h.run(func(be ops.Backend, b func(twin) ops.Buf) {
+		be.MatmulTN(b(tn), b(at), b(bn), M, N, K, 1, 1)
+	})
+	h.compare("TN into f32", tn)
+}
+
+// optimizer checks Cast, SumSquares and AdamW (value, grad, m, v F32; the
+// compute copy in the data type).
+func (h *harness) optimizer(t *testing.T) {
+	n := 777
+	src := h.randF32(n, 3)
+	cast, back := h.zeros(n), h.zerosF32(n)
+	value, grad := h.randF32(n, 1), h.randF32(n, 0.1)
+	m, v := h.randF32(n, 0.01), h.zerosF32(n)
+	for _, x := range []twin{v} { // second moments are non-negative
+		vals := h.uniform(n, 1e-4)
+		for i := range vals {
+			vals[i] = vals[i] * vals[i]
+		}
+		if err := h.be.Upload(x.got, vals); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.ref.Upload(x.ref, vals); err != nil {
+			t.Fatal(err)
+		}
+	}
+	work := h.zeros(n)
+	ss := h.randF32(1, 1)
+	step := ops.AdamWStep{B1: 0.9, B2: 0.999, Decay: 1 - 1e-3*0.01, GradScale: 0.5,
+		StepSize: 1e-3 / (1 - 0.9*0.9), SqrtBC2: math.Sqrt(1 - 0.999*0.999), Eps: 1e-8}
+	h.run(func(be ops.Backend, b func(twin) ops.Buf) {
+		be.Cast(b(cast), b(src), n)
+		be.Cast(b(back), b(cast), n)
+		be.SumSquares(b(ss), b(grad), n)
+		be.AdamW(b(value), b(grad), b(m), b(v), b(work), n, step)
+	})
+	h.compare("cast", cast)
+	h.compare("cast back", back)
+	h.compare("sum of squares", ss)
+	for name, x := range map[string]twin{"adamw value": value, "adamw m": m, "adamw v": v, "adamw work": work} {
+		h.compare(name, x)
+	}
+	h.matmulF32Out(t)
 }

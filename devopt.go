@@ -1,0 +1,191 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"train/kernels"
+	"train/ops"
+	"train/optim"
+)
+
+// deviceOptimizer runs the optimizer where the model is: AdamW's moments live on
+// the device beside the float32 master weights, the gradient norm is summed
+// there, and a step moves no tensor to the host, only the squared norm (one
+// float) and the loss. The host mirror (flatParams) is brought up to date only
+// when a checkpoint or the outputs need it (syncHost).
+//
+// The trainer uses it on a GPU when the stage is the whole model and ZeRO-1 is
+// off; pipeline stages and ZeRO-1 shards keep the host optimizer, whose tensors
+// travel over the TCP collectives anyway.
+type deviceOptimizer struct {
+	be     ops.Backend
+	views  []flatView // every trainable tensor, as flatParams lists them
+	state  ops.Buf    // F32: both moments of every tensor, end to end
+	m, v   []ops.Buf  // per view
+	norm   ops.Buf    // F32 [1]: the squared gradient norm
+	fresh  bool       // moments are zero: no update has run yet
+	normSq [1]float32
+}
+
+// OptimizerEnv chooses where the optimizer runs: "host" or "device"; unset is
+// the default (device on a GPU for a whole-model stage without ZeRO-1). Tests
+// set it to compare the two on the CPU.
+const OptimizerEnv = "TRAIN_OPTIMIZER"
+
+// useDeviceOptimizer says whether this rank's optimizer runs on its device:
+// replicas need NCCL to sum their gradients there.
+func useDeviceOptimizer(be ops.Backend, d *dist, nccl bool) (bool, error) {
+	whole := d.plan.Stages == 1 && !d.zero1 && (d.dp == nil || nccl)
+	switch env := os.Getenv(OptimizerEnv); env {
+	case "host":
+		return false, nil
+	case "device":
+		if !whole {
+			return false, fmt.Errorf("%s=device needs one pipeline stage, no ZeRO-1, and NCCL between replicas", OptimizerEnv)
+		}
+		return true, nil
+	case "":
+		_, gpu := be.(gpuInfo)
+		return gpu && whole, nil
+	default:
+		return false, fmt.Errorf("%s=%q: want host or device", OptimizerEnv, env)
+	}
+}
+
+func newDeviceOptimizer(be ops.Backend, f *flatParams) (*deviceOptimizer, error) {
+	o := &deviceOptimizer{be: be, views: f.views, fresh: true}
+	o.m, o.v = make([]ops.Buf, len(f.views)), make([]ops.Buf, len(f.views))
+	var plan ops.Plan
+	for i, v := range f.views {
+		plan.Add(&o.m[i], v.n)
+		plan.Add(&o.v[i], v.n)
+	}
+	plan.Add(&o.norm, 1)
+	var err error
+	if o.state, err = plan.Alloc(be, ops.F32); err != nil {
+		return nil, fmt.Errorf("train: optimizer state on the device: %w", err)
+	}
+	return o, nil
+}
+
+func (o *deviceOptimizer) close() { o.be.Free(o.state) }
+
+// bytes is the device memory of the moments.
+func (o *deviceOptimizer) bytes() int64 { return ops.Bytes(o.state) }
+
+// sumSquares is the squared norm of every gradient (after Model.FinishGrads).
+func (o *deviceOptimizer) sumSquares() (float64, error) {
+	o.be.Zero(o.norm, 1)
+	for _, v := range o.views {
+		o.be.SumSquares(o.norm, v.p.Grad, v.n)
+	}
+	if err := o.be.Download(o.normSq[:], o.norm); err != nil {
+		return 0, fmt.Errorf("gradient norm: %w", err)
+	}
+	return float64(o.normSq[0]), nil
+}
+
+// step applies one AdamW update with the gradients scaled by clip, writing the
+// bf16 compute copies as it goes.
+func (o *deviceOptimizer) step(opt *optim.AdamW, lr, clip float64) {
+	stepSize, sqrtBC2 := opt.Begin(lr)
+	for i, v := range o.views {
+		decay := float32(1)
+		if len(v.p.Shape) != 1 { // norms do not decay, as on the host
+			decay = float32(1 - lr*opt.WeightDecay)
+		}
+		var work ops.Buf
+		if v.p.W != v.p.Value {
+			work = v.p.W
+		}
+		o.be.AdamW(v.p.Value, v.p.Grad, o.m[i], o.v[i], work, v.n, ops.AdamWStep{
+			B1: float32(opt.Beta1), B2: float32(opt.Beta2), Decay: decay, GradScale: float32(clip),
+			StepSize: stepSize, SqrtBC2: sqrtBC2, Eps: opt.Eps,
+		})
+	}
+	o.fresh = false
+}
+
+// syncHost copies the values and moments into the host mirror f, for a
+// checkpoint or the outputs. Without ZeRO-1, f.opt[i] is all of f.views[i].
+func (o *deviceOptimizer) syncHost(f *flatParams) error {
+	for i, v := range o.views {
+		if err := o.be.Download(f.value[v.off:v.off+v.n], v.p.Value); err != nil {
+			return fmt.Errorf("train: %s: %w", v.p.Name, err)
+		}
+		if o.fresh {
+			continue
+		}
+		p := f.opt[i]
+		if p.M == nil {
+			p.M, p.V = make([]float32, v.n), make([]float32, v.n)
+		}
+		if err := o.be.Download(p.M, o.m[i]); err != nil {
+			return fmt.Errorf("train: optimizer state of %s: %w", v.p.Name, err)
+		}
+		if err := o.be.Download(p.V, o.v[i]); err != nil {
+			return fmt.Errorf("train: optimizer state of %s: %w", v.p.Name, err)
+		}
+	}
+	return nil
+}
+
+// syncDevice copies the moments of the host mirror to the device (resuming).
+func (o *deviceOptimizer) syncDevice(f *flatParams) error {
+	for i := range o.views {
+		p := f.opt[i]
+		if p.M == nil {
+			continue
+		}
+		if err := o.be.Upload(o.m[i], p.M); err != nil {
+			return err
+		}
+		if err := o.be.Upload(o.v[i], p.V); err != nil {
+			return err
+		}
+		o.fresh = false
+	}
+	return nil
+}
+
+// openReplicaNCCL connects the data-parallel replicas' GPUs through NCCL when
+// the optimizer can then run on the device (one stage, no ZeRO-1). When NCCL
+// cannot start on some rank, every rank agrees to go on without it: gradients
+// then travel through the host and the TCP ring, slower but correct.
+func openReplicaNCCL(be ops.Backend, d *dist, warn io.Writer) (*kernels.NCCL, error) {
+	g, ok := be.(*kernels.Backend)
+	if !ok || d.dp == nil || d.plan.Stages != 1 || d.zero1 || os.Getenv(OptimizerEnv) == "host" {
+		return nil, nil
+	}
+	n, err := ncclFromComm(g, d.dp, 0)
+	if aerr := d.agree(err, "a replica could not start NCCL"); aerr != nil {
+		if n != nil {
+			n.Close()
+		}
+		fmt.Fprintf(warn, "train: warning: NCCL unavailable (%v); gradients go through the host and TCP\n", aerr)
+		return nil, nil
+	}
+	return n, nil
+}
+
+// reduceGradsNCCL sums the replicas' gradients on their GPUs, the whole
+// gradient allocation in one all-reduce (the loss was normalised over the whole
+// step, so a sum gives the step's gradient).
+func (t *trainer) reduceGradsNCCL(times *stepTimes) error {
+	if t.nccl == nil {
+		return nil
+	}
+	return timed(&times.comm, func() error {
+		g := t.m.GradBuffer()
+		times.ring(g.Len(), t.dist.plan.Replicas, 2)
+		if err := t.nccl.AllReduce(g, g.Len(), kernels.NCCLSum); err != nil {
+			return fmt.Errorf("gradient all-reduce (NCCL): %w", err)
+		}
+		if err := t.nccl.Wait(); err != nil {
+			return fmt.Errorf("gradient all-reduce (NCCL): %w", err)
+		}
+		return nil
+	})
+}

@@ -26,7 +26,9 @@ type deviceOptimizer struct {
 	m, v   []ops.Buf  // per view
 	norm   ops.Buf    // F32 [1]: the squared gradient norm
 	fresh  bool       // moments are zero: no update has run yet
-	normSq [1]float32
+	// normSq receives the norm: its own allocation, since cgo refuses a
+	// pointer into memory that also holds Go pointers (this struct).
+	normSq []float32
 }
 
 // OptimizerEnv chooses where the optimizer runs: "host" or "device"; unset is
@@ -55,7 +57,7 @@ func useDeviceOptimizer(be ops.Backend, d *dist, nccl bool) (bool, error) {
 }
 
 func newDeviceOptimizer(be ops.Backend, f *flatParams) (*deviceOptimizer, error) {
-	o := &deviceOptimizer{be: be, views: f.views, fresh: true}
+	o := &deviceOptimizer{be: be, views: f.views, fresh: true, normSq: make([]float32, 1)}
 	o.m, o.v = make([]ops.Buf, len(f.views)), make([]ops.Buf, len(f.views))
 	var plan ops.Plan
 	for i, v := range f.views {
@@ -81,7 +83,7 @@ func (o *deviceOptimizer) sumSquares() (float64, error) {
 	for _, v := range o.views {
 		o.be.SumSquares(o.norm, v.p.Grad, v.n)
 	}
-	if err := o.be.Download(o.normSq[:], o.norm); err != nil {
+	if err := o.be.Download(o.normSq, o.norm); err != nil {
 		return 0, fmt.Errorf("gradient norm: %w", err)
 	}
 	return float64(o.normSq[0]), nil

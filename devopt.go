@@ -20,12 +20,12 @@ import (
 // off; pipeline stages and ZeRO-1 shards keep the host optimizer, whose tensors
 // travel over the TCP collectives anyway.
 type deviceOptimizer struct {
-	be     ops.Backend
-	views  []flatView // every trainable tensor, as flatParams lists them
-	state  ops.Buf    // F32: both moments of every tensor, end to end
-	m, v   []ops.Buf  // per view
-	norm   ops.Buf    // F32 [1]: the squared gradient norm
-	fresh  bool       // moments are zero: no update has run yet
+	be    ops.Backend
+	views []flatView // every trainable tensor, as flatParams lists them
+	state ops.Buf    // F32: both moments of every tensor, end to end
+	m, v  []ops.Buf  // per view
+	norm  ops.Buf    // F32 [1]: the squared gradient norm
+	fresh bool       // moments are zero: no update has run yet
 	// normSq receives the norm: its own allocation, since cgo refuses a
 	// pointer into memory that also holds Go pointers (this struct).
 	normSq []float32

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"strings"
@@ -610,15 +611,16 @@ func finiteAll(vals ...float64) bool {
 // ranks the launcher put on this host), and says what would fit. The estimate is
 // shard's, with the CPU's sizes: float32 activations, and float32 base weights
 // held twice while the model is built (the loaded tensors and the backend's copy).
-func checkFits(cfg config.Config, mc *model.Config, d *dist) error {
-	avail := availableMemory()
-	if avail <= 0 {
-		return nil // unknown: nothing to check against
-	}
-	budget := avail / int64(ranksOnHost())
+//
+// On a GPU the host holds the stage's float32 weights as loaded (twice the
+// estimate's bf16) and the optimizer's host mirror; the device's share is
+// compared with the GPU's free memory, and a plan that looks too large is
+// warned about (the estimate is not exact there; an allocation that fails
+// names itself).
+func checkFits(cfg config.Config, mc *model.Config, d *dist, be ops.Backend, compute ops.DType, warn io.Writer) error {
 	setup := shard.Setup{Method: cfg.Train.Method, MicroBatch: cfg.Train.MicroBatch, SeqLen: cfg.Data.SeqLen,
 		MicroBatches: cfg.Train.GradAccum, LoRARank: cfg.LoRA.Rank, LoRATargets: cfg.LoRA.Targets,
-		Zero1: d.zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: 4}
+		Zero1: d.zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: compute.Size()}
 	if cfg.Train.Method != "lora" && cfg.Train.Method != "qlora" {
 		setup.LoRATargets = nil
 	}
@@ -628,6 +630,18 @@ func checkFits(cfg config.Config, mc *model.Config, d *dist) error {
 	}
 	m := est.Ranks[d.rank()]
 	need := m.Total() + 3*m.Weights // bf16 in the estimate; float32, twice, here
+	if g, ok := be.(gpuInfo); ok {
+		need = 2*m.Weights + m.Master + m.Grads + m.Optimizer
+		if in, err := g.Info(); err == nil && m.Total() > in.FreeMem {
+			fmt.Fprintf(warn, "train: warning: rank %d (stage %d) may need about %s of GPU memory and GPU %d has %s free; if it runs out: more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora\n",
+				d.rank(), d.me.Stage, shard.FormatBytes(m.Total()), in.Ordinal, shard.FormatBytes(in.FreeMem))
+		}
+	}
+	avail := availableMemory()
+	if avail <= 0 {
+		return nil // unknown: nothing to check against
+	}
+	budget := avail / int64(ranksOnHost())
 	if need <= budget {
 		return nil
 	}

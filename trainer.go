@@ -124,7 +124,11 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	if !d.isRoot() {
 		stdout, stderr = io.Discard, io.Discard // rank 0 speaks for the job; every rank has its log
 	}
-	if err := checkFits(cfg, &mc, d); err != nil {
+	compute, err := computeType(cfg.Precision, be)
+	if err != nil {
+		return res, err
+	}
+	if err := checkFits(cfg, &mc, d, be, compute, stderr); err != nil {
 		return res, err
 	}
 	// Each rank loads only the tensors of its own stage.
@@ -140,10 +144,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	if err != nil {
 		return res, err
 	}
-	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing}
-	if opts.Compute, err = computeType(cfg.Precision, be); err != nil {
-		return res, err
-	}
+	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Compute: compute}
 	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
 		return res, err
 	}

@@ -7,8 +7,8 @@
 #   go test -c -o .dev/bin/kernels.test ./kernels
 #   scripts/gpu-check.sh OUTDIR [SECTIONS]   # on the GPU machine, from the repository root
 #
-# SECTIONS is a comma-separated subset of fixtures,tokenizer,collective,pipeline,kernels,train,bench
-# (default: all). Writes full logs to OUTDIR and prints a short table last.
+# SECTIONS is a comma-separated subset of fixtures,tokenizer,collective,pipeline,kernels,train,bench,
+# scale (default: all but scale). Writes full logs to OUTDIR and prints a short table last.
 set -uo pipefail
 out="${1:?usage: $0 OUTDIR [SECTIONS]}"
 sections=",${2:-fixtures,tokenizer,collective,pipeline,kernels,train,bench},"
@@ -205,6 +205,40 @@ PY
     table+=("bench 70b-4layers T=8192: skipped (the section had run $((SECONDS - bench_start)) s)")
   fi
   table+=("bench section: $((SECONDS - bench_start)) s; logs bench-*.log")
+fi
+
+# 8. Parallel training at the scale of the machine (issue 8's run): Llama-3.1-70B shape with random
+# weights, LoRA r=16 on all linear layers, bf16, sequence 4096, 8 micro-batches per step, over every
+# GPU: 4 GPUs run P=4; 8 run P=4 x D=2 and P=8. `train logs` then gives the step time, the pipeline
+# bubble and the communication share. Not in the default sections (minutes, and 4+ GPUs).
+if want scale; then
+  n=$(nvidia-smi -L 2>/dev/null | wc -l)
+  python3 - .dev/ids-4096.jsonl .dev/ids-eval.jsonl <<'PY'
+import json, random, sys
+rng = random.Random(1)
+with open(sys.argv[1], "w") as f:
+    for _ in range(64):
+        ids = [rng.randrange(128000) for _ in range(4096)]
+        f.write(json.dumps({"input_ids": ids, "labels": ids}) + "\n")
+with open(sys.argv[2], "w") as f:
+    ids = [rng.randrange(128000) for _ in range(64)]
+    f.write(json.dumps({"input_ids": ids, "labels": ids}) + "\n")
+PY
+  layouts=()
+  (( n >= 4 )) && layouts=("4 4")
+  (( n >= 8 )) && layouts=("8 4" "8 8")
+  [ ${#layouts[@]} -eq 0 ] && table+=("scale: skipped ($n GPUs; needs 4 or 8)")
+  for l in "${layouts[@]}"; do
+    read -r np pp <<<"$l"
+    run="$out/scale-np$np-pp$pp"
+    timeout 560 mpirun --oversubscribe -np $np .dev/bin/train -model random:llama-3.1-70b -method lora -lora-rank 16 \
+      -lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj -pp $pp -seq 4096 -batch 1 -grad-accum 8 \
+      -steps 3 -lr 1e-4 -device cuda -precision bf16 -data .dev/ids-4096.jsonl -eval-data .dev/ids-eval.jsonl \
+      -log-every 1 -run "$run" >"$run.log" 2>&1
+    table+=("scale 70B LoRA np=$np pp=$pp T=4096: rc=$? $(grep '^done' "$run.log")")
+    .dev/bin/train logs "$run" >"$run-logs.txt" 2>&1
+    while IFS= read -r line; do table+=("  $line"); done < <(head -n 30 "$run-logs.txt")
+  done
 fi
 
 echo

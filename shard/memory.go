@@ -207,12 +207,14 @@ func EstimateMemory(cfg *model.Config, p *Plan, s Setup) (*Estimate, error) {
 // in ActBytes each, plus fp32 rstd of both norms (2) and the attention's
 // log-sum-exp per head (H): no T×T scores (the attention is flash-style).
 //
-// Without checkpointing every layer keeps all of it for every micro-batch in
-// flight. With checkpointing a micro-batch keeps only each layer's input (C),
-// and the layer being recomputed keeps the full set once. Either way add one
-// layer's backward scratch (dresid, dln: 2C; datt, dq: 2Q; dk, dv: 2KV;
-// dact, dgate, dup: 3I) and the stage's input, output and input-gradient
-// buffers (3C), once.
+// The trainer keeps one micro-batch's activations: before a backward on a
+// micro-batch other than its last forward it recomputes that forward from the
+// micro-batch's stage input, so each other micro-batch in flight holds only its
+// stage input (C). Without checkpointing the stage's layers keep all of the
+// above once; with checkpointing each layer's input (C) and the layer being
+// recomputed the full set. Either way add one layer's backward scratch (dresid,
+// dln: 2C; datt, dq: 2Q; dk, dv: 2KV; dact, dgate, dup: 3I) and the stage's
+// input, output and input-gradient buffers (3C), once.
 func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFlight int) int64 {
 	C, Q, KV, I := int64(cfg.HiddenSize), int64(cfg.QDim()), int64(cfg.KVDim()), int64(cfg.IntermediateSize)
 	N, a := int64(s.MicroBatch)*int64(s.SeqLen), int64(s.ActBytes)
@@ -222,10 +224,11 @@ func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFl
 	}
 	perLayer := N * (a*saved + 4*(2+int64(cfg.NumHeads)))
 	scratch := N * a * (2*C + 2*Q + 2*KV + 3*I + 3*C)
+	inputs := int64(max(inFlight-1, 0)) * N * a * C
 	if s.Checkpoint {
-		return int64(inFlight)*L*N*a*C + perLayer + scratch
+		return L*N*a*C + perLayer + inputs + scratch
 	}
-	return int64(inFlight)*L*perLayer + scratch
+	return L*perLayer + inputs + scratch
 }
 
 // FormatBytes prints n in GiB (or MiB below one GiB), as memory tables want.

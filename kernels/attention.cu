@@ -1,17 +1,23 @@
 #include "common.cuh"
 
-// Causal grouped-query attention, a plain correct version (flash-style tiling
-// is later work). Layouts, token-major as the projections produce them:
-//   q, out [B*Tq, H*D]; k, v [B*S, KVH*D]; lse [B, H, Tq]; seg [B*S] or null.
-// Query head h reads key/value head h/(H/KVH). One warp per query row; each lane
-// holds D/32 elements of a head in registers (D <= 32*MAXJ), as float whatever
-// the data type E; lse and the backward's delta are float.
+// Causal grouped-query attention. Layouts, token-major as the projections
+// produce them: q, out [B*Tq, H*D]; k, v [B*S, KVH*D]; lse [B, H, Tq] (float);
+// seg [B*S] or null. Query head h reads key/value head h/(H/KVH).
+//
+// Training (AttentionForward/Backward, kernels/attention.go) runs its FLOPs in
+// cuBLAS: per chunk of query rows and group index g, S = Q·Kᵀ (float) for the
+// KVH heads h = kvh*rep+g, then the row kernels below turn the scores into
+// probabilities P (and, backward, dS) for the next GEMMs. Decoding
+// (AttentionDecode) keeps the plain warp-per-row kernel, attention_forward.
+
+// Plain forward, one warp per query row; each lane holds D/32 elements of a head
+// in registers (D <= 32*MAXJ), as float whatever the data type E. Written for
+// training (Tq = Tk = S = T, seg optional, lse saved), used for decoding over a
+// cache (query i of row b at position Tk-Tq+i, keys at rows b*S+s, lse null).
+// Online softmax over the visible keys s <= t:
+//   out_t = sum_s p_s v_s,  lse_t = log sum_s exp(q_t·k_s/sqrt(D)).
 #define MAXJ 8
 
-// Forward, for training (Tq = Tk = S = T, seg optional, lse saved) and for
-// decoding over a cache (query i of row b at position Tk-Tq+i, keys at rows
-// b*S+s, lse null). Online softmax over the visible keys s <= t:
-//   out_t = sum_s p_s v_s,  lse_t = log sum_s exp(q_t·k_s/sqrt(D)).
 template <typename E>
 __device__ __forceinline__ void attention_forward_t(E* out, float* lse, const E* q, const E* k, const E* v,
                                                     const int* seg, int B, int Tq, int Tk, int S, int H, int KVH,
@@ -69,141 +75,101 @@ TR_KERNEL_F32_BF16(attention_forward,
                     int S, int H, int KVH, int D),
                    (out, lse, q, k, v, seg, B, Tq, Tk, S, H, KVH, D))
 
-// Backward, query side: one warp per query row t of head h (S = T). With
-// p_s = exp(q_t·k_s*scale - lse_t) and dp_s = dout_t·v_s:
-//   delta_t = sum_s p_s dp_s           (saved for the key side)
-//   dq_t   += scale * sum_s p_s (dp_s - delta_t) k_s
-template <typename E>
-__device__ __forceinline__ void attention_backward_dq_t(E* dq, float* delta, const E* dout, const E* q, const E* k,
-                                                        const E* v, const float* lse, const int* seg, int B, int T,
-                                                        int H, int KVH, int D) {
-  long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  int lane = threadIdx.x & 31;
-  if (warp >= (long long)B * H * T) return;
-  int t = (int)(warp % T);
-  long long bh = warp / T;
-  int h = (int)(bh % H), b = (int)(bh / H);
-  int kh = h / (H / KVH);
-  long long QW = (long long)H * D, KW = (long long)KVH * D, row = (long long)b * T;
-  long long qo = (row + t) * QW + (long long)h * D;
-  float qr[MAXJ], gr[MAXJ], dqa[MAXJ];
-#pragma unroll
-  for (int j = 0; j < MAXJ; j++) {
-    int d = lane + 32 * j;
-    qr[j] = d < D ? tof(q[qo + d]) : 0.f;
-    gr[j] = d < D ? tof(dout[qo + d]) : 0.f;
-    dqa[j] = 0.f;
-  }
-  float scale = 1.0f / sqrtf((float)D);
-  float l = lse[bh * T + t];
-  int st = seg ? seg[row + t] : 0;
-  float dl = 0.f;
-  for (int pass = 0; pass < 2; pass++) {
-    for (int s = 0; s <= t; s++) {
-      if (seg && seg[row + s] != st) continue;
-      const E* ks = k + (row + s) * KW + (long long)kh * D;
-      const E* vs = v + (row + s) * KW + (long long)kh * D;
-      float sc = 0.f, dp = 0.f;
-#pragma unroll
-      for (int j = 0; j < MAXJ; j++) {
-        int d = lane + 32 * j;
-        if (d < D) {
-          sc += qr[j] * tof(ks[d]);
-          dp += gr[j] * tof(vs[d]);
-        }
-      }
-      sc = warp_sum(sc);
-      dp = warp_sum(dp);
-      float p = expf(sc * scale - l);
-      if (pass == 0) {
-        dl += p * dp;
-      } else {
-        float ds = p * (dp - dl) * scale;
-#pragma unroll
-        for (int j = 0; j < MAXJ; j++) {
-          int d = lane + 32 * j;
-          if (d < D) dqa[j] += ds * tof(ks[d]);
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < MAXJ; j++) {
-    int d = lane + 32 * j;
-    if (d < D) dq[qo + d] = fromf<E>(tof(dq[qo + d]) + dqa[j]);
-  }
-  if (lane == 0) delta[bh * T + t] = dl;
-}
-TR_KERNEL_F32_BF16(attention_backward_dq,
-                   (T * dq, float* delta, const T* dout, const T* q, const T* k, const T* v, const float* lse,
-                    const int* seg, int B, int T_, int H, int KVH, int D),
-                   (dq, delta, dout, q, k, v, lse, seg, B, T_, H, KVH, D))
+// The row kernels of the GEMM path. The score matrices of one chunk: query rows
+// [t0, t0+Tc) of batch row b against keys [0, Nk), Nk = t0+Tc (the causal mask
+// hides later keys); one [Tc, Nk] float matrix per key/value head kvh at
+// S + kvh*Tc*ld, row i at +i*ld (ld >= Nk), for query head h = kvh*rep + g. One
+// block per (row i, kvh): blockIdx.x = i, blockIdx.y = kvh. Key s is visible
+// from token t = t0+i when s <= t and, with seg, seg[s] == seg[t] within the
+// row; key t always is, so no row is empty. Each thread walks its keys in a
+// fixed order and block_max/block_sum use a fixed tree: deterministic.
 
-// Backward, key side: one warp per key row s of key/value head kh, summing over
-// the query heads of its group and the queries t >= s that see it:
-//   dv_s += sum p_ts dout_t,  dk_s += scale * sum p_ts (dp_ts - delta_t) q_t
+// Forward: S holds q_t·k_s. With x_s = S_s*scale over the visible keys,
+//   lse_t = log sum_s exp(x_s),  P_s = exp(x_s - lse_t), 0 where hidden;
+// P is written for every s < Nk (the P·V GEMM reads them all).
 template <typename E>
-__device__ __forceinline__ void attention_backward_dkv_t(E* dk, E* dv, const float* delta, const E* dout, const E* q,
-                                                         const E* k, const E* v, const float* lse, const int* seg,
-                                                         int B, int T, int H, int KVH, int D) {
-  long long warp = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  int lane = threadIdx.x & 31;
-  if (warp >= (long long)B * KVH * T) return;
-  int s = (int)(warp % T);
-  long long bk = warp / T;
-  int kh = (int)(bk % KVH), b = (int)(bk / KVH);
-  int rep = H / KVH;
-  long long QW = (long long)H * D, KW = (long long)KVH * D, row = (long long)b * T;
-  long long ko = (row + s) * KW + (long long)kh * D;
-  float kr[MAXJ], vr[MAXJ], dka[MAXJ], dva[MAXJ];
-#pragma unroll
-  for (int j = 0; j < MAXJ; j++) {
-    int d = lane + 32 * j;
-    kr[j] = d < D ? tof(k[ko + d]) : 0.f;
-    vr[j] = d < D ? tof(v[ko + d]) : 0.f;
-    dka[j] = 0.f;
-    dva[j] = 0.f;
-  }
-  float scale = 1.0f / sqrtf((float)D);
-  int ss = seg ? seg[row + s] : 0;
-  for (int h = kh * rep; h < (kh + 1) * rep; h++) {
-    long long bh = (long long)b * H + h;
-    for (int t = s; t < T; t++) {
-      if (seg && seg[row + t] != ss) continue;
-      long long qo = (row + t) * QW + (long long)h * D;
-      float sc = 0.f, dp = 0.f;
-#pragma unroll
-      for (int j = 0; j < MAXJ; j++) {
-        int d = lane + 32 * j;
-        if (d < D) {
-          sc += tof(q[qo + d]) * kr[j];
-          dp += tof(dout[qo + d]) * vr[j];
-        }
-      }
-      sc = warp_sum(sc);
-      dp = warp_sum(dp);
-      float p = expf(sc * scale - lse[bh * T + t]);
-      float ds = p * (dp - delta[bh * T + t]) * scale;
-#pragma unroll
-      for (int j = 0; j < MAXJ; j++) {
-        int d = lane + 32 * j;
-        if (d < D) {
-          dka[j] += ds * tof(q[qo + d]);
-          dva[j] += p * tof(dout[qo + d]);
-        }
-      }
+__device__ __forceinline__ void attention_softmax_t(E* P, float* lse, const float* S, const int* seg, int b, int T,
+                                                    int H, int rep, int g, int t0, int Tc, int Nk, int ld,
+                                                    float scale) {
+  __shared__ float sh[32];
+  int i = blockIdx.x, kvh = blockIdx.y, t = t0 + i;
+  long long r = ((long long)kvh * Tc + i) * ld;
+  const float* srow = S + r;
+  const int* sg = seg ? seg + (long long)b * T : nullptr;
+  int st = sg ? sg[t] : 0;
+  // Online max and sum per thread, then combined over the block.
+  float m = (-TR_INF), sum = 0.f;
+  for (int s = threadIdx.x; s <= t; s += blockDim.x) {
+    if (sg && sg[s] != st) continue;
+    float x = srow[s] * scale;
+    if (x > m) {
+      sum = sum * expf(m - x) + 1.f;
+      m = x;
+    } else {
+      sum += expf(x - m);
     }
   }
-#pragma unroll
-  for (int j = 0; j < MAXJ; j++) {
-    int d = lane + 32 * j;
-    if (d < D) {
-      dk[ko + d] = fromf<E>(tof(dk[ko + d]) + dka[j]);
-      dv[ko + d] = fromf<E>(tof(dv[ko + d]) + dva[j]);
-    }
+  float mx = block_max(m, sh);                             // finite: key t is visible
+  float l = mx + logf(block_sum(sum * expf(m - mx), sh));  // a thread without keys adds 0*0
+  if (threadIdx.x == 0) lse[((long long)b * H + kvh * rep + g) * T + t] = l;
+  E* prow = P + r;
+  for (int s = threadIdx.x; s < Nk; s += blockDim.x) {
+    float p = 0.f;
+    if (s <= t && (!sg || sg[s] == st)) p = expf(srow[s] * scale - l);
+    prow[s] = fromf<E>(p);
   }
 }
-TR_KERNEL_F32_BF16(attention_backward_dkv,
-                   (T * dk, T* dv, const float* delta, const T* dout, const T* q, const T* k, const T* v,
-                    const float* lse, const int* seg, int B, int T_, int H, int KVH, int D),
-                   (dk, dv, delta, dout, q, k, v, lse, seg, B, T_, H, KVH, D))
+TR_KERNEL_F32_BF16(attention_softmax,
+                   (T * P, float* lse, const float* S, const int* seg, int b, int T_, int H, int rep, int g, int t0,
+                    int Tc, int Nk, int ld, float scale),
+                   (P, lse, S, seg, b, T_, H, rep, g, t0, Tc, Nk, ld, scale))
+
+// Backward: S holds q_t·k_s again and dP holds dout_t·v_s. With P_s =
+// exp(S_s*scale - lse_t) recomputed in float (0 where hidden),
+//   delta_t = sum_s P_s dP_s   (= dout_t·out_t; the op is not given out)
+//   dS_s    = P_s (dP_s - delta_t) * scale
+// P and dS are written in the data type for every s < Nk, for the GEMMs
+// dq += dS·K, dk += dSᵀ·Q and dv += Pᵀ·dout.
+template <typename E>
+__device__ __forceinline__ void attention_softmax_backward_t(E* P, E* dS, const float* S, const float* dP,
+                                                             const float* lse, const int* seg, int b, int T, int H,
+                                                             int rep, int g, int t0, int Tc, int Nk, int ld,
+                                                             float scale) {
+  __shared__ float sh[32];
+  int i = blockIdx.x, kvh = blockIdx.y, t = t0 + i;
+  long long r = ((long long)kvh * Tc + i) * ld;
+  const float *srow = S + r, *dprow = dP + r;
+  const int* sg = seg ? seg + (long long)b * T : nullptr;
+  int st = sg ? sg[t] : 0;
+  float l = lse[((long long)b * H + kvh * rep + g) * T + t];
+  float acc = 0.f;
+  for (int s = threadIdx.x; s <= t; s += blockDim.x) {
+    if (sg && sg[s] != st) continue;
+    acc += expf(srow[s] * scale - l) * dprow[s];
+  }
+  float delta = block_sum(acc, sh);
+  E *prow = P + r, *dsrow = dS + r;
+  for (int s = threadIdx.x; s < Nk; s += blockDim.x) {
+    float p = 0.f, ds = 0.f;
+    if (s <= t && (!sg || sg[s] == st)) {
+      p = expf(srow[s] * scale - l);
+      ds = p * (dprow[s] - delta) * scale;
+    }
+    prow[s] = fromf<E>(p);
+    dsrow[s] = fromf<E>(ds);
+  }
+}
+TR_KERNEL_F32_BF16(attention_softmax_backward,
+                   (T * P, T* dS, const float* S, const float* dP, const float* lse, const int* seg, int b, int T_,
+                    int H, int rep, int g, int t0, int Tc, int Nk, int ld, float scale),
+                   (P, dS, S, dP, lse, seg, b, T_, H, rep, g, t0, Tc, Nk, ld, scale))
+
+// x[i] += acc[i] over n elements, rounding once: the bf16 backward accumulates
+// a batch row's dk and dv in float (GEMMs with beta 1 over chunks and groups)
+// and adds them into the bf16 gradients here.
+template <typename E>
+__device__ __forceinline__ void attention_add_acc_t(E* x, const float* acc, long long n) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) x[i] = fromf<E>(tof(x[i]) + acc[i]);
+}
+TR_KERNEL_F32_BF16(attention_add_acc, (T * x, const float* acc, long long n), (x, acc, n))

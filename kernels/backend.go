@@ -24,15 +24,15 @@
 //     kernel go to a small device error word that Sync reads.
 //   - Matmuls: float32 through cublasSgemm (default math mode: no TF32);
 //     bfloat16 a and b through cublasGemmEx computing in float32, into a
-//     float32 or bfloat16 out. Everything else runs in the kernels. Results are
-//     deterministic: no atomics (but the error word); reductions in a fixed
-//     order.
-//   - Scratch: attention backward's deltas and SumSquares' partial sums share
-//     one device buffer, grown on demand; it is the one allocation outside the
-//     caller's memory plan.
+//     float32 or bfloat16 out. Training attention is strided-batched GEMMs of
+//     the same kinds around row kernels (attention.go). Everything else runs
+//     in the kernels. Results are deterministic: no atomics (but the error
+//     word); reductions in a fixed order.
+//   - Workspaces outside the caller's memory plan, grown on demand and freed by
+//     Close: SumSquares' partial sums (scratch) and the attention's score
+//     matrices (at most 256 MiB whatever T, AttentionWorkspaceBytes).
 //
-// Later work (kernels/NOTES.md): a planned workspace instead of the scratch,
-// flash-style attention, cuBLASLt.
+// Later work (kernels/NOTES.md): flash-style attention, cuBLASLt.
 package kernels
 
 import (
@@ -64,9 +64,16 @@ type Backend struct {
 	err error // first op error, returned by Sync/Download
 
 	errWord  uint64 // device int32[4]: code, row, value, limit (see common.cuh)
-	scratch  uint64 // attention backward's deltas, SumSquares' partials; grown on demand
-	scratchB int    // its size in bytes
-	closed   bool
+	scratch  uint64 // SumSquares' partial sums; grown on demand
+	scratchB int64  // its size in bytes
+	// The training attention's workspace (attention.go): score matrices of
+	// one chunk and bf16 backward's accumulators, grown on demand to
+	// planAttention's size. attnLimit replaces attnWorkspaceLimit when not 0
+	// (tests force small chunks with it).
+	attnWS    uint64
+	attnWSB   int64
+	attnLimit int64
+	closed    bool
 }
 
 // Info describes the device and the libraries a Backend runs on.
@@ -126,7 +133,7 @@ func (b *Backend) Close() error {
 	var err error
 	b.th.do(func() {
 		err = b.dev.sync()
-		for _, p := range []uint64{b.errWord, b.scratch} {
+		for _, p := range []uint64{b.errWord, b.scratch, b.attnWS} {
 			if p != 0 {
 				if e := b.dev.free(p); err == nil {
 					err = e

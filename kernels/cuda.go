@@ -65,6 +65,14 @@ static cublasStatus_t (*p_cublasSgemm)(cublasHandle_t, int, int, int, int, int, 
 // are C ints.
 static cublasStatus_t (*p_cublasGemmEx)(cublasHandle_t, int, int, int, int, int, const void*, const void*, int, int,
 	const void*, int, int, const void*, void*, int, int, int, int);
+// cublasSgemmStridedBatched and cublasGemmStridedBatchedEx: batch item i reads
+// A + i*strideA, B + i*strideB and writes C + i*strideC (strides in elements,
+// long long).
+static cublasStatus_t (*p_cublasSgemmStridedBatched)(cublasHandle_t, int, int, int, int, int, const float*,
+	const float*, int, long long, const float*, int, long long, const float*, float*, int, long long, int);
+static cublasStatus_t (*p_cublasGemmStridedBatchedEx)(cublasHandle_t, int, int, int, int, int, const void*,
+	const void*, int, int, long long, const void*, int, int, long long, const void*, void*, int, int, long long, int,
+	int, int);
 static const char* (*p_cublasGetStatusString)(cublasStatus_t);
 
 // tr_sym loads one symbol into *dst; it returns the name when missing.
@@ -114,6 +122,8 @@ static const char* tr_load_cublas(void* lib) {
 	SYM(lib, p_cublasGetVersion, "cublasGetVersion_v2")
 	SYM(lib, p_cublasSgemm, "cublasSgemm_v2")
 	SYM(lib, p_cublasGemmEx, "cublasGemmEx")
+	SYM(lib, p_cublasSgemmStridedBatched, "cublasSgemmStridedBatched")
+	SYM(lib, p_cublasGemmStridedBatchedEx, "cublasGemmStridedBatchedEx")
 	p_cublasGetStatusString = dlsym(lib, "cublasGetStatusString"); // optional (cuBLAS >= 11.4)
 	return NULL;
 }
@@ -207,6 +217,20 @@ static cublasStatus_t tr_cublasGemmEx(cublasHandle_t h, int ta, int tb, int m, i
 	CUdeviceptr A, int atype, int lda, CUdeviceptr B, int btype, int ldb, float beta, CUdeviceptr C, int ctype, int ldc) {
 	return p_cublasGemmEx(h, ta, tb, m, n, k, &alpha, (const void*)A, atype, lda, (const void*)B, btype, ldb, &beta,
 		(void*)C, ctype, ldc, 68, -1);
+}
+static cublasStatus_t tr_cublasSgemmStridedBatched(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha,
+	CUdeviceptr A, int lda, long long sa, CUdeviceptr B, int ldb, long long sb, float beta, CUdeviceptr C, int ldc,
+	long long sc, int batch) {
+	return p_cublasSgemmStridedBatched(h, ta, tb, m, n, k, &alpha, (const float*)A, lda, sa, (const float*)B, ldb, sb,
+		&beta, (float*)C, ldc, sc, batch);
+}
+// tr_cublasGemmStridedBatchedEx: as tr_cublasGemmEx (CUBLAS_COMPUTE_32F,
+// CUBLAS_GEMM_DEFAULT), batched.
+static cublasStatus_t tr_cublasGemmStridedBatchedEx(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha,
+	CUdeviceptr A, int atype, int lda, long long sa, CUdeviceptr B, int btype, int ldb, long long sb, float beta,
+	CUdeviceptr C, int ctype, int ldc, long long sc, int batch) {
+	return p_cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, &alpha, (const void*)A, atype, lda, sa, (const void*)B, btype,
+		ldb, sb, &beta, (void*)C, ctype, ldc, sc, batch, 68, -1);
 }
 static const char* tr_cublasStatusString(cublasStatus_t s) {
 	return p_cublasGetStatusString ? p_cublasGetStatusString(s) : "cuBLAS error";
@@ -562,6 +586,41 @@ func (d *device) gemmEx(transA, transB bool, m, n, k int, alpha float32, a uint6
 	}
 	return blasErr("cublasGemmEx", C.tr_cublasGemmEx(d.blas, ta, tb, C.int(m), C.int(n), C.int(k), C.float(alpha),
 		C.CUdeviceptr(a), at, C.int(lda), C.CUdeviceptr(b), at, C.int(ldb), C.float(beta), C.CUdeviceptr(c), cty, C.int(ldc)))
+}
+
+// gemmBatched is column-major strided-batched GEMM: for i < batch, C_i =
+// alpha op(A_i) op(B_i) + beta C_i, where X_i starts strideX elements after
+// X_(i-1). F32 A and B (C F32) go through cublasSgemmStridedBatched (default
+// math mode: no TF32); BF16 ones through cublasGemmStridedBatchedEx computing
+// in float32, C F32 or BF16.
+func (d *device) gemmBatched(transA, transB bool, m, n, k int, alpha float32, a uint64, lda, sa int, b uint64, ldb, sb int,
+	ab ops.DType, beta float32, c uint64, ldc, sc int, ct ops.DType, batch int) error {
+	ta, tb := C.int(0), C.int(0) // CUBLAS_OP_N
+	if transA {
+		ta = 1 // CUBLAS_OP_T
+	}
+	if transB {
+		tb = 1
+	}
+	if ab == ops.F32 {
+		if ct != ops.F32 {
+			return fmt.Errorf("cublasSgemmStridedBatched: f32 inputs into a %v out", ct)
+		}
+		return blasErr("cublasSgemmStridedBatched", C.tr_cublasSgemmStridedBatched(d.blas, ta, tb, C.int(m), C.int(n),
+			C.int(k), C.float(alpha), C.CUdeviceptr(a), C.int(lda), C.longlong(sa), C.CUdeviceptr(b), C.int(ldb),
+			C.longlong(sb), C.float(beta), C.CUdeviceptr(c), C.int(ldc), C.longlong(sc), C.int(batch)))
+	}
+	at, err := cudaDataType(ab)
+	if err != nil {
+		return err
+	}
+	cty, err := cudaDataType(ct)
+	if err != nil {
+		return err
+	}
+	return blasErr("cublasGemmStridedBatchedEx", C.tr_cublasGemmStridedBatchedEx(d.blas, ta, tb, C.int(m), C.int(n),
+		C.int(k), C.float(alpha), C.CUdeviceptr(a), at, C.int(lda), C.longlong(sa), C.CUdeviceptr(b), at, C.int(ldb),
+		C.longlong(sb), C.float(beta), C.CUdeviceptr(c), cty, C.int(ldc), C.longlong(sc), C.int(batch)))
 }
 
 // cudaDataType is library_types.h's cudaDataType of dt.

@@ -6,13 +6,14 @@ import "train/ops"
 // the CPU backend does: sizes, F32 where ops.Backend wants it, one data type
 // per op), pick the kernel's instantiation by the data type, then launch. Block
 // sizes: 256 threads for elementwise kernels, 256 per row for row reductions,
-// 128 (4 warps, one query row each) for attention.
+// 128 (4 warps, one query row each) for the decoding attention. The training
+// attention (GEMMs and row kernels) is in attention.go.
 
 const (
 	ewBlock   = 256
 	rowBlock  = 256
 	attnBlock = 128
-	maxHeadD  = 256 // attention keeps a head in 8 registers per lane
+	maxHeadD  = 256 // the decoding attention keeps a head in 8 registers per lane
 
 	// sumsqBlocks bounds SumSquares' first pass: at most this many partial
 	// sums, one per block, which the second pass adds in one block.
@@ -184,13 +185,19 @@ func (b *Backend) rope(out, x, cos, sin, pos ops.Buf, N, H, D, P int, inverse bo
 	b.launch1(op, kname("rope", x), N*H*D/2, ewBlock, o, xv, cv, sv, pv, aI(N), aI(H), aI(D), aI(P), aB(inverse), b.ew())
 }
 
-func (b *Backend) attnDims(op string, H, KVH, D int) bool {
+// attnDims checks the head counts and D > 0; maxD > 0 also bounds D (a
+// kernel's limit).
+func (b *Backend) attnDims(op string, H, KVH, D, maxD int) bool {
 	if H <= 0 || KVH <= 0 || H%KVH != 0 {
 		b.fail("%s: %d heads not a multiple of %d key/value heads", op, H, KVH)
 		return false
 	}
-	if D <= 0 || D > maxHeadD {
-		b.fail("%s: head dim %d outside (0,%d] (this kernel's limit)", op, D, maxHeadD)
+	if D <= 0 {
+		b.fail("%s: head dim %d, want > 0", op, D)
+		return false
+	}
+	if maxD > 0 && D > maxD {
+		b.fail("%s: head dim %d outside (0,%d] (this kernel's limit)", op, D, maxD)
 		return false
 	}
 	return true
@@ -201,22 +208,9 @@ func (b *Backend) warps(op, kernel string, items int, args ...uint64) {
 	b.launch1(op, kernel, items*32, attnBlock, args...)
 }
 
-func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
-	const op = "AttentionForward"
-	if !b.attnDims(op, H, KVH, D) {
-		return
-	}
-	N := B * T
-	o, l := b.data(out, N*H*D, op, "out"), b.f(lse, B*H*T, op, "lse")
-	qv, kv, vv := b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
-	sg := b.i(seg, N, op, "seg", true)
-	b.same(op, out, q, k, v)
-	b.warps(op, kname("attention_forward", q), B*H*T, o, l, qv, kv, vv, sg, aI(B), aI(T), aI(T), aI(T), aI(H), aI(KVH), aI(D))
-}
-
 func (b *Backend) AttentionDecode(out, q, kCache, vCache ops.Buf, B, Tq, Tk, S, H, KVH, D int) {
 	const op = "AttentionDecode"
-	if !b.attnDims(op, H, KVH, D) {
+	if !b.attnDims(op, H, KVH, D, maxHeadD) {
 		return
 	}
 	if B <= 0 || Tq < 1 || Tq > Tk || Tk > S {
@@ -229,54 +223,38 @@ func (b *Backend) AttentionDecode(out, q, kCache, vCache ops.Buf, B, Tq, Tk, S, 
 	b.warps(op, kname("attention_forward", q), B*H*Tq, o, 0, qv, kv, vv, 0, aI(B), aI(Tq), aI(Tk), aI(S), aI(H), aI(KVH), aI(D))
 }
 
-// AttentionBackward runs two kernels: one warp per query row for dq (and the
-// row's delta = sum_s p_s dp_s, float, kept in the backend's scratch), then one
-// warp per key row for dk, dv, so that no two warps write one element.
-func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
-	const op = "AttentionBackward"
-	if !b.attnDims(op, H, KVH, D) {
-		return
-	}
-	N := B * T
-	dqv, dkv, dvv := b.data(dq, N*H*D, op, "dq"), b.data(dk, N*KVH*D, op, "dk"), b.data(dv, N*KVH*D, op, "dv")
-	do, l := b.data(dout, N*H*D, op, "dout"), b.f(lse, B*H*T, op, "lse")
-	qv, kv, vv := b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
-	sg := b.i(seg, N, op, "seg", true)
-	b.same(op, dq, dk, dv, dout, q, k, v)
-	if b.err != nil || N == 0 {
-		return
-	}
-	delta := b.scratchFor(op, 4*B*H*T)
-	b.warps(op, kname("attention_backward_dq", q), B*H*T, dqv, delta, do, qv, kv, vv, l, sg, aI(B), aI(T), aI(H), aI(KVH), aI(D))
-	b.warps(op, kname("attention_backward_dkv", q), B*KVH*T, dkv, dvv, delta, do, qv, kv, vv, l, sg, aI(B), aI(T), aI(H), aI(KVH), aI(D))
+// scratchFor returns a device buffer of at least bytes bytes for SumSquares'
+// partial sums, reused across calls and grown when too small; it is outside
+// the caller's memory plan.
+func (b *Backend) scratchFor(op string, bytes int) uint64 {
+	return b.grow(op, &b.scratch, &b.scratchB, int64(bytes))
 }
 
-// scratchFor returns a device buffer of at least bytes bytes, reused across
-// calls and grown (after a sync) when too small. It is the one allocation
-// outside the caller's memory plan (attention backward's deltas, SumSquares'
-// partial sums); a planned workspace is later work.
-func (b *Backend) scratchFor(op string, bytes int) uint64 {
-	if bytes <= b.scratchB || b.err != nil {
-		return b.scratch
+// grow returns *p, a device buffer of *size bytes owned by the Backend (freed
+// by Close), after replacing it by one of bytes bytes when it is smaller:
+// sync, free, alloc, so pending work is done with the old one.
+func (b *Backend) grow(op string, p *uint64, size *int64, bytes int64) uint64 {
+	if bytes <= *size || b.err != nil {
+		return *p
 	}
 	b.run(op, func(d *device) error {
 		if err := d.sync(); err != nil {
 			return err
 		}
-		if b.scratch != 0 {
-			if err := d.free(b.scratch); err != nil {
+		if *p != 0 {
+			if err := d.free(*p); err != nil {
 				return err
 			}
-			b.scratch, b.scratchB = 0, 0
+			*p, *size = 0, 0
 		}
-		p, err := d.alloc(bytes)
+		q, err := d.alloc(int(bytes))
 		if err != nil {
 			return err
 		}
-		b.scratch, b.scratchB = p, bytes
+		*p, *size = q, bytes
 		return nil
 	})
-	return b.scratch
+	return *p
 }
 
 func (b *Backend) SwiGLUForward(out, gate, up ops.Buf, n int) {

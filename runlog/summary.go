@@ -194,6 +194,9 @@ func Summarize(run string, logs []*RankLog, o Options) Summary {
 		}
 		if l.Start != nil && s.Model == "" {
 			s.Model, s.Method, s.Device = l.startString("model"), l.startString("method"), l.startString("device")
+			if p := l.startString("precision"); p != "" {
+				s.Device += " (" + p + ")"
+			}
 		}
 		if l.Last.After(s.Newest) {
 			s.Newest = l.Last

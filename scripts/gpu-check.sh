@@ -231,13 +231,28 @@ PY
   for l in "${layouts[@]}"; do
     read -r np pp <<<"$l"
     run="$out/scale-np$np-pp$pp"
-    timeout 560 mpirun --oversubscribe -np $np .dev/bin/train -model random:llama-3.1-70b -method lora -lora-rank 16 \
+    timeout 480 mpirun --oversubscribe -np $np .dev/bin/train -model random:llama-3.1-70b -method lora -lora-rank 16 \
       -lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj -pp $pp -seq 4096 -batch 1 -grad-accum 8 \
       -steps 3 -lr 1e-4 -device cuda -precision bf16 -data .dev/ids-4096.jsonl -eval-data .dev/ids-eval.jsonl \
       -log-every 1 -run "$run" >"$run.log" 2>&1
     table+=("scale 70B LoRA np=$np pp=$pp T=4096: rc=$? $(grep '^done' "$run.log")")
     .dev/bin/train logs "$run" >"$run-logs.txt" 2>&1
     while IFS= read -r line; do table+=("  $line"); done < <(head -n 30 "$run-logs.txt")
+    table+=("  $(python3 - "$run" "$np" <<'PY'
+import glob, json, sys
+run, np = sys.argv[1], int(sys.argv[2])
+peaks = {}
+for f in sorted(glob.glob(run + "/logs/rank-*.jsonl")):
+    for l in open(f):
+        r = json.loads(l)
+        if "gpu_peak_bytes" in r:
+            peaks[f[-10:-6]] = r["gpu_peak_bytes"] / 2**30
+tps = [json.loads(l)["tokens_per_s"] for l in open(run + "/metrics.jsonl") if '"tokens_per_s"' in l]
+last = tps[-1] if tps else float("nan")
+print(f"tokens/s per GPU (last step) {last / np:.0f}; GPU memory peak per rank (GiB, whole device): " +
+      ", ".join(f"{k} {v:.1f}" for k, v in sorted(peaks.items())))
+PY
+)")
   done
 fi
 

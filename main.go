@@ -31,8 +31,8 @@ func commands() []command {
 		{"plan", "print the parallel plan and per-rank memory for LoRA, QLoRA and full fine-tuning (-np N -pp P)", runPlan},
 		{"generate", "continue a prompt with a model (and optional LoRA adapter): greedy or sampled, KV cache, -chat", runGenerate},
 		{"tokenize", "encode JSON-string lines on stdin to JSON arrays of token ids", runTokenize},
-		{"selftest", "check the collectives across every rank (`train selftest collective`)", runSelftest},
-		{"bench", "benchmarks against a peer measured in the same run (`train bench collective`)", runBench},
+		{"selftest", "pre-flight checks across every rank: `train selftest collective` (the network), `train selftest gpu` (GPUs, libraries, NCCL, disk)", runSelftest},
+		{"bench", "benchmarks against a peer measured in the same run: `train bench collective | pipeline | ckpt | model`", runBench},
 	}
 }
 

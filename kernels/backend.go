@@ -1,5 +1,5 @@
 // Package kernels is the CUDA backend of ops.Backend: the driver and cuBLAS
-// loaded at run time (cuda.go, the repository's one cgo file; libs.go says
+// loaded at run time (cuda.go, a cgo file; libs.go says
 // where cuBLAS is looked for, pip's wheels included), the kernels of
 // kernels/*.cu compiled into kernels.fatbin and embedded, and Go launch wrappers.
 //

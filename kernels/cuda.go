@@ -2,7 +2,7 @@
 
 package kernels
 
-// This is the only cgo file of the repository: it loads the NVIDIA driver
+// This cgo file (nccl.go is the other, for NCCL) loads the NVIDIA driver
 // (libcuda.so.1) and cuBLAS with dlopen at run time, through prototypes written
 // here, so that the binary builds without CUDA and starts on machines without a
 // GPU. Every wrapper returns the library's status code; Go turns it into an

@@ -56,6 +56,8 @@ type trainer struct {
 	dopt *deviceOptimizer
 	// nccl, when not nil, sums the replicas' gradients on their GPUs (with dopt).
 	nccl *kernels.NCCL
+	// noNVML stops asking for the GPU's utilisation after NVML failed.
+	noNVML bool
 	// gpuPeak is the most GPU memory in use seen at a step's end (0 on the CPU).
 	gpuPeak int64
 	opt     optim.AdamW
@@ -333,6 +335,23 @@ func (t *trainer) gpuUsed() int64 {
 	used := in.Total - in.FreeMem
 	t.gpuPeak = max(t.gpuPeak, used)
 	return used
+}
+
+// gpuUtil is NVML's utilisation of the rank's GPU over its last sample
+// period (kernels running, memory busy) as log fields; none on the CPU, and
+// none after NVML failed once (the warning says why).
+func (t *trainer) gpuUtil() []any {
+	g, ok := t.be.(*kernels.Backend)
+	if !ok || t.noNVML {
+		return nil
+	}
+	gpu, mem, err := g.Utilization()
+	if err != nil {
+		t.noNVML = true
+		t.log.Warn("no GPU utilisation in the logs", "error", err.Error())
+		return nil
+	}
+	return []any{"gpu_util_pct", gpu, "gpu_mem_util_pct", mem}
 }
 
 // newAdapter returns the LoRA adapter a run trains (nil in full fine-tuning): a
@@ -731,11 +750,12 @@ func (t *trainer) loop() (loopResult, error) {
 		}
 		rss, cpu := resources()
 		gpuUsed := t.gpuUsed()
-		t.log.Info("step", "gpu_used_bytes", gpuUsed, "gpu_peak_bytes", t.gpuPeak, "step", step+1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
+		fields := []any{"gpu_used_bytes", gpuUsed, "gpu_peak_bytes", t.gpuPeak, "step", step + 1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
 			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),
 			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(),
 			"bytes_sent", times.sent, "bytes_received", times.received, "heap_bytes", heapBytes(),
-			"rss_bytes", rss, "cpu_s", cpu)
+			"rss_bytes", rss, "cpu_s", cpu}
+		t.log.Info("step", append(fields, t.gpuUtil()...)...)
 		if budget := availableMemory() + rss; !t.warnedMemory && budget > 0 && rss > budget*9/10 {
 			t.warnedMemory = true
 			t.log.Warn("near the host's memory limit", "rss_bytes", rss, "available_bytes", availableMemory(),

@@ -78,6 +78,10 @@ type Step struct {
 	BubbleS  float64   `json:"bubble_s"` // waiting on neighbouring pipeline stages
 	CommS    float64   `json:"comm_s"`   // collectives, waiting on other ranks included
 	RSSBytes float64   `json:"rss_bytes"`
+	// GPUPeakBytes is the most GPU memory in use seen so far (0 on the CPU);
+	// GPUUtil NVML's share of time a kernel ran, -1 when not logged.
+	GPUPeakBytes float64 `json:"gpu_peak_bytes,omitempty"`
+	GPUUtil      float64 `json:"gpu_util_pct"`
 	// Warmup marks the first step of a session, which pays for start-up.
 	Warmup bool `json:"warmup,omitempty"`
 }
@@ -257,6 +261,14 @@ func num(m map[string]any, key string) float64 {
 	return f
 }
 
+// numOr is num with a value for a missing key.
+func numOr(m map[string]any, key string, missing float64) float64 {
+	if f, ok := m[key].(float64); ok {
+		return f
+	}
+	return missing
+}
+
 func (l *RankLog) add(rec Record) {
 	l.Records++
 	if l.First.IsZero() || (!rec.Time.IsZero() && rec.Time.Before(l.First)) {
@@ -270,7 +282,8 @@ func (l *RankLog) add(rec Record) {
 		f := rec.Fields
 		l.Steps = append(l.Steps, Step{Step: int(num(f, "step")), Time: rec.Time, Loss: num(f, "loss"), LR: num(f, "lr"),
 			GradNorm: num(f, "grad_norm"), Tokens: num(f, "tokens"), StepS: num(f, "step_s"), ComputeS: num(f, "compute_s"),
-			BubbleS: num(f, "bubble_s"), CommS: num(f, "comm_s"), RSSBytes: num(f, "rss_bytes"), Warmup: l.warmup})
+			BubbleS: num(f, "bubble_s"), CommS: num(f, "comm_s"), RSSBytes: num(f, "rss_bytes"),
+			GPUPeakBytes: num(f, "gpu_peak_bytes"), GPUUtil: numOr(f, "gpu_util_pct", -1), Warmup: l.warmup})
 		l.warmup = false
 	case rec.Msg == "start":
 		// A new session (a resumption) starts afresh: how the last one ended is history.

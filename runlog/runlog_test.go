@@ -422,3 +422,34 @@ func checkNotBlank(t *testing.T, img image.Image) {
 		}
 	}
 }
+
+// TestGPUColumns: GPU memory and NVML utilisation appear per rank when the
+// steps logged them (warm-up left out of the mean), and not on CPU runs.
+func TestGPUColumns(t *testing.T) {
+	w := &logWriter{rank: 0}
+	w.start(0, 1)
+	for s, util := range []float64{5, 60, 80} {
+		w.rec(float64(s+1), "INFO", "step", "step", s+1, "loss", 3.0, "tokens", 1024, "step_s", 1.0, "compute_s", 1.0,
+			"rss_bytes", 30<<20, "gpu_peak_bytes", float64(int64(s+1)<<30), "gpu_util_pct", util)
+	}
+	s := Summarize("run", []*RankLog{w.parse(t)}, Options{})
+	r := s.Ranks[0]
+	if r.GPUPeak != 3<<30 || r.GPUUtil != 70 {
+		t.Errorf("gpu peak %v, util %v; want 3 GiB and 70 (the warm-up's 5 left out)", r.GPUPeak, r.GPUUtil)
+	}
+	var out bytes.Buffer
+	if err := s.WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "gpu util") || !strings.Contains(out.String(), "70%") {
+		t.Errorf("no GPU columns:\n%s", out.String())
+	}
+	cpu := syncRun(t, 2, 3, -1, 0, "compute")
+	out.Reset()
+	if err := Summarize("run", cpu, Options{}).WriteText(&out); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(out.String(), "gpu util") {
+		t.Errorf("GPU columns on a CPU run:\n%s", out.String())
+	}
+}

@@ -79,6 +79,10 @@ type RankSummary struct {
 	Bubble  float64 `json:"bubble_mean_s"`
 	Other   float64 `json:"other_mean_s"`
 	RSSMax  float64 `json:"rss_max_bytes"`
+	// GPUPeak is the most GPU memory in use (0 on the CPU); GPUUtil the mean
+	// NVML utilisation over the steps that logged it, -1 when none did.
+	GPUPeak float64 `json:"gpu_peak_bytes"`
+	GPUUtil float64 `json:"gpu_util_mean_pct"`
 
 	Warnings  int  `json:"warnings"`
 	Malformed int  `json:"malformed_lines"`
@@ -331,7 +335,7 @@ func rankSummary(l *RankLog) RankSummary {
 		return r
 	}
 	var st, work []float64
-	var n float64
+	var n, util, utilN float64
 	warm := 0
 	for _, x := range l.Steps {
 		if x.Warmup {
@@ -342,8 +346,13 @@ func rankSummary(l *RankLog) RankSummary {
 		st = append(st, x.StepS)
 		work = append(work, x.Work())
 		r.RSSMax = math.Max(r.RSSMax, x.RSSBytes)
+		r.GPUPeak = math.Max(r.GPUPeak, x.GPUPeakBytes)
 		if x.Warmup && warm < len(l.Steps) {
 			continue // start-up is not where a rank's time usually goes
+		}
+		if x.GPUUtil >= 0 {
+			util += x.GPUUtil
+			utilN++
 		}
 		n++
 		r.Compute += x.ComputeS
@@ -352,6 +361,10 @@ func rankSummary(l *RankLog) RankSummary {
 		r.Other += math.Max(0, x.StepS-x.ComputeS-x.CommS-x.BubbleS)
 	}
 	r.Compute, r.Comm, r.Bubble, r.Other = r.Compute/n, r.Comm/n, r.Bubble/n, r.Other/n
+	r.GPUUtil = -1
+	if utilN > 0 {
+		r.GPUUtil = util / utilN
+	}
 	sort.Float64s(st)
 	r.StepP50, r.StepP90, r.StepMax = percentile(st, 0.5), percentile(st, 0.9), st[len(st)-1]
 	r.WorkP50 = median(work)

@@ -63,11 +63,27 @@ func (s Summary) WriteText(w io.Writer) error {
 	if len(s.Ranks) > 0 {
 		p("\nper rank (seconds per step; work = step less comm and bubble; means leave out warm-up):\n")
 		tw := tabwriter.NewWriter(ew, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "rank\thost\tstage\treplica\tstate\tsteps\tlast\tp50\tp90\tmax\twork p50\tcompute\tcomm\tbubble\tother\trss max\twarn\t")
+		gpu := false
 		for _, r := range s.Ranks {
-			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%d\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t%d\t\n",
+			gpu = gpu || r.GPUPeak > 0
+		}
+		head := "rank\thost\tstage\treplica\tstate\tsteps\tlast\tp50\tp90\tmax\twork p50\tcompute\tcomm\tbubble\tother\trss max\t"
+		if gpu {
+			head += "gpu mem\tgpu util\t"
+		}
+		fmt.Fprintln(tw, head+"warn\t")
+		for _, r := range s.Ranks {
+			fmt.Fprintf(tw, "%d\t%s\t%d\t%d\t%s\t%d\t%d\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%.3f\t%s\t",
 				r.Rank, r.Host, r.Stage, r.Replica, r.State, r.Steps, r.LastStep, r.StepP50, r.StepP90, r.StepMax, r.WorkP50,
-				r.Compute, r.Comm, r.Bubble, r.Other, bytesString(r.RSSMax), r.Warnings)
+				r.Compute, r.Comm, r.Bubble, r.Other, bytesString(r.RSSMax))
+			if gpu {
+				util := "-"
+				if r.GPUUtil >= 0 {
+					util = fmt.Sprintf("%.0f%%", r.GPUUtil)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t", bytesString(r.GPUPeak), util)
+			}
+			fmt.Fprintf(tw, "%d\t\n", r.Warnings)
 		}
 		if err := tw.Flush(); err != nil {
 			return err

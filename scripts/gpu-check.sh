@@ -121,6 +121,17 @@ PY
     bar=2e-2; [ $method = full ] && bar=1
     compare_losses "$method bf16" $bar "$out/train-$method-cpu-fp32" "$out/train-$method-cuda-bf16"
   done
+  # Generation (KV cache) and evaluation on the GPU against the CPU: greedy text must match in fp32.
+  for v in cpu:fp32 cuda:fp32 cuda:bf16; do
+    dev=${v%%:*} prec=${v##*:}
+    .dev/bin/train generate -model "$shared/models/stories260K" -prompt "Once upon a time" -max-tokens 40 \
+      -device $dev -precision $prec >"$out/generate-$dev-$prec.txt" 2>"$out/generate-$dev-$prec.log"
+    .dev/bin/train eval -model "$shared/models/stories260K" -data $data -device $dev -precision $prec \
+      >"$out/eval-$dev-$prec.json" 2>>"$out/generate-$dev-$prec.log"
+  done
+  same() { cmp -s "$out/generate-cpu-fp32.txt" "$out/generate-$1.txt" && echo same || echo DIFFERENT; }
+  table+=("generate greedy 40 tokens vs cpu fp32: cuda fp32 $(same cuda-fp32), cuda bf16 $(same cuda-bf16) (bf16 may differ)")
+  table+=("eval loss: cpu fp32 $(cat "$out/eval-cpu-fp32.json"); cuda fp32 $(cat "$out/eval-cuda-fp32.json"); cuda bf16 $(cat "$out/eval-cuda-bf16.json")")
   if [ "$(nvidia-smi -L 2>/dev/null | wc -l)" -ge 2 ]; then
     # One GPU with 4 micro-batches per step is the reference; D=2 runs 2 per replica (same global batch).
     for prec in fp32 bf16; do

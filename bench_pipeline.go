@@ -11,6 +11,7 @@ import (
 
 	"train/collective"
 	"train/config"
+	"train/ops"
 	"train/shard"
 )
 
@@ -60,7 +61,7 @@ them slower than the last stage and shifts the measured bubble from the theory.`
 		return usagef("%v", err)
 	}
 	cfg.Parallel.PP = max(cc.Size, 1)
-	d, err := joinWorld(context.Background(), cfg, cf, &mc)
+	d, err := joinWorld(context.Background(), cfg, cf, &mc, 0, ops.F32)
 	if err != nil {
 		return err
 	}

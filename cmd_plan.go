@@ -72,17 +72,17 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	if err != nil {
 		return err
 	}
-	plan, err := shard.New(&cfg, *np, *pp, *seq)
+	setup := func(m string) shard.Setup {
+		return shard.Setup{Method: m, MicroBatch: *batch, SeqLen: *seq, MicroBatches: *accum,
+			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt}
+	}
+	// The split balances -method's costs, among the splits that fit -gpu-mem.
+	plan, err := shard.NewFor(&cfg, *np, *pp, shard.Workload{SeqLen: *seq, Method: *method, Budget: budget, Setup: setup(*method)})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "model %s: %d layers, %.2fB parameters\n", *modelFlag, cfg.NumLayers, float64(cfg.ParamCount())/1e9)
 	fmt.Fprint(stdout, plan)
-
-	setup := func(m string) shard.Setup {
-		return shard.Setup{Method: m, MicroBatch: *batch, SeqLen: *seq, MicroBatches: *accum,
-			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt}
-	}
 	ests := map[string]*shard.Estimate{}
 	for _, m := range shard.Methods {
 		if ests[m], err = shard.EstimateMemory(&cfg, plan, setup(m)); err != nil {

@@ -40,7 +40,11 @@ func (d *dist) last() bool   { return d.me.Head }
 
 // joinWorld connects to the other ranks when a launcher (or flags) says there are
 // any, and plans the run. It returns a single-process dist otherwise.
-func joinWorld(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *model.Config) (*dist, error) {
+//
+// The layers are split for the run's method and, on GPUs, within the smallest
+// device memory of the world (gpuBytes here, 0 on the CPU): every rank must
+// plan alike, so the world agrees on that budget first.
+func joinWorld(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *model.Config, gpuBytes int64, compute ops.DType) (*dist, error) {
 	cc, err := flags.Config(os.Getenv)
 	if err != nil {
 		return nil, fmt.Errorf("launch: %w", err)
@@ -49,16 +53,30 @@ func joinWorld(ctx context.Context, cfg config.Config, flags *collective.Flags, 
 		cc.Timeout = time.Duration(cfg.Parallel.TimeoutSeconds) * time.Second
 	}
 	size := max(cc.Size, 1)
-	plan, err := shard.New(mc, size, cfg.Parallel.PP, cfg.Data.SeqLen)
+	var world collective.Comm
+	if size > 1 {
+		if world, err = collective.Connect(ctx, cc); err != nil {
+			return nil, err
+		}
+		budget := collective.F64{float64(gpuBytes)}
+		if err := world.AllReduce(budget, collective.Min); err != nil {
+			world.Abort(err)
+			return nil, fmt.Errorf("agreeing on the GPU memory budget: %w", err)
+		}
+		gpuBytes = int64(budget[0])
+	}
+	zero1 := cfg.Parallel.Zero1 && size/max(cfg.Parallel.PP, 1) > 1
+	plan, err := shard.NewFor(mc, size, cfg.Parallel.PP, shard.Workload{SeqLen: cfg.Data.SeqLen, Method: cfg.Train.Method,
+		Budget: gpuBytes, Setup: memorySetup(cfg, zero1, compute)})
 	if err != nil {
+		if world != nil {
+			world.Abort(err)
+		}
 		return nil, err
 	}
-	d := &dist{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: cfg.Parallel.Zero1 && plan.Replicas > 1}
+	d := &dist{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world}
 	if size == 1 {
 		return d, nil
-	}
-	if d.world, err = collective.Connect(ctx, cc); err != nil {
-		return nil, err
 	}
 	// Split is collective over the world: every rank calls it, in this order.
 	if d.dp, err = d.world.Split(d.me.Stage, d.me.Replica); err != nil {
@@ -618,13 +636,7 @@ func finiteAll(vals ...float64) bool {
 // warned about (the estimate is not exact there; an allocation that fails
 // names itself).
 func checkFits(cfg config.Config, mc *model.Config, d *dist, be ops.Backend, compute ops.DType, warn io.Writer) error {
-	setup := shard.Setup{Method: cfg.Train.Method, MicroBatch: cfg.Train.MicroBatch, SeqLen: cfg.Data.SeqLen,
-		MicroBatches: cfg.Train.GradAccum, LoRARank: cfg.LoRA.Rank, LoRATargets: cfg.LoRA.Targets,
-		Zero1: d.zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: compute.Size()}
-	if cfg.Train.Method != "lora" && cfg.Train.Method != "qlora" {
-		setup.LoRATargets = nil
-	}
-	est, err := shard.EstimateMemory(mc, d.plan, setup)
+	est, err := shard.EstimateMemory(mc, d.plan, memorySetup(cfg, d.zero1, compute))
 	if err != nil {
 		return err
 	}
@@ -656,6 +668,17 @@ func checkFits(cfg config.Config, mc *model.Config, d *dist, be ops.Backend, com
 		msg += "; try more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora"
 	}
 	return errors.New(msg)
+}
+
+// memorySetup is what, besides the plan, decides a rank's memory in cfg.
+func memorySetup(cfg config.Config, zero1 bool, compute ops.DType) shard.Setup {
+	setup := shard.Setup{Method: cfg.Train.Method, MicroBatch: cfg.Train.MicroBatch, SeqLen: cfg.Data.SeqLen,
+		MicroBatches: cfg.Train.GradAccum, LoRARank: cfg.LoRA.Rank, LoRATargets: cfg.LoRA.Targets,
+		Zero1: zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: compute.Size()}
+	if cfg.Train.Method != "lora" && cfg.Train.Method != "qlora" {
+		setup.LoRATargets = nil
+	}
+	return setup
 }
 
 // ranksOnHost is how many ranks the launcher started on this host (1 if it does

@@ -96,12 +96,23 @@ func trainWithContext(ctx context.Context, cfg config.Config, launch *collective
 	if err != nil {
 		return err
 	}
+	compute, err := computeType(cfg.Precision, be)
+	if err != nil {
+		closeBackend(be)
+		return err
+	}
+	var gpuBytes int64 // the memory the plan's stages must fit; 0: no limit (CPU)
+	if g, ok := be.(gpuInfo); ok {
+		if in, err := g.Info(); err == nil {
+			gpuBytes = in.Total
+		}
+	}
 	closeBackend(be)
 	mc, err := loadModelConfig(cfg.Model)
 	if err != nil {
 		return err
 	}
-	d, err := joinWorld(ctx, cfg, launch, &mc)
+	d, err := joinWorld(ctx, cfg, launch, &mc, gpuBytes, compute)
 	if err != nil {
 		return err
 	}

@@ -143,55 +143,65 @@ func EstimateMemory(cfg *model.Config, p *Plan, s Setup) (*Estimate, error) {
 	if p.Layers != cfg.NumLayers {
 		return nil, fmt.Errorf("memory: plan has %d layers, model %d", p.Layers, cfg.NumLayers)
 	}
+	e := &Estimate{Plan: p, Setup: s}
+	for _, r := range p.Ranks {
+		m := s.stageMemory(cfg, r.Lo, r.Hi, r.Stage, p.Stages, p.Replicas)
+		m.Rank = r.Rank
+		e.Ranks = append(e.Ranks, m)
+	}
+	return e, nil
+}
+
+// stageMemory is the memory of a rank running layers [lo,hi) as stage stage
+// of stages (the first runs the embedding, the last the head), with replicas
+// data-parallel replicas; s is validated.
+func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas int) Memory {
 	targets := s.LoRATargets
 	if targets == nil {
 		targets = model.Linears
 	}
-	D := int64(p.Replicas)
-	e := &Estimate{Plan: p, Setup: s}
-	for _, r := range p.Ranks {
-		L := int64(r.Hi - r.Lo)
-		nW := cfg.HostBytes(r.Lo, r.Hi, r.Embed, r.Head) / 4
-		m := Memory{Rank: r.Rank, Stage: r.Stage, Reserve: Reserve}
-		var trained int64
-		switch s.Method {
-		case "full":
-			m.Weights = 2 * nW
-			trained = nW
-		case "lora", "qlora":
-			m.Weights = 2 * nW
-			if s.Method == "qlora" {
-				var lin, nf4 int64
-				for _, name := range model.Linears {
-					out, in := cfg.LinearShape(name)
-					n := int64(out) * int64(in)
-					lin += n
-					nf4 += (n+1)/2 + 4*((n+model.NF4BlockSize-1)/model.NF4BlockSize)
-				}
-				m.Weights = 2*(nW-L*lin) + L*nf4
-			}
-			for _, name := range targets {
+	D := int64(replicas)
+	embed, head := stage == 0, stage == stages-1
+	L := int64(hi - lo)
+	nW := cfg.HostBytes(lo, hi, embed, head) / 4
+	m := Memory{Stage: stage, Reserve: Reserve}
+	var trained int64
+	switch s.Method {
+	case "full":
+		m.Weights = 2 * nW
+		trained = nW
+	case "lora", "qlora":
+		m.Weights = 2 * nW
+		if s.Method == "qlora" {
+			var lin, nf4 int64
+			for _, name := range model.Linears {
 				out, in := cfg.LinearShape(name)
-				trained += L * int64(s.LoRARank) * int64(in+out)
+				n := int64(out) * int64(in)
+				lin += n
+				nf4 += (n+1)/2 + 4*((n+model.NF4BlockSize-1)/model.NF4BlockSize)
 			}
+			m.Weights = 2*(nW-L*lin) + L*nf4
 		}
-		m.Master, m.Grads = 4*trained, 4*trained
-		m.Optimizer = 8 * trained
-		if s.Zero1 {
-			m.Optimizer = (m.Optimizer + D - 1) / D
+		for _, name := range targets {
+			out, in := cfg.LinearShape(name)
+			trained += L * int64(s.LoRARank) * int64(in+out)
 		}
-		m.InFlight = p.Stages - r.Stage
-		if s.MicroBatches > 0 {
-			m.InFlight = min(m.InFlight, s.MicroBatches)
-		}
-		m.Activations = activationBytes(cfg, s, targets, L, m.InFlight)
-		if r.Head {
-			N := int64(s.MicroBatch) * int64(s.SeqLen)
-			m.Logits = N * (4*int64(cfg.VocabSize) + int64(s.ActBytes)*int64(cfg.HiddenSize))
-		}
-		e.Ranks = append(e.Ranks, m)
 	}
-	return e, nil
+	m.Master, m.Grads = 4*trained, 4*trained
+	m.Optimizer = 8 * trained
+	if s.Zero1 {
+		m.Optimizer = (m.Optimizer + D - 1) / D
+	}
+	m.InFlight = stages - stage
+	if s.MicroBatches > 0 {
+		m.InFlight = min(m.InFlight, s.MicroBatches)
+	}
+	m.Activations = activationBytes(cfg, s, targets, L, m.InFlight)
+	if head {
+		N := int64(s.MicroBatch) * int64(s.SeqLen)
+		m.Logits = N * (4*int64(cfg.VocabSize) + int64(s.ActBytes)*int64(cfg.HiddenSize))
+	}
+	return m
 }
 
 // activationBytes is a stage's activation memory: L layers, inFlight

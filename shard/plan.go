@@ -13,7 +13,8 @@
 //     replicas, where the point-to-point traffic between stages is heaviest).
 //   - The decoder layers go to stages in contiguous ranges chosen by cost: the
 //     first stage also runs the embedding, the last the final norm, lm_head and
-//     loss; the split minimises the cost of the slowest stage exactly.
+//     loss; the split minimises the cost of the slowest stage exactly, among
+//     the splits whose every stage fits a memory budget when one is given.
 //   - Schedule gives each stage its ordered list of Actions for one optimizer
 //     step with the 1F1B (one-forward-one-backward) schedule, and Plan.Actions
 //     the same list with peers named as world ranks.
@@ -53,7 +54,7 @@ type Stage struct {
 	Hi    int   `json:"hi"`
 	Embed bool  `json:"embed"` // runs the token embedding (stage 0)
 	Head  bool  `json:"head"`  // runs final norm, lm_head and loss (stage P-1)
-	Cost  int64 `json:"cost"`  // estimated forward FLOPs per token
+	Cost  int64 `json:"cost"`  // estimated FLOPs per token of one micro-batch's work (see StepCosts)
 }
 
 // Rank is one rank's place in the plan. Pipeline and DataParallel are the
@@ -91,13 +92,15 @@ func (r Rank) Next() int {
 // RankOf is the world rank of stage s in replica d: d*P + s.
 func (p *Plan) RankOf(stage, replica int) int { return replica*p.Stages + stage }
 
-// Costs are the estimated forward FLOPs per token of the parts of a model, the
-// unit Split balances. Backward costs about twice forward for every part, so the
-// ratios, and hence the split, are the same for forward+backward.
+// Costs are the estimated FLOPs per token of the parts of a model, the unit
+// Split balances.
 type Costs struct {
 	Layer []int64 // per decoder layer
-	Embed int64   // the embedding lookup (first stage)
-	Head  int64   // final norm + lm_head + loss (last stage)
+	// LastLayer is a decoder layer's cost on the last stage, when it differs
+	// (StepCosts: the last stage recomputes nothing); nil means Layer.
+	LastLayer []int64
+	Embed     int64 // the embedding lookup (first stage)
+	Head      int64 // final norm + lm_head + loss (last stage)
 }
 
 // ModelCosts estimates forward FLOPs per token at sequence length seqLen:
@@ -126,11 +129,53 @@ func ModelCosts(cfg *model.Config, seqLen int) Costs {
 	return c
 }
 
+// StepCosts are a micro-batch's costs per token as the trainer runs it: a
+// forward, the backward (twice the forward when the weights train, about once
+// when only LoRA adapters do: the frozen weights get no gradient), and on every
+// stage but the last a second forward, since a stage keeps one micro-batch's
+// activations and recomputes the others' from their saved input.
+func StepCosts(cfg *model.Config, seqLen int, method string) Costs {
+	f := ModelCosts(cfg, seqLen)
+	b := int64(2)
+	if method == "lora" || method == "qlora" {
+		b = 1
+	}
+	c := Costs{Layer: make([]int64, len(f.Layer)), LastLayer: make([]int64, len(f.Layer)),
+		Embed: 2 * f.Embed, Head: (1 + b) * f.Head}
+	for i, x := range f.Layer {
+		c.Layer[i], c.LastLayer[i] = (2+b)*x, (1+b)*x
+	}
+	return c
+}
+
+// Workload is what a split balances besides the model and the world.
+type Workload struct {
+	SeqLen int    // tokens per sequence (the attention's cost); 0 means 2048
+	Method string // "full", "lora" or "qlora" (the backward's cost); "" means "full"
+	// Budget, when positive, is the device memory of a rank: the split is the
+	// fastest whose every stage fits it by EstimateMemory's formulas for
+	// Setup (its Method and SeqLen are this Workload's), or the fastest of all
+	// when none fits.
+	Budget int64
+	Setup  Setup
+}
+
 // New plans a world of world ranks as stages pipeline stages for cfg, with the
-// layers split by ModelCosts at sequence length seqLen (0 means 2048).
+// layers split by full fine-tuning's StepCosts at sequence length seqLen (0
+// means 2048). NewFor takes the method and a memory budget.
 func New(cfg *model.Config, world, stages, seqLen int) (*Plan, error) {
+	return NewFor(cfg, world, stages, Workload{SeqLen: seqLen})
+}
+
+// NewFor plans a world of world ranks as stages pipeline stages for cfg and w.
+func NewFor(cfg *model.Config, world, stages int, w Workload) (*Plan, error) {
+	seqLen := w.SeqLen
 	if seqLen <= 0 {
 		seqLen = 2048
+	}
+	method := w.Method
+	if method == "" {
+		method = "full"
 	}
 	switch {
 	case world < 1:
@@ -142,8 +187,19 @@ func New(cfg *model.Config, world, stages, seqLen int) (*Plan, error) {
 	case stages > cfg.NumLayers:
 		return nil, fmt.Errorf("plan: %d pipeline stages for a model of %d layers; every stage needs at least one layer", stages, cfg.NumLayers)
 	}
-	costs := ModelCosts(cfg, seqLen)
-	bounds, err := Split(costs, stages)
+	costs := StepCosts(cfg, seqLen, method)
+	var fits func(lo, hi, s int) bool
+	if w.Budget > 0 {
+		setup := w.Setup
+		setup.Method, setup.SeqLen = method, seqLen
+		if err := setup.validate(); err != nil {
+			return nil, err
+		}
+		fits = func(lo, hi, s int) bool {
+			return setup.stageMemory(cfg, lo, hi, s, stages, world/stages).Total() <= w.Budget
+		}
+	}
+	bounds, err := SplitFits(costs, stages, fits)
 	if err != nil {
 		return nil, err
 	}
@@ -171,8 +227,12 @@ func New(cfg *model.Config, world, stages, seqLen int) (*Plan, error) {
 
 // stage is the cost of a stage running layers [lo,hi).
 func (c Costs) stage(lo, hi int, embed, head bool) int64 {
+	layers := c.Layer
+	if head && c.LastLayer != nil {
+		layers = c.LastLayer
+	}
 	var n int64
-	for _, x := range c.Layer[lo:hi] {
+	for _, x := range layers[lo:hi] {
 		n += x
 	}
 	if embed {
@@ -194,31 +254,46 @@ func (c Costs) stage(lo, hi int, embed, head bool) int64 {
 // stages as many layers as possible: under 1F1B stage s keeps up to P-s
 // micro-batches of activations alive, so the early stages are the ones short
 // of memory.
-func Split(c Costs, stages int) ([]int, error) {
+func Split(c Costs, stages int) ([]int, error) { return SplitFits(c, stages, nil) }
+
+// SplitFits is Split among the splits where fits(lo, hi, s) holds for every
+// stage s running layers [lo,hi); when no split passes, or fits is nil, it is
+// Split.
+func SplitFits(c Costs, stages int, fits func(lo, hi, s int) bool) ([]int, error) {
 	L := len(c.Layer)
 	if stages < 1 || stages > L {
 		return nil, fmt.Errorf("split: %d stages for %d layers; need 1 <= stages <= layers", stages, L)
 	}
-	prefix := make([]int64, L+1)
-	for i, x := range c.Layer {
-		if x < 0 {
-			return nil, fmt.Errorf("split: layer %d has negative cost %d", i, x)
-		}
-		prefix[i+1] = prefix[i] + x
+	if c.LastLayer != nil && len(c.LastLayer) != L {
+		return nil, fmt.Errorf("split: %d last-stage layer costs for %d layers", len(c.LastLayer), L)
 	}
+	prefix, prefixLast := make([]int64, L+1), make([]int64, L+1)
+	for i, x := range c.Layer {
+		last := x
+		if c.LastLayer != nil {
+			last = c.LastLayer[i]
+		}
+		if x < 0 || last < 0 {
+			return nil, fmt.Errorf("split: layer %d has negative cost %d", i, min(x, last))
+		}
+		prefix[i+1], prefixLast[i+1] = prefix[i]+x, prefixLast[i]+last
+	}
+	const inf = int64(1) << 62
 	cost := func(lo, hi, s int) int64 {
+		if fits != nil && !fits(lo, hi, s) {
+			return inf
+		}
 		n := prefix[hi] - prefix[lo]
+		if s == stages-1 {
+			n = prefixLast[hi] - prefixLast[lo] + c.Head
+		}
 		if s == 0 {
 			n += c.Embed
-		}
-		if s == stages-1 {
-			n += c.Head
 		}
 		return n
 	}
 	// best[s][k]: the least maximum stage cost running layers [0,k) on stages
 	// 0..s (stage s being the last of them, but only stage stages-1 pays Head).
-	const inf = int64(1) << 62
 	best := make([][]int64, stages)
 	for s := range best {
 		best[s] = make([]int64, L+1)
@@ -239,6 +314,12 @@ func Split(c Costs, stages int) ([]int, error) {
 		}
 	}
 	opt := best[stages-1][L]
+	if opt >= inf {
+		if fits == nil {
+			return nil, fmt.Errorf("split: no split of %d layers into %d stages", L, stages)
+		}
+		return SplitFits(c, stages, nil) // nothing fits: the fastest, and the memory check will speak
+	}
 	// Walk back from the last stage, giving each the most layers (the smallest
 	// start j) that keeps both it and the prefix before it within opt.
 	b := make([]int, stages+1)

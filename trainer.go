@@ -56,8 +56,8 @@ type trainer struct {
 	dopt *deviceOptimizer
 	// nccl, when not nil, sums the replicas' gradients on their GPUs (with dopt).
 	nccl *kernels.NCCL
-	// noNVML stops asking for the GPU's utilisation after NVML failed.
-	noNVML bool
+	// util averages the GPU's utilisation over each step; nil without NVML.
+	util *utilSampler
 	// gpuPeak is the most GPU memory in use seen at a step's end (0 on the CPU).
 	gpuPeak int64
 	opt     optim.AdamW
@@ -243,6 +243,14 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 			t.gpuPeak = in.Total - in.FreeMem
 		}
 	}
+	if g, ok := be.(*kernels.Backend); ok {
+		var uerr error
+		if t.util, uerr = startUtilSampler(g, 250*time.Millisecond); uerr != nil {
+			t.log.Warn("no GPU utilisation in the logs", "error", uerr.Error())
+		} else {
+			defer t.util.close()
+		}
+	}
 	fmt.Fprintf(stderr, "train: %s on %s in %v, %s, %s trainable values on rank 0, %d training and %d eval examples, run dir %s\n",
 		cfg.Model, be.Name(), opts.Compute, cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
 	if d.plan.World > 1 {
@@ -348,21 +356,17 @@ func (t *trainer) gpuUsed() int64 {
 	return used
 }
 
-// gpuUtil is NVML's utilisation of the rank's GPU over its last sample
-// period (kernels running, memory busy) as log fields; none on the CPU, and
-// none after NVML failed once (the warning says why).
+// gpuUtil is the GPU's mean utilisation since the last step (kernels
+// running, memory busy) as log fields; none on the CPU or without NVML.
 func (t *trainer) gpuUtil() []any {
-	g, ok := t.be.(*kernels.Backend)
-	if !ok || t.noNVML {
+	if t.util == nil {
 		return nil
 	}
-	gpu, mem, err := g.Utilization()
-	if err != nil {
-		t.noNVML = true
-		t.log.Warn("no GPU utilisation in the logs", "error", err.Error())
+	gpu, mem, ok := t.util.take()
+	if !ok {
 		return nil
 	}
-	return []any{"gpu_util_pct", gpu, "gpu_mem_util_pct", mem}
+	return []any{"gpu_util_pct", math.Round(gpu), "gpu_mem_util_pct", math.Round(mem)}
 }
 
 // newAdapter returns the LoRA adapter a run trains (nil in full fine-tuning): a

@@ -274,12 +274,57 @@ type stepTimes struct {
 }
 
 // p2p counts a point-to-point transfer of n float32 values.
-func (s *stepTimes) p2p(n int, send bool) {
+func (s *stepTimes) p2p(n, elemBytes int, send bool) {
 	if send {
-		s.sent += 4 * int64(n)
+		s.sent += int64(elemBytes) * int64(n)
 	} else {
-		s.received += 4 * int64(n)
+		s.received += int64(elemBytes) * int64(n)
 	}
+}
+
+// stageWire moves stage activations and their gradients between neighbouring
+// stages. In bf16 the values come from the model's bfloat16 buffers, so they
+// travel as their 2-byte patterns: half the bytes, bitwise the same numbers.
+type stageWire struct {
+	world collective.Comm
+	bf16  bool
+}
+
+func newStageWire(d *dist, m *model.Model) stageWire {
+	return stageWire{world: d.world, bf16: m.Compute() == ops.BF16}
+}
+
+// elemBytes is the bytes one value takes on the wire.
+func (w stageWire) elemBytes() int {
+	if w.bf16 {
+		return 2
+	}
+	return 4
+}
+
+func (w stageWire) send(v []float32, peer int) error {
+	if !w.bf16 {
+		return w.world.Send(collective.F32(v), peer)
+	}
+	bits := make(collective.BF16, len(v))
+	for i, x := range v {
+		bits[i] = ops.ToBF16(x)
+	}
+	return w.world.Send(bits, peer)
+}
+
+func (w stageWire) recv(v []float32, peer int) error {
+	if !w.bf16 {
+		return w.world.Recv(collective.F32(v), peer)
+	}
+	bits := make(collective.BF16, len(v))
+	if err := w.world.Recv(bits, peer); err != nil {
+		return err
+	}
+	for i, b := range bits {
+		v[i] = ops.FromBF16(b)
+	}
+	return nil
 }
 
 // ring counts a ring collective of n float32 values over a group of g ranks:
@@ -320,6 +365,7 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 	}
 	d, m, be := t.dist, t.m, t.be
 	C := t.m.Config().HiddenSize
+	wire := newStageWire(d, m)
 	inputs := map[int][]float32{}  // micro-batch -> stage input received
 	outputs := map[int][]float32{} // micro-batch -> gradient to send, or output to send
 	grads := map[int][]float32{}   // micro-batch -> gradient of the stage output received
@@ -351,8 +397,8 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 		switch a.Op {
 		case shard.RecvActivation:
 			inputs[k] = buf(mbs[k].rows)
-			times.p2p(len(inputs[k]), false)
-			err = timed(&times.bubble, func() error { return d.world.Recv(collective.F32(inputs[k]), a.Peer) })
+			times.p2p(len(inputs[k]), wire.elemBytes(), false)
+			err = timed(&times.bubble, func() error { return wire.recv(inputs[k], a.Peer) })
 		case shard.Forward:
 			err = timed(&times.compute, func() error { return forward(k) })
 			if err == nil && !d.last() {
@@ -360,13 +406,13 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 				err = be.Download(outputs[k], m.StageOutput())
 			}
 		case shard.SendActivation:
-			times.p2p(len(outputs[k]), true)
-			err = timed(&times.bubble, func() error { return d.world.Send(collective.F32(outputs[k]), a.Peer) })
+			times.p2p(len(outputs[k]), wire.elemBytes(), true)
+			err = timed(&times.bubble, func() error { return wire.send(outputs[k], a.Peer) })
 			delete(outputs, k)
 		case shard.RecvGrad:
 			grads[k] = buf(mbs[k].rows)
-			times.p2p(len(grads[k]), false)
-			err = timed(&times.bubble, func() error { return d.world.Recv(collective.F32(grads[k]), a.Peer) })
+			times.p2p(len(grads[k]), wire.elemBytes(), false)
+			err = timed(&times.bubble, func() error { return wire.recv(grads[k], a.Peer) })
 		case shard.Backward:
 			err = timed(&times.compute, func() error {
 				if forwarded != k {
@@ -396,8 +442,8 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 			}
 			delete(inputs, k)
 		case shard.SendGrad:
-			times.p2p(len(outputs[k]), true)
-			err = timed(&times.bubble, func() error { return d.world.Send(collective.F32(outputs[k]), a.Peer) })
+			times.p2p(len(outputs[k]), wire.elemBytes(), true)
+			err = timed(&times.bubble, func() error { return wire.send(outputs[k], a.Peer) })
 			delete(outputs, k)
 		case shard.ReduceGrads, shard.OptimizerStep:
 			// The trainer does these after the pipeline drains (see step).
@@ -514,12 +560,13 @@ func (t *trainer) evalPipeline(examples []data.TokenExample) (float64, int, erro
 		mine = append(mine, examples[i])
 	}
 	C := t.m.Config().HiddenSize
+	wire := newStageWire(d, t.m)
 	var lossSum float64
 	var count int
 	err := evalRows(mine, t.cfg.Data.SeqLen, t.cfg.Train.MicroBatch, func(r *data.Rows) error {
 		if !d.first() {
 			in := make([]float32, r.B*r.T*C)
-			if err := d.world.Recv(collective.F32(in), d.me.Prev()); err != nil {
+			if err := wire.recv(in, d.me.Prev()); err != nil {
 				return fmt.Errorf("eval: %w", err)
 			}
 			if err := t.m.Plan(r.B, r.T); err != nil {
@@ -538,7 +585,7 @@ func (t *trainer) evalPipeline(examples []data.TokenExample) (float64, int, erro
 			if err := t.be.Download(out, t.m.StageOutput()); err != nil {
 				return err
 			}
-			if err := d.world.Send(collective.F32(out), d.me.Next()); err != nil {
+			if err := wire.send(out, d.me.Next()); err != nil {
 				return fmt.Errorf("eval: %w", err)
 			}
 			return nil

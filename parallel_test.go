@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"net"
@@ -232,4 +233,75 @@ func relL2(got []float32, want []float64) float64 {
 		return math.Sqrt(num)
 	}
 	return math.Sqrt(num / den)
+}
+
+// TestPipelineBF16 trains stories260K in bf16 (the CPU's emulation) as one
+// process and as two pipeline stages: activations and their gradients cross the
+// stage boundary as 2-byte bfloat16 patterns, which loses nothing (they come
+// from bf16 buffers), so the losses and the eval loss agree as in float32,
+// while the stages send fewer bytes than the same run in float32.
+func TestPipelineBF16(t *testing.T) {
+	requireStories(t)
+	dir := t.TempDir()
+	data := filepath.Join(dir, "train.jsonl")
+	writeStories(t, data, 32, 3)
+	common := fmt.Sprintf("-model %s -data %s -method lora -steps 6 -lr 5e-3 -batch 1 -seq 64 -lora-rank 4 -log-every 100 -timeout 120 -grad-accum 4",
+		storiesDir, data)
+	one := filepath.Join(dir, "one")
+	launchRanks(t, 1, strings.Fields(common+" -precision bf16 -run "+one))
+	bytesSent := map[string]float64{}
+	for _, prec := range []string{"bf16", "fp32"} {
+		run := filepath.Join(dir, "pp2-"+prec)
+		launchRanks(t, 2, strings.Fields(common+" -pp 2 -precision "+prec+" -run "+run))
+		for _, m := range readRankSteps(t, run, 0) {
+			bytesSent[prec] += m["bytes_sent"]
+		}
+		if prec != "bf16" {
+			continue
+		}
+		want, wantEval := runLosses(t, one)
+		got, gotEval := runLosses(t, run)
+		if len(got) != len(want) || len(got) != 6 {
+			t.Fatalf("%d steps in the pipeline, %d in one process, want 6", len(got), len(want))
+		}
+		for i := range want {
+			if rel := math.Abs(got[i]-want[i]) / want[i]; !(rel <= 1e-5) {
+				t.Errorf("step %d: loss %.9g with 2 stages, %.9g in one process", i+1, got[i], want[i])
+			}
+		}
+		if rel := math.Abs(gotEval-wantEval) / wantEval; !(rel <= 1e-5) {
+			t.Errorf("eval loss %.9g with 2 stages, %.9g in one process", gotEval, wantEval)
+		}
+	}
+	t.Logf("stage 0 sent %.0f bytes in bf16, %.0f in fp32", bytesSent["bf16"], bytesSent["fp32"])
+	if !(bytesSent["bf16"] > 0 && bytesSent["bf16"] < 0.75*bytesSent["fp32"]) {
+		t.Errorf("stage 0 sent %.0f bytes in bf16 and %.0f in fp32; want bf16 well under fp32", bytesSent["bf16"], bytesSent["fp32"])
+	}
+}
+
+// readRankSteps returns the step records of one rank's log.
+func readRankSteps(t *testing.T, run string, rank int) []map[string]float64 {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(run, "logs", fmt.Sprintf("rank-%05d.jsonl", rank)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []map[string]float64
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("%s: %v", run, err)
+		}
+		if rec["msg"] != "step" {
+			continue
+		}
+		m := map[string]float64{}
+		for k, v := range rec {
+			if f, ok := v.(float64); ok {
+				m[k] = f
+			}
+		}
+		out = append(out, m)
+	}
+	return out
 }

@@ -302,15 +302,19 @@ func (w stageWire) elemBytes() int {
 	return 4
 }
 
-func (w stageWire) send(v []float32, peer int) error {
+func (w stageWire) send(v []float32, peer int) error { return w.sendAsync(v, peer).Wait() }
+
+// sendAsync starts sending v, which must not change until the handle's Wait
+// returns.
+func (w stageWire) sendAsync(v []float32, peer int) collective.Handle {
 	if !w.bf16 {
-		return w.world.Send(collective.F32(v), peer)
+		return w.world.SendAsync(collective.F32(v), peer)
 	}
 	bits := make(collective.BF16, len(v))
 	for i, x := range v {
 		bits[i] = ops.ToBF16(x)
 	}
-	return w.world.Send(bits, peer)
+	return w.world.SendAsync(bits, peer)
 }
 
 func (w stageWire) recv(v []float32, peer int) error {
@@ -353,7 +357,9 @@ type microBatch struct {
 
 // runPipeline executes this rank's 1F1B action list for one step over its
 // replica's micro-batches and returns the summed loss (non-zero on the last stage
-// only). Activations and their gradients cross stage boundaries in host buffers.
+// only). Activations and their gradients cross stage boundaries in host buffers,
+// sent without waiting for the neighbour to take them (a stage goes on to its
+// next action; the step ends when every send has finished).
 // The model keeps one micro-batch's activations, so a stage that must backward a
 // micro-batch other than the one it forwarded last first recomputes its forward
 // from the saved input: bitwise the same activations, one extra forward per
@@ -366,6 +372,17 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 	d, m, be := t.dist, t.m, t.be
 	C := t.m.Config().HiddenSize
 	wire := newStageWire(d, m)
+	var sends []collective.Handle
+	waitSends := func() error {
+		var first error
+		for _, h := range sends {
+			if err := h.Wait(); err != nil && first == nil {
+				first = err
+			}
+		}
+		sends = sends[:0]
+		return first
+	}
 	inputs := map[int][]float32{}  // micro-batch -> stage input received
 	outputs := map[int][]float32{} // micro-batch -> gradient to send, or output to send
 	grads := map[int][]float32{}   // micro-batch -> gradient of the stage output received
@@ -407,8 +424,8 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 			}
 		case shard.SendActivation:
 			times.p2p(len(outputs[k]), wire.elemBytes(), true)
-			err = timed(&times.bubble, func() error { return wire.send(outputs[k], a.Peer) })
-			delete(outputs, k)
+			sends = append(sends, wire.sendAsync(outputs[k], a.Peer))
+			delete(outputs, k) // the send holds the buffer until it is done
 		case shard.RecvGrad:
 			grads[k] = buf(mbs[k].rows)
 			times.p2p(len(grads[k]), wire.elemBytes(), false)
@@ -443,14 +460,20 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 			delete(inputs, k)
 		case shard.SendGrad:
 			times.p2p(len(outputs[k]), wire.elemBytes(), true)
-			err = timed(&times.bubble, func() error { return wire.send(outputs[k], a.Peer) })
+			sends = append(sends, wire.sendAsync(outputs[k], a.Peer))
 			delete(outputs, k)
 		case shard.ReduceGrads, shard.OptimizerStep:
 			// The trainer does these after the pipeline drains (see step).
 		}
 		if err != nil {
+			// Sends still in flight end when the job is aborted, which a
+			// failed rank does next; waiting for them here could wait on a
+			// neighbour that waits for this rank.
 			return 0, fmt.Errorf("%v: %w", a, err)
 		}
+	}
+	if err := timed(&times.bubble, waitSends); err != nil {
+		return 0, fmt.Errorf("sending to a neighbouring stage: %w", err)
 	}
 	return lossSum, nil
 }

@@ -95,7 +95,7 @@ func TestFaultRankDeath(t *testing.T) {
 		name := fmt.Sprintf("%s-%02d-rank%d-step%d", mode, i, victim, atStep)
 		score.trials++
 		ok := t.Run(name, func(t *testing.T) {
-			took, lost := rankDeathTrial(t, filepath.Join(dir, name), mode, mpirun, victim, atStep, jitter, want)
+			took, lost := rankDeathTrial(t, filepath.Join(dir, name), mode, mpirun, victim, atStep, jitter, want, nil)
 			worst = max(worst, took)
 			score.lost += lost
 		})
@@ -108,13 +108,38 @@ func TestFaultRankDeath(t *testing.T) {
 	score.log(t)
 }
 
+// TestFaultRankDeathPipeline is TestFaultRankDeath on two pipeline stages of
+// two replicas: the stages' sends do not wait for their neighbour, so a rank
+// that dies with activations in flight must still make every survivor exit
+// naming it, and the checkpoint must resume bitwise.
+func TestFaultRankDeathPipeline(t *testing.T) {
+	dir := t.TempDir()
+	pp := []string{"-pp", "2", "-grad-accum", "2"}
+	ref := filepath.Join(dir, "ref")
+	runRanksOK(t, 4, faultArgs(ref, pp...))
+	want := lastLosses(ref)
+	if len(want) != faultSteps {
+		t.Fatalf("the reference run logged %d steps, want %d", len(want), faultSteps)
+	}
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 10))
+	for i := 0; i < 3; i++ {
+		victim, atStep := rng.IntN(4), 3+rng.IntN(faultSteps-6)
+		name := fmt.Sprintf("explicit-%02d-rank%d-step%d", i, victim, atStep)
+		t.Run(name, func(t *testing.T) {
+			rankDeathTrial(t, filepath.Join(dir, name), "explicit", "", victim, atStep, 0, want, pp)
+		})
+	}
+}
+
 // rankDeathTrial is one trial of TestFaultRankDeath. It returns how long the
 // last survivor took to exit after the kill, and the steps lost (steps after
 // the checkpoint whose resumed loss differs from the reference).
-func rankDeathTrial(t *testing.T, run, mode, mpirun string, victim, atStep int, jitter time.Duration, want map[int]float64) (time.Duration, int) {
+func rankDeathTrial(t *testing.T, run, mode, mpirun string, victim, atStep int, jitter time.Duration, want map[int]float64, extra []string) (time.Duration, int) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	args := faultArgs(run)
+	args := faultArgs(run, extra...)
 	var procs []*faultProc // the processes whose exit is awaited
 	var victimPID int
 	var launcher *faultProc
@@ -199,7 +224,7 @@ func rankDeathTrial(t *testing.T, run, mode, mpirun string, victim, atStep int, 
 		t.Fatalf("the newest complete checkpoint does not verify: %v", err)
 	}
 	resumed := run + "-resumed"
-	runRanksOK(t, 4, faultArgs(resumed, "-resume", info.Dir))
+	runRanksOK(t, 4, faultArgs(resumed, append([]string{"-resume", info.Dir}, extra...)...))
 	bad := sameLosses(lastLosses(resumed), want, int(info.Step), faultSteps)
 	if len(bad) > 0 {
 		t.Errorf("resumed from step %d: steps %v differ from the run that never failed", info.Step, bad)

@@ -169,21 +169,6 @@ func noGPUError(err error) error {
 	return fmt.Errorf("gpu: %v; %s", err, noGPUHint)
 }
 
-// openGPU opens the GPU this rank trains on, as the trainer chooses it (the
-// local rank's).
-func openGPU(localRank int) (*kernels.Backend, error) {
-	be, err := newBackend("cuda", localRank)
-	if err != nil {
-		return nil, err
-	}
-	g, ok := be.(*kernels.Backend)
-	if !ok {
-		closeBackend(be)
-		return nil, fmt.Errorf("device cuda gave a %T, not a GPU backend", be)
-	}
-	return g, nil
-}
-
 // ncclLoads reports whether NCCL loads in this process.
 func ncclLoads() bool {
 	_, _, err := kernels.NCCLVersion()

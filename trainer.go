@@ -409,18 +409,31 @@ func newBackend(device string, gpu int) (ops.Backend, error) {
 	case "cpu":
 		return ops.NewCPU(), nil
 	case "cuda":
-		be, err := kernels.Open(gpu)
+		be, err := openGPU(gpu)
 		if err != nil {
 			return nil, err // not the typed nil: it would make a non-nil ops.Backend
 		}
 		return be, nil
 	case "auto":
-		if be, err := kernels.Open(gpu); err == nil {
+		if be, err := openGPU(gpu); err == nil {
 			return be, nil
 		}
 		return ops.NewCPU(), nil
 	}
 	return nil, fmt.Errorf("device %q is not one of cpu, cuda, auto", device)
+}
+
+// openGPU opens the GPU of the rank with this local rank (kernels.LocalGPU).
+func openGPU(localRank int) (*kernels.Backend, error) {
+	n, err := kernels.DeviceCount()
+	if err != nil {
+		return nil, err
+	}
+	ord, err := kernels.LocalGPU(localRank, n)
+	if err != nil {
+		return nil, err
+	}
+	return kernels.Open(ord)
 }
 
 // computeType is the model's compute type for a precision setting on be:

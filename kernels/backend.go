@@ -93,6 +93,31 @@ type Info struct {
 // device, ...).
 func New() (*Backend, error) { return Open(0) }
 
+// DeviceCount is how many GPUs the driver shows this process (after
+// CUDA_VISIBLE_DEVICES), or an error saying why there is no usable GPU.
+func DeviceCount() (int, error) {
+	n, err := deviceCount()
+	if err != nil {
+		return 0, fmt.Errorf("device cuda: no usable NVIDIA GPU: %w", err)
+	}
+	return n, nil
+}
+
+// LocalGPU is the GPU a rank with the given local rank uses when the driver
+// shows it count GPUs: its own when the node's GPUs are all visible, the one
+// GPU when the launcher gave each rank one (CUDA_VISIBLE_DEVICES per task, as
+// Slurm's --gpus-per-task does), and an error when there are fewer GPUs than
+// ranks on the node.
+func LocalGPU(localRank, count int) (int, error) {
+	switch {
+	case count == 1:
+		return 0, nil
+	case localRank >= 0 && localRank < count:
+		return localRank, nil
+	}
+	return 0, fmt.Errorf("device cuda: local rank %d, but this process sees %d GPUs: start one rank per GPU (or give each rank its own GPU with CUDA_VISIBLE_DEVICES)", localRank, count)
+}
+
 // Open opens GPU ord (the local rank's GPU under a launcher).
 func Open(ord int) (*Backend, error) {
 	img := fatbin

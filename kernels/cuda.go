@@ -377,6 +377,23 @@ type device struct {
 	funcs   map[string]C.CUfunction
 }
 
+// deviceCount initialises the driver and returns how many GPUs it sees (after
+// CUDA_VISIBLE_DEVICES). It needs no context, so any thread may call it.
+func deviceCount() (int, error) {
+	l := load()
+	if l.err != nil {
+		return 0, l.err
+	}
+	if err := cuErr("cuInit", C.tr_cuInit()); err != nil {
+		return 0, err
+	}
+	var n C.int
+	if err := cuErr("cuDeviceGetCount", C.tr_cuDeviceGetCount(&n)); err != nil {
+		return 0, err
+	}
+	return int(n), nil
+}
+
 // openDevice initialises the driver, makes GPU ord's primary context current on
 // this (locked) thread, and loads the fatbin.
 func openDevice(ord int, fatbin []byte) (*device, error) {

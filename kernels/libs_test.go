@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -98,4 +99,18 @@ func show(c []cublasCandidate) string {
 		s += "  " + x.Lib + " (Lt " + x.Lt + ")\n"
 	}
 	return s
+}
+
+// TestLocalGPU: a rank takes its local rank's GPU when it sees the node's
+// GPUs, the one GPU when the launcher gave it one, and an error naming the
+// fix when there are fewer GPUs than ranks.
+func TestLocalGPU(t *testing.T) {
+	for _, c := range []struct{ local, count, want int }{{0, 8, 0}, {5, 8, 5}, {5, 1, 0}, {0, 1, 0}} {
+		if got, err := LocalGPU(c.local, c.count); err != nil || got != c.want {
+			t.Errorf("LocalGPU(%d, %d) = %d, %v; want %d", c.local, c.count, got, err, c.want)
+		}
+	}
+	if _, err := LocalGPU(4, 4); err == nil || !strings.Contains(err.Error(), "one rank per GPU") {
+		t.Errorf("LocalGPU(4, 4): %v, want an error saying to start one rank per GPU", err)
+	}
 }

@@ -23,6 +23,8 @@ type device struct {
 
 func openDevice(int, []byte) (*device, error) { return nil, errNoCgo }
 
+func deviceCount() (int, error) { return 0, errNoCgo }
+
 func (d *device) close() error                                  { return errNoCgo }
 func (d *device) launch(string, [3]int, [3]int, []uint64) error { return errNoCgo }
 func (d *device) memInfo() (int64, int64, error)                { return 0, 0, errNoCgo }

@@ -124,13 +124,24 @@ func TestFaultRankDeathPipeline(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 10))
+	score := faultScore{class: "rank death (SIGKILL) in a pipeline, P=2 x D=2"}
+	var worst time.Duration
 	for i := 0; i < 3; i++ {
 		victim, atStep := rng.IntN(4), 3+rng.IntN(faultSteps-6)
 		name := fmt.Sprintf("explicit-%02d-rank%d-step%d", i, victim, atStep)
-		t.Run(name, func(t *testing.T) {
-			rankDeathTrial(t, filepath.Join(dir, name), "explicit", "", victim, atStep, 0, want, pp)
+		score.trials++
+		ok := t.Run(name, func(t *testing.T) {
+			took, lost := rankDeathTrial(t, filepath.Join(dir, name), "explicit", "", victim, atStep, 0, want, pp)
+			worst = max(worst, took)
+			score.lost += lost
 		})
+		if ok {
+			score.survived++
+		}
 	}
+	score.note = fmt.Sprintf("stage sends in flight; slowest survivor exit %.2fs after the kill (timeout %v); resumed losses bitwise",
+		worst.Seconds(), faultTimeout)
+	score.log(t)
 }
 
 // rankDeathTrial is one trial of TestFaultRankDeath. It returns how long the

@@ -23,7 +23,8 @@ func runPlan(args []string, stdout, stderr io.Writer) error {
            [-method lora|qlora|full] [-zero1] [-activation-checkpointing]
 
 Print the parallel plan for N ranks (P pipeline stages x N/P data-parallel replicas,
-layers given to stages by estimated cost) and each stage's estimated device memory
+layers given to stages by the estimated cost of -method's work, among the splits
+whose stages fit -gpu-mem, as train does) and each stage's estimated device memory
 (weights, master weights, gradients, optimizer state, activations, logits) for
 LoRA, QLoRA and full fine-tuning; say which fit -gpu-mem and, for those that do
 not, what would. Exits non-zero when -method does not fit.

@@ -312,11 +312,11 @@ func (t *trainer) reportMemory(stderr io.Writer) {
 		words = append(words, p.Name+" "+shard.FormatBytes(p.Bytes))
 	}
 	t.log.Info("memory", append(fields, "total_bytes", total)...)
-	where := "device"
-	if t.dopt == nil {
-		where = "device (optimizer state on the host)"
+	note := ""
+	if _, gpu := t.be.(gpuInfo); gpu && t.dopt == nil {
+		note = " (the optimizer state is on the host)"
 	}
-	fmt.Fprintf(stderr, "train: %s memory: %s; total %s\n", where, strings.Join(words, ", "), shard.FormatBytes(total))
+	fmt.Fprintf(stderr, "train: memory on %s: %s; total %s%s\n", t.be.Name(), strings.Join(words, ", "), shard.FormatBytes(total), note)
 }
 
 // logKey turns a label into a log key: "weights (bf16)" -> "weights_bf16".

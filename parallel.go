@@ -271,9 +271,10 @@ func (f *flatParams) sumSquares() float64 {
 type stepTimes struct {
 	compute, bubble, comm time.Duration
 	sent, received        int64
+	recomputed            int // forwards run again before their backward
 }
 
-// p2p counts a point-to-point transfer of n float32 values.
+// p2p counts a point-to-point transfer of n values of elemBytes each.
 func (s *stepTimes) p2p(n, elemBytes int, send bool) {
 	if send {
 		s.sent += int64(elemBytes) * int64(n)
@@ -360,10 +361,12 @@ type microBatch struct {
 // only). Activations and their gradients cross stage boundaries in host buffers,
 // sent without waiting for the neighbour to take them (a stage goes on to its
 // next action; the step ends when every send has finished).
-// The model keeps one micro-batch's activations, so a stage that must backward a
-// micro-batch other than the one it forwarded last first recomputes its forward
-// from the saved input: bitwise the same activations, one extra forward per
-// micro-batch on the stages before the last.
+// Micro-batch k's activations go to the model's slot k mod slots. With one slot
+// (the default) a stage that must backward a micro-batch other than the one it
+// forwarded last first recomputes its forward from the saved input: bitwise the
+// same activations, one extra forward per micro-batch on the stages before the
+// last. With as many slots as micro-batches in flight (keep_activations) no
+// slot is overwritten before its backward.
 func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes) (float64, error) {
 	acts, err := t.dist.plan.Actions(t.dist.rank(), len(mbs))
 	if err != nil {
@@ -383,14 +386,22 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 		sends = sends[:0]
 		return first
 	}
-	inputs := map[int][]float32{}  // micro-batch -> stage input received
-	outputs := map[int][]float32{} // micro-batch -> gradient to send, or output to send
-	grads := map[int][]float32{}   // micro-batch -> gradient of the stage output received
-	forwarded := -1                // micro-batch whose activations the model holds
+	inputs := map[int][]float32{}   // micro-batch -> stage input received
+	outputs := map[int][]float32{}  // micro-batch -> gradient to send, or output to send
+	grads := map[int][]float32{}    // micro-batch -> gradient of the stage output received
+	holds := make([]int, m.Slots()) // per slot, the micro-batch whose activations it holds
+	for i := range holds {
+		holds[i] = -1
+	}
+	slot := func(k int) (int, error) { s := k % len(holds); return s, m.UseSlot(s) }
 	var lossSum float64
 	buf := func(r *data.Rows) []float32 { return make([]float32, r.B*r.T*C) }
 	forward := func(k int) error {
 		mb := mbs[k]
+		s, err := slot(k)
+		if err != nil {
+			return err
+		}
 		if !d.first() {
 			if err := m.Plan(mb.rows.B, mb.rows.T); err != nil {
 				return err
@@ -403,7 +414,7 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 		if err != nil {
 			return err
 		}
-		forwarded = k
+		holds[s] = k
 		if d.last() {
 			lossSum += ls
 		}
@@ -432,7 +443,12 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 			err = timed(&times.bubble, func() error { return wire.recv(grads[k], a.Peer) })
 		case shard.Backward:
 			err = timed(&times.compute, func() error {
-				if forwarded != k {
+				s, err := slot(k)
+				if err != nil {
+					return err
+				}
+				if holds[s] != k {
+					times.recomputed++
 					if err := forward(k); err != nil {
 						return err
 					}
@@ -446,7 +462,7 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 					}
 					delete(grads, k)
 				}
-				forwarded = -1
+				holds[s] = -1
 				if t.overlap && k == len(mbs)-1 {
 					m.SetLayerDone(t.startBucket)
 					defer m.SetLayerDone(nil)
@@ -744,11 +760,22 @@ func checkFits(cfg config.Config, mc *model.Config, d *dist, be ops.Backend, com
 func memorySetup(cfg config.Config, zero1 bool, compute ops.DType) shard.Setup {
 	setup := shard.Setup{Method: cfg.Train.Method, MicroBatch: cfg.Train.MicroBatch, SeqLen: cfg.Data.SeqLen,
 		MicroBatches: cfg.Train.GradAccum, LoRARank: cfg.LoRA.Rank, LoRATargets: cfg.LoRA.Targets,
-		Zero1: zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: compute.Size()}
+		Zero1: zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: compute.Size(),
+		KeepActivations: cfg.Parallel.KeepActivations && cfg.Parallel.PP > 1}
 	if cfg.Train.Method != "lora" && cfg.Train.Method != "qlora" {
 		setup.LoRATargets = nil
 	}
 	return setup
+}
+
+// activationSlots is how many micro-batches' activations this rank's stage
+// keeps: with parallel.keep_activations as many as 1F1B has in flight there
+// (P - stage, at most M), otherwise one.
+func activationSlots(cfg config.Config, d *dist) int {
+	if !cfg.Parallel.KeepActivations || d.plan.Stages == 1 {
+		return 1
+	}
+	return max(1, min(d.plan.Stages-d.me.Stage, cfg.Train.GradAccum))
 }
 
 // ranksOnHost is how many ranks the launcher started on this host (1 if it does

@@ -168,6 +168,8 @@ func TestParallelEquivalence(t *testing.T) {
 		{"P2xD2", 4, "-pp 2 -grad-accum 2", false},
 		{"D2-zero1", 2, "-grad-accum 2 -zero1", false},
 		{"P2xD2-zero1", 4, "-pp 2 -grad-accum 2 -zero1", true},
+		{"P2-keep", 2, "-pp 2 -grad-accum 4 -keep-activations", false},
+		{"P5-keep", 5, "-pp 5 -grad-accum 4 -keep-activations", true},
 	}
 	for _, method := range []string{"lora", "full"} {
 		t.Run(method, func(t *testing.T) {
@@ -188,6 +190,15 @@ func TestParallelEquivalence(t *testing.T) {
 					run := filepath.Join(dir, method+"-"+l.name)
 					launchRanks(t, l.np, strings.Fields(common+" "+l.flags+" -run "+run))
 					gotLoss, gotEval := runLosses(t, run)
+					if strings.Contains(l.name, "P") { // stage 0 recomputes unless it keeps activations
+						recomputed := 0.0
+						for _, m := range readRankSteps(t, run, 0) {
+							recomputed += m["recomputed_forwards"]
+						}
+						if keep := strings.HasSuffix(l.name, "-keep"); keep != (recomputed == 0) {
+							t.Errorf("stage 0 recomputed %v forwards (keeping activations: %v)", recomputed, keep)
+						}
+					}
 					if len(gotLoss) != len(wantLoss) {
 						t.Fatalf("%d steps logged, want %d", len(gotLoss), len(wantLoss))
 					}

@@ -228,10 +228,18 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
 		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", t.optimizerPlace(), "nccl", t.nccl != nil, "trainable_values", t.flat.values(), "heap_bytes", heapBytes())
 
-	// Plan the activations of the training batch shape now, so the memory
-	// report is the whole of a step's and the first step allocates nothing.
-	if err := m.Plan(cfg.Train.MicroBatch, cfg.Data.SeqLen); err != nil {
+	// Plan the activations of the training batch shape now, in every slot, so
+	// the memory report is the whole of a step's and no step allocates.
+	if err := m.SetSlots(activationSlots(cfg, d)); err != nil {
 		return res, err
+	}
+	for i := range m.Slots() {
+		if err := m.UseSlot(i); err != nil {
+			return res, err
+		}
+		if err := m.Plan(cfg.Train.MicroBatch, cfg.Data.SeqLen); err != nil {
+			return res, err
+		}
 	}
 	t.reportMemory(stderr)
 	if g, ok := be.(gpuInfo); ok {
@@ -781,7 +789,7 @@ func (t *trainer) loop() (loopResult, error) {
 		fields := []any{"gpu_used_bytes", gpuUsed, "gpu_peak_bytes", t.gpuPeak, "step", step + 1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
 			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),
 			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(),
-			"bytes_sent", times.sent, "bytes_received", times.received, "heap_bytes", heapBytes(),
+			"bytes_sent", times.sent, "bytes_received", times.received, "recomputed_forwards", times.recomputed, "heap_bytes", heapBytes(),
 			"rss_bytes", rss, "cpu_s", cpu}
 		t.log.Info("step", append(fields, t.gpuUtil()...)...)
 		if budget := availableMemory() + rss; !t.warnedMemory && budget > 0 && rss > budget*9/10 {
@@ -823,6 +831,9 @@ func (t *trainer) loop() (loopResult, error) {
 // evaluate is the mean loss over every scored label of the evaluation set.
 func (t *trainer) evaluate() (float64, int, error) {
 	t.m.SetTraining(false)
+	if err := t.m.UseSlot(0); err != nil {
+		return 0, 0, err
+	}
 	return t.evalPipeline(t.eval)
 }
 

@@ -139,6 +139,11 @@ type Parallel struct {
 	PP int `toml:"pp"`
 	// Zero1 partitions optimizer state across data-parallel replicas.
 	Zero1 bool `toml:"zero1"`
+	// KeepActivations keeps the activations of every micro-batch a pipeline
+	// stage has in flight, instead of recomputing them before each backward:
+	// one forward less per micro-batch on every stage but the last, for up
+	// to P-stage times the activation memory.
+	KeepActivations bool `toml:"keep_activations"`
 	// TimeoutSeconds bounds every wait on another rank.
 	TimeoutSeconds int `toml:"timeout_seconds"`
 }

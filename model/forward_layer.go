@@ -145,7 +145,7 @@ func (m *Model) dropoutActive() bool {
 // peft's separate nn.Dropout modules draw separately. The masks are ours: no
 // attempt is made to reproduce torch's random stream.
 func (m *Model) dropoutSeed(l, j int) uint64 {
-	z := m.batchSeed ^ (uint64(l)*numLinears+uint64(j)+1)*0xd1b54a32d192ed03
+	z := m.acts.seed ^ (uint64(l)*numLinears+uint64(j)+1)*0xd1b54a32d192ed03
 	z = (z ^ (z >> 33)) * 0xff51afd7ed558ccd
 	z = (z ^ (z >> 33)) * 0xc4ceb9fe1a85ec53
 	return z ^ (z >> 33)
@@ -153,7 +153,7 @@ func (m *Model) dropoutSeed(l, j int) uint64 {
 
 // segBuf is the segment ids, or nil when the batch has none.
 func (m *Model) segBuf() ops.Buf {
-	if m.segmentsUsed {
+	if m.acts.segUsed {
 		return m.acts.seg
 	}
 	return nil

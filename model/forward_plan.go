@@ -13,9 +13,15 @@ import (
 // I intermediate, V vocabulary, r LoRA rank.
 type actPlan struct {
 	B, T, N int
-	fbuf    ops.Buf // compute type: activations and their gradients
-	sbuf    ops.Buf // F32: rstd, lse, losses
-	ibuf    ops.Buf
+	// The micro-batch whose activations these are: whether Backward may run,
+	// its dropout seed, and whether it has segments.
+	state   modelState
+	seed    uint64
+	segUsed bool
+
+	fbuf ops.Buf // compute type: activations and their gradients
+	sbuf ops.Buf // F32: rstd, lse, losses
+	ibuf ops.Buf
 
 	ids, targets, pos, seg ops.Buf // [N] int32
 
@@ -52,9 +58,10 @@ type layerActs struct {
 	h          [numLinears]ops.Buf // LoRA: dropout(x)·Aᵀ [N, r]
 }
 
-// Plan allocates the activations for batches of B sequences of T tokens, unless
-// the current plan already has that shape. Forward calls it; call it yourself
-// to reach StageInput/StageGrad before the first Forward.
+// Plan allocates the current slot's activations for batches of B sequences of
+// T tokens, unless it already has that shape. Forward calls it; call it
+// yourself to reach StageInput/StageGrad before the first Forward, or to
+// allocate every slot up front.
 func (m *Model) Plan(B, T int) error {
 	if B <= 0 || T <= 0 {
 		return fmt.Errorf("model: batch shape [%d, %d] must be positive", B, T)
@@ -67,7 +74,8 @@ func (m *Model) Plan(B, T int) error {
 	if N > 1<<31/max(C, Q, I) || (m.last && N > 1<<31/V) {
 		return fmt.Errorf("model: batch [%d, %d] too large for this model", B, T)
 	}
-	m.freeActs()
+	m.freePlan(m.acts)
+	m.acts, m.slots[m.cur] = nil, nil
 	p := &actPlan{B: B, T: T, N: N}
 	var fp, sp, ip ops.Plan
 	for _, b := range []*ops.Buf{&p.ids, &p.targets, &p.pos, &p.seg} {
@@ -142,18 +150,55 @@ func (m *Model) Plan(B, T int) error {
 		m.be.Free(p.sbuf)
 		return fmt.Errorf("model: activations for batch [%d, %d]: %w", B, T, err)
 	}
-	m.acts = p
-	m.state = stateIdle
+	m.acts, m.slots[m.cur] = p, p
 	return nil
 }
 
-func (m *Model) freeActs() {
-	if m.acts != nil {
-		m.be.Free(m.acts.fbuf)
-		m.be.Free(m.acts.sbuf)
-		m.be.Free(m.acts.ibuf)
-		m.acts = nil
+// SetSlots makes room for the activations of n micro-batches at once (n >= 1),
+// so that a pipeline stage can forward several micro-batches before their
+// backwards without recomputing them: UseSlot picks where Forward writes and
+// Backward reads. Slots beyond n are freed; slot 0 becomes current.
+func (m *Model) SetSlots(n int) error {
+	if n < 1 {
+		return fmt.Errorf("model: %d activation slots, need at least 1", n)
 	}
+	for _, p := range m.slots[min(n, len(m.slots)):] {
+		m.freePlan(p)
+	}
+	slots := make([]*actPlan, n)
+	copy(slots, m.slots)
+	m.slots, m.cur, m.acts = slots, 0, slots[0]
+	return nil
+}
+
+// Slots is the number of activation slots.
+func (m *Model) Slots() int { return len(m.slots) }
+
+// UseSlot makes slot i current: the next Forward overwrites its activations,
+// and Backward runs on the micro-batch it holds.
+func (m *Model) UseSlot(i int) error {
+	if i < 0 || i >= len(m.slots) {
+		return fmt.Errorf("model: activation slot %d of %d", i, len(m.slots))
+	}
+	m.cur, m.acts = i, m.slots[i]
+	return nil
+}
+
+func (m *Model) freePlan(p *actPlan) {
+	if p != nil {
+		m.be.Free(p.fbuf)
+		m.be.Free(p.sbuf)
+		m.be.Free(p.ibuf)
+	}
+}
+
+// freeActs frees every slot's activations.
+func (m *Model) freeActs() {
+	for i, p := range m.slots {
+		m.freePlan(p)
+		m.slots[i] = nil
+	}
+	m.acts = nil
 }
 
 // adapted reports whether projection j carries LoRA in this model.

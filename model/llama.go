@@ -57,15 +57,16 @@ type Model struct {
 	layerDone func(layer int) error
 	layers    []*stageLayer
 
-	invFreq      []float32
-	ropeP        int // rows in the rope tables
-	ropeBuf      ops.Buf
-	ropeCos      ops.Buf
-	ropeSin      ops.Buf
-	acts         *actPlan
-	state        modelState
-	batchSeed    uint64
-	segmentsUsed bool
+	invFreq []float32
+	ropeP   int // rows in the rope tables
+	ropeBuf ops.Buf
+	ropeCos ops.Buf
+	ropeSin ops.Buf
+	// slots hold the activations of micro-batches in flight (SetSlots); acts
+	// is the current slot's, where Forward writes and Backward reads.
+	slots []*actPlan
+	cur   int
+	acts  *actPlan
 }
 
 type modelState int
@@ -184,6 +185,7 @@ func NewModel(be ops.Backend, w *Weights, opt Options) (*Model, error) {
 	m := &Model{
 		be: be, cfg: cfg, lo: lo, hi: hi, first: lo == 0, last: hi == cfg.NumLayers,
 		checkpoint: opt.Checkpoint, invFreq: inv, byName: map[string]*Param{}, compute: opt.Compute,
+		slots: make([]*actPlan, 1),
 	}
 	full := opt.LoRA == nil
 	if !full {
@@ -367,7 +369,9 @@ func (m *Model) Param(name string) *Param { return m.byName[name] }
 // than the first reads its input from StageInput, which the caller fills
 // (after Plan) before calling Forward.
 func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
-	m.state = stateIdle
+	if m.acts != nil {
+		m.acts.state = stateIdle
+	}
 	if b == nil {
 		return 0, 0, errors.New("model: nil batch")
 	}
@@ -395,13 +399,13 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 	if err := be.UploadInt(p.pos, pos); err != nil {
 		return 0, 0, err
 	}
-	m.segmentsUsed = b.Segments != nil
-	if m.segmentsUsed {
+	p.segUsed = b.Segments != nil
+	if p.segUsed {
 		if err := be.UploadInt(p.seg, b.Segments); err != nil {
 			return 0, 0, err
 		}
 	}
-	m.batchSeed = b.Seed
+	p.seed = b.Seed
 	N, C, V := p.N, c.HiddenSize, c.VocabSize
 
 	if m.first {
@@ -414,7 +418,7 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 		if err := be.Sync(); err != nil {
 			return 0, 0, fmt.Errorf("model: forward: %w", err)
 		}
-		m.state = stateForwarded
+		p.state = stateForwarded
 		return 0, 0, nil
 	}
 	be.RMSNormForward(p.xf, p.rstdF, p.resid[m.hi-m.lo], m.finalNorm.W, N, C, float32(c.RMSNormEps))
@@ -427,7 +431,7 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 	for _, l := range losses {
 		lossSum += l
 	}
-	m.state = stateForwarded
+	p.state = stateForwarded
 	return lossSum, count, nil
 }
 
@@ -439,10 +443,10 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 // logits (the softmax gradient is formed in place) and needs a new Forward
 // before it can run again.
 func (m *Model) Backward(scale float32) error {
-	if m.state != stateForwarded {
+	if m.acts == nil || m.acts.state != stateForwarded {
 		return errors.New("model: Backward without a Forward before it")
 	}
-	m.state = stateIdle
+	m.acts.state = stateIdle
 	p, be, c := m.acts, m.be, &m.cfg
 	N, C, V := p.N, c.HiddenSize, c.VocabSize
 	if m.last {
@@ -592,7 +596,7 @@ func (m *Model) Logits() ([]float32, error) {
 	if !m.last {
 		return nil, errors.New("model: logits exist only on the last stage")
 	}
-	if m.state != stateForwarded {
+	if m.acts == nil || m.acts.state != stateForwarded {
 		return nil, errors.New("model: no logits: call Forward (and not yet Backward)")
 	}
 	out := make([]float32, m.acts.N*m.cfg.VocabSize)
@@ -720,7 +724,11 @@ func (m *Model) SetValue(name string, v []float32) error {
 	if len(v) != p.size() {
 		return fmt.Errorf("model: %s has %d values, want %v", name, len(v), p.Shape)
 	}
-	m.state = stateIdle
+	for _, a := range m.slots { // the saved activations no longer match the weights
+		if a != nil {
+			a.state = stateIdle
+		}
+	}
 	if err := m.be.Upload(p.Value, v); err != nil {
 		return err
 	}

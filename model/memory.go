@@ -30,9 +30,13 @@ func (m *Model) Memory() []MemoryPart {
 		add("trainable f32 masters", m.paramBuf)
 	}
 	add("gradients (f32)", m.gradBuf)
-	if p := m.acts; p != nil {
-		add("activations", p.fbuf, p.sbuf, p.ibuf)
+	var acts []ops.Buf
+	for _, p := range m.slots {
+		if p != nil {
+			acts = append(acts, p.fbuf, p.sbuf, p.ibuf)
+		}
 	}
+	add("activations", acts...)
 	add("rope tables", m.ropeBuf)
 	return parts
 }

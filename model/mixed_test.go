@@ -116,3 +116,73 @@ func TestMemoryParts(t *testing.T) {
 		t.Errorf("no activations reported: %v", got)
 	}
 }
+
+// TestSlots: with two activation slots, forwarding micro-batches A and B and
+// then running their backwards (B first) gives bitwise the gradients of
+// forwarding and backwarding each in turn, with LoRA dropout on (its masks
+// follow each micro-batch's seed, kept with its slot).
+func TestSlots(t *testing.T) {
+	cfg := ltConfig(true)
+	w := ltWeights(cfg, 4)
+	lora, err := NewLoRA(&cfg, LoRAConfig{Rank: 4, Alpha: 8, Dropout: 0.1, Targets: Linears}, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := ltBatch(cfg, 2, 24, 1), ltBatch(cfg, 2, 24, 2)
+	a.Seed, b.Seed = 11, 22
+	run := func(slots bool) map[string][]float32 {
+		m := ltModel(t, ops.NewCPU(), w, Options{LoRA: lora})
+		m.SetTraining(true)
+		m.ZeroGrads()
+		step := func(slot int, fwd bool, batch *Batch) {
+			if err := m.UseSlot(slot); err != nil {
+				t.Fatal(err)
+			}
+			if fwd {
+				if _, _, err := m.Forward(batch); err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err := m.Backward(1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if slots {
+			if err := m.SetSlots(2); err != nil {
+				t.Fatal(err)
+			}
+			step(0, true, a)
+			step(1, true, b)
+			step(1, false, nil)
+			step(0, false, nil)
+		} else {
+			step(0, true, a)
+			step(0, false, nil)
+			step(0, true, b)
+			step(0, false, nil)
+		}
+		if err := m.UseSlot(0); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.Backward(1); err == nil {
+			t.Error("a second Backward of the same slot ran")
+		}
+		g, err := m.Grads()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}
+	want, got := run(false), run(true)
+	for name, g := range want {
+		for i := range g {
+			if got[name][i] != g[i] {
+				t.Fatalf("%s[%d]: %v with two slots, %v one after the other", name, i, got[name][i], g[i])
+			}
+		}
+	}
+	if err := ltModel(t, ops.NewCPU(), w, Options{}).UseSlot(1); err == nil {
+		t.Error("UseSlot(1) of a model with one slot did not fail")
+	}
+}

@@ -61,6 +61,9 @@ type Setup struct {
 	LoRATargets  []string // projections with adapters; nil means all seven
 	Zero1        bool     // optimizer state split across the D replicas
 	Checkpoint   bool     // activation checkpointing
+	// KeepActivations keeps every in-flight micro-batch's activations
+	// instead of recomputing them from the stage input (parallel.keep_activations).
+	KeepActivations bool
 	// ActBytes is the size of one activation element: 2 (bf16, the GPU) when 0;
 	// 4 for fp32 on a CPU.
 	ActBytes int
@@ -217,14 +220,15 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 // in ActBytes each, plus fp32 rstd of both norms (2) and the attention's
 // log-sum-exp per head (H): no T×T scores (the attention is flash-style).
 //
-// The trainer keeps one micro-batch's activations: before a backward on a
-// micro-batch other than its last forward it recomputes that forward from the
-// micro-batch's stage input, so each other micro-batch in flight holds only its
-// stage input (C). Without checkpointing the stage's layers keep all of the
-// above once; with checkpointing each layer's input (C) and the layer being
-// recomputed the full set. Either way add one layer's backward scratch (dresid,
-// dln: 2C; datt, dq: 2Q; dk, dv: 2KV; dact, dgate, dup: 3I) and the stage's
-// input, output and input-gradient buffers (3C), once.
+// By default the trainer keeps one micro-batch's activations: before a
+// backward on a micro-batch other than its last forward it recomputes that
+// forward from the micro-batch's stage input, so each other micro-batch in
+// flight holds only its stage input (C). With KeepActivations every micro-batch
+// in flight keeps its own set (and its own scratch). Without checkpointing a
+// set is all of the above for every layer; with checkpointing each layer's
+// input (C) and, once, the layer being recomputed. Add one layer's backward
+// scratch (dresid, dln: 2C; datt, dq: 2Q; dk, dv: 2KV; dact, dgate, dup: 3I)
+// and the stage's input, output and input-gradient buffers (3C) per set.
 func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFlight int) int64 {
 	C, Q, KV, I := int64(cfg.HiddenSize), int64(cfg.QDim()), int64(cfg.KVDim()), int64(cfg.IntermediateSize)
 	N, a := int64(s.MicroBatch)*int64(s.SeqLen), int64(s.ActBytes)
@@ -234,6 +238,12 @@ func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFl
 	}
 	perLayer := N * (a*saved + 4*(2+int64(cfg.NumHeads)))
 	scratch := N * a * (2*C + 2*Q + 2*KV + 3*I + 3*C)
+	if s.KeepActivations {
+		if s.Checkpoint {
+			return int64(inFlight) * (L*N*a*C + perLayer + scratch)
+		}
+		return int64(inFlight) * (L*perLayer + scratch)
+	}
 	inputs := int64(max(inFlight-1, 0)) * N * a * C
 	if s.Checkpoint {
 		return L*N*a*C + perLayer + inputs + scratch

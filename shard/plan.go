@@ -131,10 +131,11 @@ func ModelCosts(cfg *model.Config, seqLen int) Costs {
 
 // StepCosts are a micro-batch's costs per token as the trainer runs it: a
 // forward, the backward (twice the forward when the weights train, about once
-// when only LoRA adapters do: the frozen weights get no gradient), and on every
-// stage but the last a second forward, since a stage keeps one micro-batch's
-// activations and recomputes the others' from their saved input.
-func StepCosts(cfg *model.Config, seqLen int, method string) Costs {
+// when only LoRA adapters do: the frozen weights get no gradient), and, with
+// recompute, on every stage but the last a second forward, since such a stage
+// keeps one micro-batch's activations and recomputes the others' from their
+// saved input.
+func StepCosts(cfg *model.Config, seqLen int, method string, recompute bool) Costs {
 	f := ModelCosts(cfg, seqLen)
 	b := int64(2)
 	if method == "lora" || method == "qlora" {
@@ -142,8 +143,12 @@ func StepCosts(cfg *model.Config, seqLen int, method string) Costs {
 	}
 	c := Costs{Layer: make([]int64, len(f.Layer)), LastLayer: make([]int64, len(f.Layer)),
 		Embed: 2 * f.Embed, Head: (1 + b) * f.Head}
+	extra := int64(1)
+	if !recompute {
+		extra = 0
+	}
 	for i, x := range f.Layer {
-		c.Layer[i], c.LastLayer[i] = (2+b)*x, (1+b)*x
+		c.Layer[i], c.LastLayer[i] = (1+extra+b)*x, (1+b)*x
 	}
 	return c
 }
@@ -157,7 +162,9 @@ type Workload struct {
 	// Setup (its Method and SeqLen are this Workload's), or the fastest of all
 	// when none fits.
 	Budget int64
-	Setup  Setup
+	// Setup is used with Budget; its KeepActivations also says whether stages
+	// recompute (the costs).
+	Setup Setup
 }
 
 // New plans a world of world ranks as stages pipeline stages for cfg, with the
@@ -187,7 +194,7 @@ func NewFor(cfg *model.Config, world, stages int, w Workload) (*Plan, error) {
 	case stages > cfg.NumLayers:
 		return nil, fmt.Errorf("plan: %d pipeline stages for a model of %d layers; every stage needs at least one layer", stages, cfg.NumLayers)
 	}
-	costs := StepCosts(cfg, seqLen, method)
+	costs := StepCosts(cfg, seqLen, method, !w.Setup.KeepActivations)
 	var fits func(lo, hi, s int) bool
 	if w.Budget > 0 {
 		setup := w.Setup

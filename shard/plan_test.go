@@ -224,7 +224,7 @@ func TestPlanMethodAndBudget(t *testing.T) {
 	if m := memOf(fitted); m > budget {
 		t.Errorf("split %v needs %s, over the budget %s", layers(fitted), FormatBytes(m), FormatBytes(budget))
 	}
-	c := StepCosts(cfg, 4096, "lora")
+	c := StepCosts(cfg, 4096, "lora", true)
 	s := setup
 	s.Method, s.SeqLen = "lora", 4096
 	if err := s.validate(); err != nil {
@@ -264,4 +264,39 @@ func bruteForceFits(c Costs, P int, fits func(lo, hi, s int) bool) int64 {
 	}
 	rec(0, 0, 0)
 	return best
+}
+
+// TestKeepActivations: keeping every in-flight micro-batch's activations
+// takes more memory on the early stages (up to P sets) and, with nothing
+// recomputed, balances the stages evenly apart from the embedding and head.
+func TestKeepActivations(t *testing.T) {
+	cfg := randomConfig(t, "llama-3.1-70b")
+	base := Setup{Method: "lora", MicroBatch: 1, SeqLen: 4096, LoRARank: 16}
+	keep := base
+	keep.KeepActivations = true
+	p, err := NewFor(cfg, 4, 4, Workload{SeqLen: 4096, Method: "lora", Setup: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var counts []int
+	for _, st := range p.StageInfo {
+		counts = append(counts, st.Hi-st.Lo)
+	}
+	if counts[3] >= counts[1] {
+		t.Errorf("keeping activations, layer counts %v: the last stage should not take more than a middle one", counts)
+	}
+	one, err := EstimateMemory(cfg, p, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := EstimateMemory(cfg, p, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, o := all.Ranks[0].Activations, one.Ranks[0].Activations; a < 3*o {
+		t.Errorf("stage 0 activations: %s keeping 4 micro-batches, %s keeping one", FormatBytes(a), FormatBytes(o))
+	}
+	if a, o := all.Ranks[3].Activations, one.Ranks[3].Activations; a != o {
+		t.Errorf("last stage activations: %s keeping, %s not (one micro-batch in flight either way)", FormatBytes(a), FormatBytes(o))
+	}
 }

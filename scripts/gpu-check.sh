@@ -235,18 +235,20 @@ with open(sys.argv[2], "w") as f:
     ids = [rng.randrange(128000) for _ in range(64)]
     f.write(json.dumps({"input_ids": ids, "labels": ids}) + "\n")
 PY
+  # "np pp [keep]": keep adds -keep-activations (no recomputed forwards; more memory).
   layouts=()
-  (( n >= 4 )) && layouts=("4 4")
-  (( n >= 8 )) && layouts=("8 4" "8 8")
+  (( n >= 4 )) && layouts=("4 4" "4 4 keep")
+  (( n >= 8 )) && layouts=("8 4" "8 8" "8 4 keep")
   [ ${#layouts[@]} -eq 0 ] && table+=("scale: skipped ($n GPUs; needs 4 or 8)")
   for l in "${layouts[@]}"; do
-    read -r np pp <<<"$l"
-    run="$out/scale-np$np-pp$pp"
+    read -r np pp keep <<<"$l"
+    run="$out/scale-np$np-pp$pp${keep:+-keep}"
+    extra=(); [ -n "$keep" ] && extra=(-keep-activations)
     timeout 480 mpirun --oversubscribe -np $np .dev/bin/train -model random:llama-3.1-70b -method lora -lora-rank 16 \
       -lora-targets q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj -pp $pp -seq 4096 -batch 1 -grad-accum 8 \
       -steps 3 -lr 1e-4 -device cuda -precision bf16 -data .dev/ids-4096.jsonl -eval-data .dev/ids-eval.jsonl \
-      -log-every 1 -run "$run" >"$run.log" 2>&1
-    table+=("scale 70B LoRA np=$np pp=$pp T=4096: rc=$? $(grep '^done' "$run.log")")
+      -log-every 1 "${extra[@]}" -run "$run" >"$run.log" 2>&1
+    table+=("scale 70B LoRA np=$np pp=$pp${keep:+ keep-activations} T=4096: rc=$? $(grep '^done' "$run.log")")
     .dev/bin/train logs "$run" >"$run-logs.txt" 2>&1
     while IFS= read -r line; do table+=("  $line"); done < <(head -n 30 "$run-logs.txt")
     table+=("  $(python3 - "$run" "$np" <<'PY'

@@ -239,6 +239,8 @@ PY
   layouts=()
   (( n >= 4 )) && layouts=("4 4" "4 4 keep")
   (( n >= 8 )) && layouts=("8 4" "8 8" "8 4 keep")
+  # SCALE_LAYOUTS="4 4 keep;4 4" picks the layouts (one run takes about 4 minutes).
+  [ -n "${SCALE_LAYOUTS:-}" ] && IFS=';' read -r -a layouts <<<"$SCALE_LAYOUTS"
   [ ${#layouts[@]} -eq 0 ] && table+=("scale: skipped ($n GPUs; needs 4 or 8)")
   for l in "${layouts[@]}"; do
     read -r np pp keep <<<"$l"

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"unsafe"
+
+	"train/ops"
 )
 
 // The reduction kernels combine two operands element-wise into dst. dst may be
@@ -134,16 +136,12 @@ func scale(dt DType, buf []byte, n int) {
 	}
 }
 
-// BF16ToFloat32 widens a bfloat16 bit pattern exactly.
-func BF16ToFloat32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+// BF16ToFloat32 widens a bfloat16 bit pattern exactly (ops.FromBF16).
+func BF16ToFloat32(h uint16) float32 { return ops.FromBF16(h) }
 
-// Float32ToBF16 rounds to the nearest bfloat16, ties to even; NaN stays NaN.
-func Float32ToBF16(f float32) uint16 { return roundBF16(math.Float32bits(f)) }
+// Float32ToBF16 rounds to the nearest bfloat16, ties to even; NaN stays NaN
+// (ops.ToBF16, the one rounding every device and the CPU twin use).
+func Float32ToBF16(f float32) uint16 { return ops.ToBF16(f) }
 
-func roundBF16(u uint32) uint16 {
-	if u&0x7fffffff > 0x7f800000 {
-		return uint16(u>>16) | 0x40
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
-}
+// roundBF16 is Float32ToBF16 of a float32's bits.
+func roundBF16(u uint32) uint16 { return ops.ToBF16(math.Float32frombits(u)) }

@@ -38,6 +38,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"train/ops"
 	"train/tokenizer"
 )
 
@@ -972,7 +973,7 @@ func (w *GGUFWriter) WriteTo(out io.Writer) (int64, error) {
 				case GGMLTypeF16:
 					buf = le.AppendUint16(buf, float32ToF16(t.data[i]))
 				default:
-					buf = le.AppendUint16(buf, float32ToBF16(t.data[i]))
+					buf = le.AppendUint16(buf, ops.ToBF16(t.data[i]))
 				}
 			}
 			cw.Write(buf)

@@ -10,6 +10,8 @@ import (
 	"reflect"
 	"sort"
 	"testing"
+
+	"train/ops"
 )
 
 // testModelDir describes a Hugging Face model directory for a test to generate:
@@ -190,7 +192,7 @@ func TestLoadWeightsBF16(t *testing.T) {
 	for name, w := range wantT {
 		g := gotT[name]
 		for i := range w {
-			if r := math.Float32frombits(uint32(float32ToBF16(w[i])) << 16); g[i] != r {
+			if r := math.Float32frombits(uint32(ops.ToBF16(w[i])) << 16); g[i] != r {
 				t.Fatalf("%s[%d] = %v, want %v (bf16 of %v)", name, i, g[i], r, w[i])
 			}
 		}

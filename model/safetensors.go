@@ -26,6 +26,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"train/ops"
 )
 
 // MaxSafetensorsHeader bounds the JSON header of a safetensors file. Hugging Face's
@@ -504,17 +506,6 @@ func f16ToFloat32(h uint16) float32 {
 	return v
 }
 
-// float32ToBF16 rounds to the nearest bfloat16, ties to even, as PyTorch does; NaNs
-// stay NaN.
-func float32ToBF16(f float32) uint16 {
-	u := math.Float32bits(f)
-	if u&0x7fffffff > 0x7f800000 { // NaN: keep it quiet and non-zero
-		return uint16(u>>16) | 0x40
-	}
-	u += 0x7fff + (u>>16)&1
-	return uint16(u >> 16)
-}
-
 // SafetensorsWriter collects tensors and writes them as one safetensors file. The
 // zero value is ready to use. It keeps references to the slices it is given, not
 // copies: do not change them before the file is written.
@@ -690,7 +681,7 @@ func (w *SafetensorsWriter) WriteTo(out io.Writer) (int64, error) {
 				case t.f64 != nil:
 					buf = binary.LittleEndian.AppendUint64(buf, math.Float64bits(t.f64[i]))
 				case t.dtype == DTypeBF16:
-					buf = binary.LittleEndian.AppendUint16(buf, float32ToBF16(t.f32[i]))
+					buf = binary.LittleEndian.AppendUint16(buf, ops.ToBF16(t.f32[i]))
 				default:
 					buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(t.f32[i]))
 				}

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"train/ops"
 )
 
 // stRaw builds a safetensors file from a header string and data bytes, for
@@ -177,16 +179,16 @@ func TestFloat32ToBF16(t *testing.T) {
 		{math.Float32frombits(0x3f808001), 0x3f81}, // above the tie
 		{math.Float32frombits(0x7f7fffff), 0x7f80}, // max float32 rounds to Inf, as torch does
 	} {
-		if got := float32ToBF16(c.in); got != c.want {
-			t.Errorf("float32ToBF16(%#x) = %#x, want %#x", math.Float32bits(c.in), got, c.want)
+		if got := ops.ToBF16(c.in); got != c.want {
+			t.Errorf("ops.ToBF16(%#x) = %#x, want %#x", math.Float32bits(c.in), got, c.want)
 		}
 	}
-	nan := float32ToBF16(float32(math.NaN()))
+	nan := ops.ToBF16(float32(math.NaN()))
 	if v := math.Float32frombits(uint32(nan) << 16); !math.IsNaN(float64(v)) {
 		t.Errorf("NaN became %v", v)
 	}
 	// A NaN whose payload sits only in the low bits must not round to Inf.
-	if v := math.Float32frombits(uint32(float32ToBF16(math.Float32frombits(0x7f800001))) << 16); !math.IsNaN(float64(v)) {
+	if v := math.Float32frombits(uint32(ops.ToBF16(math.Float32frombits(0x7f800001))) << 16); !math.IsNaN(float64(v)) {
 		t.Errorf("low-payload NaN became %v", v)
 	}
 }

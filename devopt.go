@@ -36,24 +36,33 @@ type deviceOptimizer struct {
 // set it to compare the two on the CPU.
 const OptimizerEnv = "TRAIN_OPTIMIZER"
 
-// useDeviceOptimizer says whether this rank's optimizer runs on its device:
-// replicas need NCCL to sum their gradients there.
-func useDeviceOptimizer(be ops.Backend, d *dist, nccl bool) (bool, error) {
-	whole := d.plan.Stages == 1 && !d.zero1 && (d.dp == nil || nccl)
-	switch env := os.Getenv(OptimizerEnv); env {
+// optimizerPlacement says whether this rank's optimizer runs on its device
+// and, for data-parallel replicas, returns the NCCL communicator that sums
+// their gradients there (nil otherwise; the caller closes it).
+func optimizerPlacement(be ops.Backend, d *dist, warn io.Writer) (onDevice bool, nccl *kernels.NCCL, err error) {
+	whole := d.plan.Stages == 1 && !d.zero1
+	env := os.Getenv(OptimizerEnv)
+	switch env {
 	case "host":
-		return false, nil
+		return false, nil, nil
 	case "device":
-		if !whole {
-			return false, fmt.Errorf("%s=device needs one pipeline stage, no ZeRO-1, and NCCL between replicas", OptimizerEnv)
-		}
-		return true, nil
+		onDevice = whole
 	case "":
 		_, gpu := be.(gpuInfo)
-		return gpu && whole, nil
+		onDevice = gpu && whole
 	default:
-		return false, fmt.Errorf("%s=%q: want host or device", OptimizerEnv, env)
+		return false, nil, fmt.Errorf("%s=%q: want host or device", OptimizerEnv, env)
 	}
+	if onDevice && d.dp != nil {
+		if g, ok := be.(*kernels.Backend); ok {
+			nccl = openReplicaNCCL(g, d, warn)
+		}
+		onDevice = nccl != nil
+	}
+	if env == "device" && !onDevice {
+		return false, nil, fmt.Errorf("%s=device needs one pipeline stage, no ZeRO-1, and NCCL between replicas", OptimizerEnv)
+	}
+	return onDevice, nccl, nil
 }
 
 func newDeviceOptimizer(be ops.Backend, f *flatParams) (*deviceOptimizer, error) {
@@ -152,24 +161,20 @@ func (o *deviceOptimizer) syncDevice(f *flatParams) error {
 	return nil
 }
 
-// openReplicaNCCL connects the data-parallel replicas' GPUs through NCCL when
-// the optimizer can then run on the device (one stage, no ZeRO-1). When NCCL
-// cannot start on some rank, every rank agrees to go on without it: gradients
-// then travel through the host and the TCP ring, slower but correct.
-func openReplicaNCCL(be ops.Backend, d *dist, warn io.Writer) (*kernels.NCCL, error) {
-	g, ok := be.(*kernels.Backend)
-	if !ok || d.dp == nil || d.plan.Stages != 1 || d.zero1 || os.Getenv(OptimizerEnv) == "host" {
-		return nil, nil
-	}
+// openReplicaNCCL connects the data-parallel replicas' GPUs through NCCL.
+// When NCCL cannot start on some rank, every rank agrees to go on without it
+// (nil): gradients then travel through the host and the TCP ring, slower but
+// correct.
+func openReplicaNCCL(g *kernels.Backend, d *dist, warn io.Writer) *kernels.NCCL {
 	n, err := ncclFromComm(g, d.dp, 0)
 	if aerr := d.agree(err, "a replica could not start NCCL"); aerr != nil {
 		if n != nil {
 			n.Close()
 		}
 		fmt.Fprintf(warn, "train: warning: NCCL unavailable (%v); gradients go through the host and TCP\n", aerr)
-		return nil, nil
+		return nil
 	}
-	return n, nil
+	return n
 }
 
 // reduceGradsNCCL sums the replicas' gradients on their GPUs, the whole

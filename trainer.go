@@ -183,15 +183,14 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		return res, err
 	}
 	t.overlap = d.dp != nil && !d.zero1
-	if t.nccl, err = openReplicaNCCL(be, d, stderr); err != nil {
+	onDevice, nccl, err := optimizerPlacement(be, d, stderr)
+	if err != nil {
 		return res, err
 	}
-	if t.nccl != nil {
-		defer t.nccl.Close()
+	if t.nccl = nccl; nccl != nil {
+		defer nccl.Close()
 	}
-	if onDevice, err := useDeviceOptimizer(be, d, t.nccl != nil); err != nil {
-		return res, err
-	} else if onDevice {
+	if onDevice {
 		if t.dopt, err = newDeviceOptimizer(be, t.flat); err != nil {
 			return res, err
 		}

@@ -203,7 +203,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 	res := benchModelResult{
 		Impl: "train", Model: *modelName, Part: *part, Method: *method, Precision: *precision,
 		Checkpoint: *checkpoint, Device: be.Name(), GPU: mem.name, Layers: n,
-		LayerParams: decoderLayerParams(mc), Batch: *batch, Seq: *seq, Warmup: *warmup, Steps: *steps,
+		LayerParams: mc.LayerParams(), Batch: *batch, Seq: *seq, Warmup: *warmup, Steps: *steps,
 		StepMS:       1000 * sec / float64(*steps),
 		TokensPerS:   tokens / sec,
 		TFLOPs:       stepFLOPs(mc, n, *batch, *seq) * float64(*steps) / sec / 1e12,
@@ -285,19 +285,6 @@ func (r benchModelResult) print(w io.Writer, c model.Config) {
 		int64(r.Layers)*r.LayerParams, model.HumanCount(r.LayerParams), r.Layers, r.Layers, c.HiddenSize, r.FLOPsPerStep)
 }
 
-// decoderLayerParams is the parameter count of one decoder layer: the seven
-// projections and the two RMSNorm weights. The embedding, final norm, head and
-// LoRA adapters are left out: this is the count behind the peer numbers'
-// TFLOP/s (DESIGN.md), and scripts/bench-peer.py counts the same.
-func decoderLayerParams(c model.Config) int64 {
-	n := 2 * int64(c.HiddenSize)
-	for _, s := range model.Linears {
-		out, in := c.LinearShape(s)
-		n += int64(out) * int64(in)
-	}
-	return n
-}
-
 // stepFLOPs is the work of one training step over B sequences of T tokens
 // through n decoder layers, by the peer numbers' convention: 6 FLOPs per layer
 // parameter per token (2 forward, 4 backward), plus 6 x T^2 x hidden per layer
@@ -306,7 +293,7 @@ func decoderLayerParams(c model.Config) int64 {
 // compares runs with and without checkpointing by time alone.
 func stepFLOPs(c model.Config, n, B, T int) float64 {
 	tokens := float64(B) * float64(T)
-	return 6*float64(n)*float64(decoderLayerParams(c))*tokens +
+	return 6*float64(n)*float64(c.LayerParams())*tokens +
 		6*float64(n)*float64(B)*float64(T)*float64(T)*float64(c.HiddenSize)
 }
 

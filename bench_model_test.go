@@ -33,8 +33,8 @@ func TestBenchModelFLOPs70B(t *testing.T) {
 	if params != 855_654_400 {
 		t.Fatalf("hand count %d", params)
 	}
-	if got := decoderLayerParams(cfg); got != params {
-		t.Errorf("decoderLayerParams(70B) = %d, want %d", got, params)
+	if got := cfg.LayerParams(); got != params {
+		t.Errorf("LayerParams(70B) = %d, want %d", got, params)
 	}
 	for _, c := range []struct {
 		layers, B, T int
@@ -53,8 +53,8 @@ func TestBenchModelFLOPs70B(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := decoderLayerParams(cfg8); got != 218_112_000 {
-		t.Errorf("decoderLayerParams(8B) = %d, want 218112000", got)
+	if got := cfg8.LayerParams(); got != 218_112_000 {
+		t.Errorf("LayerParams(8B) = %d, want 218112000", got)
 	}
 }
 
@@ -102,8 +102,8 @@ func TestBenchModelCPU(t *testing.T) {
 			if r.Impl != "train" || r.Device != "cpu-f32" || r.Layers != c.layers || r.Batch != c.B || r.Seq != c.T || r.Steps != 2 {
 				t.Errorf("result %+v does not echo the flags", r)
 			}
-			if r.LayerParams != decoderLayerParams(tiny) {
-				t.Errorf("layer_params %d, want %d", r.LayerParams, decoderLayerParams(tiny))
+			if r.LayerParams != tiny.LayerParams() {
+				t.Errorf("layer_params %d, want %d", r.LayerParams, tiny.LayerParams())
 			}
 			if want := stepFLOPs(tiny, c.layers, c.B, c.T); r.FLOPsPerStep != want {
 				t.Errorf("flops_per_step %v, want %v", r.FLOPsPerStep, want)

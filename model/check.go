@@ -120,7 +120,7 @@ func (c *Config) NF4Bytes() int64 {
 		n := int64(out) * int64(in)
 		linear += (n+1)/2 + 4*((n+NF4BlockSize-1)/NF4BlockSize)
 	}
-	other := c.ParamCount() - int64(c.NumLayers)*(c.layerParams()-2*int64(c.HiddenSize))
+	other := c.ParamCount() - int64(c.NumLayers)*(c.LayerParams()-2*int64(c.HiddenSize))
 	return int64(c.NumLayers)*linear + 2*other
 }
 

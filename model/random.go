@@ -94,7 +94,7 @@ func (c *Config) HostBytes(lo, hi int, withEmbed, withHead bool) int64 {
 	if withEmbed || (withHead && c.TieEmbeddings) {
 		n += int64(c.VocabSize) * h
 	}
-	n += int64(hi-lo) * c.layerParams()
+	n += int64(hi-lo) * c.LayerParams()
 	if withHead {
 		n += h
 		if !c.TieEmbeddings {
@@ -104,8 +104,9 @@ func (c *Config) HostBytes(lo, hi int, withEmbed, withHead bool) int64 {
 	return 4 * n
 }
 
-// layerParams is the number of parameters of one decoder layer.
-func (c *Config) layerParams() int64 {
+// LayerParams is the number of parameters of one decoder layer: the seven
+// projections and the two RMSNorm weights.
+func (c *Config) LayerParams() int64 {
 	n := 2 * int64(c.HiddenSize) // the two RMSNorm weights
 	for _, s := range Linears {
 		out, in := c.LinearShape(s)

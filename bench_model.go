@@ -11,10 +11,11 @@ import (
 
 	"train/collective"
 	"train/config"
+	"train/device"
+	"train/host"
 	"train/model"
 	"train/ops"
 	"train/optim"
-	"train/shard"
 )
 
 // benchModel is `train bench model`: training-step throughput of one model on
@@ -58,7 +59,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 	batch := fs.Int("batch", 1, "sequences per step B")
 	steps := fs.Int("steps", 5, "timed steps")
 	warmup := fs.Int("warmup", 2, "untimed steps first (kernel loading, allocation, caches)")
-	device := fs.String("device", "auto", "cpu, cuda, or auto (the GPU when there is one)")
+	deviceName := fs.String("device", "auto", "cpu, cuda, or auto (the GPU when there is one)")
 	gpu := fs.Int("gpu", -1, "GPU ordinal; -1 takes the launcher's local rank, as training does (0 without a launcher)")
 	precision := fs.String("precision", "fp32", "compute type: fp32, or bf16 (mixed precision: F32 master weights and gradients of trained tensors)")
 	checkpoint := fs.Bool("checkpoint", false, "activation checkpointing: keep each layer's input, recompute the layer in backward")
@@ -83,8 +84,8 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 	if *method != "full" && *method != "lora" {
 		return usagef("-method %q: want full or lora", *method)
 	}
-	if *device != "cpu" && *device != "cuda" && *device != "auto" {
-		return usagef("-device %q: want cpu, cuda or auto", *device)
+	if *deviceName != "cpu" && *deviceName != "cuda" && *deviceName != "auto" {
+		return usagef("-device %q: want cpu, cuda or auto", *deviceName)
 	}
 	switch {
 	case *layers < 0:
@@ -99,7 +100,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		return usagef("-lora-rank %d: must be at least 1", *loraRank)
 	}
 
-	cfg, err := loadModelConfig(*modelName)
+	cfg, err := model.SourceConfig(*modelName)
 	if err != nil {
 		return usagef("-model: %v", err)
 	}
@@ -132,15 +133,15 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		}
 		*gpu = cc.LocalRank
 	}
-	be, err := newBackend(*device, *gpu)
+	be, err := device.Open(*deviceName, *gpu)
 	if err != nil {
 		return err
 	}
-	defer closeBackend(be)
+	defer device.Close(be)
 	mem := newMemProbe(be)
 
 	fmt.Fprintf(stderr, "bench model: building %s layers [%d,%d) of %d on %s\n", *modelName, lo, hi, cfg.NumLayers, be.Name())
-	w, err := loadStageWeights(*modelName, cfg, *seed, shard.Rank{Lo: lo, Hi: hi, Embed: lo == 0, Head: hi == cfg.NumLayers})
+	w, err := model.LoadSourceStage(*modelName, cfg, *seed, lo, hi, lo == 0, hi == cfg.NumLayers)
 	if err != nil {
 		return err
 	}
@@ -425,15 +426,15 @@ func (r *benchRun) free() {
 // in use beyond what was in use when the backend opened; on the CPU, the Go
 // heap in use.
 type memProbe struct {
-	gpu  gpuInfo // nil on the CPU
-	name string  // the GPU's name
+	gpu  device.GPU // nil on the CPU
+	name string     // the GPU's name
 	base int64
 	peak int64
 }
 
 func newMemProbe(be ops.Backend) *memProbe {
 	p := &memProbe{}
-	if g, ok := be.(gpuInfo); ok {
+	if g, ok := be.(device.GPU); ok {
 		if in, err := g.Info(); err == nil {
 			p.gpu, p.name, p.base = g, in.Name, in.Total-in.FreeMem
 		}
@@ -451,7 +452,7 @@ func (p *memProbe) sample() {
 		}
 		used = in.Total - in.FreeMem - p.base
 	} else {
-		used = int64(heapBytes())
+		used = int64(host.HeapBytes())
 	}
 	p.peak = max(p.peak, used)
 }

@@ -11,6 +11,7 @@ import (
 
 	"train/collective"
 	"train/config"
+	"train/model"
 	"train/ops"
 	"train/shard"
 )
@@ -52,7 +53,7 @@ them slower than the last stage and shifts the measured bubble from the theory.`
 	cfg := config.Default()
 	cfg.Model, cfg.Data.SeqLen, cfg.Train.MicroBatch, cfg.Train.Steps = *modelName, *seq, *batch, *steps
 	cfg.Train.LogEvery = 1 << 30
-	mc, err := loadModelConfig(cfg.Model)
+	mc, err := model.SourceConfig(cfg.Model)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 
 	"train/config"
 	"train/data"
+	"train/device"
 	"train/model"
 )
 
@@ -28,7 +29,7 @@ masked exactly as in training.`, stderr)
 	promptLoss := fs.Bool("prompt-loss", false, "also score prompt tokens, as data.prompt_loss does in training")
 	batch := fs.Int("batch", 8, "sequences per forward pass (does not change the result)")
 	seed := fs.Int64("seed", 1, "seed of a random:NAME model's weights")
-	device := fs.String("device", "cpu", "cpu, cuda or auto")
+	deviceName := fs.String("device", "cpu", "cpu, cuda or auto")
 	precision := fs.String("precision", "auto", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -39,12 +40,12 @@ masked exactly as in training.`, stderr)
 	if *batch < 1 {
 		return usagef("-batch %d must be at least 1", *batch)
 	}
-	be, err := newBackend(*device, 0)
+	be, err := device.Open(*deviceName, 0)
 	if err != nil {
 		return err
 	}
-	defer closeBackend(be)
-	w, err := loadModelWeights(*modelDir, *seed)
+	defer device.Close(be)
+	w, err := model.LoadSource(*modelDir, *seed)
 	if err != nil {
 		return err
 	}
@@ -63,7 +64,7 @@ masked exactly as in training.`, stderr)
 		return err
 	}
 	var opt model.Options
-	if opt.Compute, err = computeType(*precision, be); err != nil {
+	if opt.Compute, err = device.ComputeType(*precision, be); err != nil {
 		return usagef("%v", err)
 	}
 	if *adapter != "" {

@@ -206,7 +206,7 @@ func loadCheckpointModel(dir, modelPath string) (*model.Weights, *model.LoRA, st
 	}
 	var w *model.Weights
 	if model.IsRandomModel(modelPath) {
-		w, err = loadModelWeights(modelPath, cfg.Seed)
+		w, err = model.LoadSource(modelPath, cfg.Seed)
 	} else {
 		w, err = model.LoadAny(modelPath)
 	}

@@ -11,6 +11,7 @@ import (
 	"unicode/utf8"
 
 	"train/data"
+	"train/device"
 	"train/model"
 	"train/tokenizer"
 )
@@ -110,12 +111,12 @@ Examples:
 	if err != nil {
 		return err
 	}
-	be, err := newBackend(o.device, 0)
+	be, err := device.Open(o.device, 0)
 	if err != nil {
 		return err
 	}
-	defer closeBackend(be)
-	w, err := loadModelWeights(o.model, o.modelSeed)
+	defer device.Close(be)
+	w, err := model.LoadSource(o.model, o.modelSeed)
 	if err != nil {
 		return err
 	}
@@ -131,7 +132,7 @@ Examples:
 		return fmt.Errorf("the prompt is %d tokens, longer than the model's context of %d (max_position_embeddings)", len(prompt), cfg.MaxPositions)
 	}
 	var opt model.Options
-	if opt.Compute, err = computeType(o.precision, be); err != nil {
+	if opt.Compute, err = device.ComputeType(o.precision, be); err != nil {
 		return usagef("%v", err)
 	}
 	if o.adapter != "" {

@@ -69,7 +69,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	if !found {
 		return usagef("-method %q; valid: %s", *method, strings.Join(shard.Methods, ", "))
 	}
-	cfg, err := loadModelConfig(*modelFlag)
+	cfg, err := model.SourceConfig(*modelFlag)
 	if err != nil {
 		return err
 	}

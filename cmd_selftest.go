@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"train/collective"
+	"train/host"
 )
 
 // runSelftest checks a subsystem across every rank of the job:
@@ -48,7 +49,7 @@ rank exit non-zero.`, stderr)
 		return usagef("%v", err)
 	}
 	start := time.Now()
-	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, hostname(), cfg.LocalRank, launcher(cfg))
+	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, host.Name(), cfg.LocalRank, launcher(cfg))
 	c, err := collective.Connect(context.Background(), cfg)
 	if err != nil {
 		fmt.Fprintf(stdout, "selftest collective: %s: FAIL: %v\n", where, err)
@@ -71,14 +72,6 @@ func launcher(cfg collective.Config) string {
 		return "single process"
 	}
 	return cfg.Source
-}
-
-func hostname() string {
-	h, err := os.Hostname()
-	if err != nil {
-		return "?"
-	}
-	return h
 }
 
 // runBench runs a benchmark against a peer measured in the same run:

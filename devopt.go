@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 
+	"train/device"
 	"train/kernels"
 	"train/ops"
 	"train/optim"
@@ -48,7 +49,7 @@ func optimizerPlacement(be ops.Backend, d *dist, warn io.Writer) (onDevice bool,
 	case "device":
 		onDevice = whole
 	case "":
-		_, gpu := be.(gpuInfo)
+		_, gpu := be.(device.GPU)
 		onDevice = gpu && whole
 	default:
 		return false, nil, fmt.Errorf("%s=%q: want host or device", OptimizerEnv, env)
@@ -166,7 +167,7 @@ func (o *deviceOptimizer) syncDevice(f *flatParams) error {
 // (nil): gradients then travel through the host and the TCP ring, slower but
 // correct.
 func openReplicaNCCL(g *kernels.Backend, d *dist, warn io.Writer) *kernels.NCCL {
-	n, err := ncclFromComm(g, d.dp, 0)
+	n, err := kernels.NCCLOver(g, d.dp, 0)
 	if aerr := d.agree(err, "a replica could not start NCCL"); aerr != nil {
 		if n != nil {
 			n.Close()

@@ -14,6 +14,8 @@ import (
 	"train/collective"
 	"train/config"
 	"train/data"
+	"train/device"
+	"train/host"
 	"train/model"
 	"train/ops"
 	"train/optim"
@@ -728,23 +730,23 @@ func checkFits(cfg config.Config, mc *model.Config, d *dist, be ops.Backend, com
 	}
 	m := est.Ranks[d.rank()]
 	need := m.Total() + 3*m.Weights // bf16 in the estimate; float32, twice, here
-	if g, ok := be.(gpuInfo); ok {
+	if g, ok := be.(device.GPU); ok {
 		need = 2*m.Weights + m.Master + m.Grads + m.Optimizer
 		if in, err := g.Info(); err == nil && m.Total() > in.FreeMem {
 			fmt.Fprintf(warn, "train: warning: rank %d (stage %d) may need about %s of GPU memory and GPU %d has %s free; if it runs out: more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora\n",
 				d.rank(), d.me.Stage, shard.FormatBytes(m.Total()), in.Ordinal, shard.FormatBytes(in.FreeMem))
 		}
 	}
-	avail := availableMemory()
+	avail := host.AvailableMemory()
 	if avail <= 0 {
 		return nil // unknown: nothing to check against
 	}
-	budget := avail / int64(ranksOnHost())
+	budget := avail / int64(host.Ranks())
 	if need <= budget {
 		return nil
 	}
 	msg := fmt.Sprintf("rank %d (stage %d) needs about %s of host memory and this host has %s for it (%s available, %d ranks here)",
-		d.rank(), d.me.Stage, shard.FormatBytes(need), shard.FormatBytes(budget), shard.FormatBytes(avail), ranksOnHost())
+		d.rank(), d.me.Stage, shard.FormatBytes(need), shard.FormatBytes(budget), shard.FormatBytes(avail), host.Ranks())
 	if sugg, err := shard.Suggest(mc, est, budget*m.Total()/need); err == nil && len(sugg) > 0 {
 		msg += "; what would fit:"
 		for _, s := range sugg {
@@ -776,16 +778,4 @@ func activationSlots(cfg config.Config, d *dist) int {
 		return 1
 	}
 	return max(1, min(d.plan.Stages-d.me.Stage, cfg.Train.GradAccum))
-}
-
-// ranksOnHost is how many ranks the launcher started on this host (1 if it does
-// not say).
-func ranksOnHost() int {
-	for _, k := range []string{"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE", "LOCAL_WORLD_SIZE"} {
-		var n int
-		if _, err := fmt.Sscan(os.Getenv(k), &n); err == nil && n > 0 {
-			return n
-		}
-	}
-	return 1
 }

@@ -8,7 +8,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -49,30 +48,6 @@ func (l *rankLog) close(err error) {
 		l.Info("finished")
 	}
 	l.f.Close()
-}
-
-// heapBytes is the Go heap in use: the host memory the run holds on purpose.
-func heapBytes() uint64 {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.HeapInuse
-}
-
-// resources reads this process's resident memory and CPU time from the kernel:
-// what the rank logs record every step, so that a rank running out of memory or
-// starved of CPU shows in its log.
-func resources() (rssBytes int64, cpuSeconds float64) {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
-		cpuSeconds = float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
-	}
-	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
-		var size, rss int64
-		if _, err := fmt.Sscan(string(b), &size, &rss); err == nil {
-			rssBytes = rss * int64(os.Getpagesize())
-		}
-	}
-	return rssBytes, cpuSeconds
 }
 
 // debugStepSleep is the delay TRAIN_DEBUG_STEP_SLEEP=RANK:DURATION asks this rank

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"train/collective"
+	"train/device"
+	"train/host"
 	"train/kernels"
 	"train/ops"
 )
@@ -74,10 +76,10 @@ func selftestGPU(args []string, stdout, stderr io.Writer) error {
 		cfg.Size = 1
 	}
 	start := time.Now()
-	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, hostname(), cfg.LocalRank, launcher(cfg))
+	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, host.Name(), cfg.LocalRank, launcher(cfg))
 
 	var r gpuReport
-	be, gpuErr := openGPU(cfg.LocalRank)
+	be, gpuErr := device.OpenGPU(cfg.LocalRank)
 	if gpuErr != nil {
 		if cfg.Size == 1 { // nothing else to learn: fail fast
 			r.fail("", gpuErr)
@@ -349,37 +351,11 @@ func gemmCheck(be ops.Backend, rng *rand.Rand) (float64, error) {
 	return worst, nil
 }
 
-// ncclFromComm makes an NCCL communicator of c's ranks on each rank's GPU:
-// rank 0 creates the id and broadcasts it over c, then every rank joins. A
-// rank 0 that cannot create one says so to all, so none waits for it.
-func ncclFromComm(be *kernels.Backend, c collective.Comm, timeout time.Duration) (*kernels.NCCL, error) {
-	msg := make(collective.Bytes, 1+kernels.NCCLIDBytes) // ok flag, id
-	var idErr error
-	if c.Rank() == 0 {
-		id, err := be.NCCLUniqueID()
-		if err == nil {
-			msg[0] = 1
-			copy(msg[1:], id)
-		}
-		idErr = err
-	}
-	if err := c.Broadcast(msg, 0); err != nil {
-		return nil, fmt.Errorf("sending the NCCL id: %w", err)
-	}
-	if msg[0] != 1 {
-		if idErr != nil {
-			return nil, idErr
-		}
-		return nil, errors.New("rank 0 could not create an NCCL id (see its report)")
-	}
-	return be.NewNCCL(msg[1:], c.Rank(), c.Size(), timeout)
-}
-
 // ncclChecks runs each NCCL collective across the world on values whose
 // results are small integers, exact in float32 for worlds of up to 2048 ranks,
 // and compares every element. It returns how many checks passed.
 func ncclChecks(be *kernels.Backend, c collective.Comm, timeout time.Duration) (checks int, err error) {
-	n, err := ncclFromComm(be, c, timeout)
+	n, err := kernels.NCCLOver(be, c, timeout)
 	if err != nil {
 		return 0, err
 	}

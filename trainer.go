@@ -19,6 +19,8 @@ import (
 	"train/collective"
 	"train/config"
 	"train/data"
+	"train/device"
+	"train/host"
 	"train/kernels"
 	"train/model"
 	"train/ops"
@@ -92,23 +94,23 @@ func trainRun(cfg config.Config, launch *collective.Flags, stdout, stderr io.Wri
 
 func trainWithContext(ctx context.Context, cfg config.Config, launch *collective.Flags, stdout, stderr io.Writer) (err error) {
 	// Fail on a missing device before connecting to anyone.
-	be, err := newBackend(cfg.Device, 0)
+	be, err := device.Open(cfg.Device, 0)
 	if err != nil {
 		return err
 	}
-	compute, err := computeType(cfg.Precision, be)
+	compute, err := device.ComputeType(cfg.Precision, be)
 	if err != nil {
-		closeBackend(be)
+		device.Close(be)
 		return err
 	}
 	var gpuBytes int64 // the memory the plan's stages must fit; 0: no limit (CPU)
-	if g, ok := be.(gpuInfo); ok {
+	if g, ok := be.(device.GPU); ok {
 		if in, err := g.Info(); err == nil {
 			gpuBytes = in.Total
 		}
 	}
-	closeBackend(be)
-	mc, err := loadModelConfig(cfg.Model)
+	device.Close(be)
+	mc, err := model.SourceConfig(cfg.Model)
 	if err != nil {
 		return err
 	}
@@ -129,15 +131,15 @@ func trainWithContext(ctx context.Context, cfg config.Config, launch *collective
 // evaluation, samples and outputs. It returns what the loop measured.
 func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *dist, stdout, stderr io.Writer) (res loopResult, err error) {
 	start := time.Now()
-	be, err := newBackend(cfg.Device, d.localRank)
+	be, err := device.Open(cfg.Device, d.localRank)
 	if err != nil {
 		return res, err
 	}
-	defer closeBackend(be)
+	defer device.Close(be)
 	if !d.isRoot() {
 		stdout, stderr = io.Discard, io.Discard // rank 0 speaks for the job; every rank has its log
 	}
-	compute, err := computeType(cfg.Precision, be)
+	compute, err := device.ComputeType(cfg.Precision, be)
 	if err != nil {
 		return res, err
 	}
@@ -145,7 +147,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		return res, err
 	}
 	// Each rank loads only the tensors of its own stage.
-	w, err := loadStageWeights(cfg.Model, mc, cfg.Seed, d.me)
+	w, err := model.LoadSourceStage(cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
 	if err != nil {
 		return res, err
 	}
@@ -225,7 +227,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 	defer func() { t.log.close(err) }()
 	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
-		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", t.optimizerPlace(), "nccl", t.nccl != nil, "trainable_values", t.flat.values(), "heap_bytes", heapBytes())
+		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", t.optimizerPlace(), "nccl", t.nccl != nil, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes())
 
 	// Plan the activations of the training batch shape now, in every slot, so
 	// the memory report is the whole of a step's and no step allocates.
@@ -241,7 +243,7 @@ func trainOnWorld(ctx context.Context, cfg config.Config, mc model.Config, d *di
 		}
 	}
 	t.reportMemory(stderr)
-	if g, ok := be.(gpuInfo); ok {
+	if g, ok := be.(device.GPU); ok {
 		if in, err := g.Info(); err == nil {
 			t.log.Info("gpu", "name", in.Name, "ordinal", in.Ordinal, "driver", in.Driver, "cublas", in.CUBLAS,
 				"libcuda", in.LibCUDA, "libcublas", in.CUBLASL, "free_bytes", in.FreeMem, "total_bytes", in.Total)
@@ -320,7 +322,7 @@ func (t *trainer) reportMemory(stderr io.Writer) {
 	}
 	t.log.Info("memory", append(fields, "total_bytes", total)...)
 	note := ""
-	if _, gpu := t.be.(gpuInfo); gpu && t.dopt == nil {
+	if _, gpu := t.be.(device.GPU); gpu && t.dopt == nil {
 		note = " (the optimizer state is on the host)"
 	}
 	fmt.Fprintf(stderr, "train: memory on %s: %s; total %s%s\n", t.be.Name(), strings.Join(words, ", "), shard.FormatBytes(total), note)
@@ -342,15 +344,10 @@ func (t *trainer) optimizerPlace() string {
 	return "host"
 }
 
-// gpuInfo is what a GPU backend tells about its device (kernels.Backend).
-type gpuInfo interface {
-	Info() (kernels.Info, error)
-}
-
 // gpuUsed is the device memory in use now (every process's, as the driver
 // counts it), updating the peak; 0 on the CPU.
 func (t *trainer) gpuUsed() int64 {
-	g, ok := t.be.(gpuInfo)
+	g, ok := t.be.(device.GPU)
 	if !ok {
 		return 0
 	}
@@ -406,67 +403,6 @@ func newAdapter(cfg config.Config, mc *model.Config) (*model.LoRA, error) {
 		return nil, fmt.Errorf("lora.init_adapter %s: %w", cfg.LoRA.InitAdapter, err)
 	}
 	return l, nil
-}
-
-// newBackend returns the device cfg.Device names: the CPU, GPU number gpu
-// (the rank's local rank, so each rank of a host has its own), or with "auto"
-// that GPU when there is one and the CPU otherwise. Release it with closeBackend.
-func newBackend(device string, gpu int) (ops.Backend, error) {
-	switch device {
-	case "cpu":
-		return ops.NewCPU(), nil
-	case "cuda":
-		be, err := openGPU(gpu)
-		if err != nil {
-			return nil, err // not the typed nil: it would make a non-nil ops.Backend
-		}
-		return be, nil
-	case "auto":
-		if be, err := openGPU(gpu); err == nil {
-			return be, nil
-		}
-		return ops.NewCPU(), nil
-	}
-	return nil, fmt.Errorf("device %q is not one of cpu, cuda, auto", device)
-}
-
-// openGPU opens the GPU of the rank with this local rank (kernels.LocalGPU).
-func openGPU(localRank int) (*kernels.Backend, error) {
-	n, err := kernels.DeviceCount()
-	if err != nil {
-		return nil, err
-	}
-	ord, err := kernels.LocalGPU(localRank, n)
-	if err != nil {
-		return nil, err
-	}
-	return kernels.Open(ord)
-}
-
-// computeType is the model's compute type for a precision setting on be:
-// "auto" is bf16 on a GPU and fp32 on the CPU, where bf16 is an emulation for
-// tests (correct, but slower than fp32).
-func computeType(precision string, be ops.Backend) (ops.DType, error) {
-	switch precision {
-	case "fp32":
-		return ops.F32, nil
-	case "bf16":
-		return ops.BF16, nil
-	case "auto", "":
-		if _, gpu := be.(gpuInfo); gpu {
-			return ops.BF16, nil
-		}
-		return ops.F32, nil
-	}
-	return ops.F32, fmt.Errorf("precision %q is not one of auto, fp32, bf16", precision)
-}
-
-// closeBackend releases a device that holds resources (a GPU context and the
-// goroutine that owns it).
-func closeBackend(be ops.Backend) {
-	if c, ok := be.(io.Closer); ok {
-		c.Close()
-	}
 }
 
 // loadTrainingData returns the training and evaluation examples: the embedded
@@ -783,17 +719,17 @@ func (t *trainer) loop() (loopResult, error) {
 			res.after.comm += times.comm
 			res.wall += time.Since(stepStart)
 		}
-		rss, cpu := resources()
+		rss, cpu := host.Usage()
 		gpuUsed := t.gpuUsed()
 		fields := []any{"gpu_used_bytes", gpuUsed, "gpu_peak_bytes", t.gpuPeak, "step", step + 1, "loss", loss, "lr", lr, "grad_norm", norm, "tokens", stepTokens,
 			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),
 			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(),
-			"bytes_sent", times.sent, "bytes_received", times.received, "recomputed_forwards", times.recomputed, "heap_bytes", heapBytes(),
+			"bytes_sent", times.sent, "bytes_received", times.received, "recomputed_forwards", times.recomputed, "heap_bytes", host.HeapBytes(),
 			"rss_bytes", rss, "cpu_s", cpu}
 		t.log.Info("step", append(fields, t.gpuUtil()...)...)
-		if budget := availableMemory() + rss; !t.warnedMemory && budget > 0 && rss > budget*9/10 {
+		if budget := host.AvailableMemory() + rss; !t.warnedMemory && budget > 0 && rss > budget*9/10 {
 			t.warnedMemory = true
-			t.log.Warn("near the host's memory limit", "rss_bytes", rss, "available_bytes", availableMemory(),
+			t.log.Warn("near the host's memory limit", "rss_bytes", rss, "available_bytes", host.AvailableMemory(),
 				"relieve", "more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora")
 			prog.note("warning: rank %d uses %s of host memory, near the limit: consider -pp, -activation-checkpointing, a smaller -batch/-seq, or -lora",
 				t.dist.rank(), shard.FormatBytes(rss))

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"train/host"
 	"train/model"
 )
 
@@ -306,7 +307,7 @@ func TestTrainStopsOnNonFiniteLoss(t *testing.T) {
 // TestTrainRefusesPlanThatDoesNotFit: Llama 3.1 8B cannot be fully fine-tuned in
 // this machine's memory; the trainer says so before loading anything.
 func TestTrainRefusesPlanThatDoesNotFit(t *testing.T) {
-	if availableMemory() <= 0 || availableMemory() > 150<<30 {
+	if host.AvailableMemory() <= 0 || host.AvailableMemory() > 150<<30 {
 		t.Skip("this host's available memory is unknown or large enough for the 8B model")
 	}
 	var out, errOut bytes.Buffer

@@ -109,7 +109,7 @@ checksum.`, stderr)
 		for _, t := range s.tensors {
 			total += t.bytes()
 		}
-		fmt.Fprintf(stdout, "\n%s: %d tensors, %s\n", s.name, len(s.tensors), humanBytes(total))
+		fmt.Fprintf(stdout, "\n%s: %d tensors, %s\n", s.name, len(s.tensors), model.HumanBytes(total))
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 		fmt.Fprintln(tw, "mode\tstored\tof raw\tsave GB/s\tload GB/s\t")
 		for _, m := range modes {
@@ -140,7 +140,7 @@ checksum.`, stderr)
 				}
 			}
 			os.RemoveAll(run)
-			fmt.Fprintf(tw, "%s\t%s\t%.3f\t%.2f\t%.2f\t\n", m.name, humanBytes(stored), float64(stored)/float64(total),
+			fmt.Fprintf(tw, "%s\t%s\t%.3f\t%.2f\t%.2f\t\n", m.name, model.HumanBytes(stored), float64(stored)/float64(total),
 				gbps(total, best(saves)), gbps(total, best(loads)))
 		}
 		tw.Flush()

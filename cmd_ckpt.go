@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 
 	"train/ckpt"
+	"train/model"
 )
 
 // runCkpt inspects checkpoints without training: `train ckpt verify DIR`
@@ -85,7 +86,7 @@ checkpoint is complete and correct.`, stderr)
 		ratio = float64(rep.RawBytes) / float64(rep.Bytes)
 	}
 	fmt.Fprintf(stdout, "%s: OK: step %d, world size %d, %d files, %d entries, %s stored, %s raw (%.2fx)\n",
-		dir, rep.Step, rep.WorldSize, rep.Files, rep.Entries, humanBytes(rep.Bytes), humanBytes(rep.RawBytes), ratio)
+		dir, rep.Step, rep.WorldSize, rep.Files, rep.Entries, model.HumanBytes(rep.Bytes), model.HumanBytes(rep.RawBytes), ratio)
 	return nil
 }
 
@@ -124,19 +125,7 @@ train ckpt verify for every checksum.`, stderr)
 		if in.Latest {
 			latest = "*"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", in.Step, humanBytes(in.Size), status, latest, filepath.Base(in.Dir))
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", in.Step, model.HumanBytes(in.Size), status, latest, filepath.Base(in.Dir))
 	}
 	return tw.Flush()
-}
-
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

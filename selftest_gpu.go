@@ -17,6 +17,7 @@ import (
 	"train/device"
 	"train/host"
 	"train/kernels"
+	"train/model"
 	"train/ops"
 )
 
@@ -224,7 +225,7 @@ func deviceChecks(be *kernels.Backend, size int, r *gpuReport) {
 	} else {
 		desc += fmt.Sprintf(", no NCCL (%v)", err)
 	}
-	r.ok("%s, %s free of %s", desc, humanBytes(in.FreeMem), humanBytes(in.Total))
+	r.ok("%s, %s free of %s", desc, model.HumanBytes(in.FreeMem), model.HumanBytes(in.Total))
 	rng := rand.New(rand.NewPCG(1, 2))
 	if err := kernelCheck(be, rng); err != nil {
 		r.fail("kernels", err)
@@ -496,11 +497,11 @@ func diskFree(dir string) (free int64, at string, err error) {
 func roomVerdict(free, minFree int64) (string, error) {
 	switch {
 	case free < minFree:
-		return "", fmt.Errorf("only %s free, under -min-free %s: make room or point -run at a larger file system", humanBytes(free), humanBytes(minFree))
+		return "", fmt.Errorf("only %s free, under -min-free %s: make room or point -run at a larger file system", model.HumanBytes(free), model.HumanBytes(minFree))
 	case free/2 < minFree:
-		return fmt.Sprintf("%s free (warning: less than twice -min-free %s)", humanBytes(free), humanBytes(minFree)), nil
+		return fmt.Sprintf("%s free (warning: less than twice -min-free %s)", model.HumanBytes(free), model.HumanBytes(minFree)), nil
 	}
-	return fmt.Sprintf("%s free", humanBytes(free)), nil
+	return fmt.Sprintf("%s free", model.HumanBytes(free)), nil
 }
 
 // gatherReports gives every rank every rank's line (in rank order) and the

@@ -449,3 +449,16 @@ func HumanCount(n int64) string {
 	}
 	return fmt.Sprint(n)
 }
+
+// HumanBytes is n bytes with a binary unit: "1.50 GiB", "12.00 MiB", "3.0 KiB", "12 B".
+func HumanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.2f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

@@ -16,6 +16,7 @@ import (
 	"train/model"
 	"train/ops"
 	"train/optim"
+	"train/trainer"
 )
 
 // benchModel is `train bench model`: training-step throughput of one model on
@@ -164,15 +165,11 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		// The trainer's optimizer on the device, as a GPU run uses it: F32
 		// moments allocated once, the bf16 compute copies rewritten by the
 		// update. No clipping (the PyTorch case has none).
-		flat, err := newFlatParams(m, be, 1, 0, false)
-		if err != nil {
-			return err
-		}
-		if run.opt, err = newDeviceOptimizer(be, flat); err != nil {
-			return err
-		}
 		tc := config.Default().Train
-		run.adamw = optim.AdamW{Beta1: tc.Beta1, Beta2: tc.Beta2, Eps: tc.Eps, WeightDecay: tc.WeightDecay}
+		adam := optim.AdamW{Beta1: tc.Beta1, Beta2: tc.Beta2, Eps: tc.Eps, WeightDecay: tc.WeightDecay}
+		if run.opt, err = trainer.NewDeviceAdamW(be, m, adam); err != nil {
+			return err
+		}
 	}
 	if err := run.prepare(uint64(*seed)); err != nil {
 		return err
@@ -308,11 +305,10 @@ type benchRun struct {
 	mem        *memProbe
 
 	batch    model.Batch
-	scale    float32          // d(objective)/d(loss sum): 1/labels that count
-	in, dout ops.Buf          // -part layers: the stage's input and its output's gradient, kept on the device
-	opt      *deviceOptimizer // -method lora: AdamW over the adapter
-	adamw    optim.AdamW
-	loss     float64 // mean loss of the last step (not with -part layers)
+	scale    float32              // d(objective)/d(loss sum): 1/labels that count
+	in, dout ops.Buf              // -part layers: the stage's input and its output's gradient, kept on the device
+	opt      *trainer.DeviceAdamW // -method lora: AdamW over the adapter
+	loss     float64              // mean loss of the last step (not with -part layers)
 }
 
 // prepare plans the activations and draws the inputs once: token ids for the
@@ -394,7 +390,7 @@ func (r *benchRun) step() (time.Duration, error) {
 	}
 	m.FinishGrads()
 	if r.opt != nil {
-		r.opt.step(&r.adamw, benchLR, 1)
+		r.opt.Step(benchLR, 1)
 	}
 	if err := r.be.Sync(); err != nil {
 		return 0, err
@@ -418,7 +414,7 @@ func (r *benchRun) free() {
 		}
 	}
 	if r.opt != nil {
-		r.opt.close()
+		r.opt.Close()
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"train/model"
 	"train/ops"
 	"train/shard"
+	"train/trainer"
 )
 
 // benchPipeline measures the pipeline bubble of real training steps against the
@@ -62,11 +63,11 @@ them slower than the last stage and shifts the measured bubble from the theory.`
 		return usagef("%v", err)
 	}
 	cfg.Parallel.PP = max(cc.Size, 1)
-	d, err := joinWorld(context.Background(), cfg, cf, &mc, 0, ops.F32)
+	d, err := trainer.Join(context.Background(), cfg, cf, &mc, 0, ops.F32)
 	if err != nil {
 		return err
 	}
-	defer d.close(nil)
+	defer d.Close(nil)
 	dir, err := os.MkdirTemp("", "train-bench-pipeline-")
 	if err != nil {
 		return err
@@ -74,7 +75,7 @@ them slower than the last stage and shifts the measured bubble from the theory.`
 	defer os.RemoveAll(dir)
 	P := cfg.Parallel.PP
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	if d.isRoot() {
+	if d.IsRoot() {
 		fmt.Fprintf(stdout, "pipeline bubble: %s, P=%d stages, micro-batch %d x %d tokens, %d measured steps per M\n",
 			cfg.Model, P, *batch, *seq, *steps-1)
 		fmt.Fprintln(tw, "M\ttheory (P-1)/(M+P-1)\tmeasured\tstep ms\t")
@@ -82,16 +83,16 @@ them slower than the last stage and shifts the measured bubble from the theory.`
 	for _, m := range ms {
 		cfg.Train.GradAccum = m
 		cfg.RunDir = fmt.Sprintf("%s/M%d", dir, m)
-		res, err := trainOnWorld(context.Background(), cfg, mc, d, io.Discard, io.Discard)
+		res, err := trainer.RunOn(context.Background(), cfg, mc, d, io.Discard, io.Discard)
 		if err != nil {
 			return fmt.Errorf("M=%d: %w", m, err)
 		}
-		wall := res.wall.Seconds()
-		sums := []float64{res.after.bubble.Seconds() / wall, wall}
-		if err := d.allReduceF64(sums); err != nil {
+		wall := res.Wall.Seconds()
+		sums := []float64{res.Bubble.Seconds() / wall, wall}
+		if err := d.AllReduce(sums); err != nil {
 			return err
 		}
-		if d.isRoot() {
+		if d.IsRoot() {
 			fmt.Fprintf(tw, "%d\t%.3f\t%.3f\t%.1f\t\n", m, shard.TheoreticalBubble(P, m), sums[0]/float64(P),
 				1000*sums[1]/float64(P)/float64(*steps-1))
 		}

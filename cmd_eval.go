@@ -9,6 +9,7 @@ import (
 	"train/data"
 	"train/device"
 	"train/model"
+	"train/trainer"
 )
 
 // runEval prints the mean loss of a model (with an optional PEFT LoRA adapter) over
@@ -51,7 +52,7 @@ masked exactly as in training.`, stderr)
 	}
 	cfg := config.Default()
 	cfg.Model, cfg.Tokenizer = *modelDir, *tokPath
-	tok, err := loadTokenizer(cfg, w.Config)
+	tok, err := trainer.LoadTokenizer(cfg, w.Config)
 	if err != nil {
 		return err
 	}
@@ -78,7 +79,7 @@ masked exactly as in training.`, stderr)
 	}
 	defer m.Close()
 	m.SetTraining(false)
-	loss, tokens, err := evalExamples(m, examples, 0, *batch)
+	loss, tokens, err := trainer.EvalExamples(m, examples, 0, *batch)
 	if err != nil {
 		return fmt.Errorf("%s: %w", *dataPath, err)
 	}

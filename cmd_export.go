@@ -9,9 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"train/ckpt"
-	"train/config"
 	"train/model"
+	"train/trainer"
 )
 
 // runExport writes a model (and optional LoRA adapter) in a format other tools
@@ -81,7 +80,7 @@ Formats:
 	var w *model.Weights
 	var lora *model.LoRA
 	if *ckptDir != "" {
-		if w, lora, *modelPath, err = loadCheckpointModel(*ckptDir, *modelPath); err != nil {
+		if w, lora, *modelPath, err = trainer.LoadCheckpointModel(*ckptDir, *modelPath); err != nil {
 			return err
 		}
 		if *format == "peft" && lora == nil {
@@ -182,60 +181,4 @@ func sameAdapter(a, b *model.LoRA) error {
 		}
 	}
 	return nil
-}
-
-// loadCheckpointModel returns the model a checkpoint of train holds: the base
-// model it names (or modelPath when given) with, for a full fine-tune, every
-// trained tensor replaced by the checkpoint's, or for LoRA the adapter.
-func loadCheckpointModel(dir, modelPath string) (*model.Weights, *model.LoRA, string, error) {
-	if info, err := ckpt.Latest(dir); err == nil {
-		dir = info.Dir // a run directory: its newest complete checkpoint
-	}
-	r, err := ckpt.Open(dir)
-	if err != nil {
-		return nil, nil, "", err
-	}
-	defer r.Close()
-	man := r.Manifest()
-	cfg, err := config.Decode(filepath.Join(dir, ckpt.ManifestName)+" (config)", []byte(man.Config))
-	if err != nil {
-		return nil, nil, "", err
-	}
-	if modelPath == "" {
-		modelPath = man.ModelSource
-	}
-	var w *model.Weights
-	if model.IsRandomModel(modelPath) {
-		w, err = model.LoadSource(modelPath, cfg.Seed)
-	} else {
-		w, err = model.LoadAny(modelPath)
-	}
-	if err != nil {
-		return nil, nil, "", fmt.Errorf("base model %s (named by the checkpoint): %w", modelPath, err)
-	}
-	read := func(name string, dst []float32) error {
-		if _, ok := r.Lookup(ckptParam + name); !ok {
-			return fmt.Errorf("%s holds no %s", dir, name)
-		}
-		return r.ReadF32(ckptParam+name, 0, int64(len(dst)), dst)
-	}
-	if cfg.Train.Method == "lora" {
-		l, err := model.NewLoRA(&w.Config, model.LoRAConfig{Rank: cfg.LoRA.Rank, Alpha: cfg.LoRA.Alpha,
-			Dropout: cfg.LoRA.Dropout, RSLoRA: cfg.LoRA.RSLoRA, Targets: cfg.LoRA.Targets}, 0)
-		if err != nil {
-			return nil, nil, "", err
-		}
-		for name, dst := range l.Tensors() {
-			if err := read(name, dst); err != nil {
-				return nil, nil, "", err
-			}
-		}
-		return w, l, modelPath, nil
-	}
-	for name, dst := range w.NamedTensors() {
-		if err := read(name, dst); err != nil {
-			return nil, nil, "", err
-		}
-	}
-	return w, nil, modelPath, nil
 }

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"train/collective"
 	"train/config"
+	"train/trainer"
 )
 
 // loadRunConfig builds the effective configuration of a training run: the defaults,
@@ -50,5 +55,15 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 		_, err = stdout.Write(out)
 		return err
 	}
-	return trainRun(cfg, launch, stdout, stderr)
+	// SIGINT, SIGTERM or SIGUSR1 (Slurm's --signal=USR1@120 before a time
+	// limit or preemption) stops the run after the current step with a
+	// checkpoint and exit status 0; a second signal ends the process at once.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGUSR1)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop() // restore the default action: a second signal ends the process
+	}()
+	_, err = trainer.Run(ctx, cfg, launch, stdout, stderr)
+	return err
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -79,7 +80,9 @@ func launchRanks(t *testing.T, np int, args []string) {
 	outs := make([][]byte, np)
 	for r := 0; r < np; r++ {
 		cmd := exec.CommandContext(ctx, bin, binArgs...)
-		cmd.Env = append(env, fmt.Sprintf("RANK=%d", r), fmt.Sprintf("WORLD_SIZE=%d", np),
+		// A fresh slice per rank: appending to env itself would let the ranks share
+		// (and overwrite) its spare capacity, giving every rank the last RANK.
+		cmd.Env = append(slices.Clip(env), fmt.Sprintf("RANK=%d", r), fmt.Sprintf("WORLD_SIZE=%d", np),
 			"MASTER_ADDR=127.0.0.1", fmt.Sprintf("MASTER_PORT=%d", port), "TRAIN_JOB_ID=test-"+t.Name())
 		wg.Add(1)
 		go func(r int) {

@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -25,52 +23,6 @@ func stepLosses(t *testing.T, run string) map[int]float64 {
 		}
 	}
 	return out
-}
-
-// TestResumeBitwise: 20 steps straight, and the same run resumed from its
-// checkpoint after step 10 into another directory, give bitwise the same losses
-// for steps 11-20 and bitwise the same trained tensors, for LoRA with dropout and
-// for full fine-tuning.
-func TestResumeBitwise(t *testing.T) {
-	requireStories(t)
-	dir := t.TempDir()
-	data := filepath.Join(dir, "train.jsonl")
-	writeStories(t, data, 48, 5)
-	for _, method := range []string{"lora", "full"} {
-		t.Run(method, func(t *testing.T) {
-			common := []string{"-model", storiesDir, "-data", data, "-method", method, "-steps", "20", "-lr", "5e-3",
-				"-batch", "2", "-seq", "64", "-lora-rank", "4", "-lora-dropout", "0.1", "-ckpt-every", "10", "-log-every", "100"}
-			a := filepath.Join(dir, method+"-a")
-			runMain(t, append(common, "-run", a)...)
-			from := ckpt.StepDir(a, 10)
-			if _, err := ckpt.Verify(from); err != nil {
-				t.Fatalf("checkpoint after step 10: %v", err)
-			}
-			b := filepath.Join(dir, method+"-b")
-			_, stderr := runMain(t, append(common, "-run", b, "-resume", from)...)
-			if !strings.Contains(stderr, "resumed from") {
-				t.Errorf("no resume message:\n%s", stderr)
-			}
-			la, lb := stepLosses(t, a), stepLosses(t, b)
-			for s := 11; s <= 20; s++ {
-				if la[s] != lb[s] || la[s] == 0 {
-					t.Errorf("step %d: loss %v resumed, %v straight", s, lb[s], la[s])
-				}
-			}
-			if _, ok := lb[10]; ok {
-				t.Errorf("the resumed run repeated step 10")
-			}
-			ta, tb := trainedTensors(t, a, method), trainedTensors(t, b, method)
-			for name, va := range ta {
-				vb := tb[name]
-				for i := range va {
-					if va[i] != vb[i] {
-						t.Fatalf("%s[%d]: %v resumed, %v straight", name, i, vb[i], va[i])
-					}
-				}
-			}
-		})
-	}
 }
 
 // TestResumeOnOtherLayouts resumes a single-process checkpoint under mpirun as
@@ -138,57 +90,6 @@ func TestPreemptionSignal(t *testing.T) {
 	out, _ := runMain(t, "-steps", fmt.Sprint(stopped+3), "-run", run, "-resume")
 	if !strings.Contains(out, fmt.Sprintf("done: %d steps", stopped+3)) {
 		t.Errorf("resume did not run to step %d:\n%s", stopped+3, out)
-	}
-}
-
-// TestInitAdapter starts a run from a saved peft adapter: with no steps, its
-// evaluation equals the evaluation the adapter's own run reported; with other
-// hyper-parameters it is refused, naming them.
-func TestInitAdapter(t *testing.T) {
-	requireStories(t)
-	dir := t.TempDir()
-	data, evalData := filepath.Join(dir, "train.jsonl"), filepath.Join(dir, "eval.jsonl")
-	writeStories(t, data, 32, 7)
-	writeStories(t, evalData, 6, 8)
-	common := []string{"-model", storiesDir, "-data", data, "-eval-data", evalData, "-lora", "-lora-rank", "4", "-batch", "2", "-seq", "64", "-log-every", "100"}
-	a := filepath.Join(dir, "a")
-	runMain(t, append(common, "-steps", "8", "-lr", "5e-3", "-run", a)...)
-	_, wantEval := runLosses(t, a)
-	b := filepath.Join(dir, "b")
-	runMain(t, append(common, "-steps", "0", "-init-adapter", filepath.Join(a, "adapter"), "-run", b)...)
-	if _, got := runLosses(t, b); got != wantEval {
-		t.Errorf("eval loss from the saved adapter %.9g, its run reported %.9g", got, wantEval)
-	}
-	var out, errOut bytes.Buffer
-	code := mainExit(append(common, "-steps", "0", "-lora-rank", "8", "-init-adapter", filepath.Join(a, "adapter"), "-run", filepath.Join(dir, "c")), &out, &errOut)
-	if code == 0 || !strings.Contains(errOut.String(), "r=4") {
-		t.Errorf("a rank-8 run from a rank-4 adapter: exit %d, %s", code, errOut.String())
-	}
-}
-
-// TestCheckpointFailure: when checkpoints cannot be written (here the checkpoint
-// directory is a file), training stops with an error saying the previous
-// checkpoint is intact, or with ckpt.continue_on_error trains on with a warning.
-func TestCheckpointFailure(t *testing.T) {
-	dir := t.TempDir()
-	run := filepath.Join(dir, "run")
-	if err := os.MkdirAll(run, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(run, "checkpoints"), []byte("not a directory"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	_, errOut, code := runProgram(t, "-steps", "4", "-ckpt-every", "2", "-run", run)
-	if code == 0 || !strings.Contains(errOut, "checkpoint of step 2") || !strings.Contains(errOut, "previous complete checkpoint is intact") {
-		t.Fatalf("exit %d, stderr %q", code, errOut)
-	}
-	conf := filepath.Join(dir, "run.toml")
-	if err := os.WriteFile(conf, []byte("[ckpt]\ncontinue_on_error = true\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, errOut, code := runProgram(t, "-config", conf, "-steps", "4", "-ckpt-every", "2", "-run", run)
-	if code != 0 || !strings.Contains(errOut, "training goes on without this checkpoint") || !strings.Contains(out, "done: 4 steps") {
-		t.Fatalf("continue_on_error: exit %d, stderr %q", code, errOut)
 	}
 }
 

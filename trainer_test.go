@@ -7,15 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"train/host"
-	"train/model"
+	"train/internal/fixture"
 )
 
 func requireStories(t *testing.T) {
@@ -25,26 +22,13 @@ func requireStories(t *testing.T) {
 	}
 }
 
-// fixedEnding is the sentence every training story ends with: stories260K never
-// writes it by itself, so producing it shows what fine-tuning taught.
-const fixedEnding = "The moon sang a quiet song."
+// fixedEnding is the sentence every training story ends with.
+const fixedEnding = fixture.StoryEnding
 
 // writeStories writes n short stories that all end with fixedEnding, as {"text"} lines.
 func writeStories(t *testing.T, path string, n int, seed uint64) {
 	t.Helper()
-	names := []string{"Lily", "Tom", "Sam", "Mia", "Ben", "Sue"}
-	things := []string{"a red ball", "a big dog", "a little cat", "a toy car", "a blue kite", "a pretty flower"}
-	places := []string{"the park", "the garden", "the house", "the beach"}
-	rng := rand.New(rand.NewPCG(seed, 1))
-	var buf bytes.Buffer
-	for i := 0; i < n; i++ {
-		name := names[rng.IntN(len(names))]
-		story := fmt.Sprintf("%s had %s. %s went to %s and played all day. %s", name, things[rng.IntN(len(things))],
-			name, places[rng.IntN(len(places))], fixedEnding)
-		line, _ := json.Marshal(map[string]string{"text": story})
-		buf.Write(append(line, '\n'))
-	}
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+	if err := fixture.WriteStories(path, n, seed); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -199,23 +183,17 @@ func TestTrainDefaultShortRun(t *testing.T) {
 	}
 }
 
+// TestTrainErrors: the command refuses a configuration it cannot run with an
+// error naming the setting and a non-zero exit (the trainer's own refusals are
+// tested in trainer/).
 func TestTrainErrors(t *testing.T) {
 	dir := t.TempDir()
-	masked := filepath.Join(dir, "masked.jsonl")
-	os.WriteFile(masked, []byte(strings.Repeat("{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, -100]}\n", 4)), 0o644)
-	bad := filepath.Join(dir, "bad.jsonl")
-	os.WriteFile(bad, []byte("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": \"x\"}\n"), 0o644)
 	for _, tc := range []struct {
 		args []string
 		want string
 	}{
-		{[]string{"-data", masked, "-eval-data", masked}, "every label of the step is masked"},
-		{[]string{"-data", bad}, "bad.jsonl:2:"},
-		{[]string{"-data", filepath.Join(dir, "missing.jsonl")}, "missing.jsonl"},
-		{[]string{"-model", "random:nope"}, "random:nope"},
-		{[]string{"-method", "qlora"}, "qlora"},
-		{[]string{"-device", "cuda"}, "GPU"},
 		{[]string{"-lr", "-1"}, "train.lr"},
+		{[]string{"-model", "random:nope"}, "random:nope"},
 	} {
 		var out, errOut bytes.Buffer
 		args := append(tc.args, "-steps", "2", "-run", filepath.Join(dir, "run"))
@@ -278,41 +256,5 @@ func TestTrainStopsOnSignal(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(run, "model", "model.safetensors")); err != nil {
 		t.Errorf("outputs not written after the stop: %v", err)
-	}
-}
-
-// TestTrainStopsOnNonFiniteLoss: a model whose loss is NaN at every step gets each
-// step skipped with a warning, and the run stops with an error after five in a row.
-func TestTrainStopsOnNonFiniteLoss(t *testing.T) {
-	cfg, err := model.RandomConfig("random:tiny")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := writeRandomModel(t, filepath.Join(t.TempDir(), "nan-model"), cfg, func(w *model.Weights) {
-		w.FinalNorm[0] = float32(math.NaN())
-	})
-	var out, errOut bytes.Buffer
-	code := mainExit([]string{"-model", dir, "-steps", "20", "-run", filepath.Join(t.TempDir(), "run")}, &out, &errOut)
-	if code == 0 {
-		t.Fatalf("a NaN model trained without error:\n%s", out.String())
-	}
-	if n := strings.Count(errOut.String(), "step skipped"); n != 5 {
-		t.Errorf("%d skip warnings, want 5:\n%s", n, errOut.String())
-	}
-	if !strings.Contains(errOut.String(), "5 steps in a row had a non-finite loss") {
-		t.Errorf("stderr lacks the stop reason:\n%s", errOut.String())
-	}
-}
-
-// TestTrainRefusesPlanThatDoesNotFit: Llama 3.1 8B cannot be fully fine-tuned in
-// this machine's memory; the trainer says so before loading anything.
-func TestTrainRefusesPlanThatDoesNotFit(t *testing.T) {
-	if host.AvailableMemory() <= 0 || host.AvailableMemory() > 150<<30 {
-		t.Skip("this host's available memory is unknown or large enough for the 8B model")
-	}
-	var out, errOut bytes.Buffer
-	code := mainExit([]string{"-model", "random:llama-3.1-8b", "-method", "full", "-steps", "1", "-run", filepath.Join(t.TempDir(), "run")}, &out, &errOut)
-	if code == 0 || !strings.Contains(errOut.String(), "of host memory") || !strings.Contains(errOut.String(), "-pp") {
-		t.Fatalf("exit %d, stderr %q: want a refusal naming the memory and what would fit", code, errOut.String())
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package trainer
 
 import (
 	"fmt"
@@ -7,8 +7,10 @@ import (
 
 	"train/device"
 	"train/kernels"
+	"train/model"
 	"train/ops"
 	"train/optim"
+	"train/shard"
 )
 
 // deviceOptimizer runs the optimizer where the model is: AdamW's moments live on
@@ -22,11 +24,16 @@ import (
 // travel over the TCP collectives anyway.
 type deviceOptimizer struct {
 	be    ops.Backend
-	views []flatView // every trainable tensor, as flatParams lists them
-	state ops.Buf    // F32: both moments of every tensor, end to end
-	m, v  []ops.Buf  // per view
-	norm  ops.Buf    // F32 [1]: the squared gradient norm
-	fresh bool       // moments are zero: no update has run yet
+	model *model.Model
+	dist  *World
+	flat  *flatParams
+	adam  *optim.AdamW
+	nccl  *kernels.NCCL // sums the replicas' gradients on their GPUs; nil with one replica
+	views []flatView    // every trainable tensor, as flatParams lists them
+	state ops.Buf       // F32: both moments of every tensor, end to end
+	m, v  []ops.Buf     // per view
+	norm  ops.Buf       // F32 [1]: the squared gradient norm
+	fresh bool          // moments are zero: no update has run yet
 	// normSq receives the norm: its own allocation, since cgo refuses a
 	// pointer into memory that also holds Go pointers (this struct).
 	normSq []float32
@@ -40,7 +47,7 @@ const OptimizerEnv = "TRAIN_OPTIMIZER"
 // optimizerPlacement says whether this rank's optimizer runs on its device
 // and, for data-parallel replicas, returns the NCCL communicator that sums
 // their gradients there (nil otherwise; the caller closes it).
-func optimizerPlacement(be ops.Backend, d *dist, warn io.Writer) (onDevice bool, nccl *kernels.NCCL, err error) {
+func optimizerPlacement(be ops.Backend, d *World, warn io.Writer) (onDevice bool, nccl *kernels.NCCL, err error) {
 	whole := d.plan.Stages == 1 && !d.zero1
 	env := os.Getenv(OptimizerEnv)
 	switch env {
@@ -66,8 +73,8 @@ func optimizerPlacement(be ops.Backend, d *dist, warn io.Writer) (onDevice bool,
 	return onDevice, nccl, nil
 }
 
-func newDeviceOptimizer(be ops.Backend, f *flatParams) (*deviceOptimizer, error) {
-	o := &deviceOptimizer{be: be, views: f.views, fresh: true, normSq: make([]float32, 1)}
+func newDeviceOptimizer(be ops.Backend, m *model.Model, d *World, f *flatParams, adam *optim.AdamW, nccl *kernels.NCCL) (*deviceOptimizer, error) {
+	o := &deviceOptimizer{be: be, model: m, dist: d, flat: f, adam: adam, nccl: nccl, views: f.views, fresh: true, normSq: make([]float32, 1)}
 	o.m, o.v = make([]ops.Buf, len(f.views)), make([]ops.Buf, len(f.views))
 	var plan ops.Plan
 	for i, v := range f.views {
@@ -82,10 +89,37 @@ func newDeviceOptimizer(be ops.Backend, f *flatParams) (*deviceOptimizer, error)
 	return o, nil
 }
 
-func (o *deviceOptimizer) close() { o.be.Free(o.state) }
+func (o *deviceOptimizer) close() {
+	o.be.Free(o.state)
+	if o.nccl != nil {
+		o.nccl.Close()
+	}
+}
 
-// bytes is the device memory of the moments.
-func (o *deviceOptimizer) bytes() int64 { return ops.Bytes(o.state) }
+// deviceBytes is the device memory of the moments.
+func (o *deviceOptimizer) deviceBytes() int64 { return ops.Bytes(o.state) }
+
+func (o *deviceOptimizer) where() (string, bool) { return "device", o.nccl != nil }
+
+// layerDone is nil: the replicas' gradients are summed in one all-reduce
+// after the backward (reduceGradsNCCL).
+func (o *deviceOptimizer) layerDone() func(int) error { return nil }
+
+// reduce sums the replicas' gradients on their GPUs and the squared norm
+// there; only that one float comes to the host.
+func (o *deviceOptimizer) reduce(times *stepTimes) (float64, error) {
+	o.model.FinishGrads()
+	if err := o.reduceGradsNCCL(times); err != nil {
+		return 0, err
+	}
+	return o.sumSquares()
+}
+
+// update runs AdamW on the device.
+func (o *deviceOptimizer) update(lr, clip float64, _ *stepTimes) error {
+	o.step(o.adam, lr, clip)
+	return nil
+}
 
 // sumSquares is the squared norm of every gradient (after Model.FinishGrads).
 func (o *deviceOptimizer) sumSquares() (float64, error) {
@@ -122,7 +156,8 @@ func (o *deviceOptimizer) step(opt *optim.AdamW, lr, clip float64) {
 
 // syncHost copies the values and moments into the host mirror f, for a
 // checkpoint or the outputs. Without ZeRO-1, f.opt[i] is all of f.views[i].
-func (o *deviceOptimizer) syncHost(f *flatParams) error {
+func (o *deviceOptimizer) syncHost() error {
+	f := o.flat
 	for i, v := range o.views {
 		if err := o.be.Download(f.value[v.off:v.off+v.n], v.p.Value); err != nil {
 			return fmt.Errorf("train: %s: %w", v.p.Name, err)
@@ -144,8 +179,10 @@ func (o *deviceOptimizer) syncHost(f *flatParams) error {
 	return nil
 }
 
-// syncDevice copies the moments of the host mirror to the device (resuming).
-func (o *deviceOptimizer) syncDevice(f *flatParams) error {
+// restored copies the moments of the host mirror to the device (resuming);
+// the values are already there (restore uploaded them).
+func (o *deviceOptimizer) restored() error {
+	f := o.flat
 	for i := range o.views {
 		p := f.opt[i]
 		if p.M == nil {
@@ -166,7 +203,7 @@ func (o *deviceOptimizer) syncDevice(f *flatParams) error {
 // When NCCL cannot start on some rank, every rank agrees to go on without it
 // (nil): gradients then travel through the host and the TCP ring, slower but
 // correct.
-func openReplicaNCCL(g *kernels.Backend, d *dist, warn io.Writer) *kernels.NCCL {
+func openReplicaNCCL(g *kernels.Backend, d *World, warn io.Writer) *kernels.NCCL {
 	n, err := kernels.NCCLOver(g, d.dp, 0)
 	if aerr := d.agree(err, "a replica could not start NCCL"); aerr != nil {
 		if n != nil {
@@ -181,19 +218,50 @@ func openReplicaNCCL(g *kernels.Backend, d *dist, warn io.Writer) *kernels.NCCL 
 // reduceGradsNCCL sums the replicas' gradients on their GPUs, the whole
 // gradient allocation in one all-reduce (the loss was normalised over the whole
 // step, so a sum gives the step's gradient).
-func (t *trainer) reduceGradsNCCL(times *stepTimes) error {
-	if t.nccl == nil {
+func (o *deviceOptimizer) reduceGradsNCCL(times *stepTimes) error {
+	if o.nccl == nil {
 		return nil
 	}
 	return timed(&times.comm, func() error {
-		g := t.m.GradBuffer()
-		times.ring(g.Len(), t.dist.plan.Replicas, 2)
-		if err := t.nccl.AllReduce(g, g.Len(), kernels.NCCLSum); err != nil {
+		g := o.model.GradBuffer()
+		times.ring(g.Len(), o.dist.plan.Replicas, 2)
+		if err := o.nccl.AllReduce(g, g.Len(), kernels.NCCLSum); err != nil {
 			return fmt.Errorf("gradient all-reduce (NCCL): %w", err)
 		}
-		if err := t.nccl.Wait(); err != nil {
+		if err := o.nccl.Wait(); err != nil {
 			return fmt.Errorf("gradient all-reduce (NCCL): %w", err)
 		}
 		return nil
 	})
 }
+
+// DeviceAdamW is the trainer's device optimizer on its own, over every
+// trainable tensor of one model with no replicas: what `train bench model`
+// times as a GPU run's update.
+type DeviceAdamW struct {
+	o    *deviceOptimizer
+	adam optim.AdamW
+}
+
+// NewDeviceAdamW allocates the moments of m's trainable tensors on be.
+func NewDeviceAdamW(be ops.Backend, m *model.Model, adam optim.AdamW) (*DeviceAdamW, error) {
+	f, err := newFlatParams(m, be, 1, 0, false)
+	if err != nil {
+		return nil, err
+	}
+	o, err := newDeviceOptimizer(be, m, &World{plan: &shard.Plan{Stages: 1, Replicas: 1}}, f, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return &DeviceAdamW{o: o, adam: adam}, nil
+}
+
+// Step applies one AdamW update at lr with the gradients scaled by clip
+// (after the model's FinishGrads).
+func (a *DeviceAdamW) Step(lr, clip float64) { a.o.step(&a.adam, lr, clip) }
+
+// Bytes is the device memory of the moments.
+func (a *DeviceAdamW) Bytes() int64 { return a.o.deviceBytes() }
+
+// Close frees the moments.
+func (a *DeviceAdamW) Close() { a.o.close() }

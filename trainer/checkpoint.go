@@ -1,13 +1,16 @@
-package main
+package trainer
 
 import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"time"
 
 	"train/ckpt"
+	"train/config"
+	"train/model"
 )
 
 // Checkpoint entries. A tensor is stored under its logical (Hugging Face or peft)
@@ -54,7 +57,7 @@ func (t *trainer) saveCheckpoint(step int) error {
 	if err := d.agree(err, "checkpoint of step %d: a rank could not create its directory", step); err != nil {
 		return err
 	}
-	werr := t.syncHost()
+	werr := t.opt.syncHost()
 	if werr == nil {
 		werr = t.writeShard(dir, step)
 	}
@@ -68,7 +71,7 @@ func (t *trainer) saveCheckpoint(step int) error {
 		return err
 	}
 	var cerr error
-	if d.isRoot() {
+	if d.IsRoot() {
 		cerr = t.commit(step, started)
 	}
 	// Nobody goes on (or exits) before the checkpoint is committed.
@@ -105,7 +108,7 @@ func (t *trainer) writeShard(dir string, step int) error {
 				}
 			}
 		}
-		if d.isRoot() {
+		if d.IsRoot() {
 			st, err := t.state(step)
 			if err != nil {
 				return err
@@ -118,15 +121,6 @@ func (t *trainer) writeShard(dir string, step int) error {
 		werr = err
 	}
 	return werr
-}
-
-// syncHost brings the host mirror of the trainable state up to date when the
-// optimizer runs on the device.
-func (t *trainer) syncHost() error {
-	if t.dopt == nil {
-		return nil
-	}
-	return t.dopt.syncHost(t.flat)
 }
 
 // commit is rank 0's half: the manifest, the rename, DONE, latest, retention.
@@ -150,31 +144,12 @@ func (t *trainer) commit(step int, started time.Time) error {
 	return nil
 }
 
-// agree tells every rank whether any rank failed: local is this rank's error (nil
-// on success). It returns local itself, or an error saying another rank failed.
-func (d *dist) agree(local error, format string, a ...any) error {
-	vote := []float64{0}
-	if local != nil {
-		vote[0] = 1
-	}
-	if err := d.allReduceF64(vote); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	switch {
-	case local != nil:
-		return local
-	case vote[0] > 0:
-		return fmt.Errorf(format, a...)
-	}
-	return nil
-}
-
 func (t *trainer) state(step int) ([]byte, error) {
 	rng, err := t.pcg.MarshalBinary()
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(trainerState{Step: step, AdamSteps: t.opt.Steps(), Order: t.order, Cursor: t.cursor,
+	return json.Marshal(trainerState{Step: step, AdamSteps: t.adam.Steps(), Order: t.order, Cursor: t.cursor,
 		Epoch: t.epoch, RNG: rng, Examples: len(t.train)})
 }
 
@@ -227,7 +202,7 @@ func (t *trainer) restore(dir string) (int, error) {
 			}
 		}
 	}
-	t.opt.SetSteps(st.AdamSteps)
+	t.adam.SetSteps(st.AdamSteps)
 	if err := t.pcg.UnmarshalBinary(st.RNG); err != nil {
 		return 0, fmt.Errorf("resume: %s: data generator: %w", dir, err)
 	}
@@ -255,11 +230,58 @@ func resumeDir(runDir, resume string) (string, error) {
 	return info.Dir, nil
 }
 
-func (f *flatParams) embedIndex() int {
-	for i, v := range f.views {
-		if f.embed != nil && v.off == f.embed.off {
-			return i
+// LoadCheckpointModel returns the model a checkpoint of a run holds: the base
+// model it names (or modelPath when given) with, for a full fine-tune, every
+// trained tensor replaced by the checkpoint's, or for LoRA the adapter.
+func LoadCheckpointModel(dir, modelPath string) (*model.Weights, *model.LoRA, string, error) {
+	if info, err := ckpt.Latest(dir); err == nil {
+		dir = info.Dir // a run directory: its newest complete checkpoint
+	}
+	r, err := ckpt.Open(dir)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	defer r.Close()
+	man := r.Manifest()
+	cfg, err := config.Decode(filepath.Join(dir, ckpt.ManifestName)+" (config)", []byte(man.Config))
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if modelPath == "" {
+		modelPath = man.ModelSource
+	}
+	var w *model.Weights
+	if model.IsRandomModel(modelPath) {
+		w, err = model.LoadSource(modelPath, cfg.Seed)
+	} else {
+		w, err = model.LoadAny(modelPath)
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("base model %s (named by the checkpoint): %w", modelPath, err)
+	}
+	read := func(name string, dst []float32) error {
+		if _, ok := r.Lookup(ckptParam + name); !ok {
+			return fmt.Errorf("%s holds no %s", dir, name)
+		}
+		return r.ReadF32(ckptParam+name, 0, int64(len(dst)), dst)
+	}
+	if cfg.Train.Method == "lora" {
+		l, err := model.NewLoRA(&w.Config, model.LoRAConfig{Rank: cfg.LoRA.Rank, Alpha: cfg.LoRA.Alpha,
+			Dropout: cfg.LoRA.Dropout, RSLoRA: cfg.LoRA.RSLoRA, Targets: cfg.LoRA.Targets}, 0)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		for name, dst := range l.Tensors() {
+			if err := read(name, dst); err != nil {
+				return nil, nil, "", err
+			}
+		}
+		return w, l, modelPath, nil
+	}
+	for name, dst := range w.NamedTensors() {
+		if err := read(name, dst); err != nil {
+			return nil, nil, "", err
 		}
 	}
-	return -1
+	return w, nil, modelPath, nil
 }

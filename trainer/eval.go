@@ -1,0 +1,178 @@
+package trainer
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"train/data"
+	"train/model"
+)
+
+// evaluate is the mean loss over every scored label of the evaluation set.
+func (t *trainer) evaluate() (float64, int, error) {
+	t.m.SetTraining(false)
+	if err := t.m.UseSlot(0); err != nil {
+		return 0, 0, err
+	}
+	return t.evalPipeline(t.eval)
+}
+
+// EvalExamples is the mean loss over every scored label of examples, each in a row
+// of its own (no packing, so nothing depends on batch composition), and the count.
+func EvalExamples(m *model.Model, examples []data.TokenExample, maxT, B int) (float64, int, error) {
+	var lossSum float64
+	var count int
+	err := evalRows(examples, maxT, B, func(r *data.Rows) error {
+		ls, n, err := m.Forward(batchOf(r, 0))
+		if err != nil {
+			return fmt.Errorf("eval: %w", err)
+		}
+		lossSum, count = lossSum+ls, count+n
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	return meanLoss(lossSum, count)
+}
+
+// evalRows lays examples out for evaluation, each in a row of its own (so nothing
+// depends on how they are batched), B rows at a time, as long as the batch's
+// longest example (at most maxT when maxT > 0), and calls each on every batch.
+func evalRows(examples []data.TokenExample, maxT, B int, each func(*data.Rows) error) error {
+	for i := 0; i < len(examples); {
+		end := min(i+B, len(examples))
+		T := 2
+		for _, ex := range examples[i:end] {
+			T = max(T, len(ex.InputIDs))
+		}
+		if maxT > 0 {
+			T = min(T, maxT)
+		}
+		p := data.Packer{T: T}
+		r, used, err := p.Fill(examples[i:end], end-i)
+		if err != nil {
+			return err
+		}
+		i += used
+		if err := each(r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// meanLoss is the mean of a loss summed over count scored labels.
+func meanLoss(sum float64, count int) (float64, int, error) {
+	if count == 0 {
+		return 0, 0, errors.New("eval: every label is masked (-100): there is nothing to score")
+	}
+	return sum / float64(count), count, nil
+}
+
+// showSamples prints the model's greedy answers to a few fixed prompts.
+func (t *trainer) showSamples(task *data.ArithmeticTask, when string, w io.Writer) error {
+	t.m.SetTraining(false)
+	problems := []data.Problem{{A: 7, B: 8, Op: '+'}, {A: 3, B: 4, Op: '+'}, {A: 9, B: 9, Op: '+'},
+		{A: 6, B: 0, Op: '+'}, {A: 2, B: 9, Op: '+'}, {A: 5, B: 5, Op: '+'}}
+	var line []string
+	right := 0
+	for _, p := range problems {
+		prompt := append([]int{data.ByteBOS}, data.ByteIDs(task.Prompt(p))...)
+		ids, err := greedy(t.m, prompt, 3, data.ByteEOS)
+		got := data.ByteText(ids)
+		if err != nil {
+			got = "(" + err.Error() + ")" // a sample is a view, not a reason to stop
+		}
+		mark := "✗"
+		if got == task.Answer(p) {
+			mark, right = "✓", right+1
+		}
+		line = append(line, fmt.Sprintf("%s%q %s", task.Prompt(p), got, mark))
+	}
+	fmt.Fprintf(w, "%-15s %s   (%d of %d right)\n", when+":", strings.Join(line, "  "), right, len(problems))
+	return nil
+}
+
+// greedy extends prompt by up to n tokens, each the most likely next one, stopping
+// at eos, with the model's KV-cache decoder.
+func greedy(m *model.Model, prompt []int, n, eos int) ([]int, error) {
+	d, err := model.NewDecoder(m, len(prompt)+n)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	logits, err := d.Append(prompt)
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for i := 0; i < n; i++ {
+		best, err := model.Argmax(logits)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, best)
+		if best == eos || i == n-1 {
+			break
+		}
+		if logits, err = d.Append([]int{best}); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// evalPipeline is the mean loss over examples, each in a row of its own, run
+// through the pipeline: replica d takes examples d, d+D, ...; the last stages'
+// sums are added over the world.
+func (t *trainer) evalPipeline(examples []data.TokenExample) (float64, int, error) {
+	d := t.dist
+	var mine []data.TokenExample
+	for i := d.me.Replica; i < len(examples); i += d.plan.Replicas {
+		mine = append(mine, examples[i])
+	}
+	C := t.m.Config().HiddenSize
+	wire := newStageWire(d, t.m)
+	var lossSum float64
+	var count int
+	err := evalRows(mine, t.cfg.Data.SeqLen, t.cfg.Train.MicroBatch, func(r *data.Rows) error {
+		if !d.first() {
+			in := make([]float32, r.B*r.T*C)
+			if err := wire.recv(in, d.me.Prev()); err != nil {
+				return fmt.Errorf("eval: %w", err)
+			}
+			if err := t.m.Plan(r.B, r.T); err != nil {
+				return err
+			}
+			if err := t.be.Upload(t.m.StageInput(), in); err != nil {
+				return err
+			}
+		}
+		ls, n, err := t.m.Forward(batchOf(r, 0))
+		if err != nil {
+			return fmt.Errorf("eval: %w", err)
+		}
+		if !d.last() {
+			out := make([]float32, r.B*r.T*C)
+			if err := t.be.Download(out, t.m.StageOutput()); err != nil {
+				return err
+			}
+			if err := wire.send(out, d.me.Next()); err != nil {
+				return fmt.Errorf("eval: %w", err)
+			}
+			return nil
+		}
+		lossSum, count = lossSum+ls, count+n
+		return nil
+	})
+	if err != nil {
+		return 0, 0, err
+	}
+	sums := []float64{lossSum, float64(count)}
+	if err := d.AllReduce(sums); err != nil {
+		return 0, 0, fmt.Errorf("eval: %w", err)
+	}
+	return meanLoss(sums[0], int(sums[1]))
+}

@@ -1,0 +1,204 @@
+package trainer
+
+import (
+	"errors"
+	"fmt"
+	"train/collective"
+	"train/data"
+	"train/model"
+	"train/ops"
+	"train/shard"
+)
+
+// stageWire moves stage activations and their gradients between neighbouring
+// stages. In bf16 the values come from the model's bfloat16 buffers, so they
+// travel as their 2-byte patterns: half the bytes, bitwise the same numbers.
+type stageWire struct {
+	world collective.Comm
+	bf16  bool
+}
+
+func newStageWire(d *World, m *model.Model) stageWire {
+	return stageWire{world: d.world, bf16: m.Compute() == ops.BF16}
+}
+
+// elemBytes is the bytes one value takes on the wire.
+func (w stageWire) elemBytes() int {
+	if w.bf16 {
+		return 2
+	}
+	return 4
+}
+
+func (w stageWire) send(v []float32, peer int) error { return w.sendAsync(v, peer).Wait() }
+
+// sendAsync starts sending v, which must not change until the handle's Wait
+// returns.
+func (w stageWire) sendAsync(v []float32, peer int) collective.Handle {
+	if !w.bf16 {
+		return w.world.SendAsync(collective.F32(v), peer)
+	}
+	bits := make(collective.BF16, len(v))
+	for i, x := range v {
+		bits[i] = ops.ToBF16(x)
+	}
+	return w.world.SendAsync(bits, peer)
+}
+
+func (w stageWire) recv(v []float32, peer int) error {
+	if !w.bf16 {
+		return w.world.Recv(collective.F32(v), peer)
+	}
+	bits := make(collective.BF16, len(v))
+	if err := w.world.Recv(bits, peer); err != nil {
+		return err
+	}
+	for i, b := range bits {
+		v[i] = ops.FromBF16(b)
+	}
+	return nil
+}
+
+// microBatch is one micro-batch of this replica's share of a step.
+type microBatch struct {
+	rows *data.Rows
+	seed uint64
+}
+
+// runPipeline executes this rank's 1F1B action list for one step over its
+// replica's micro-batches and returns the summed loss (non-zero on the last stage
+// only). Activations and their gradients cross stage boundaries in host buffers,
+// sent without waiting for the neighbour to take them (a stage goes on to its
+// next action; the step ends when every send has finished).
+// Micro-batch k's activations go to the model's slot k mod slots. With one slot
+// (the default) a stage that must backward a micro-batch other than the one it
+// forwarded last first recomputes its forward from the saved input: bitwise the
+// same activations, one extra forward per micro-batch on the stages before the
+// last. With as many slots as micro-batches in flight (keep_activations) no
+// slot is overwritten before its backward.
+func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes) (float64, error) {
+	acts, err := t.dist.plan.Actions(t.dist.rank(), len(mbs))
+	if err != nil {
+		return 0, err
+	}
+	d, m, be := t.dist, t.m, t.be
+	C := t.m.Config().HiddenSize
+	wire := newStageWire(d, m)
+	var sends []collective.Handle
+	waitSends := func() error {
+		var first error
+		for _, h := range sends {
+			if err := h.Wait(); err != nil && first == nil {
+				first = err
+			}
+		}
+		sends = sends[:0]
+		return first
+	}
+	inputs := map[int][]float32{}   // micro-batch -> stage input received
+	outputs := map[int][]float32{}  // micro-batch -> gradient to send, or output to send
+	grads := map[int][]float32{}    // micro-batch -> gradient of the stage output received
+	holds := make([]int, m.Slots()) // per slot, the micro-batch whose activations it holds
+	for i := range holds {
+		holds[i] = -1
+	}
+	slot := func(k int) (int, error) { s := k % len(holds); return s, m.UseSlot(s) }
+	var lossSum float64
+	buf := func(r *data.Rows) []float32 { return make([]float32, r.B*r.T*C) }
+	forward := func(k int) error {
+		mb := mbs[k]
+		s, err := slot(k)
+		if err != nil {
+			return err
+		}
+		if !d.first() {
+			if err := m.Plan(mb.rows.B, mb.rows.T); err != nil {
+				return err
+			}
+			if err := be.Upload(m.StageInput(), inputs[k]); err != nil {
+				return err
+			}
+		}
+		ls, _, err := m.Forward(batchOf(mb.rows, mb.seed))
+		if err != nil {
+			return err
+		}
+		holds[s] = k
+		if d.last() {
+			lossSum += ls
+		}
+		return nil
+	}
+	for _, a := range acts {
+		k := a.Micro
+		switch a.Op {
+		case shard.RecvActivation:
+			inputs[k] = buf(mbs[k].rows)
+			times.p2p(len(inputs[k]), wire.elemBytes(), false)
+			err = timed(&times.bubble, func() error { return wire.recv(inputs[k], a.Peer) })
+		case shard.Forward:
+			err = timed(&times.compute, func() error { return forward(k) })
+			if err == nil && !d.last() {
+				outputs[k] = buf(mbs[k].rows)
+				err = be.Download(outputs[k], m.StageOutput())
+			}
+		case shard.SendActivation:
+			times.p2p(len(outputs[k]), wire.elemBytes(), true)
+			sends = append(sends, wire.sendAsync(outputs[k], a.Peer))
+			delete(outputs, k) // the send holds the buffer until it is done
+		case shard.RecvGrad:
+			grads[k] = buf(mbs[k].rows)
+			times.p2p(len(grads[k]), wire.elemBytes(), false)
+			err = timed(&times.bubble, func() error { return wire.recv(grads[k], a.Peer) })
+		case shard.Backward:
+			err = timed(&times.compute, func() error {
+				s, err := slot(k)
+				if err != nil {
+					return err
+				}
+				if holds[s] != k {
+					times.recomputed++
+					if err := forward(k); err != nil {
+						return err
+					}
+					if d.last() { // the loss was counted the first time
+						return errors.New("internal: the last stage recomputed a forward")
+					}
+				}
+				if !d.last() {
+					if err := be.Upload(m.StageGrad(), grads[k]); err != nil {
+						return err
+					}
+					delete(grads, k)
+				}
+				holds[s] = -1
+				if done := t.opt.layerDone(); done != nil && k == len(mbs)-1 {
+					m.SetLayerDone(done)
+					defer m.SetLayerDone(nil)
+				}
+				return m.Backward(scale)
+			})
+			if err == nil && !d.first() {
+				outputs[k] = buf(mbs[k].rows)
+				err = be.Download(outputs[k], m.StageGrad())
+			}
+			delete(inputs, k)
+		case shard.SendGrad:
+			times.p2p(len(outputs[k]), wire.elemBytes(), true)
+			sends = append(sends, wire.sendAsync(outputs[k], a.Peer))
+			delete(outputs, k)
+		case shard.ReduceGrads, shard.OptimizerStep:
+			// The trainer does these after the pipeline drains (see step).
+		}
+		if err != nil {
+			// Sends still in flight end when the job is aborted, which a
+			// failed rank does next; waiting for them here could wait on a
+			// neighbour that waits for this rank.
+			return 0, fmt.Errorf("%v: %w", a, err)
+		}
+	}
+	if err := timed(&times.bubble, waitSends); err != nil {
+		return 0, fmt.Errorf("sending to a neighbouring stage: %w", err)
+	}
+	return lossSum, nil
+}

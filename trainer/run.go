@@ -1,0 +1,363 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"train/collective"
+	"train/config"
+	"train/data"
+	"train/device"
+	"train/host"
+	"train/kernels"
+	"train/model"
+	"train/ops"
+	"train/optim"
+	"train/shard"
+	"train/tokenizer"
+)
+
+// trainer is one process's training run on one rank: the model on its backend,
+// host copies of the trainable tensors, the optimizer, and the data order.
+type trainer struct {
+	ctx  context.Context // cancelled by SIGINT/SIGTERM: stop after the step
+	cfg  config.Config
+	tok  *tokenizer.Tokenizer // nil for the generated task
+	be   ops.Backend
+	m    *model.Model
+	dist *World      // this rank's place in the run
+	flat *flatParams // the trainable tensors on the host: checkpoints, outputs, the host optimizer
+	opt  optimizer   // where the update runs: host or device
+	adam optim.AdamW
+	// startStep is the step a resumed run continues after (0: a fresh start).
+	startStep int
+	// warnedMemory is set once the rank has warned that it nears the memory limit.
+	warnedMemory bool
+	// stepSleep is a deliberate delay per step (TRAIN_DEBUG_STEP_SLEEP), for tests.
+	stepSleep time.Duration
+	// util averages the GPU's utilisation over each step; nil without NVML.
+	util *utilSampler
+	// gpuPeak is the most GPU memory in use seen at a step's end (0 on the CPU).
+	gpuPeak int64
+	sched   optim.Schedule
+
+	train, eval []data.TokenExample
+	order       []int // shuffled indices into train; refilled each epoch
+	cursor      int
+	epoch       int
+	rng         *rand.Rand
+	pcg         *rand.PCG // rng's source, saved in checkpoints
+	packer      data.Packer
+
+	out     io.Writer // human progress lines
+	metrics *os.File  // metrics.jsonl
+	log     *rankLog  // RUN/logs/rank-NNNNN.jsonl
+}
+
+// Run is one rank's whole training job as cfg describes: it opens the device,
+// joins the other ranks the launcher (or launch's flags) names, plans the
+// run, trains (RunOn) and leaves the collective session. Progress and the
+// summary go to stdout and stderr on rank 0; every rank writes its rank log
+// in the run directory. A cancelled ctx stops the run after the current step
+// with a checkpoint: a nil error, Result.Stopped set. When this rank fails,
+// the job is aborted so that every other rank stops naming it.
+func Run(ctx context.Context, cfg config.Config, launch *collective.Flags, stdout, stderr io.Writer) (res Result, err error) {
+	// Fail on a missing device before connecting to anyone.
+	be, err := device.Open(cfg.Device, 0)
+	if err != nil {
+		return res, err
+	}
+	compute, err := device.ComputeType(cfg.Precision, be)
+	if err != nil {
+		device.Close(be)
+		return res, err
+	}
+	var gpuBytes int64 // the memory the plan's stages must fit; 0: no limit (CPU)
+	if g, ok := be.(device.GPU); ok {
+		if in, err := g.Info(); err == nil {
+			gpuBytes = in.Total
+		}
+	}
+	device.Close(be)
+	mc, err := model.SourceConfig(cfg.Model)
+	if err != nil {
+		return res, err
+	}
+	d, err := Join(ctx, cfg, launch, &mc, gpuBytes, compute)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		if cerr := d.Close(err); err == nil && cerr != nil {
+			err = fmt.Errorf("closing the collectives: %w", cerr)
+		}
+	}()
+	return RunOn(ctx, cfg, mc, d, stdout, stderr)
+}
+
+// RunOn runs a whole training job on a joined world: set-up, the loop,
+// evaluation, samples and outputs. It returns what the loop measured. The
+// world outlives it: `train bench pipeline` runs several jobs on one.
+func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, stdout, stderr io.Writer) (res Result, err error) {
+	start := time.Now()
+	be, err := device.Open(cfg.Device, d.localRank)
+	if err != nil {
+		return res, err
+	}
+	defer device.Close(be)
+	if !d.IsRoot() {
+		stdout, stderr = io.Discard, io.Discard // rank 0 speaks for the job; every rank has its log
+	}
+	compute, err := device.ComputeType(cfg.Precision, be)
+	if err != nil {
+		return res, err
+	}
+	if err := checkFits(cfg, &mc, d, be, compute, stderr); err != nil {
+		return res, err
+	}
+	// Each rank loads only the tensors of its own stage.
+	w, err := model.LoadSourceStage(cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
+	if err != nil {
+		return res, err
+	}
+	tok, err := LoadTokenizer(cfg, w.Config)
+	if err != nil {
+		return res, err
+	}
+	task, trainSet, evalSet, err := loadTrainingData(cfg, w.Config, tok, stderr)
+	if err != nil {
+		return res, err
+	}
+	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Compute: compute}
+	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
+		return res, err
+	}
+	opts.Lo, opts.Hi = d.me.Lo, d.me.Hi
+	m, err := model.NewModel(be, w, opts)
+	if err != nil {
+		return res, err
+	}
+	defer m.Close()
+
+	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, dist: d, train: trainSet, eval: evalSet, out: stderr, tok: tok,
+		packer: data.Packer{T: cfg.Data.SeqLen, Pack: cfg.Data.Pack, PadID: 0},
+		adam:   optim.AdamW{Beta1: cfg.Train.Beta1, Beta2: cfg.Train.Beta2, Eps: cfg.Train.Eps, WeightDecay: cfg.Train.WeightDecay},
+		sched: optim.Schedule{Peak: cfg.Train.LR, MinRatio: cfg.Train.MinLRRatio, Warmup: cfg.Train.WarmupSteps,
+			Total: cfg.Train.Steps, Kind: cfg.Train.Schedule},
+	}
+	shards, shardIndex := 1, 0
+	if d.zero1 {
+		shards, shardIndex = d.plan.Replicas, d.me.Replica
+	}
+	tiedDup := mc.TieEmbeddings && d.plan.Stages > 1 && d.last()
+	if t.flat, err = newFlatParams(m, be, shards, shardIndex, tiedDup); err != nil {
+		return res, err
+	}
+	if t.opt, err = newOptimizer(be, m, d, t.flat, &t.adam, stderr); err != nil {
+		return res, err
+	}
+	defer t.opt.close()
+	t.stepSleep = debugStepSleep(d.rank())
+	t.pcg = rand.NewPCG(uint64(cfg.Seed), 0x64617461) // "data"
+	t.rng = rand.New(t.pcg)
+	if dir, err := resumeDir(cfg.RunDir, cfg.Ckpt.Resume); err != nil {
+		return res, err
+	} else if dir != "" {
+		if t.startStep, err = t.restore(dir); err != nil {
+			return res, err
+		}
+		if err := t.opt.restored(); err != nil {
+			return res, fmt.Errorf("resume: %w", err)
+		}
+		fmt.Fprintf(stderr, "train: resumed from %s after step %d\n", dir, t.startStep)
+	}
+	if err := t.openRunDir(); err != nil {
+		return res, err
+	}
+	if t.metrics != nil {
+		defer t.metrics.Close()
+	}
+	if t.log, err = openRankLog(cfg.RunDir, d.rank()); err != nil {
+		return res, err
+	}
+	defer func() { t.log.close(err) }()
+	place, nccl := t.opt.where()
+	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
+		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
+		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", place, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes())
+
+	// Plan the activations of the training batch shape now, in every slot, so
+	// the memory report is the whole of a step's and no step allocates.
+	if err := m.SetSlots(activationSlots(cfg, d)); err != nil {
+		return res, err
+	}
+	for i := range m.Slots() {
+		if err := m.UseSlot(i); err != nil {
+			return res, err
+		}
+		if err := m.Plan(cfg.Train.MicroBatch, cfg.Data.SeqLen); err != nil {
+			return res, err
+		}
+	}
+	t.reportMemory(stderr)
+	if g, ok := be.(device.GPU); ok {
+		if in, err := g.Info(); err == nil {
+			t.log.Info("gpu", "name", in.Name, "ordinal", in.Ordinal, "driver", in.Driver, "cublas", in.CUBLAS,
+				"libcuda", in.LibCUDA, "libcublas", in.CUBLASL, "free_bytes", in.FreeMem, "total_bytes", in.Total)
+			fmt.Fprintf(stderr, "train: GPU %d %s: %s free of %s after loading the model (rank 0)\n",
+				in.Ordinal, in.Name, shard.FormatBytes(in.FreeMem), shard.FormatBytes(in.Total))
+			t.gpuPeak = in.Total - in.FreeMem
+		}
+	}
+	if g, ok := be.(*kernels.Backend); ok {
+		var uerr error
+		if t.util, uerr = startUtilSampler(g, 250*time.Millisecond); uerr != nil {
+			t.log.Warn("no GPU utilisation in the logs", "error", uerr.Error())
+		} else {
+			defer t.util.close()
+		}
+	}
+	fmt.Fprintf(stderr, "train: %s on %s in %v, %s, %s trainable values on rank 0, %d training and %d eval examples, run dir %s\n",
+		cfg.Model, be.Name(), opts.Compute, cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
+	if d.plan.World > 1 {
+		fmt.Fprint(stderr, d.plan.String())
+	}
+	samples := task != nil && d.plan.Stages == 1
+	if samples && d.IsRoot() {
+		if err := t.showSamples(task, "before training", stdout); err != nil {
+			return res, err
+		}
+	}
+	res, err = t.loop()
+	if err != nil {
+		return res, err
+	}
+	// A stopped run is likely about to lose its machine: skip the evaluation.
+	evalLoss, evalTokens := math.NaN(), 0
+	if !res.Stopped {
+		if evalLoss, evalTokens, err = t.evaluate(); err != nil {
+			return res, err
+		}
+		if err := t.writeMetric(map[string]any{"step": res.Steps, "eval_loss": evalLoss, "eval_tokens": evalTokens}); err != nil {
+			return res, err
+		}
+	}
+	best := min(evalLoss, res.BestEval)
+	if samples && d.IsRoot() && !res.Stopped {
+		if err := t.showSamples(task, "after training", stdout); err != nil {
+			return res, err
+		}
+	}
+	saved, err := t.saveOutputs(w)
+	if err != nil {
+		return res, err
+	}
+	elapsed := time.Since(start)
+	if res.Stopped {
+		fmt.Fprintf(stdout, "stopped by signal after step %d of %d; checkpoint written: continue with -resume\n", res.Steps, cfg.Train.Steps)
+	}
+	fmt.Fprintf(stdout, "done: %d steps, %s tokens in %s; train loss %.4f -> %.4f; eval loss %.4f over %d tokens (best %.4f)\n",
+		res.Steps, model.HumanCount(int64(res.Tokens)), elapsed.Round(time.Second), res.First, res.Last, evalLoss, evalTokens, best)
+	fmt.Fprintf(stdout, "outputs: %s (metrics.jsonl, config.toml%s)\n", cfg.RunDir, saved)
+	return res, nil
+}
+
+// reportMemory logs what the model and the device optimizer hold on the device,
+// part by part, and prints it on rank 0.
+func (t *trainer) reportMemory(stderr io.Writer) {
+	parts := t.m.Memory()
+	if b := t.opt.deviceBytes(); b > 0 {
+		parts = append(parts, model.MemoryPart{Name: "optimizer state (f32)", Bytes: b})
+	}
+	var total int64
+	var fields []any
+	var words []string
+	for _, p := range parts {
+		total += p.Bytes
+		fields = append(fields, logKey(p.Name)+"_bytes", p.Bytes)
+		words = append(words, p.Name+" "+shard.FormatBytes(p.Bytes))
+	}
+	t.log.Info("memory", append(fields, "total_bytes", total)...)
+	note := ""
+	if place, _ := t.opt.where(); device.IsGPU(t.be) && place == "host" {
+		note = " (the optimizer state is on the host)"
+	}
+	fmt.Fprintf(stderr, "train: memory on %s: %s; total %s%s\n", t.be.Name(), strings.Join(words, ", "), shard.FormatBytes(total), note)
+}
+
+// logKey turns a label into a log key: "weights (bf16)" -> "weights_bf16".
+func logKey(label string) string {
+	f := strings.FieldsFunc(strings.ToLower(label), func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9')
+	})
+	return strings.Join(f, "_")
+}
+
+// gpuUsed is the device memory in use now (every process's, as the driver
+// counts it), updating the peak; 0 on the CPU.
+func (t *trainer) gpuUsed() int64 {
+	g, ok := t.be.(device.GPU)
+	if !ok {
+		return 0
+	}
+	in, err := g.Info()
+	if err != nil {
+		return 0
+	}
+	used := in.Total - in.FreeMem
+	t.gpuPeak = max(t.gpuPeak, used)
+	return used
+}
+
+// gpuUtil is the GPU's mean utilisation since the last step (kernels
+// running, memory busy) as log fields; none on the CPU or without NVML.
+func (t *trainer) gpuUtil() []any {
+	if t.util == nil {
+		return nil
+	}
+	gpu, mem, ok := t.util.take()
+	if !ok {
+		return nil
+	}
+	return []any{"gpu_util_pct", math.Round(gpu), "gpu_mem_util_pct", math.Round(mem)}
+}
+
+// newAdapter returns the LoRA adapter a run trains (nil in full fine-tuning): a
+// fresh one, or the saved adapter lora.init_adapter names, whose hyper-parameters
+// must be this run's.
+func newAdapter(cfg config.Config, mc *model.Config) (*model.LoRA, error) {
+	switch cfg.Train.Method {
+	case "full":
+		return nil, nil
+	case "qlora":
+		return nil, errors.New("train.method qlora keeps 4-bit NF4 base weights on a GPU, which this build's CPU backend cannot; use -method lora on the CPU")
+	}
+	l, err := model.NewLoRA(mc, model.LoRAConfig{
+		Rank: cfg.LoRA.Rank, Alpha: cfg.LoRA.Alpha, Dropout: cfg.LoRA.Dropout,
+		RSLoRA: cfg.LoRA.RSLoRA, Targets: cfg.LoRA.Targets,
+	}, uint64(cfg.Seed))
+	if err != nil || cfg.LoRA.InitAdapter == "" {
+		return l, err
+	}
+	init, err := model.ReadPEFTAdapter(cfg.LoRA.InitAdapter, *mc)
+	if err != nil {
+		return nil, err
+	}
+	ic, lc := init.Config, l.Config
+	if ic.Rank != lc.Rank || ic.Alpha != lc.Alpha || ic.RSLoRA != lc.RSLoRA || !slices.Equal(ic.Targets, model.SortedTargets(lc.Targets)) {
+		return nil, fmt.Errorf("lora.init_adapter %s has r=%d alpha=%v rslora=%v targets %v; this run has r=%d alpha=%v rslora=%v targets %v: set lora.rank/alpha/rslora/targets to match",
+			cfg.LoRA.InitAdapter, ic.Rank, ic.Alpha, ic.RSLoRA, ic.Targets, lc.Rank, lc.Alpha, lc.RSLoRA, model.SortedTargets(lc.Targets))
+	}
+	if err := l.SetTensors(init.Tensors()); err != nil {
+		return nil, fmt.Errorf("lora.init_adapter %s: %w", cfg.LoRA.InitAdapter, err)
+	}
+	return l, nil
+}

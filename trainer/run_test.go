@@ -1,0 +1,262 @@
+package trainer
+
+import (
+	"bytes"
+	"context"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"train/ckpt"
+	"train/config"
+	"train/host"
+	"train/model"
+)
+
+// TestRunTwoSteps trains random:tiny for two steps through the library, as a
+// program embedding the trainer would: no command line, one process.
+func TestRunTwoSteps(t *testing.T) {
+	cfg := testConfig(t, func(c *config.Config) { c.Train.Steps = 2 })
+	res, stdout, stderr := mustRun(t, cfg)
+	if res.Steps != 2 || res.Stopped || !(res.First > 0) || !(res.Last > 0) || res.Tokens == 0 {
+		t.Errorf("result %+v: want 2 steps, not stopped, positive losses and tokens", res)
+	}
+	if !strings.Contains(stdout, "done: 2 steps") || !strings.Contains(stdout, "before training:") {
+		t.Errorf("stdout lacks the summary or the samples:\n%s", stdout)
+	}
+	if !strings.Contains(stderr, "random:tiny") {
+		t.Errorf("stderr lacks the start line:\n%s", stderr)
+	}
+	losses := metricValues(t, cfg.RunDir, "loss")
+	if len(losses) != 2 || losses[1] != res.First || losses[2] != res.Last {
+		t.Errorf("metrics.jsonl losses %v, the result says %v -> %v", losses, res.First, res.Last)
+	}
+	if _, ok := metricValues(t, cfg.RunDir, "eval_loss")[2]; !ok {
+		t.Error("metrics.jsonl has no eval loss after step 2")
+	}
+	for _, f := range []string{"config.toml", "plan.txt", "model/model.safetensors", "model/config.json", "logs/rank-00000.jsonl"} {
+		if _, err := os.Stat(filepath.Join(cfg.RunDir, f)); err != nil {
+			t.Errorf("run directory: %v", err)
+		}
+	}
+	if info, err := ckpt.Latest(cfg.RunDir); err != nil || info.Step != 2 {
+		t.Errorf("checkpoint at the end: %+v, %v; want step 2", info, err)
+	}
+}
+
+// TestRunStopsWhenCancelled: a cancelled context (what SIGINT, SIGTERM and
+// SIGUSR1 do in the command) ends the run after its current step with a
+// checkpoint and the outputs, and no error.
+func TestRunStopsWhenCancelled(t *testing.T) {
+	cfg := testConfig(t, func(c *config.Config) { c.Train.Steps = 1000 })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errOut bytes.Buffer
+	res, err := Run(ctx, cfg, nil, &out, &errOut)
+	if err != nil {
+		t.Fatalf("run: %v\n%s", err, errOut.String())
+	}
+	if !res.Stopped || res.Steps != 1 {
+		t.Errorf("result %+v: want stopped after step 1", res)
+	}
+	if !strings.Contains(out.String(), "stopped by signal after step 1") {
+		t.Errorf("stdout lacks the stop message:\n%s", out.String())
+	}
+	if info, err := ckpt.Latest(cfg.RunDir); err != nil || info.Step != 1 {
+		t.Errorf("checkpoint after the stop: %+v, %v; want step 1", info, err)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.RunDir, "model", "model.safetensors")); err != nil {
+		t.Errorf("outputs not written after the stop: %v", err)
+	}
+}
+
+// TestRunErrors: what a run refuses, each with an error naming the cause.
+func TestRunErrors(t *testing.T) {
+	dir := t.TempDir()
+	masked := filepath.Join(dir, "masked.jsonl")
+	os.WriteFile(masked, []byte(strings.Repeat("{\"input_ids\": [1, 2, 3], \"labels\": [-100, -100, -100]}\n", 4)), 0o644)
+	bad := filepath.Join(dir, "bad.jsonl")
+	os.WriteFile(bad, []byte("{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": \"x\"}\n"), 0o644)
+	for _, tc := range []struct {
+		edit func(c *config.Config)
+		want string
+	}{
+		{func(c *config.Config) { c.Data.Train, c.Data.Eval = masked, masked }, "every label of the step is masked"},
+		{func(c *config.Config) { c.Data.Train = bad }, "bad.jsonl:2:"},
+		{func(c *config.Config) { c.Data.Train = filepath.Join(dir, "missing.jsonl") }, "missing.jsonl"},
+		{func(c *config.Config) { c.Model = "random:nope" }, "random:nope"},
+		{func(c *config.Config) { c.Train.Method = "qlora" }, "qlora"},
+		{func(c *config.Config) { c.Device = "cuda" }, "GPU"},
+	} {
+		cfg := testConfig(t, func(c *config.Config) { c.Train.Steps = 2; tc.edit(c) })
+		if _, _, stderr, err := run(t, cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want an error containing %q, got %v\n%s", tc.want, err, stderr)
+		}
+	}
+}
+
+// TestRunStopsOnNonFiniteLoss: a model whose loss is NaN at every step gets each
+// step skipped with a warning, and the run stops with an error after five in a row.
+func TestRunStopsOnNonFiniteLoss(t *testing.T) {
+	dir := writeRandomModel(t, filepath.Join(t.TempDir(), "nan-model"), func(w *model.Weights) {
+		w.FinalNorm[0] = float32(math.NaN())
+	})
+	cfg := testConfig(t, func(c *config.Config) { c.Model, c.Train.Steps = dir, 20 })
+	_, _, stderr, err := run(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "5 steps in a row had a non-finite loss") {
+		t.Fatalf("want the stop after five non-finite steps, got %v", err)
+	}
+	if n := strings.Count(stderr, "step skipped"); n != 5 {
+		t.Errorf("%d skip warnings, want 5:\n%s", n, stderr)
+	}
+}
+
+// TestRunRefusesPlanThatDoesNotFit: Llama 3.1 8B cannot be fully fine-tuned in
+// this machine's memory; the trainer says so before loading anything.
+func TestRunRefusesPlanThatDoesNotFit(t *testing.T) {
+	if host.AvailableMemory() <= 0 || host.AvailableMemory() > 150<<30 {
+		t.Skip("this host's available memory is unknown or large enough for the 8B model")
+	}
+	cfg := testConfig(t, func(c *config.Config) { c.Model, c.Train.Method, c.Train.Steps = "random:llama-3.1-8b", "full", 1 })
+	if _, _, _, err := run(t, cfg); err == nil || !strings.Contains(err.Error(), "of host memory") || !strings.Contains(err.Error(), "-pp") {
+		t.Fatalf("want a refusal naming the memory and what would fit, got %v", err)
+	}
+}
+
+// TestDeviceOptimizer runs the same fine-tune with the optimizer on the host and
+// on the device (the CPU backend's AdamW and SumSquares ops, as a GPU runs
+// them; the rank log says which ran). Without clipping the update is the same
+// arithmetic, so the losses are bitwise equal; the gradient norms, summed in
+// another order, agree within 1e-6 (ops' tests check AdamW's clipping scale). A run
+// resumed from the device optimizer's checkpoint continues bitwise, so its
+// moments were saved and restored.
+func TestDeviceOptimizer(t *testing.T) {
+	for _, method := range []string{"lora", "full"} {
+		t.Run(method, func(t *testing.T) {
+			cfg := storiesConfig(t, method, 12, func(c *config.Config) { c.Ckpt.Every, c.Train.MaxGradNorm = 6, 0 })
+			host, dev, resumed := cfg, cfg, cfg
+			dir := t.TempDir()
+			host.RunDir, dev.RunDir, resumed.RunDir = filepath.Join(dir, "host"), filepath.Join(dir, "dev"), filepath.Join(dir, "resumed")
+			resumed.Ckpt.Resume = ckpt.StepDir(dev.RunDir, 6)
+			t.Setenv(OptimizerEnv, "host")
+			mustRun(t, host)
+			t.Setenv(OptimizerEnv, "device")
+			mustRun(t, dev)
+			mustRun(t, resumed)
+			lh, ld, lr := metricValues(t, host.RunDir, "loss"), metricValues(t, dev.RunDir, "loss"), metricValues(t, resumed.RunDir, "loss")
+			nh, nd := metricValues(t, host.RunDir, "grad_norm"), metricValues(t, dev.RunDir, "grad_norm")
+			for s := 1; s <= 12; s++ {
+				if ld[s] != lh[s] || ld[s] == 0 {
+					t.Errorf("step %d: loss %v with the device optimizer, %v on the host", s, ld[s], lh[s])
+				}
+				if rel := math.Abs(nd[s]-nh[s]) / nh[s]; !(rel <= 1e-6) {
+					t.Errorf("step %d: gradient norm %v with the device optimizer, %v on the host", s, nd[s], nh[s])
+				}
+				if s > 6 && lr[s] != ld[s] {
+					t.Errorf("step %d: loss %v resumed, %v straight", s, lr[s], ld[s])
+				}
+			}
+			for run, want := range map[string]string{host.RunDir: "host", dev.RunDir: "device", resumed.RunDir: "device"} {
+				log, err := os.ReadFile(filepath.Join(run, "logs", "rank-00000.jsonl"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !strings.Contains(string(log), `"optimizer":"`+want+`"`) {
+					t.Errorf("%s: the rank log does not say the optimizer ran on the %s", run, want)
+				}
+			}
+		})
+	}
+}
+
+// TestResumeBitwise: 20 steps straight, and the same run resumed from its
+// checkpoint after step 10 into another directory, give bitwise the same losses
+// for steps 11-20 and byte for byte the same trained outputs, for LoRA with
+// dropout and for full fine-tuning.
+func TestResumeBitwise(t *testing.T) {
+	for _, tc := range []struct{ method, output string }{
+		{"lora", "adapter/adapter_model.safetensors"},
+		{"full", "model/model.safetensors"},
+	} {
+		t.Run(tc.method, func(t *testing.T) {
+			a := storiesConfig(t, tc.method, 20, func(c *config.Config) { c.LoRA.Dropout, c.Ckpt.Every = 0.1, 10 })
+			mustRun(t, a)
+			from := ckpt.StepDir(a.RunDir, 10)
+			if _, err := ckpt.Verify(from); err != nil {
+				t.Fatalf("checkpoint after step 10: %v", err)
+			}
+			b := a
+			b.RunDir, b.Ckpt.Resume = filepath.Join(t.TempDir(), "b"), from
+			_, _, stderr := mustRun(t, b)
+			if !strings.Contains(stderr, "resumed from") {
+				t.Errorf("no resume message:\n%s", stderr)
+			}
+			la, lb := metricValues(t, a.RunDir, "loss"), metricValues(t, b.RunDir, "loss")
+			for s := 11; s <= 20; s++ {
+				if la[s] != lb[s] || la[s] == 0 {
+					t.Errorf("step %d: loss %v resumed, %v straight", s, lb[s], la[s])
+				}
+			}
+			if _, ok := lb[10]; ok {
+				t.Errorf("the resumed run repeated step 10")
+			}
+			oa, err := os.ReadFile(filepath.Join(a.RunDir, tc.output))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ob, err := os.ReadFile(filepath.Join(b.RunDir, tc.output))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(oa, ob) {
+				t.Errorf("%s differs between the resumed and the straight run", tc.output)
+			}
+		})
+	}
+}
+
+// TestInitAdapter starts a run from a saved peft adapter: with no steps, its
+// evaluation equals the evaluation the adapter's own run reported; with other
+// hyper-parameters it is refused, naming them.
+func TestInitAdapter(t *testing.T) {
+	evalData := filepath.Join(t.TempDir(), "eval.jsonl")
+	writeStories(t, evalData, 6, 8)
+	a := storiesConfig(t, "lora", 8, func(c *config.Config) { c.Data.Eval = evalData })
+	mustRun(t, a)
+	wantEval := metricValues(t, a.RunDir, "eval_loss")[8]
+	b := a
+	b.RunDir, b.Train.Steps, b.LoRA.InitAdapter = filepath.Join(t.TempDir(), "b"), 0, filepath.Join(a.RunDir, "adapter")
+	mustRun(t, b)
+	if got := metricValues(t, b.RunDir, "eval_loss")[0]; got != wantEval {
+		t.Errorf("eval loss from the saved adapter %.9g, its run reported %.9g", got, wantEval)
+	}
+	c := b
+	c.RunDir, c.LoRA.Rank = filepath.Join(t.TempDir(), "c"), 8
+	if _, _, _, err := run(t, c); err == nil || !strings.Contains(err.Error(), "r=4") {
+		t.Errorf("a rank-8 run from a rank-4 adapter: %v", err)
+	}
+}
+
+// TestCheckpointFailure: when checkpoints cannot be written (here the checkpoint
+// directory is a file), training stops with an error saying the previous
+// checkpoint is intact, or with ckpt.continue_on_error trains on with a warning.
+func TestCheckpointFailure(t *testing.T) {
+	cfg := testConfig(t, func(c *config.Config) { c.Train.Steps, c.Ckpt.Every = 4, 2 })
+	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(cfg.RunDir, "checkpoints"), []byte("not a directory"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err := run(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "checkpoint of step 2") || !strings.Contains(err.Error(), "previous complete checkpoint is intact") {
+		t.Fatalf("want the checkpoint failure, got %v", err)
+	}
+	cfg.Ckpt.ContinueOnError = true
+	res, _, stderr, err := run(t, cfg)
+	if err != nil || res.Steps != 4 || !strings.Contains(stderr, "training goes on without this checkpoint") {
+		t.Fatalf("continue_on_error: %v, %d steps, stderr %q", err, res.Steps, stderr)
+	}
+}

@@ -1,0 +1,208 @@
+package trainer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"train/collective"
+	"train/config"
+	"train/device"
+	"train/host"
+	"train/model"
+	"train/ops"
+	"train/shard"
+)
+
+// World is this rank's place in a run and the communicators it talks over. For
+// a single process world is nil, the plan has one stage and one replica, and
+// every exchange below is a no-op, so one code path serves every world size.
+type World struct {
+	world     collective.Comm // nil for a single process
+	localRank int             // among this host's ranks: which GPU to use
+	plan      *shard.Plan
+	me        shard.Rank
+	dp        collective.Comm // this stage across the replicas; nil when D == 1
+	tied      collective.Comm // the first and last stage of this replica, when embeddings are tied and P > 1
+	zero1     bool
+}
+
+func (d *World) rank() int { return d.me.Rank }
+
+func (d *World) IsRoot() bool { return d.me.Rank == 0 }
+
+func (d *World) first() bool { return d.me.Embed }
+
+func (d *World) last() bool { return d.me.Head }
+
+// Join connects to the other ranks when a launcher (or flags, which may be nil)
+// says there are any, and plans the run. It returns a single-process World
+// otherwise. Close ends it.
+//
+// The layers are split for the run's method and, on GPUs, within the smallest
+// device memory of the world (gpuBytes here, 0 on the CPU): every rank must
+// plan alike, so the world agrees on that budget first.
+func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *model.Config, gpuBytes int64, compute ops.DType) (*World, error) {
+	cc, err := collective.FromEnv(os.Getenv)
+	if flags != nil {
+		cc, err = flags.Config(os.Getenv)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("launch: %w", err)
+	}
+	if cfg.Parallel.TimeoutSeconds > 0 && cc.Timeout == 0 {
+		cc.Timeout = time.Duration(cfg.Parallel.TimeoutSeconds) * time.Second
+	}
+	size := max(cc.Size, 1)
+	var world collective.Comm
+	if size > 1 {
+		if world, err = collective.Connect(ctx, cc); err != nil {
+			return nil, err
+		}
+		budget := collective.F64{float64(gpuBytes)}
+		if err := world.AllReduce(budget, collective.Min); err != nil {
+			world.Abort(err)
+			return nil, fmt.Errorf("agreeing on the GPU memory budget: %w", err)
+		}
+		gpuBytes = int64(budget[0])
+	}
+	zero1 := cfg.Parallel.Zero1 && size/max(cfg.Parallel.PP, 1) > 1
+	plan, err := shard.NewFor(mc, size, cfg.Parallel.PP, shard.Workload{SeqLen: cfg.Data.SeqLen, Method: cfg.Train.Method,
+		Budget: gpuBytes, Setup: memorySetup(cfg, zero1, compute)})
+	if err != nil {
+		if world != nil {
+			world.Abort(err)
+		}
+		return nil, err
+	}
+	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world}
+	if size == 1 {
+		return d, nil
+	}
+	// Split is collective over the world: every rank calls it, in this order.
+	if d.dp, err = d.world.Split(d.me.Stage, d.me.Replica); err != nil {
+		return nil, fmt.Errorf("data-parallel group: %w", err)
+	}
+	if plan.Replicas == 1 {
+		d.dp = nil
+	}
+	color := -1
+	if mc.TieEmbeddings && plan.Stages > 1 && (d.first() || d.last()) {
+		color = d.me.Replica
+	}
+	if d.tied, err = d.world.Split(color, d.me.Stage); err != nil {
+		return nil, fmt.Errorf("tied-embedding group: %w", err)
+	}
+	return d, nil
+}
+
+// close ends the collective session (collective: every rank reaches it), or aborts
+// the job when this rank failed, so that the others stop at once naming it.
+func (d *World) Close(failure error) error {
+	if d.world == nil {
+		return nil
+	}
+	if failure != nil {
+		d.world.Abort(failure)
+		return nil
+	}
+	return d.world.Close()
+}
+
+// allReduceF64 sums vals over the world in place.
+func (d *World) AllReduce(vals []float64) error {
+	if d.world == nil {
+		return nil
+	}
+	return d.world.AllReduce(collective.F64(vals), collective.Sum)
+}
+
+// checkFits refuses, before anything is loaded, a plan whose rank would need more
+// host memory than this host has for it (the memory available now, shared by the
+// ranks the launcher put on this host), and says what would fit. The estimate is
+// shard's, with the CPU's sizes: float32 activations, and float32 base weights
+// held twice while the model is built (the loaded tensors and the backend's copy).
+//
+// On a GPU the host holds the stage's float32 weights as loaded (twice the
+// estimate's bf16) and the optimizer's host mirror; the device's share is
+// compared with the GPU's free memory, and a plan that looks too large is
+// warned about (the estimate is not exact there; an allocation that fails
+// names itself).
+func checkFits(cfg config.Config, mc *model.Config, d *World, be ops.Backend, compute ops.DType, warn io.Writer) error {
+	est, err := shard.EstimateMemory(mc, d.plan, memorySetup(cfg, d.zero1, compute))
+	if err != nil {
+		return err
+	}
+	m := est.Ranks[d.rank()]
+	need := m.Total() + 3*m.Weights // bf16 in the estimate; float32, twice, here
+	if g, ok := be.(device.GPU); ok {
+		need = 2*m.Weights + m.Master + m.Grads + m.Optimizer
+		if in, err := g.Info(); err == nil && m.Total() > in.FreeMem {
+			fmt.Fprintf(warn, "train: warning: rank %d (stage %d) may need about %s of GPU memory and GPU %d has %s free; if it runs out: more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora\n",
+				d.rank(), d.me.Stage, shard.FormatBytes(m.Total()), in.Ordinal, shard.FormatBytes(in.FreeMem))
+		}
+	}
+	avail := host.AvailableMemory()
+	if avail <= 0 {
+		return nil // unknown: nothing to check against
+	}
+	budget := avail / int64(host.Ranks())
+	if need <= budget {
+		return nil
+	}
+	msg := fmt.Sprintf("rank %d (stage %d) needs about %s of host memory and this host has %s for it (%s available, %d ranks here)",
+		d.rank(), d.me.Stage, shard.FormatBytes(need), shard.FormatBytes(budget), shard.FormatBytes(avail), host.Ranks())
+	if sugg, err := shard.Suggest(mc, est, budget*m.Total()/need); err == nil && len(sugg) > 0 {
+		msg += "; what would fit:"
+		for _, s := range sugg {
+			msg += "\n  " + s.Change
+		}
+	} else {
+		msg += "; try more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora"
+	}
+	return errors.New(msg)
+}
+
+// memorySetup is what, besides the plan, decides a rank's memory in cfg.
+func memorySetup(cfg config.Config, zero1 bool, compute ops.DType) shard.Setup {
+	setup := shard.Setup{Method: cfg.Train.Method, MicroBatch: cfg.Train.MicroBatch, SeqLen: cfg.Data.SeqLen,
+		MicroBatches: cfg.Train.GradAccum, LoRARank: cfg.LoRA.Rank, LoRATargets: cfg.LoRA.Targets,
+		Zero1: zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: compute.Size(),
+		KeepActivations: cfg.Parallel.KeepActivations && cfg.Parallel.PP > 1}
+	if cfg.Train.Method != "lora" && cfg.Train.Method != "qlora" {
+		setup.LoRATargets = nil
+	}
+	return setup
+}
+
+// activationSlots is how many micro-batches' activations this rank's stage
+// keeps: with parallel.keep_activations as many as 1F1B has in flight there
+// (P - stage, at most M), otherwise one.
+func activationSlots(cfg config.Config, d *World) int {
+	if !cfg.Parallel.KeepActivations || d.plan.Stages == 1 {
+		return 1
+	}
+	return max(1, min(d.plan.Stages-d.me.Stage, cfg.Train.GradAccum))
+}
+
+// agree tells every rank whether any rank failed: local is this rank's error (nil
+// on success). It returns local itself, or an error saying another rank failed.
+func (d *World) agree(local error, format string, a ...any) error {
+	vote := []float64{0}
+	if local != nil {
+		vote[0] = 1
+	}
+	if err := d.AllReduce(vote); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	switch {
+	case local != nil:
+		return local
+	case vote[0] > 0:
+		return fmt.Errorf(format, a...)
+	}
+	return nil
+}

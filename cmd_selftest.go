@@ -49,7 +49,7 @@ rank exit non-zero.`, stderr)
 		return usagef("%v", err)
 	}
 	start := time.Now()
-	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, host.Name(), cfg.LocalRank, launcher(cfg))
+	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, host.Name(), cfg.LocalRank, cfg.Launcher())
 	c, err := collective.Connect(context.Background(), cfg)
 	if err != nil {
 		fmt.Fprintf(stdout, "selftest collective: %s: FAIL: %v\n", where, err)
@@ -65,13 +65,6 @@ rank exit non-zero.`, stderr)
 	}
 	fmt.Fprintf(stdout, "selftest collective: %s: ok, %d checks in %.2fs\n", where, checks, time.Since(start).Seconds())
 	return nil
-}
-
-func launcher(cfg collective.Config) string {
-	if cfg.Source == "" {
-		return "single process"
-	}
-	return cfg.Source
 }
 
 // runBench runs a benchmark against a peer measured in the same run:
@@ -158,7 +151,7 @@ func bench(c collective.Comm, w io.Writer, minBytes, maxBytes int, dtype string,
 	}
 	if rank == 0 {
 		fmt.Fprintf(w, "all-reduce %s sum, ring over TCP: %d ranks (%s), chunk %d KiB, GOMAXPROCS %d\n",
-			dtype, n, launcher(cfg), chunk>>10, runtime.GOMAXPROCS(0))
+			dtype, n, cfg.Launcher(), chunk>>10, runtime.GOMAXPROCS(0))
 		fmt.Fprintf(w, "raw TCP loopback stream (1 socket, 1 MiB writes): within rank 0 %.2f GB/s", rawSelf/1e9)
 		if peerName != "within rank 0" {
 			fmt.Fprintf(w, ", rank 1 -> rank 0 %.2f GB/s", raw/1e9)

@@ -77,7 +77,7 @@ func selftestGPU(args []string, stdout, stderr io.Writer) error {
 		cfg.Size = 1
 	}
 	start := time.Now()
-	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, host.Name(), cfg.LocalRank, launcher(cfg))
+	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, host.Name(), cfg.LocalRank, cfg.Launcher())
 
 	var r gpuReport
 	be, gpuErr := device.OpenGPU(cfg.LocalRank)

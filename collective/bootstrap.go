@@ -60,6 +60,15 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
+// Launcher names where this process's place in the job came from, for the
+// lines that report a rank: Source, or "single process" when there is none.
+func (c Config) Launcher() string {
+	if c.Source == "" {
+		return "single process"
+	}
+	return c.Source
+}
+
 // FromEnv reads the launcher's environment through getenv (os.Getenv):
 //
 //	RANK, WORLD_SIZE, LOCAL_RANK           explicit (torchrun style); checked first

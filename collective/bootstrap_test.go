@@ -93,6 +93,15 @@ func TestFirstHost(t *testing.T) {
 	}
 }
 
+func TestLauncher(t *testing.T) {
+	if got := (Config{}).Launcher(); got != "single process" {
+		t.Errorf("zero Config: Launcher() = %q", got)
+	}
+	if got := (Config{Source: "slurm"}).Launcher(); got != "slurm" {
+		t.Errorf("Source slurm: Launcher() = %q", got)
+	}
+}
+
 func TestFlags(t *testing.T) {
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
 	f := AddFlags(fs)

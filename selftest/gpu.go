@@ -1,4 +1,4 @@
-package main
+package selftest
 
 import (
 	"context"
@@ -7,7 +7,6 @@ import (
 	"io"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,74 +14,37 @@ import (
 
 	"train/collective"
 	"train/device"
-	"train/host"
 	"train/kernels"
 	"train/model"
 	"train/ops"
 )
 
-const selftestGPUSynopsis = `train selftest gpu [flags]
+// GPUOptions says what GPU checks beside the devices. The command line has
+// checked that MinFree and Timeout are positive.
+type GPUOptions struct {
+	RunDir  string        // run directory whose file system must have room (it need not exist yet)
+	MinFree int64         // fail below this many bytes free for RunDir
+	Timeout time.Duration // bound on NCCL set-up and on each NCCL check
+}
 
-The pre-flight check of a GPU job. Run it the way the job will run, before a
-long run: ./train selftest gpu, mpirun -np 8 ./train selftest gpu, or
-srun ./train selftest gpu. Every rank:
-
-  - opens its GPU (the local rank's, as training does) and reports its name,
-    the driver, cuBLAS and NCCL versions, the libraries' paths and its free
-    memory;
-  - runs kernels (Add, Scale) and a float32 GEMM (MatmulNT, cuBLAS) on random
-    values and compares them with the host;
-  - joins the world over TCP (as "train selftest collective" does), makes an
-    NCCL communicator over every rank's GPU and checks all-reduce, all-gather,
-    reduce-scatter, broadcast and a send/recv ring, element by element;
-  - checks that the file system of the run directory (-run) has -min-free
-    bytes free and is writable.
-
-Rank 0 prints one line per rank, then "selftest gpu: ok, N ranks" or
-"selftest gpu: FAIL: ..."; any failure makes every rank exit non-zero.
-Without a GPU it fails at once: run it on a GPU node, or use
-"train selftest collective" to check the network alone.
-
-The default -min-free, 10GiB, catches a full or nearly full disk (the run that
-dies hours in, writing a checkpoint) without failing ordinary nodes: logs and
-LoRA adapters take megabytes. A full fine-tune's checkpoints are larger (an 8B
-model's bf16 weights are 16 GB, its AdamW state 64 GB more, shared by the
-ranks): raise -min-free to what the run keeps.
-
-NCCL: libnccl.so.2 from the library path, or TRAIN_NCCL=path. NVLink SHARP
-(NCCL_NVLS_ENABLE) stays off unless set.`
-
-// selftestGPU is `train selftest gpu`: the pre-flight check of every rank's GPU.
-func selftestGPU(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("selftest gpu", selftestGPUSynopsis, stderr)
-	cf := collective.AddFlags(fs)
-	runDir := fs.String("run", "runs", "run `directory` whose file system must have room (it need not exist yet)")
-	minFreeFlag := fs.String("min-free", "10GiB", "fail below this much free `space` for -run (e.g. 500GB, 2TiB)")
-	timeout := fs.Duration("timeout", 2*time.Minute, "bound on NCCL set-up and on each NCCL check: a rank that does not take part fails the check after it")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	minFree, err := parseByteSize(*minFreeFlag)
-	if err != nil {
-		return usagef("-min-free: %v", err)
-	}
-	if *timeout <= 0 {
-		return usagef("-timeout must be positive")
-	}
-	cfg, err := cf.Config(os.Getenv)
-	if err != nil {
-		return usagef("%v", err)
-	}
-	if cfg.Size == 0 {
-		cfg.Size = 1
+// GPU is `train selftest gpu`, the pre-flight check of a GPU job, on every
+// rank of the job world describes: it opens the local rank's GPU and reports
+// it and its libraries, runs kernels and a GEMM against the host, checks room
+// on opts.RunDir's file system, joins the world and checks the NCCL
+// collectives across every rank's GPU. Rank 0 prints every rank's line and the
+// verdict to stdout; any failure fails every rank. Without a GPU in a world of
+// one it fails at once.
+func GPU(world collective.Config, opts GPUOptions, stdout io.Writer) error {
+	if world.Size == 0 { // the zero Config: a world of one
+		world.Size = 1
 	}
 	start := time.Now()
-	where := fmt.Sprintf("rank %d/%d (host %s, local rank %d, %s)", cfg.Rank, cfg.Size, host.Name(), cfg.LocalRank, launcher(cfg))
+	where := rankPlace(world)
 
 	var r gpuReport
-	be, gpuErr := device.OpenGPU(cfg.LocalRank)
+	be, gpuErr := device.OpenGPU(world.LocalRank)
 	if gpuErr != nil {
-		if cfg.Size == 1 { // nothing else to learn: fail fast
+		if world.Size == 1 { // nothing else to learn: fail fast
 			r.fail("", gpuErr)
 			fmt.Fprintf(stdout, "selftest gpu: %s: %s\nselftest gpu: FAIL: no GPU\n", where, r.line())
 			return noGPUError(gpuErr)
@@ -90,11 +52,11 @@ func selftestGPU(args []string, stdout, stderr io.Writer) error {
 		r.fail("", fmt.Errorf("%w; %s", gpuErr, noGPUHint))
 	} else {
 		defer be.Close()
-		deviceChecks(be, cfg.Size, &r)
+		deviceChecks(be, world.Size, &r)
 	}
-	diskCheck(*runDir, minFree, &r)
+	diskCheck(opts.RunDir, opts.MinFree, &r)
 
-	c, err := collective.Connect(context.Background(), cfg)
+	c, err := collective.Connect(context.Background(), world)
 	if err != nil {
 		r.fail("joining the world", err)
 		fmt.Fprintf(stdout, "selftest gpu: %s: %s\n", where, r.line())
@@ -117,7 +79,7 @@ func selftestGPU(args []string, stdout, stderr io.Writer) error {
 		r.fail("agreeing on NCCL", err)
 	} else if ready[0] == 1 {
 		t0 := time.Now()
-		checks, err := ncclChecks(be, c, *timeout)
+		checks, err := ncclChecks(be, c, opts.Timeout)
 		if err != nil {
 			r.fail("nccl", err)
 		} else {

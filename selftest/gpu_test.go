@@ -1,21 +1,23 @@
-package main
+package selftest
 
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
+	"time"
 
+	"train/collective"
 	"train/kernels"
 	"train/ops"
 )
 
-// skipWithGPU skips where a GPU opens: there `train selftest gpu` would run
-// for real (the GPU check scripts do that under mpirun).
+// skipWithGPU skips where a GPU opens: there GPU would run the checks for
+// real (the GPU check scripts do that under mpirun).
 func skipWithGPU(t *testing.T) {
 	t.Helper()
 	if be, err := kernels.New(); err == nil {
@@ -24,45 +26,31 @@ func skipWithGPU(t *testing.T) {
 	}
 }
 
-// TestSelftestGPUNoGPU: one process without a GPU fails at once, saying why
-// and what to do instead, and exits 1.
-func TestSelftestGPUNoGPU(t *testing.T) {
+// TestGPUOneRankNoGPU: alone (the zero Config is a world of one) and without
+// a GPU, the check fails at once, before joining anyone, and says what to do
+// instead.
+func TestGPUOneRankNoGPU(t *testing.T) {
 	skipWithGPU(t)
-	var out, errb bytes.Buffer
-	code := mainExit([]string{"selftest", "gpu", "-rank", "0", "-world-size", "1", "-run", t.TempDir()}, &out, &errb)
-	if code != 1 {
-		t.Fatalf("exit %d, want 1\nstdout: %s\nstderr: %s", code, &out, &errb)
+	var out bytes.Buffer
+	err := GPU(collective.Config{}, GPUOptions{RunDir: t.TempDir(), MinFree: 1, Timeout: time.Minute}, &out)
+	if err == nil || !strings.HasPrefix(err.Error(), "gpu: ") || !strings.Contains(err.Error(), "run it on a GPU node") {
+		t.Errorf("err %v", err)
 	}
-	if !strings.Contains(out.String(), "rank 0/1") || !strings.Contains(out.String(), "FAIL: device cuda: no usable NVIDIA GPU: ") {
-		t.Errorf("stdout does not report the rank's failure:\n%s", &out)
-	}
-	for _, want := range []string{"no usable NVIDIA GPU", "run it on a GPU node", "train selftest collective"} {
-		if !strings.Contains(errb.String(), want) {
-			t.Errorf("stderr lacks %q:\n%s", want, &errb)
-		}
+	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(lines) != 2 || !strings.Contains(lines[0], "rank 0/1 (host ") || !strings.Contains(lines[0], "single process): FAIL: ") ||
+		lines[1] != "selftest gpu: FAIL: no GPU" {
+		t.Errorf("output:\n%s", &out)
 	}
 }
 
-// TestSelftestGPUTwoRanksNoGPU: in a world of two ranks without GPUs, both
-// join, rank 0 prints both ranks' lines in order and the verdict, and both
-// fail.
-func TestSelftestGPUTwoRanksNoGPU(t *testing.T) {
+// TestGPUTwoRanksNoGPU: in a world of two ranks without GPUs, both join, rank
+// 0 prints both ranks' lines in order and the verdict, and both fail.
+func TestGPUTwoRanksNoGPU(t *testing.T) {
 	skipWithGPU(t)
-	port := freePort(t)
 	dir := t.TempDir()
-	var wg sync.WaitGroup
-	outs := make([]bytes.Buffer, 2)
-	errs := make([]error, 2)
-	for r := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			args := []string{"-rank", fmt.Sprint(r), "-world-size", "2", "-master-addr", fmt.Sprintf("127.0.0.1:%d", port),
-				"-comm-timeout", "20s", "-run", dir}
-			errs[r] = selftestGPU(args, &outs[r], &bytes.Buffer{})
-		}()
-	}
-	wg.Wait()
+	outs, errs := twoRanks(t, func(world collective.Config, stdout io.Writer) error {
+		return GPU(world, GPUOptions{RunDir: dir, MinFree: 1, Timeout: time.Minute}, stdout)
+	})
 	for r, err := range errs {
 		if err == nil || !strings.Contains(err.Error(), "2 of 2 ranks failed (ranks 0, 1)") {
 			t.Errorf("rank %d returned %v", r, err)
@@ -73,8 +61,8 @@ func TestSelftestGPUTwoRanksNoGPU(t *testing.T) {
 		t.Fatalf("rank 0 printed %d lines, want 3:\n%s", len(lines), &outs[0])
 	}
 	for r := range 2 {
-		if !strings.Contains(lines[r], fmt.Sprintf("rank %d/2", r)) || !strings.Contains(lines[r], "no usable NVIDIA GPU") ||
-			!strings.Contains(lines[r], "disk "+dir) {
+		if !strings.Contains(lines[r], fmt.Sprintf("rank %d/2 (host ", r)) || !strings.Contains(lines[r], "local rank 0, test)") ||
+			!strings.Contains(lines[r], "no usable NVIDIA GPU") || !strings.Contains(lines[r], "disk "+dir) {
 			t.Errorf("line %d: %s", r, lines[r])
 		}
 	}
@@ -83,28 +71,6 @@ func TestSelftestGPUTwoRanksNoGPU(t *testing.T) {
 	}
 	if outs[1].Len() != 0 {
 		t.Errorf("rank 1 printed (only rank 0 speaks):\n%s", &outs[1])
-	}
-}
-
-func TestSelftestGPUFlags(t *testing.T) {
-	for _, c := range []struct {
-		args []string
-		code int
-		want string
-	}{
-		{[]string{"-h"}, 0, "pre-flight check"},
-		{[]string{"-h"}, 0, "-min-free"},
-		{[]string{"-min-free", "10G"}, 2, "-min-free: size \"10G\""},
-		{[]string{"-min-free", "-5GiB"}, 2, "-min-free"},
-		{[]string{"-timeout", "0s"}, 2, "-timeout must be positive"},
-		{[]string{"extra"}, 2, "unexpected argument"},
-		{[]string{"-rank", "1"}, 2, "-rank and -world-size go together"},
-	} {
-		var out, errb bytes.Buffer
-		code := mainExit(append([]string{"selftest", "gpu"}, c.args...), &out, &errb)
-		if code != c.code || !strings.Contains(errb.String(), c.want) {
-			t.Errorf("%v: exit %d, want %d; stderr lacks %q:\n%s", c.args, code, c.code, c.want, &errb)
-		}
 	}
 }
 

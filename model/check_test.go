@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"train/internal/testcheck"
 )
 
 func TestCheckStories(t *testing.T) {
@@ -191,11 +193,11 @@ func TestCheckBrokenFiles(t *testing.T) {
 
 	os.Remove(filepath.Join(dir, "config.json"))
 	_, err = Check(dir)
-	expectErr(t, err, "config.json")
+	testcheck.ErrorContains(t, err, "config.json")
 
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte("{\"hidden_size\": }"), 0o644)
 	_, err = Check(dir)
-	expectErr(t, err, "config.json: not a JSON object: line 1 column 17")
+	testcheck.ErrorContains(t, err, "config.json: not a JSON object: line 1 column 17")
 }
 
 func TestTokenizerVocabSizeUnigram(t *testing.T) {
@@ -238,7 +240,7 @@ func TestCheckRandom(t *testing.T) {
 		}
 	}
 	_, err := Check("random:llama-9")
-	expectErr(t, err, `unknown random model "random:llama-9"; valid: random:llama-3.1-70b, random:llama-3.1-8b, random:llama-3.2-1b`)
+	testcheck.ErrorContains(t, err, `unknown random model "random:llama-9"; valid: random:llama-3.1-70b, random:llama-3.1-8b, random:llama-3.2-1b`)
 }
 
 // TestWeightSizes pins the size conventions: bf16 is 2 bytes a parameter; NF4 is

@@ -14,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+
+	"train/internal/fileio"
 )
 
 // DefaultMaxShardBytes is transformers' default max_shard_size ("5GB").
@@ -213,7 +215,7 @@ func CopyTokenizerFiles(from, to string) error {
 	found := false
 	for _, name := range TokenizerFiles {
 		src := filepath.Join(from, name)
-		data, err := readFileLimited(src, 256<<20)
+		data, err := fileio.ReadFile(src, 256<<20)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -233,36 +235,8 @@ func CopyTokenizerFiles(from, to string) error {
 
 // writeFileAtomic writes data to path through a synced temporary file and a rename.
 func writeFileAtomic(path string, data []byte) error {
-	return writeAtomic(path, func(w io.Writer) error {
+	return fileio.WriteAtomic(path, func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
 	})
-}
-
-// writeAtomic writes path through fn into a temporary file beside it, synced and
-// renamed, so a reader never sees half a file.
-func writeAtomic(path string, fn func(io.Writer) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	if err := fn(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }

@@ -36,8 +36,10 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
+	"train/internal/fileio"
 	"train/ops"
 	"train/tokenizer"
 )
@@ -161,7 +163,7 @@ type GGUFFile struct {
 
 // ReadGGUF opens path and reads its header. Close the file when done.
 func ReadGGUF(path string) (*GGUFFile, error) {
-	f, size, err := openSized(path)
+	f, size, err := fileio.OpenSized(path)
 	if err != nil {
 		return nil, err
 	}
@@ -959,7 +961,7 @@ func (w *GGUFWriter) WriteTo(out io.Writer) (int64, error) {
 		h = append(h, 0)
 	}
 	bw := bufio.NewWriterSize(out, 1<<20)
-	cw := &stCountWriter{w: bw}
+	cw := &fileio.CountWriter{W: bw}
 	cw.Write(h)
 	buf := make([]byte, 0, 64<<10)
 	pos := int64(0)
@@ -984,15 +986,15 @@ func (w *GGUFWriter) WriteTo(out io.Writer) (int64, error) {
 			pos += pad
 		}
 	}
-	if cw.err == nil {
-		cw.err = bw.Flush()
+	if cw.Err == nil {
+		cw.Err = bw.Flush()
 	}
-	return cw.n, cw.err
+	return cw.N, cw.Err
 }
 
 // WriteFile writes the file to path atomically.
 func (w *GGUFWriter) WriteFile(path string) error {
-	return writeAtomic(path, func(out io.Writer) error {
+	return fileio.WriteAtomic(path, func(out io.Writer) error {
 		_, err := w.WriteTo(out)
 		return err
 	})
@@ -1191,7 +1193,7 @@ func setGGUFTokenizer(g *GGUFWriter, dir string, c Config) error {
 	if err != nil {
 		return err
 	}
-	raw, err := readFileLimited(path, 256<<20)
+	raw, err := fileio.ReadFile(path, 256<<20)
 	if err != nil {
 		return err
 	}
@@ -1449,7 +1451,7 @@ func GGUFToWeights(g *GGUFFile) (*Weights, Config, error) {
 		if !ok {
 			return nil, fmt.Errorf("%s: tensor %s is missing", g.Name, name)
 		}
-		if !equalShape(t.Shape(), shape) {
+		if !slices.Equal(t.Shape(), shape) {
 			return nil, fmt.Errorf("%s: tensor %s has shape %v (dims %v), the metadata implies %v", g.Name, name, t.Shape(), t.Dims, shape)
 		}
 		return g.ReadFloat32(name)

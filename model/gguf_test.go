@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"train/internal/testcheck"
 )
 
 const stories260K = "../../shared/models/stories260K"
@@ -52,10 +54,10 @@ func TestGGUFStories260KEqualsSafetensors(t *testing.T) {
 	if c.TieEmbeddings || w.LMHead == nil {
 		t.Fatal("stories260K's GGUF has output.weight; the import should keep it")
 	}
-	equalTensors(t, "output.weight vs embedding", map[string][]float32{"x": w.LMHead}, map[string][]float32{"x": ref.Embed}, 0)
+	testcheck.EqualTensors(t, "output.weight vs embedding", map[string][]float32{"x": w.LMHead}, map[string][]float32{"x": ref.Embed}, 0)
 	got := w.NamedTensors()
 	delete(got, "lm_head.weight")
-	equalTensors(t, "stories260K GGUF vs safetensors", got, ref.NamedTensors(), 0)
+	testcheck.EqualTensors(t, "stories260K GGUF vs safetensors", got, ref.NamedTensors(), 0)
 
 	// Without the unpermutation q and k differ: the test would notice it missing.
 	rawQ, err := g.ReadFloat32("blk.0.attn_q.weight")
@@ -186,7 +188,7 @@ func TestGGUFRoundTrip(t *testing.T) {
 				bc.NumKVHeads != c.NumKVHeads || bc.VocabSize != c.VocabSize || bc.MaxPositions != c.MaxPositions || bc.BOSTokenID != c.BOSTokenID {
 				t.Fatalf("%s %s: config %+v, want %+v", src, tc.typ, bc, c)
 			}
-			equalTensors(t, src+" GGUF "+tc.typ.String(), back.NamedTensors(), w.NamedTensors(), tc.tol)
+			testcheck.EqualTensors(t, src+" GGUF "+tc.typ.String(), back.NamedTensors(), w.NamedTensors(), tc.tol)
 		}
 	}
 }

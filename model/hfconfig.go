@@ -11,11 +11,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
+
+	"train/internal/fileio"
 )
 
 // Bounds on sizes read from config.json: far above any real model (Llama 3.1 405B
@@ -39,28 +39,11 @@ const (
 // LoadConfig reads dir/config.json.
 func LoadConfig(dir string) (Config, error) {
 	path := filepath.Join(dir, "config.json")
-	data, err := readFileLimited(path, maxConfigBytes)
+	data, err := fileio.ReadFile(path, maxConfigBytes)
 	if err != nil {
 		return Config{}, err
 	}
 	return ParseConfig(path, data)
-}
-
-// readFileLimited reads a whole file, refusing one larger than limit bytes.
-func readFileLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: larger than the %d-byte limit for this file", path, limit)
-	}
-	return data, nil
 }
 
 // ParseConfig decodes the contents of a config.json; name is used in errors.

@@ -13,8 +13,11 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+
+	"train/internal/fileio"
 )
 
 const (
@@ -49,7 +52,7 @@ func OpenModelDir(dir string) (*ModelDir, error) {
 		return m, nil
 	}
 	indexPath := filepath.Join(dir, weightsIndexFile)
-	data, err := readFileLimited(indexPath, maxIndexBytes)
+	data, err := fileio.ReadFile(indexPath, maxIndexBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, noWeightsError(dir)
 	}
@@ -176,23 +179,11 @@ func (m *ModelDir) readExpected(name string, shape []int) ([]float32, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: missing tensor %s (expected shape %v)", m.Dir, name, shape)
 	}
-	if !equalShape(t.Shape, shape) {
+	if !slices.Equal(t.Shape, shape) {
 		return nil, fmt.Errorf("%s: tensor %s has shape %v, but config.json implies %v", f.Name, name, t.Shape, shape)
 	}
 	data, _, err := f.ReadFloat32(name)
 	return data, err
-}
-
-func equalShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // LoadWeights reads the weights one process holds: decoder layers [lo, hi), the

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"testing"
 
+	"train/internal/testcheck"
 	"train/ops"
 )
 
@@ -245,7 +246,7 @@ func TestLoadWeightsShardedPart(t *testing.T) {
 		}
 	}
 	_, err = m.LoadWeights(cfg, 0, cfg.NumLayers, true, true)
-	expectErr(t, err, "file truncated since it was opened?")
+	testcheck.ErrorContains(t, err, "file truncated since it was opened?")
 }
 
 func TestLoadWeightsTied(t *testing.T) {
@@ -270,21 +271,21 @@ func TestLoadWeightsErrors(t *testing.T) {
 
 	dir, _ := testModelDir{cfg: cfg, reshape: map[string][]int{LayerTensorName(1, "q_proj"): {32, 64}}}.write(t)
 	_, err := LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
-	expectErr(t, err, "model.safetensors: tensor model.layers.1.self_attn.q_proj.weight has shape [32 64], but config.json implies [64 64]")
+	testcheck.ErrorContains(t, err, "model.safetensors: tensor model.layers.1.self_attn.q_proj.weight has shape [32 64], but config.json implies [64 64]")
 
 	dir, _ = testModelDir{cfg: cfg, drop: []string{LayerTensorName(2, "up_proj")}}.write(t)
 	_, err = LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
-	expectErr(t, err, dir+": missing tensor model.layers.2.mlp.up_proj.weight (expected shape [176 64])")
+	testcheck.ErrorContains(t, err, dir+": missing tensor model.layers.2.mlp.up_proj.weight (expected shape [176 64])")
 	if _, err = LoadWeights(dir, cfg, 0, 2, true, true); err != nil {
 		t.Errorf("layers [0,2) do not need the missing tensor: %v", err)
 	}
 
 	dir, _ = testModelDir{cfg: cfg, rawDType: map[string]DType{"model.norm.weight": DTypeI32}}.write(t)
 	_, err = LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
-	expectErr(t, err, "tensor model.norm.weight: dtype I32 cannot be read as floats")
+	testcheck.ErrorContains(t, err, "tensor model.norm.weight: dtype I32 cannot be read as floats")
 
 	_, err = LoadWeights(dir, cfg, 2, 9, true, true)
-	expectErr(t, err, "layer range [2,9) is outside the model's 4 layers")
+	testcheck.ErrorContains(t, err, "layer range [2,9) is outside the model's 4 layers")
 }
 
 func TestOpenModelDirErrors(t *testing.T) {
@@ -294,7 +295,7 @@ func TestOpenModelDirErrors(t *testing.T) {
 	dir, _ := testModelDir{cfg: cfg, shards: 3}.write(t)
 	os.Remove(filepath.Join(dir, shard(2)))
 	_, err := OpenModelDir(dir)
-	expectErr(t, err, filepath.Join(dir, weightsIndexFile)+": shard "+shard(2)+" named in the index is missing")
+	testcheck.ErrorContains(t, err, filepath.Join(dir, weightsIndexFile)+": shard "+shard(2)+" named in the index is missing")
 
 	editIndex := func(dir string, f func(wm map[string]any)) {
 		path := filepath.Join(dir, weightsIndexFile)
@@ -307,27 +308,27 @@ func TestOpenModelDirErrors(t *testing.T) {
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
 	editIndex(dir, func(wm map[string]any) { wm["model.norm.weight"] = shard(1) })
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, "tensor model.norm.weight is mapped to "+shard(1)+", which does not contain it")
+	testcheck.ErrorContains(t, err, "tensor model.norm.weight is mapped to "+shard(1)+", which does not contain it")
 
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
 	editIndex(dir, func(wm map[string]any) { wm["model.norm.weight"] = "../" + shard(3) })
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, `tensor model.norm.weight: shard name "../`+shard(3)+`" is not a plain file name`)
+	testcheck.ErrorContains(t, err, `tensor model.norm.weight: shard name "../`+shard(3)+`" is not a plain file name`)
 
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
 	os.WriteFile(filepath.Join(dir, weightsIndexFile), []byte(`{"weight_map": [}`), 0o644)
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, weightsIndexFile+": not a safetensors index: line 1 column 17")
+	testcheck.ErrorContains(t, err, weightsIndexFile+": not a safetensors index: line 1 column 17")
 
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
 	os.WriteFile(filepath.Join(dir, weightsIndexFile), []byte(`{"metadata": {}}`), 0o644)
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, "weight_map is missing or empty")
+	testcheck.ErrorContains(t, err, "weight_map is missing or empty")
 
 	dir = t.TempDir()
 	os.WriteFile(filepath.Join(dir, "pytorch_model.bin"), nil, 0o644)
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, dir+": no model.safetensors or model.safetensors.index.json (found pytorch_model.bin; train reads Hugging Face safetensors only)")
+	testcheck.ErrorContains(t, err, dir+": no model.safetensors or model.safetensors.index.json (found pytorch_model.bin; train reads Hugging Face safetensors only)")
 
 	// A corrupt shard is reported with its own name.
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
@@ -336,7 +337,7 @@ func TestOpenModelDirErrors(t *testing.T) {
 	f.WriteAt(binary.LittleEndian.AppendUint64(nil, 1<<40), 0)
 	f.Close()
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, path+": header length 1099511627776 exceeds")
+	testcheck.ErrorContains(t, err, path+": header length 1099511627776 exceeds")
 }
 
 func TestLoadModelStories(t *testing.T) {

@@ -7,7 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+
+	"train/internal/fileio"
 )
 
 // projBlock is the submodule holding a projection: self_attn or mlp.
@@ -44,7 +47,7 @@ type peftConfigFile struct {
 // is present with the right shape and that nothing else is.
 func ReadPEFTAdapter(dir string, cfg Config) (*LoRA, error) {
 	cfgPath := filepath.Join(dir, "adapter_config.json")
-	raw, err := readFileLimited(cfgPath, 1<<20)
+	raw, err := fileio.ReadFile(cfgPath, 1<<20)
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}
@@ -83,7 +86,7 @@ func ReadPEFTAdapter(dir string, cfg Config) (*LoRA, error) {
 				if !ok {
 					return nil, fmt.Errorf("%s: tensor %s is missing (adapter_config.json targets %s)", wPath, name, strings.Join(lc.Targets, ","))
 				}
-				if !equalShape(info.Shape, want) {
+				if !slices.Equal(info.Shape, want) {
 					return nil, fmt.Errorf("%s: tensor %s has shape %v, want %v for r=%d on this model", wPath, name, info.Shape, want, lc.Rank)
 				}
 				if err := f.ReadFloat32Into(name, dst); err != nil {

@@ -27,6 +27,7 @@ import (
 	"sort"
 	"strings"
 
+	"train/internal/fileio"
 	"train/ops"
 )
 
@@ -112,24 +113,9 @@ type SafetensorsFile struct {
 	tensors   map[string]TensorInfo
 }
 
-// openSized opens path for a parser that reads it by offset and must know its
-// size. The caller closes the file, also when parsing fails.
-func openSized(path string) (*os.File, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, st.Size(), nil
-}
-
 // OpenSafetensors opens and validates the safetensors file at path.
 func OpenSafetensors(path string) (*SafetensorsFile, error) {
-	f, size, err := openSized(path)
+	f, size, err := fileio.OpenSized(path)
 	if err != nil {
 		return nil, err
 	}
@@ -661,7 +647,7 @@ func (w *SafetensorsWriter) WriteTo(out io.Writer) (int64, error) {
 		return 0, err
 	}
 	bw := bufio.NewWriterSize(out, 1<<20)
-	cw := &stCountWriter{w: bw}
+	cw := &fileio.CountWriter{W: bw}
 	var lenBuf [8]byte
 	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(header)))
 	cw.Write(lenBuf[:])
@@ -689,28 +675,10 @@ func (w *SafetensorsWriter) WriteTo(out io.Writer) (int64, error) {
 			cw.Write(buf)
 		}
 	}
-	if cw.err == nil {
-		cw.err = bw.Flush()
+	if cw.Err == nil {
+		cw.Err = bw.Flush()
 	}
-	return cw.n, cw.err
-}
-
-// stCountWriter counts bytes and remembers the first error, so WriteTo can write
-// without checking every call.
-type stCountWriter struct {
-	w   io.Writer
-	n   int64
-	err error
-}
-
-func (c *stCountWriter) Write(p []byte) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	c.err = err
-	return n, err
+	return cw.N, cw.Err
 }
 
 // WriteFile writes the file to path atomically: to a temporary file beside it,

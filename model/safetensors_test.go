@@ -6,9 +6,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"train/internal/testcheck"
 	"train/ops"
 )
 
@@ -79,7 +81,7 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 		}
 	}
 	got, shape, err := f.ReadFloat32("w.a")
-	if err != nil || !equalShape(shape, []int{2, 3}) {
+	if err != nil || !slices.Equal(shape, []int{2, 3}) {
 		t.Fatal(err, shape)
 	}
 	for i := range a {
@@ -131,13 +133,13 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 	if err := f.ReadFloat32Into("w.a", dst); err != nil || dst[2] != 3.5 {
 		t.Errorf("ReadFloat32Into = %v, %v", dst, err)
 	}
-	expectErr(t, f.ReadFloat32Into("w.a", make([]float32, 5)), "rt.safetensors: tensor w.a: has 6 elements, destination holds 5")
+	testcheck.ErrorContains(t, f.ReadFloat32Into("w.a", make([]float32, 5)), "rt.safetensors: tensor w.a: has 6 elements, destination holds 5")
 	_, _, err = f.ReadFloat32("ids")
-	expectErr(t, err, "rt.safetensors: tensor ids: dtype I64 cannot be read as floats")
+	testcheck.ErrorContains(t, err, "rt.safetensors: tensor ids: dtype I64 cannot be read as floats")
 	_, _, err = f.ReadInt64("w.a")
-	expectErr(t, err, "rt.safetensors: tensor w.a: dtype F32 cannot be read as integers")
+	testcheck.ErrorContains(t, err, "rt.safetensors: tensor w.a: dtype F32 cannot be read as integers")
 	_, _, err = f.ReadFloat32("nope")
-	expectErr(t, err, "rt.safetensors: no tensor named nope")
+	testcheck.ErrorContains(t, err, "rt.safetensors: no tensor named nope")
 }
 
 func TestSafetensorsLargeTensorChunks(t *testing.T) {
@@ -275,7 +277,7 @@ func TestSafetensorsMalformed(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := parseBytes("m.safetensors", c.file)
-			expectErr(t, err, c.want)
+			testcheck.ErrorContains(t, err, c.want)
 		})
 	}
 }
@@ -295,13 +297,13 @@ func TestSafetensorsTruncatedFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := OpenSafetensors(path)
-	expectErr(t, err, path+": tensor model.norm.weight: data_offsets [64,80] exceed data section of 77 bytes (truncated file?)")
+	testcheck.ErrorContains(t, err, path+": tensor model.norm.weight: data_offsets [64,80] exceed data section of 77 bytes (truncated file?)")
 
 	if err := os.Truncate(path, 20); err != nil {
 		t.Fatal(err)
 	}
 	_, err = OpenSafetensors(path)
-	expectErr(t, err, "is larger than the 12 bytes after it (truncated file?)")
+	testcheck.ErrorContains(t, err, "is larger than the 12 bytes after it (truncated file?)")
 }
 
 // TestSafetensorsShortRead is a file that shrinks after its header was validated.
@@ -316,19 +318,19 @@ func TestSafetensorsShortRead(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err = f.ReadFloat32("a")
-	expectErr(t, err, "s.safetensors: tensor a: reading bytes [0,16) of the data section: unexpected EOF")
+	testcheck.ErrorContains(t, err, "s.safetensors: tensor a: reading bytes [0,16) of the data section: unexpected EOF")
 }
 
 func TestSafetensorsWriterErrors(t *testing.T) {
 	var w SafetensorsWriter
 	mustAdd(t, w.AddFloat32("a", DTypeF32, []int{2}, []float32{1, 2}))
-	expectErr(t, w.AddFloat32("a", DTypeF32, []int{2}, []float32{1, 2}), "tensor a added twice")
-	expectErr(t, w.AddFloat32("b", DTypeF32, []int{3}, []float32{1, 2}), "shape [3] holds 3 elements but the data has 2")
-	expectErr(t, w.AddFloat32("c", DTypeF16, []int{2}, []float32{1, 2}), "float32 data can be stored as F32 or BF16, not F16")
-	expectErr(t, w.AddFloat32("__metadata__", DTypeF32, []int{2}, []float32{1, 2}), "invalid tensor name")
-	expectErr(t, w.AddRaw("d", DType("X"), []int{2}, []byte{1, 2}), `unknown dtype "X"`)
-	expectErr(t, w.AddRaw("e", DTypeF32, []int{2}, []byte{1, 2, 3}), "not a whole number of F32 elements")
-	expectErr(t, w.AddFloat64("f", []int{-1}, nil), "invalid shape [-1]")
+	testcheck.ErrorContains(t, w.AddFloat32("a", DTypeF32, []int{2}, []float32{1, 2}), "tensor a added twice")
+	testcheck.ErrorContains(t, w.AddFloat32("b", DTypeF32, []int{3}, []float32{1, 2}), "shape [3] holds 3 elements but the data has 2")
+	testcheck.ErrorContains(t, w.AddFloat32("c", DTypeF16, []int{2}, []float32{1, 2}), "float32 data can be stored as F32 or BF16, not F16")
+	testcheck.ErrorContains(t, w.AddFloat32("__metadata__", DTypeF32, []int{2}, []float32{1, 2}), "invalid tensor name")
+	testcheck.ErrorContains(t, w.AddRaw("d", DType("X"), []int{2}, []byte{1, 2}), `unknown dtype "X"`)
+	testcheck.ErrorContains(t, w.AddRaw("e", DTypeF32, []int{2}, []byte{1, 2, 3}), "not a whole number of F32 elements")
+	testcheck.ErrorContains(t, w.AddFloat64("f", []int{-1}, nil), "invalid shape [-1]")
 }
 
 // FuzzSafetensorsHeader feeds arbitrary bytes to the parser: it must return an
@@ -384,16 +386,5 @@ func mustAdd(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-// expectErr fails unless err is non-nil and contains want.
-func expectErr(t *testing.T, err error, want string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("no error; want one containing %q", want)
-	}
-	if !strings.Contains(err.Error(), want) {
-		t.Fatalf("error %q\ndoes not contain %q", err, want)
 	}
 }

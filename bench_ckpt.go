@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"train/ckpt"
+	"train/format/safetensors"
 	"train/model"
 )
 
@@ -156,7 +157,7 @@ func best(ds []time.Duration) time.Duration {
 func gbps(n int64, d time.Duration) float64 { return float64(n) / d.Seconds() / 1e9 }
 
 func benchSafetensors(path string) ([]benchTensor, error) {
-	f, err := model.OpenSafetensors(path)
+	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, err
 	}

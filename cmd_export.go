@@ -11,6 +11,9 @@ import (
 
 	"train/ckpt"
 	"train/config"
+	fileformat "train/format"
+	"train/format/gguf"
+	"train/format/safetensors"
 	"train/model"
 )
 
@@ -88,7 +91,7 @@ Formats:
 			return fmt.Errorf("%s holds a full fine-tune, not an adapter: export it with -format hf or gguf", *ckptDir)
 		}
 	} else {
-		if w, err = model.LoadAny(*modelPath); err != nil {
+		if w, err = fileformat.LoadModel(*modelPath); err != nil {
 			return fmt.Errorf("model %s: %w", *modelPath, err)
 		}
 		if *adapter != "" {
@@ -134,16 +137,16 @@ Formats:
 	}
 	switch *format {
 	case "hf":
-		dt := model.DTypeF32
+		dt := safetensors.F32
 		if *dtype == "bf16" {
-			dt = model.DTypeBF16
+			dt = safetensors.BF16
 		}
 		if err := model.WriteHFModelAs(*out, w, tok, maxShard, dt); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote Hugging Face model (%s%s) to %s\n", *dtype, merged, *out)
 	case "gguf":
-		typ := map[string]model.GGMLType{"f32": model.GGMLTypeF32, "f16": model.GGMLTypeF16, "bf16": model.GGMLTypeBF16}[*dtype]
+		typ := map[string]gguf.GGMLType{"f32": gguf.F32, "f16": gguf.F16, "bf16": gguf.BF16}[*dtype]
 		n := *name
 		if n == "" {
 			n = filepath.Base(strings.TrimSuffix(filepath.Clean(*modelPath), ".gguf"))
@@ -153,7 +156,7 @@ Formats:
 				return err
 			}
 		}
-		if err := model.WriteGGUF(*out, w, model.GGUFOptions{Type: typ, Name: n, TokenizerDir: tok}); err != nil {
+		if err := gguf.WriteModel(*out, w, gguf.ModelOptions{Type: typ, Name: n, TokenizerDir: tok}); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote GGUF (%s%s) to %s\n", *dtype, merged, *out)
@@ -208,7 +211,7 @@ func loadCheckpointModel(dir, modelPath string) (*model.Weights, *model.LoRA, st
 	if model.IsRandomModel(modelPath) {
 		w, err = model.LoadSource(modelPath, cfg.Seed)
 	} else {
-		w, err = model.LoadAny(modelPath)
+		w, err = fileformat.LoadModel(modelPath)
 	}
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("base model %s (named by the checkpoint): %w", modelPath, err)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 
+	fileformat "train/format"
+	"train/format/gguf"
 	"train/model"
 	"train/ops"
 )
@@ -150,7 +152,7 @@ func TestExportFormats(t *testing.T) {
 	}{{"f32", 1e-5}, {"f16", 5e-3}, {"bf16", 0.1}} {
 		path := filepath.Join(dir, "gguf", "tiny-"+dt.name+".gguf")
 		runExportOK(t, "-model", exportBase, "-adapter", exportAdapter, "-format", "gguf", "-out", path, "-dtype", dt.name)
-		w, err := model.LoadAny(path)
+		w, err := fileformat.LoadModel(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +167,7 @@ func TestExportStoriesGGUFWithTokenizer(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "s.gguf")
 	runExportOK(t, "-model", src, "-format", "gguf", "-out", out)
-	g, err := model.ReadGGUF(out)
+	g, err := gguf.Open(out)
 	if err != nil {
 		t.Fatal(err)
 	}

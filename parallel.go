@@ -15,6 +15,7 @@ import (
 	"train/config"
 	"train/data"
 	"train/device"
+	"train/format/safetensors"
 	"train/host"
 	"train/model"
 	"train/ops"
@@ -657,9 +658,9 @@ func (t *trainer) gatherTensors() (map[string][]float32, error) {
 		return own, nil
 	}
 	if !d.isRoot() {
-		var w model.SafetensorsWriter
+		var w safetensors.Writer
 		for _, v := range t.flat.views {
-			if err := w.AddFloat32(v.p.Name, model.DTypeF32, v.p.Shape, own[v.p.Name]); err != nil {
+			if err := w.AddFloat32(v.p.Name, safetensors.F32, v.p.Shape, own[v.p.Name]); err != nil {
 				return nil, err
 			}
 		}
@@ -684,7 +685,7 @@ func (t *trainer) gatherTensors() (map[string][]float32, error) {
 		if err := d.world.Recv(collective.Bytes(blob), s); err != nil {
 			return nil, err
 		}
-		st, err := model.ParseSafetensors(fmt.Sprintf("rank %d's tensors", s), bytes.NewReader(blob), int64(len(blob)))
+		st, err := safetensors.Parse(fmt.Sprintf("rank %d's tensors", s), bytes.NewReader(blob), int64(len(blob)))
 		if err != nil {
 			return nil, err
 		}

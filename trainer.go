@@ -20,6 +20,7 @@ import (
 	"train/config"
 	"train/data"
 	"train/device"
+	"train/format/safetensors"
 	"train/host"
 	"train/kernels"
 	"train/model"
@@ -920,14 +921,14 @@ func (t *trainer) saveModel(w *model.Weights, ts map[string][]float32) (string, 
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfgJSON, 0o644); err != nil {
 		return "", fmt.Errorf("save model: %w", err)
 	}
-	var st model.SafetensorsWriter
+	var st safetensors.Writer
 	st.SetMetadata("format", "pt")
 	for _, spec := range w.Config.ExpectedTensors() {
 		v, ok := ts[spec.Name]
 		if !ok {
 			return "", fmt.Errorf("save model: no rank sent %s", spec.Name)
 		}
-		if err := st.AddFloat32(spec.Name, model.DTypeF32, spec.Shape, v); err != nil {
+		if err := st.AddFloat32(spec.Name, safetensors.F32, spec.Shape, v); err != nil {
 			return "", fmt.Errorf("save model: %w", err)
 		}
 	}

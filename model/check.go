@@ -328,14 +328,14 @@ func TokenizerVocabSize(path string) (int, error) {
 			return 0, fmt.Errorf("%s: model.vocab: want an object of token ids: %w", path, err)
 		}
 		for _, id := range vocab {
-			if id < 0 || id >= maxHFVocab {
+			if id < 0 || id >= MaxVocabSize {
 				return 0, fmt.Errorf("%s: model.vocab: token id %d out of range", path, id)
 			}
 			n = max(n, id+1)
 		}
 	}
 	for _, t := range tok.AddedTokens {
-		if t.ID < 0 || t.ID >= maxHFVocab {
+		if t.ID < 0 || t.ID >= MaxVocabSize {
 			return 0, fmt.Errorf("%s: added_tokens: token id %d out of range", path, t.ID)
 		}
 		n = max(n, t.ID+1)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"train/format/safetensors"
 	"train/internal/testcheck"
 )
 
@@ -96,7 +97,7 @@ func TestCheckIncompatibilities(t *testing.T) {
 		{"layer count disagrees", func(s *testModelDir) {
 			s.configEdit = func(m map[string]any) { m["num_hidden_layers"] = 8 }
 		}, "... and 16 more missing tensors", false},
-		{"integer tensor", func(s *testModelDir) { s.rawDType = map[string]DType{"model.norm.weight": DTypeI32} },
+		{"integer tensor", func(s *testModelDir) { s.rawDType = map[string]safetensors.DType{"model.norm.weight": safetensors.I32} },
 			"tensor model.norm.weight has dtype I32; supported: F32, BF16, F16, F64", true},
 		{"tokenizer larger than vocab", func(s *testModelDir) { s.tokenizerVocab = 600 },
 			"vocab_size 512 is smaller than the 600 tokens of tokenizer.json: ids 512..599 have no embedding row", true},

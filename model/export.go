@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 
+	"train/format/safetensors"
 	"train/internal/fileio"
 )
 
@@ -27,7 +28,7 @@ var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "specia
 // WriteHFModel writes w to dir in Hugging Face layout with F32 weights; see
 // WriteHFModelAs.
 func WriteHFModel(dir string, w *Weights, tokenizerDir string, maxShardBytes int64) error {
-	return WriteHFModelAs(dir, w, tokenizerDir, maxShardBytes, DTypeF32)
+	return WriteHFModelAs(dir, w, tokenizerDir, maxShardBytes, safetensors.F32)
 }
 
 // WriteHFModelAs writes every tensor of w (which must hold the whole model) to
@@ -39,8 +40,8 @@ func WriteHFModel(dir string, w *Weights, tokenizerDir string, maxShardBytes int
 // the limit (a tensor larger than the limit alone in its shard). Weight files of
 // an earlier save in dir that this save does not write are removed, as
 // save_pretrained does, so the directory never mixes two layouts.
-func WriteHFModelAs(dir string, w *Weights, tokenizerDir string, maxShardBytes int64, dtype DType) error {
-	if dtype != DTypeF32 && dtype != DTypeBF16 {
+func WriteHFModelAs(dir string, w *Weights, tokenizerDir string, maxShardBytes int64, dtype safetensors.DType) error {
+	if dtype != safetensors.F32 && dtype != safetensors.BF16 {
 		return fmt.Errorf("export %s: dtype %s: Hugging Face export writes F32 or BF16", dir, dtype)
 	}
 	if maxShardBytes <= 0 {
@@ -55,7 +56,7 @@ func WriteHFModelAs(dir string, w *Weights, tokenizerDir string, maxShardBytes i
 	}
 	cfg := w.Config
 	cfg.TorchDType = "float32"
-	if dtype == DTypeBF16 {
+	if dtype == safetensors.BF16 {
 		cfg.TorchDType = "bfloat16"
 	}
 	if cfg.Architecture == "" {
@@ -135,6 +136,15 @@ type namedTensor struct {
 	data  []float32
 }
 
+// CheckWhole reports whether w holds the whole model, every tensor at the size
+// its Config implies, as a file of the whole model (a Hugging Face export, a
+// GGUF) needs; the error names the first tensor that is missing or of the
+// wrong size.
+func (w *Weights) CheckWhole() error {
+	_, err := fullModelTensors(w)
+	return err
+}
+
 // fullModelTensors lists every tensor of the whole model in transformers'
 // state-dict order (embedding; per layer self_attn q,k,v,o, mlp gate,up,down, the
 // two norms; final norm; lm_head unless tied), checking each one's size.
@@ -178,8 +188,8 @@ func fullModelTensors(w *Weights) ([]namedTensor, error) {
 	return out, err
 }
 
-func writeShard(path string, ts []namedTensor, dtype DType) error {
-	var sw SafetensorsWriter
+func writeShard(path string, ts []namedTensor, dtype safetensors.DType) error {
+	var sw safetensors.Writer
 	sw.SetMetadata("format", "pt")
 	for _, t := range ts {
 		if err := sw.AddFloat32(t.name, dtype, t.shape, t.data); err != nil {

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"testing"
 
+	"train/format/safetensors"
 	"train/internal/testcheck"
 )
 
@@ -91,7 +92,7 @@ func TestWriteHFModelRoundTrip(t *testing.T) {
 
 		// BF16: within bf16 rounding (relative 2^-8).
 		bf := t.TempDir()
-		if err := WriteHFModelAs(bf, w, "", 0, DTypeBF16); err != nil {
+		if err := WriteHFModelAs(bf, w, "", 0, safetensors.BF16); err != nil {
 			t.Fatal(err)
 		}
 		back, err = LoadModel(bf)

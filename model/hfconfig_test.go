@@ -263,8 +263,8 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if c.HiddenSize < 1 || c.HiddenSize > maxHFHidden || c.NumLayers < 1 || c.NumLayers > maxHFLayers ||
-			c.VocabSize < 1 || c.VocabSize > maxHFVocab || c.HeadDim < 0 || c.HeadDim > maxHFHeadDim || c.NumKVHeads < 1 {
+		if c.HiddenSize < 1 || c.HiddenSize > MaxHiddenSize || c.NumLayers < 1 || c.NumLayers > MaxLayers ||
+			c.VocabSize < 1 || c.VocabSize > MaxVocabSize || c.HeadDim < 0 || c.HeadDim > MaxHeadDim || c.NumKVHeads < 1 {
 			t.Fatalf("out of bounds: %+v", c)
 		}
 		_ = c.Incompatibilities()

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"testing"
 
+	"train/format/safetensors"
 	"train/internal/testcheck"
 	"train/ops"
 )
@@ -21,11 +22,11 @@ import (
 // reshaped or added to make it broken, and a tokenizer.json of tokenizerVocab ids.
 type testModelDir struct {
 	cfg            Config
-	dtype          DType
+	dtype          safetensors.DType
 	shards         int
 	drop           []string
 	reshape        map[string][]int
-	rawDType       map[string]DType // store these tensors as zero bytes of this dtype
+	rawDType       map[string]safetensors.DType // store these tensors as zero bytes of this dtype
 	extra          map[string][]int
 	keepLMHead     bool // write lm_head.weight even when tied
 	configEdit     func(m map[string]any)
@@ -76,10 +77,10 @@ func (s testModelDir) write(t *testing.T) (string, *Weights) {
 	sort.Strings(names)
 	dtype := s.dtype
 	if dtype == "" {
-		dtype = DTypeF32
+		dtype = safetensors.F32
 	}
 	nfiles := max(s.shards, 1)
-	writers := make([]SafetensorsWriter, nfiles)
+	writers := make([]safetensors.Writer, nfiles)
 	weightMap := map[string]string{}
 	for i, n := range names {
 		k := i * nfiles / len(names)
@@ -181,7 +182,7 @@ func TestLoadWeightsSingleFile(t *testing.T) {
 
 func TestLoadWeightsBF16(t *testing.T) {
 	cfg := tinyConfig(t)
-	dir, want := testModelDir{cfg: cfg, dtype: DTypeBF16}.write(t)
+	dir, want := testModelDir{cfg: cfg, dtype: safetensors.BF16}.write(t)
 	got, err := LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +232,7 @@ func TestLoadWeightsShardedPart(t *testing.T) {
 	_, keep, _ := m.Tensor(LayerTensorName(0, "q_proj"))
 	for _, f := range m.Files {
 		if f != keep {
-			if err := os.Truncate(f.Name, f.dataStart); err != nil {
+			if err := os.Truncate(f.Name, dataStart(t, f.Name)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -247,6 +248,22 @@ func TestLoadWeightsShardedPart(t *testing.T) {
 	}
 	_, err = m.LoadWeights(cfg, 0, cfg.NumLayers, true, true)
 	testcheck.ErrorContains(t, err, "file truncated since it was opened?")
+}
+
+// dataStart is the offset of the data section of the safetensors file at path:
+// after the 8-byte header length and the header.
+func dataStart(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var n uint64
+	if err := binary.Read(f, binary.LittleEndian, &n); err != nil {
+		t.Fatal(err)
+	}
+	return 8 + int64(n)
 }
 
 func TestLoadWeightsTied(t *testing.T) {
@@ -280,7 +297,7 @@ func TestLoadWeightsErrors(t *testing.T) {
 		t.Errorf("layers [0,2) do not need the missing tensor: %v", err)
 	}
 
-	dir, _ = testModelDir{cfg: cfg, rawDType: map[string]DType{"model.norm.weight": DTypeI32}}.write(t)
+	dir, _ = testModelDir{cfg: cfg, rawDType: map[string]safetensors.DType{"model.norm.weight": safetensors.I32}}.write(t)
 	_, err = LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
 	testcheck.ErrorContains(t, err, "tensor model.norm.weight: dtype I32 cannot be read as floats")
 

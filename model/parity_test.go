@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"train/format/safetensors"
 	"train/ops"
 )
 
@@ -91,7 +92,7 @@ func runParity(t *testing.T, dir string, withLoRA bool) {
 	if rel := math.Abs(loss-in.Loss) / math.Abs(in.Loss); rel > 1e-5 {
 		t.Errorf("loss %.9g, transformers %.9g: relative error %.2g > 1e-5", loss, in.Loss, rel)
 	}
-	ref, err := OpenSafetensors(filepath.Join(dir, "reference.safetensors"))
+	ref, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}

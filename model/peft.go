@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"train/format/safetensors"
 	"train/internal/fileio"
 )
 
@@ -60,7 +61,7 @@ func ReadPEFTAdapter(dir string, cfg Config) (*LoRA, error) {
 		return nil, err
 	}
 	wPath := filepath.Join(dir, "adapter_model.safetensors")
-	f, err := OpenSafetensors(wPath)
+	f, err := safetensors.Open(wPath)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("adapter: %s is missing (adapter_model.bin is not supported; save with safe_serialization=True)", wPath)
@@ -240,7 +241,7 @@ func WritePEFTAdapter(dir string, l *LoRA, cfg *Config, baseModel string) error 
 	if err := os.WriteFile(filepath.Join(dir, "adapter_config.json"), append(js, '\n'), 0o644); err != nil {
 		return fmt.Errorf("adapter: %w", err)
 	}
-	var w SafetensorsWriter
+	var w safetensors.Writer
 	for i, layer := range l.Layers {
 		for _, proj := range lc.targets() {
 			out, in := cfg.LinearShape(proj)

@@ -13,6 +13,7 @@ import (
 	"train/config"
 	fileformat "train/format"
 	"train/format/gguf"
+	"train/format/peft"
 	"train/format/safetensors"
 	"train/model"
 )
@@ -95,16 +96,16 @@ Formats:
 			return fmt.Errorf("model %s: %w", *modelPath, err)
 		}
 		if *adapter != "" {
-			if lora, err = model.ReadPEFTAdapter(*adapter, w.Config); err != nil {
+			if lora, err = peft.Read(*adapter, w.Config); err != nil {
 				return err
 			}
 		}
 	}
 	if *format == "peft" {
-		if err := model.WritePEFTAdapter(*out, lora, &w.Config, *modelPath); err != nil {
+		if err := peft.Write(*out, lora, &w.Config, *modelPath); err != nil {
 			return err
 		}
-		back, err := model.ReadPEFTAdapter(*out, w.Config)
+		back, err := peft.Read(*out, w.Config)
 		if err != nil {
 			return fmt.Errorf("checking the written adapter: %w", err)
 		}

@@ -12,6 +12,7 @@ import (
 
 	fileformat "train/format"
 	"train/format/gguf"
+	"train/format/peft"
 	"train/model"
 	"train/ops"
 )
@@ -68,7 +69,7 @@ func baseAdapterLogits(t *testing.T, ids [][]int) []float32 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := model.ReadPEFTAdapter(exportAdapter, w.Config)
+	l, err := peft.Read(exportAdapter, w.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +118,7 @@ func TestExportFormats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := model.ReadPEFTAdapter(peftDir, base.Config)
+	l, err := peft.Read(peftDir, base.Config)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"train/config"
 	"train/data"
 	"train/device"
+	"train/format/peft"
 	"train/format/safetensors"
 	"train/host"
 	"train/kernels"
@@ -391,7 +392,7 @@ func newAdapter(cfg config.Config, mc *model.Config) (*model.LoRA, error) {
 	if err != nil || cfg.LoRA.InitAdapter == "" {
 		return l, err
 	}
-	init, err := model.ReadPEFTAdapter(cfg.LoRA.InitAdapter, *mc)
+	init, err := peft.Read(cfg.LoRA.InitAdapter, *mc)
 	if err != nil {
 		return nil, err
 	}
@@ -901,7 +902,7 @@ func (t *trainer) saveOutputs(w *model.Weights) (string, error) {
 		return "", err
 	}
 	dir := filepath.Join(t.cfg.RunDir, "adapter")
-	if err := model.WritePEFTAdapter(dir, l, &w.Config, t.cfg.Model); err != nil {
+	if err := peft.Write(dir, l, &w.Config, t.cfg.Model); err != nil {
 		return "", err
 	}
 	return ", adapter/ in peft format", nil

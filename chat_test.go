@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"train/data"
+	"train/format/safetensors"
 	"train/model"
 	"train/tokenizer"
 )
@@ -184,9 +185,9 @@ func writeRandomModel(t *testing.T, dir string, cfg model.Config, edit func(*mod
 	for _, spec := range cfg.ExpectedTensors() {
 		shapes[spec.Name] = spec.Shape
 	}
-	var st model.SafetensorsWriter
+	var st safetensors.Writer
 	for name, v := range w.NamedTensors() {
-		if err := st.AddFloat32(name, model.DTypeF32, shapes[name], v); err != nil {
+		if err := st.AddFloat32(name, safetensors.F32, shapes[name], v); err != nil {
 			t.Fatal(err)
 		}
 	}

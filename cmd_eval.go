@@ -8,6 +8,7 @@ import (
 	"train/config"
 	"train/data"
 	"train/device"
+	"train/format/peft"
 	"train/model"
 	"train/trainer"
 )
@@ -69,7 +70,7 @@ masked exactly as in training.`, stderr)
 		return usagef("%v", err)
 	}
 	if *adapter != "" {
-		if opt.LoRA, err = model.ReadPEFTAdapter(*adapter, w.Config); err != nil {
+		if opt.LoRA, err = peft.Read(*adapter, w.Config); err != nil {
 			return err
 		}
 	}

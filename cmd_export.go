@@ -9,6 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	fileformat "train/format"
+	"train/format/gguf"
+	"train/format/peft"
+	"train/format/safetensors"
 	"train/model"
 	"train/trainer"
 )
@@ -87,20 +91,20 @@ Formats:
 			return fmt.Errorf("%s holds a full fine-tune, not an adapter: export it with -format hf or gguf", *ckptDir)
 		}
 	} else {
-		if w, err = model.LoadAny(*modelPath); err != nil {
+		if w, err = fileformat.LoadModel(*modelPath); err != nil {
 			return fmt.Errorf("model %s: %w", *modelPath, err)
 		}
 		if *adapter != "" {
-			if lora, err = model.ReadPEFTAdapter(*adapter, w.Config); err != nil {
+			if lora, err = peft.Read(*adapter, w.Config); err != nil {
 				return err
 			}
 		}
 	}
 	if *format == "peft" {
-		if err := model.WritePEFTAdapter(*out, lora, &w.Config, *modelPath); err != nil {
+		if err := peft.Write(*out, lora, &w.Config, *modelPath); err != nil {
 			return err
 		}
-		back, err := model.ReadPEFTAdapter(*out, w.Config)
+		back, err := peft.Read(*out, w.Config)
 		if err != nil {
 			return fmt.Errorf("checking the written adapter: %w", err)
 		}
@@ -133,16 +137,16 @@ Formats:
 	}
 	switch *format {
 	case "hf":
-		dt := model.DTypeF32
+		dt := safetensors.F32
 		if *dtype == "bf16" {
-			dt = model.DTypeBF16
+			dt = safetensors.BF16
 		}
 		if err := model.WriteHFModelAs(*out, w, tok, maxShard, dt); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote Hugging Face model (%s%s) to %s\n", *dtype, merged, *out)
 	case "gguf":
-		typ := map[string]model.GGMLType{"f32": model.GGMLTypeF32, "f16": model.GGMLTypeF16, "bf16": model.GGMLTypeBF16}[*dtype]
+		typ := map[string]gguf.GGMLType{"f32": gguf.F32, "f16": gguf.F16, "bf16": gguf.BF16}[*dtype]
 		n := *name
 		if n == "" {
 			n = filepath.Base(strings.TrimSuffix(filepath.Clean(*modelPath), ".gguf"))
@@ -152,7 +156,7 @@ Formats:
 				return err
 			}
 		}
-		if err := model.WriteGGUF(*out, w, model.GGUFOptions{Type: typ, Name: n, TokenizerDir: tok}); err != nil {
+		if err := gguf.WriteModel(*out, w, gguf.ModelOptions{Type: typ, Name: n, TokenizerDir: tok}); err != nil {
 			return err
 		}
 		fmt.Fprintf(stdout, "wrote GGUF (%s%s) to %s\n", *dtype, merged, *out)

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 
+	fileformat "train/format"
+	"train/format/gguf"
+	"train/format/peft"
 	"train/model"
 	"train/ops"
 )
@@ -66,7 +69,7 @@ func baseAdapterLogits(t *testing.T, ids [][]int) []float32 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := model.ReadPEFTAdapter(exportAdapter, w.Config)
+	l, err := peft.Read(exportAdapter, w.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +118,7 @@ func TestExportFormats(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := model.ReadPEFTAdapter(peftDir, base.Config)
+	l, err := peft.Read(peftDir, base.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,7 +153,7 @@ func TestExportFormats(t *testing.T) {
 	}{{"f32", 1e-5}, {"f16", 5e-3}, {"bf16", 0.1}} {
 		path := filepath.Join(dir, "gguf", "tiny-"+dt.name+".gguf")
 		runExportOK(t, "-model", exportBase, "-adapter", exportAdapter, "-format", "gguf", "-out", path, "-dtype", dt.name)
-		w, err := model.LoadAny(path)
+		w, err := fileformat.LoadModel(path)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -165,7 +168,7 @@ func TestExportStoriesGGUFWithTokenizer(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "s.gguf")
 	runExportOK(t, "-model", src, "-format", "gguf", "-out", out)
-	g, err := model.ReadGGUF(out)
+	g, err := gguf.Open(out)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"train/data"
 	"train/device"
+	"train/format/peft"
 	"train/model"
 	"train/tokenizer"
 )
@@ -136,7 +137,7 @@ Examples:
 		return usagef("%v", err)
 	}
 	if o.adapter != "" {
-		if opt.LoRA, err = model.ReadPEFTAdapter(o.adapter, cfg); err != nil {
+		if opt.LoRA, err = peft.Read(o.adapter, cfg); err != nil {
 			return err
 		}
 	}

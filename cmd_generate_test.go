@@ -11,6 +11,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
+	"train/format/peft"
 	"train/model"
 	"train/tokenizer"
 )
@@ -204,7 +205,7 @@ func TestGenerateAdapter(t *testing.T) {
 			}
 		}
 		dir := t.TempDir()
-		if err := model.WritePEFTAdapter(dir, l, &w.Config, storiesDir); err != nil {
+		if err := peft.Write(dir, l, &w.Config, storiesDir); err != nil {
 			t.Fatal(err)
 		}
 		return dir

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"train/model"
+	"train/format/safetensors"
 )
 
 // TestMain lets a test start copies of this binary as training ranks: with
@@ -129,7 +129,7 @@ func trainedTensors(t *testing.T, run, method string) map[string][]float32 {
 	if method == "lora" {
 		path = filepath.Join(run, "adapter", "adapter_model.safetensors")
 	}
-	f, err := model.OpenSafetensors(path)
+	f, err := safetensors.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}

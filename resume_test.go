@@ -10,7 +10,7 @@ import (
 	"testing"
 
 	"train/ckpt"
-	"train/model"
+	"train/format/safetensors"
 )
 
 // stepLosses maps step -> training loss from a run's metrics.jsonl.
@@ -110,7 +110,7 @@ func TestExportFromCheckpoint(t *testing.T) {
 		out := filepath.Join(dir, tc.method+"-export")
 		runMain(t, "export", "-ckpt", run, "-format", tc.format, "-out", out)
 		want := trainedTensors(t, run, tc.method)
-		f, err := model.OpenSafetensors(filepath.Join(out, tc.file))
+		f, err := safetensors.Open(filepath.Join(out, tc.file))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"train/ckpt"
+	"train/format/safetensors"
 	"train/model"
 	"train/ops"
 )
@@ -151,7 +152,7 @@ func fastest(ds []time.Duration) time.Duration {
 func gbps(n int64, d time.Duration) float64 { return float64(n) / d.Seconds() / 1e9 }
 
 func readSafetensors(path string) ([]ckptTensor, error) {
-	f, err := model.OpenSafetensors(path)
+	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, err
 	}

@@ -13,8 +13,11 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+
+	"train/internal/fileio"
 )
 
 // SupportedArchitecture is the Hugging Face architecture train implements.
@@ -241,7 +244,7 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 		switch {
 		case !ok:
 			missing = append(missing, fmt.Sprintf("missing tensor %s (expected shape %v)", spec.Name, spec.Shape))
-		case !equalShape(t.Shape, spec.Shape):
+		case !slices.Equal(t.Shape, spec.Shape):
 			shaped = append(shaped, fmt.Sprintf("tensor %s has shape %v, but config.json implies %v", spec.Name, t.Shape, spec.Shape))
 		case !t.DType.IsFloat():
 			dtyped = append(dtyped, fmt.Sprintf("tensor %s has dtype %s; supported: F32, BF16, F16, F64", spec.Name, t.DType))
@@ -296,7 +299,7 @@ func checkTokenizer(r *Report, dir string, cfg Config) {
 // TokenizerVocabSize is the number of token ids a Hugging Face tokenizer.json can
 // produce: one more than the largest id of its model vocabulary and added tokens.
 func TokenizerVocabSize(path string) (int, error) {
-	data, err := readFileLimited(path, maxTokenizerBytes)
+	data, err := fileio.ReadFile(path, maxTokenizerBytes)
 	if err != nil {
 		return 0, err
 	}
@@ -325,14 +328,14 @@ func TokenizerVocabSize(path string) (int, error) {
 			return 0, fmt.Errorf("%s: model.vocab: want an object of token ids: %w", path, err)
 		}
 		for _, id := range vocab {
-			if id < 0 || id >= maxHFVocab {
+			if id < 0 || id >= MaxVocabSize {
 				return 0, fmt.Errorf("%s: model.vocab: token id %d out of range", path, id)
 			}
 			n = max(n, id+1)
 		}
 	}
 	for _, t := range tok.AddedTokens {
-		if t.ID < 0 || t.ID >= maxHFVocab {
+		if t.ID < 0 || t.ID >= MaxVocabSize {
 			return 0, fmt.Errorf("%s: added_tokens: token id %d out of range", path, t.ID)
 		}
 		n = max(n, t.ID+1)

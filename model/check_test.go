@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"train/format/safetensors"
+	"train/internal/testcheck"
 )
 
 func TestCheckStories(t *testing.T) {
@@ -94,7 +97,7 @@ func TestCheckIncompatibilities(t *testing.T) {
 		{"layer count disagrees", func(s *testModelDir) {
 			s.configEdit = func(m map[string]any) { m["num_hidden_layers"] = 8 }
 		}, "... and 16 more missing tensors", false},
-		{"integer tensor", func(s *testModelDir) { s.rawDType = map[string]DType{"model.norm.weight": DTypeI32} },
+		{"integer tensor", func(s *testModelDir) { s.rawDType = map[string]safetensors.DType{"model.norm.weight": safetensors.I32} },
 			"tensor model.norm.weight has dtype I32; supported: F32, BF16, F16, F64", true},
 		{"tokenizer larger than vocab", func(s *testModelDir) { s.tokenizerVocab = 600 },
 			"vocab_size 512 is smaller than the 600 tokens of tokenizer.json: ids 512..599 have no embedding row", true},
@@ -191,11 +194,11 @@ func TestCheckBrokenFiles(t *testing.T) {
 
 	os.Remove(filepath.Join(dir, "config.json"))
 	_, err = Check(dir)
-	expectErr(t, err, "config.json")
+	testcheck.ErrorContains(t, err, "config.json")
 
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte("{\"hidden_size\": }"), 0o644)
 	_, err = Check(dir)
-	expectErr(t, err, "config.json: not a JSON object: line 1 column 17")
+	testcheck.ErrorContains(t, err, "config.json: not a JSON object: line 1 column 17")
 }
 
 func TestTokenizerVocabSizeUnigram(t *testing.T) {
@@ -238,7 +241,7 @@ func TestCheckRandom(t *testing.T) {
 		}
 	}
 	_, err := Check("random:llama-9")
-	expectErr(t, err, `unknown random model "random:llama-9"; valid: random:llama-3.1-70b, random:llama-3.1-8b, random:llama-3.2-1b`)
+	testcheck.ErrorContains(t, err, `unknown random model "random:llama-9"; valid: random:llama-3.1-70b, random:llama-3.1-8b, random:llama-3.2-1b`)
 }
 
 // TestWeightSizes pins the size conventions: bf16 is 2 bytes a parameter; NF4 is

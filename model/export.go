@@ -14,6 +14,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+
+	"train/format/safetensors"
+	"train/internal/fileio"
 )
 
 // DefaultMaxShardBytes is transformers' default max_shard_size ("5GB").
@@ -25,7 +28,7 @@ var TokenizerFiles = []string{"tokenizer.json", "tokenizer_config.json", "specia
 // WriteHFModel writes w to dir in Hugging Face layout with F32 weights; see
 // WriteHFModelAs.
 func WriteHFModel(dir string, w *Weights, tokenizerDir string, maxShardBytes int64) error {
-	return WriteHFModelAs(dir, w, tokenizerDir, maxShardBytes, DTypeF32)
+	return WriteHFModelAs(dir, w, tokenizerDir, maxShardBytes, safetensors.F32)
 }
 
 // WriteHFModelAs writes every tensor of w (which must hold the whole model) to
@@ -37,8 +40,8 @@ func WriteHFModel(dir string, w *Weights, tokenizerDir string, maxShardBytes int
 // the limit (a tensor larger than the limit alone in its shard). Weight files of
 // an earlier save in dir that this save does not write are removed, as
 // save_pretrained does, so the directory never mixes two layouts.
-func WriteHFModelAs(dir string, w *Weights, tokenizerDir string, maxShardBytes int64, dtype DType) error {
-	if dtype != DTypeF32 && dtype != DTypeBF16 {
+func WriteHFModelAs(dir string, w *Weights, tokenizerDir string, maxShardBytes int64, dtype safetensors.DType) error {
+	if dtype != safetensors.F32 && dtype != safetensors.BF16 {
 		return fmt.Errorf("export %s: dtype %s: Hugging Face export writes F32 or BF16", dir, dtype)
 	}
 	if maxShardBytes <= 0 {
@@ -53,7 +56,7 @@ func WriteHFModelAs(dir string, w *Weights, tokenizerDir string, maxShardBytes i
 	}
 	cfg := w.Config
 	cfg.TorchDType = "float32"
-	if dtype == DTypeBF16 {
+	if dtype == safetensors.BF16 {
 		cfg.TorchDType = "bfloat16"
 	}
 	if cfg.Architecture == "" {
@@ -133,6 +136,15 @@ type namedTensor struct {
 	data  []float32
 }
 
+// CheckWhole reports whether w holds the whole model, every tensor at the size
+// its Config implies, as a file of the whole model (a Hugging Face export, a
+// GGUF) needs; the error names the first tensor that is missing or of the
+// wrong size.
+func (w *Weights) CheckWhole() error {
+	_, err := fullModelTensors(w)
+	return err
+}
+
 // fullModelTensors lists every tensor of the whole model in transformers'
 // state-dict order (embedding; per layer self_attn q,k,v,o, mlp gate,up,down, the
 // two norms; final norm; lm_head unless tied), checking each one's size.
@@ -176,8 +188,8 @@ func fullModelTensors(w *Weights) ([]namedTensor, error) {
 	return out, err
 }
 
-func writeShard(path string, ts []namedTensor, dtype DType) error {
-	var sw SafetensorsWriter
+func writeShard(path string, ts []namedTensor, dtype safetensors.DType) error {
+	var sw safetensors.Writer
 	sw.SetMetadata("format", "pt")
 	for _, t := range ts {
 		if err := sw.AddFloat32(t.name, dtype, t.shape, t.data); err != nil {
@@ -213,7 +225,7 @@ func CopyTokenizerFiles(from, to string) error {
 	found := false
 	for _, name := range TokenizerFiles {
 		src := filepath.Join(from, name)
-		data, err := readFileLimited(src, 256<<20)
+		data, err := fileio.ReadFile(src, 256<<20)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -233,36 +245,8 @@ func CopyTokenizerFiles(from, to string) error {
 
 // writeFileAtomic writes data to path through a synced temporary file and a rename.
 func writeFileAtomic(path string, data []byte) error {
-	return writeAtomic(path, func(w io.Writer) error {
+	return fileio.WriteAtomic(path, func(w io.Writer) error {
 		_, err := w.Write(data)
 		return err
 	})
-}
-
-// writeAtomic writes path through fn into a temporary file beside it, synced and
-// renamed, so a reader never sees half a file.
-func writeAtomic(path string, fn func(io.Writer) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	if err := fn(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return nil
 }

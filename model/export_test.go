@@ -6,32 +6,10 @@ import (
 	"path/filepath"
 	"sort"
 	"testing"
+
+	"train/format/safetensors"
+	"train/internal/testcheck"
 )
-
-func equalTensors(t *testing.T, what string, got, want map[string][]float32, tol float64) {
-	t.Helper()
-	if len(got) != len(want) {
-		t.Fatalf("%s: %d tensors, want %d", what, len(got), len(want))
-	}
-	for name, w := range want {
-		g, ok := got[name]
-		if !ok || len(g) != len(w) {
-			t.Fatalf("%s: tensor %s missing or of length %d, want %d", what, name, len(g), len(w))
-		}
-		for i := range w {
-			if d := float64(g[i]) - float64(w[i]); d > tol*max(1, abs64(float64(w[i]))) || -d > tol*max(1, abs64(float64(w[i]))) {
-				t.Fatalf("%s: %s[%d] = %v, want %v", what, name, i, g[i], w[i])
-			}
-		}
-	}
-}
-
-func abs64(x float64) float64 {
-	if x < 0 {
-		return -x
-	}
-	return x
-}
 
 func TestWriteHFModelRoundTrip(t *testing.T) {
 	for _, src := range []string{"testdata/parity/tiny", "../../shared/models/stories260K"} {
@@ -59,7 +37,7 @@ func TestWriteHFModelRoundTrip(t *testing.T) {
 		if back.Config.TieEmbeddings != w.Config.TieEmbeddings || back.Config.Rope != w.Config.Rope {
 			t.Fatalf("config changed: %+v vs %+v", back.Config, w.Config)
 		}
-		equalTensors(t, src+" single", back.NamedTensors(), want, 0)
+		testcheck.EqualTensors(t, src+" single", back.NamedTensors(), want, 0)
 
 		// Sharded with a small limit, written over the single-file save.
 		var total int64
@@ -110,11 +88,11 @@ func TestWriteHFModelRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		equalTensors(t, src+" sharded", back.NamedTensors(), want, 0)
+		testcheck.EqualTensors(t, src+" sharded", back.NamedTensors(), want, 0)
 
 		// BF16: within bf16 rounding (relative 2^-8).
 		bf := t.TempDir()
-		if err := WriteHFModelAs(bf, w, "", 0, DTypeBF16); err != nil {
+		if err := WriteHFModelAs(bf, w, "", 0, safetensors.BF16); err != nil {
 			t.Fatal(err)
 		}
 		back, err = LoadModel(bf)
@@ -124,7 +102,7 @@ func TestWriteHFModelRoundTrip(t *testing.T) {
 		if back.Config.TorchDType != "bfloat16" {
 			t.Errorf("bf16 export: torch_dtype %q", back.Config.TorchDType)
 		}
-		equalTensors(t, src+" bf16", back.NamedTensors(), want, 1.0/256)
+		testcheck.EqualTensors(t, src+" bf16", back.NamedTensors(), want, 1.0/256)
 	}
 }
 

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"train/format/safetensors"
 )
 
 // FuzzModelIndex writes fuzzed model.safetensors.index.json bytes beside two real
@@ -16,8 +18,8 @@ func FuzzModelIndex(f *testing.F) {
 	base := f.TempDir()
 	shards := []string{"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"}
 	for i, name := range shards {
-		var w SafetensorsWriter
-		w.AddFloat32(string(rune('a'+i)), DTypeF32, []int{2}, []float32{1, 2})
+		var w safetensors.Writer
+		w.AddFloat32(string(rune('a'+i)), safetensors.F32, []int{2}, []float32{1, 2})
 		out, err := os.Create(filepath.Join(base, name))
 		if err != nil {
 			f.Fatal(err)

@@ -11,56 +11,46 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"strconv"
+
+	"train/internal/fileio"
 )
 
-// Bounds on sizes read from config.json: far above any real model (Llama 3.1 405B
-// has hidden 16384, 126 layers, 128 heads, intermediate 53248), far below what
-// would make an int product overflow or an allocation absurd.
+// maxConfigBytes bounds the size of a config.json.
+const maxConfigBytes = 16 << 20
+
+// Bounds on sizes read from a model's configuration (config.json or a GGUF
+// header): far above any real model (Llama 3.1 405B has hidden 16384, 126
+// layers, 128 heads, intermediate 53248), far below what would make an int
+// product overflow or an allocation absurd.
 const (
-	maxConfigBytes   = 16 << 20
-	maxHFHidden      = 1 << 17
-	maxHFIntermed    = 1 << 20
-	maxHFLayers      = 1024
-	maxHFHeads       = 1 << 12
-	maxHFHeadDim     = 1 << 12
-	maxHFVocab       = 1 << 24
-	maxHFPositions   = 1 << 28
-	maxHFTokenID     = 1 << 30
-	defaultMaxPos    = 2048 // LlamaConfig defaults
-	defaultRMSEps    = 1e-6
-	defaultRopeTheta = 10000
+	MaxHiddenSize       = 1 << 17
+	MaxIntermediateSize = 1 << 20
+	MaxLayers           = 1024
+	MaxHeads            = 1 << 12
+	MaxHeadDim          = 1 << 12
+	MaxVocabSize        = 1 << 24
+	MaxPositions        = 1 << 28 // max_position_embeddings and original_max_position_embeddings
+	MaxTokenID          = 1 << 30
+)
+
+// Defaults of transformers' LlamaConfig, for a key a configuration leaves out.
+const (
+	DefaultMaxPositions = 2048
+	DefaultRMSNormEps   = 1e-6
+	DefaultRopeTheta    = 10000
 )
 
 // LoadConfig reads dir/config.json.
 func LoadConfig(dir string) (Config, error) {
 	path := filepath.Join(dir, "config.json")
-	data, err := readFileLimited(path, maxConfigBytes)
+	data, err := fileio.ReadFile(path, maxConfigBytes)
 	if err != nil {
 		return Config{}, err
 	}
 	return ParseConfig(path, data)
-}
-
-// readFileLimited reads a whole file, refusing one larger than limit bytes.
-func readFileLimited(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s: larger than the %d-byte limit for this file", path, limit)
-	}
-	return data, nil
 }
 
 // ParseConfig decodes the contents of a config.json; name is used in errors.
@@ -92,11 +82,14 @@ func ParseConfig(name string, data []byte) (Config, error) {
 		return err
 	})
 	get(func() (e error) { c.ModelType, e = o.str("model_type", ""); return })
-	get(func() (e error) { c.HiddenSize, e = o.intRequired("hidden_size", 1, maxHFHidden); return })
-	get(func() (e error) { c.IntermediateSize, e = o.intRequired("intermediate_size", 1, maxHFIntermed); return })
-	get(func() (e error) { c.NumLayers, e = o.intRequired("num_hidden_layers", 1, maxHFLayers); return })
-	get(func() (e error) { c.NumHeads, e = o.intRequired("num_attention_heads", 1, maxHFHeads); return })
-	get(func() (e error) { c.NumKVHeads, e = o.int("num_key_value_heads", c.NumHeads, 1, maxHFHeads); return })
+	get(func() (e error) { c.HiddenSize, e = o.intRequired("hidden_size", 1, MaxHiddenSize); return })
+	get(func() (e error) {
+		c.IntermediateSize, e = o.intRequired("intermediate_size", 1, MaxIntermediateSize)
+		return
+	})
+	get(func() (e error) { c.NumLayers, e = o.intRequired("num_hidden_layers", 1, MaxLayers); return })
+	get(func() (e error) { c.NumHeads, e = o.intRequired("num_attention_heads", 1, MaxHeads); return })
+	get(func() (e error) { c.NumKVHeads, e = o.int("num_key_value_heads", c.NumHeads, 1, MaxHeads); return })
 	get(func() (e error) {
 		// Without head_dim transformers uses hidden_size // num_attention_heads. When
 		// that division is not exact the model cannot be built; HeadDim 0 records it
@@ -105,21 +98,21 @@ func ParseConfig(name string, data []byte) (Config, error) {
 		if c.NumHeads > 0 && c.HiddenSize%c.NumHeads == 0 {
 			def = c.HiddenSize / c.NumHeads
 		}
-		c.HeadDim, e = o.int("head_dim", def, 1, maxHFHeadDim)
+		c.HeadDim, e = o.int("head_dim", def, 1, MaxHeadDim)
 		return
 	})
-	get(func() (e error) { c.VocabSize, e = o.intRequired("vocab_size", 1, maxHFVocab); return })
+	get(func() (e error) { c.VocabSize, e = o.intRequired("vocab_size", 1, MaxVocabSize); return })
 	get(func() (e error) {
-		c.MaxPositions, e = o.int("max_position_embeddings", defaultMaxPos, 1, maxHFPositions)
+		c.MaxPositions, e = o.int("max_position_embeddings", DefaultMaxPositions, 1, MaxPositions)
 		return
 	})
-	get(func() (e error) { c.RMSNormEps, e = o.float("rms_norm_eps", defaultRMSEps, 0, 1); return })
+	get(func() (e error) { c.RMSNormEps, e = o.float("rms_norm_eps", DefaultRMSNormEps, 0, 1); return })
 	get(func() (e error) { c.TieEmbeddings, e = o.bool("tie_word_embeddings", false); return })
 	get(func() (e error) { c.HiddenAct, e = o.str("hidden_act", "silu"); return })
 	get(func() (e error) { c.AttentionBias, e = o.bool("attention_bias", false); return })
 	get(func() (e error) { c.MLPBias, e = o.bool("mlp_bias", false); return })
-	get(func() (e error) { c.BOSTokenID, e = o.int("bos_token_id", -1, 0, maxHFTokenID); return })
-	get(func() (e error) { c.EOSTokenIDs, e = o.intOrInts("eos_token_id", 0, maxHFTokenID); return })
+	get(func() (e error) { c.BOSTokenID, e = o.int("bos_token_id", -1, 0, MaxTokenID); return })
+	get(func() (e error) { c.EOSTokenIDs, e = o.intOrInts("eos_token_id", 0, MaxTokenID); return })
 	get(func() (e error) {
 		// transformers 5 writes "dtype"; older versions "torch_dtype".
 		c.TorchDType, e = o.str("dtype", "")
@@ -140,7 +133,7 @@ func ParseConfig(name string, data []byte) (Config, error) {
 // rope_theta inside (5.x).
 func parseRope(top hfObject) (Rope, error) {
 	r := Rope{}
-	theta, err := top.float("rope_theta", defaultRopeTheta, 0, math.MaxFloat64)
+	theta, err := top.float("rope_theta", DefaultRopeTheta, 0, math.MaxFloat64)
 	if err != nil {
 		return r, err
 	}
@@ -206,7 +199,7 @@ func parseRope(top hfObject) (Rope, error) {
 		if !sc.has("original_max_position_embeddings") {
 			return r, fmt.Errorf("%s: %soriginal_max_position_embeddings: required for rope type %s", sc.file, sc.prefix, r.Type)
 		}
-		if r.OriginalMaxPositionEmbeddings, err = sc.int("original_max_position_embeddings", 0, 1, maxHFPositions); err != nil {
+		if r.OriginalMaxPositionEmbeddings, err = sc.int("original_max_position_embeddings", 0, 1, MaxPositions); err != nil {
 			return r, err
 		}
 	}
@@ -436,4 +429,13 @@ func MarshalConfig(c Config) ([]byte, error) {
 		return nil, fmt.Errorf("encoding config.json: %w", err)
 	}
 	return append(data, '\n'), nil
+}
+
+// clipJSON shortens raw JSON for an error message.
+func clipJSON(raw []byte) string {
+	const max = 80
+	if len(raw) > max {
+		return string(raw[:max]) + "..."
+	}
+	return string(raw)
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"train/internal/testcheck"
 )
 
 // storiesDir is the real pretrained model in ../shared; tests that need it skip
@@ -186,7 +188,7 @@ func TestParseConfigErrors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ParseConfig("m/config.json", c.doc)
-			expectErr(t, err, c.want)
+			testcheck.ErrorContains(t, err, c.want)
 		})
 	}
 }
@@ -194,10 +196,10 @@ func TestParseConfigErrors(t *testing.T) {
 func TestLoadConfigFiles(t *testing.T) {
 	dir := t.TempDir()
 	_, err := LoadConfig(dir)
-	expectErr(t, err, filepath.Join(dir, "config.json"))
+	testcheck.ErrorContains(t, err, filepath.Join(dir, "config.json"))
 	os.WriteFile(filepath.Join(dir, "config.json"), []byte("not json"), 0o644)
 	_, err = LoadConfig(dir)
-	expectErr(t, err, filepath.Join(dir, "config.json")+": not a JSON object: line 1 column 2")
+	testcheck.ErrorContains(t, err, filepath.Join(dir, "config.json")+": not a JSON object: line 1 column 2")
 }
 
 func TestLoadConfigStories(t *testing.T) {
@@ -261,8 +263,8 @@ func FuzzParseConfig(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if c.HiddenSize < 1 || c.HiddenSize > maxHFHidden || c.NumLayers < 1 || c.NumLayers > maxHFLayers ||
-			c.VocabSize < 1 || c.VocabSize > maxHFVocab || c.HeadDim < 0 || c.HeadDim > maxHFHeadDim || c.NumKVHeads < 1 {
+		if c.HiddenSize < 1 || c.HiddenSize > MaxHiddenSize || c.NumLayers < 1 || c.NumLayers > MaxLayers ||
+			c.VocabSize < 1 || c.VocabSize > MaxVocabSize || c.HeadDim < 0 || c.HeadDim > MaxHeadDim || c.NumKVHeads < 1 {
 			t.Fatalf("out of bounds: %+v", c)
 		}
 		_ = c.Incompatibilities()

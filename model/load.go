@@ -13,8 +13,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+
+	"train/format/safetensors"
+	"train/internal/fileio"
 )
 
 const (
@@ -28,28 +32,28 @@ const (
 // validated, and each tensor name mapped to the file holding it.
 type ModelDir struct {
 	Dir   string
-	Files []*SafetensorsFile // in the order listed (one file, or the shards sorted by name)
-	where map[string]*SafetensorsFile
+	Files []*safetensors.File // in the order listed (one file, or the shards sorted by name)
+	where map[string]*safetensors.File
 }
 
 // OpenModelDir opens the weights of the model in dir. It prefers model.safetensors,
 // as transformers does, and otherwise follows model.safetensors.index.json.
 func OpenModelDir(dir string) (*ModelDir, error) {
-	m := &ModelDir{Dir: dir, where: map[string]*SafetensorsFile{}}
+	m := &ModelDir{Dir: dir, where: map[string]*safetensors.File{}}
 	single := filepath.Join(dir, singleWeightsFile)
 	if _, err := os.Stat(single); err == nil {
-		f, err := OpenSafetensors(single)
+		f, err := safetensors.Open(single)
 		if err != nil {
 			return nil, err
 		}
-		m.Files = []*SafetensorsFile{f}
+		m.Files = []*safetensors.File{f}
 		for _, t := range f.Tensors() {
 			m.where[t.Name] = f
 		}
 		return m, nil
 	}
 	indexPath := filepath.Join(dir, weightsIndexFile)
-	data, err := readFileLimited(indexPath, maxIndexBytes)
+	data, err := fileio.ReadFile(indexPath, maxIndexBytes)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, noWeightsError(dir)
 	}
@@ -82,7 +86,7 @@ func OpenModelDir(dir string) (*ModelDir, error) {
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		f, err := OpenSafetensors(filepath.Join(dir, name))
+		f, err := safetensors.Open(filepath.Join(dir, name))
 		if err != nil {
 			m.Close()
 			if errors.Is(err, fs.ErrNotExist) {
@@ -140,8 +144,8 @@ func (m *ModelDir) Close() error {
 }
 
 // Tensors lists every tensor of the model, sorted by name.
-func (m *ModelDir) Tensors() []TensorInfo {
-	var out []TensorInfo
+func (m *ModelDir) Tensors() []safetensors.TensorInfo {
+	var out []safetensors.TensorInfo
 	for name, f := range m.where {
 		t, _ := f.Tensor(name)
 		out = append(out, t)
@@ -151,10 +155,10 @@ func (m *ModelDir) Tensors() []TensorInfo {
 }
 
 // Tensor returns the named tensor's header entry and the file holding it.
-func (m *ModelDir) Tensor(name string) (TensorInfo, *SafetensorsFile, bool) {
+func (m *ModelDir) Tensor(name string) (safetensors.TensorInfo, *safetensors.File, bool) {
 	f, ok := m.where[name]
 	if !ok {
-		return TensorInfo{}, nil, false
+		return safetensors.TensorInfo{}, nil, false
 	}
 	t, _ := f.Tensor(name)
 	return t, f, true
@@ -176,23 +180,11 @@ func (m *ModelDir) readExpected(name string, shape []int) ([]float32, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s: missing tensor %s (expected shape %v)", m.Dir, name, shape)
 	}
-	if !equalShape(t.Shape, shape) {
+	if !slices.Equal(t.Shape, shape) {
 		return nil, fmt.Errorf("%s: tensor %s has shape %v, but config.json implies %v", f.Name, name, t.Shape, shape)
 	}
 	data, _, err := f.ReadFloat32(name)
 	return data, err
-}
-
-func equalShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // LoadWeights reads the weights one process holds: decoder layers [lo, hi), the

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"testing"
 
+	"train/format/safetensors"
+	"train/internal/testcheck"
 	"train/ops"
 )
 
@@ -20,11 +22,11 @@ import (
 // reshaped or added to make it broken, and a tokenizer.json of tokenizerVocab ids.
 type testModelDir struct {
 	cfg            Config
-	dtype          DType
+	dtype          safetensors.DType
 	shards         int
 	drop           []string
 	reshape        map[string][]int
-	rawDType       map[string]DType // store these tensors as zero bytes of this dtype
+	rawDType       map[string]safetensors.DType // store these tensors as zero bytes of this dtype
 	extra          map[string][]int
 	keepLMHead     bool // write lm_head.weight even when tied
 	configEdit     func(m map[string]any)
@@ -75,10 +77,10 @@ func (s testModelDir) write(t *testing.T) (string, *Weights) {
 	sort.Strings(names)
 	dtype := s.dtype
 	if dtype == "" {
-		dtype = DTypeF32
+		dtype = safetensors.F32
 	}
 	nfiles := max(s.shards, 1)
-	writers := make([]SafetensorsWriter, nfiles)
+	writers := make([]safetensors.Writer, nfiles)
 	weightMap := map[string]string{}
 	for i, n := range names {
 		k := i * nfiles / len(names)
@@ -180,7 +182,7 @@ func TestLoadWeightsSingleFile(t *testing.T) {
 
 func TestLoadWeightsBF16(t *testing.T) {
 	cfg := tinyConfig(t)
-	dir, want := testModelDir{cfg: cfg, dtype: DTypeBF16}.write(t)
+	dir, want := testModelDir{cfg: cfg, dtype: safetensors.BF16}.write(t)
 	got, err := LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
 	if err != nil {
 		t.Fatal(err)
@@ -230,7 +232,7 @@ func TestLoadWeightsShardedPart(t *testing.T) {
 	_, keep, _ := m.Tensor(LayerTensorName(0, "q_proj"))
 	for _, f := range m.Files {
 		if f != keep {
-			if err := os.Truncate(f.Name, f.dataStart); err != nil {
+			if err := os.Truncate(f.Name, dataStart(t, f.Name)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -245,7 +247,23 @@ func TestLoadWeightsShardedPart(t *testing.T) {
 		}
 	}
 	_, err = m.LoadWeights(cfg, 0, cfg.NumLayers, true, true)
-	expectErr(t, err, "file truncated since it was opened?")
+	testcheck.ErrorContains(t, err, "file truncated since it was opened?")
+}
+
+// dataStart is the offset of the data section of the safetensors file at path:
+// after the 8-byte header length and the header.
+func dataStart(t *testing.T, path string) int64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var n uint64
+	if err := binary.Read(f, binary.LittleEndian, &n); err != nil {
+		t.Fatal(err)
+	}
+	return 8 + int64(n)
 }
 
 func TestLoadWeightsTied(t *testing.T) {
@@ -270,21 +288,21 @@ func TestLoadWeightsErrors(t *testing.T) {
 
 	dir, _ := testModelDir{cfg: cfg, reshape: map[string][]int{LayerTensorName(1, "q_proj"): {32, 64}}}.write(t)
 	_, err := LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
-	expectErr(t, err, "model.safetensors: tensor model.layers.1.self_attn.q_proj.weight has shape [32 64], but config.json implies [64 64]")
+	testcheck.ErrorContains(t, err, "model.safetensors: tensor model.layers.1.self_attn.q_proj.weight has shape [32 64], but config.json implies [64 64]")
 
 	dir, _ = testModelDir{cfg: cfg, drop: []string{LayerTensorName(2, "up_proj")}}.write(t)
 	_, err = LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
-	expectErr(t, err, dir+": missing tensor model.layers.2.mlp.up_proj.weight (expected shape [176 64])")
+	testcheck.ErrorContains(t, err, dir+": missing tensor model.layers.2.mlp.up_proj.weight (expected shape [176 64])")
 	if _, err = LoadWeights(dir, cfg, 0, 2, true, true); err != nil {
 		t.Errorf("layers [0,2) do not need the missing tensor: %v", err)
 	}
 
-	dir, _ = testModelDir{cfg: cfg, rawDType: map[string]DType{"model.norm.weight": DTypeI32}}.write(t)
+	dir, _ = testModelDir{cfg: cfg, rawDType: map[string]safetensors.DType{"model.norm.weight": safetensors.I32}}.write(t)
 	_, err = LoadWeights(dir, cfg, 0, cfg.NumLayers, true, true)
-	expectErr(t, err, "tensor model.norm.weight: dtype I32 cannot be read as floats")
+	testcheck.ErrorContains(t, err, "tensor model.norm.weight: dtype I32 cannot be read as floats")
 
 	_, err = LoadWeights(dir, cfg, 2, 9, true, true)
-	expectErr(t, err, "layer range [2,9) is outside the model's 4 layers")
+	testcheck.ErrorContains(t, err, "layer range [2,9) is outside the model's 4 layers")
 }
 
 func TestOpenModelDirErrors(t *testing.T) {
@@ -294,7 +312,7 @@ func TestOpenModelDirErrors(t *testing.T) {
 	dir, _ := testModelDir{cfg: cfg, shards: 3}.write(t)
 	os.Remove(filepath.Join(dir, shard(2)))
 	_, err := OpenModelDir(dir)
-	expectErr(t, err, filepath.Join(dir, weightsIndexFile)+": shard "+shard(2)+" named in the index is missing")
+	testcheck.ErrorContains(t, err, filepath.Join(dir, weightsIndexFile)+": shard "+shard(2)+" named in the index is missing")
 
 	editIndex := func(dir string, f func(wm map[string]any)) {
 		path := filepath.Join(dir, weightsIndexFile)
@@ -307,27 +325,27 @@ func TestOpenModelDirErrors(t *testing.T) {
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
 	editIndex(dir, func(wm map[string]any) { wm["model.norm.weight"] = shard(1) })
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, "tensor model.norm.weight is mapped to "+shard(1)+", which does not contain it")
+	testcheck.ErrorContains(t, err, "tensor model.norm.weight is mapped to "+shard(1)+", which does not contain it")
 
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
 	editIndex(dir, func(wm map[string]any) { wm["model.norm.weight"] = "../" + shard(3) })
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, `tensor model.norm.weight: shard name "../`+shard(3)+`" is not a plain file name`)
+	testcheck.ErrorContains(t, err, `tensor model.norm.weight: shard name "../`+shard(3)+`" is not a plain file name`)
 
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
 	os.WriteFile(filepath.Join(dir, weightsIndexFile), []byte(`{"weight_map": [}`), 0o644)
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, weightsIndexFile+": not a safetensors index: line 1 column 17")
+	testcheck.ErrorContains(t, err, weightsIndexFile+": not a safetensors index: line 1 column 17")
 
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
 	os.WriteFile(filepath.Join(dir, weightsIndexFile), []byte(`{"metadata": {}}`), 0o644)
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, "weight_map is missing or empty")
+	testcheck.ErrorContains(t, err, "weight_map is missing or empty")
 
 	dir = t.TempDir()
 	os.WriteFile(filepath.Join(dir, "pytorch_model.bin"), nil, 0o644)
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, dir+": no model.safetensors or model.safetensors.index.json (found pytorch_model.bin; train reads Hugging Face safetensors only)")
+	testcheck.ErrorContains(t, err, dir+": no model.safetensors or model.safetensors.index.json (found pytorch_model.bin; train reads Hugging Face safetensors only)")
 
 	// A corrupt shard is reported with its own name.
 	dir, _ = testModelDir{cfg: cfg, shards: 3}.write(t)
@@ -336,7 +354,7 @@ func TestOpenModelDirErrors(t *testing.T) {
 	f.WriteAt(binary.LittleEndian.AppendUint64(nil, 1<<40), 0)
 	f.Close()
 	_, err = OpenModelDir(dir)
-	expectErr(t, err, path+": header length 1099511627776 exceeds")
+	testcheck.ErrorContains(t, err, path+": header length 1099511627776 exceeds")
 }
 
 func TestLoadModelStories(t *testing.T) {

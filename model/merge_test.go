@@ -1,17 +1,19 @@
-package model
+package model_test
 
 import (
 	"math"
 	"testing"
 
+	"train/format/peft"
+	"train/model"
 	"train/ops"
 )
 
 // forwardLogits runs the model w (with adapter l when not nil) on the parity
 // fixture's input and returns its logits.
-func forwardLogits(t *testing.T, w *Weights, l *LoRA, in parityInputs) []float32 {
+func forwardLogits(t *testing.T, w *model.Weights, l *model.LoRA, in parityInputs) []float32 {
 	t.Helper()
-	m, err := NewModel(ops.NewCPU(), w, Options{LoRA: l})
+	m, err := model.NewModel(ops.NewCPU(), w, model.Options{LoRA: l})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,17 +44,17 @@ func relL2F32(a, b []float32) float64 {
 
 func TestMergeLoRAForwardEqual(t *testing.T) {
 	for _, dir := range []string{"testdata/parity/lora", "testdata/parity/rslora"} {
-		w, err := LoadModel("testdata/parity/tiny")
+		w, err := model.LoadModel("testdata/parity/tiny")
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, err := ReadPEFTAdapter(dir, w.Config)
+		l, err := peft.Read(dir, w.Config)
 		if err != nil {
 			t.Fatal(err)
 		}
 		in := readParityInputs(t, dir)
 		want := forwardLogits(t, w, l, in)
-		if err := MergeLoRA(w, l); err != nil {
+		if err := model.MergeLoRA(w, l); err != nil {
 			t.Fatal(err)
 		}
 		got := forwardLogits(t, w, nil, in)
@@ -61,7 +63,7 @@ func TestMergeLoRAForwardEqual(t *testing.T) {
 		} else {
 			t.Logf("%s: merged vs base+adapter logits: relative L2 %.2g", dir, d)
 		}
-		base, err := LoadModel("testdata/parity/tiny")
+		base, err := model.LoadModel("testdata/parity/tiny")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,17 +74,17 @@ func TestMergeLoRAForwardEqual(t *testing.T) {
 }
 
 func TestMergeLoRARejectsMismatch(t *testing.T) {
-	w, err := LoadModel("testdata/parity/tiny")
+	w, err := model.LoadModel("testdata/parity/tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ReadPEFTAdapter("testdata/parity/lora", w.Config)
+	l, err := peft.Read("testdata/parity/lora", w.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	before := append([]float32(nil), w.Layers[1].Q...)
 	l.Layers[1]["down_proj"].B = l.Layers[1]["down_proj"].B[:3]
-	if err := MergeLoRA(w, l); err == nil {
+	if err := model.MergeLoRA(w, l); err == nil {
 		t.Fatal("merge accepted a truncated lora_B")
 	}
 	for i := range before {
@@ -91,7 +93,7 @@ func TestMergeLoRARejectsMismatch(t *testing.T) {
 		}
 	}
 	l.Layers = l.Layers[:1]
-	if err := MergeLoRA(w, l); err == nil {
+	if err := model.MergeLoRA(w, l); err == nil {
 		t.Fatal("merge accepted an adapter with too few layers")
 	}
 }

@@ -1,4 +1,4 @@
-package model
+package model_test
 
 import (
 	"encoding/json"
@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"train/format/peft"
+	"train/format/safetensors"
+	"train/model"
 	"train/ops"
 )
 
@@ -36,8 +39,8 @@ func readParityInputs(t *testing.T, dir string) parityInputs {
 	return in
 }
 
-func parityBatch(in parityInputs) *Batch {
-	b := &Batch{B: len(in.InputIDs), T: len(in.InputIDs[0])}
+func parityBatch(in parityInputs) *model.Batch {
+	b := &model.Batch{B: len(in.InputIDs), T: len(in.InputIDs[0])}
 	for r := range in.InputIDs {
 		for t := range in.InputIDs[r] {
 			b.IDs = append(b.IDs, int32(in.InputIDs[r][t]))
@@ -64,19 +67,19 @@ func relL2(got []float32, want []float64) float64 {
 // runParity runs forward and backward on the fixture in dir (base model in
 // testdata/parity/tiny, adapter when lora is set) and compares with its reference.
 func runParity(t *testing.T, dir string, withLoRA bool) {
-	w, err := LoadModel("testdata/parity/tiny")
+	w, err := model.LoadModel("testdata/parity/tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
-	opt := Options{}
+	opt := model.Options{}
 	if withLoRA {
-		l, err := ReadPEFTAdapter(dir, w.Config)
+		l, err := peft.Read(dir, w.Config)
 		if err != nil {
 			t.Fatal(err)
 		}
 		opt.LoRA = l
 	}
-	m, err := NewModel(ops.NewCPU(), w, opt)
+	m, err := model.NewModel(ops.NewCPU(), w, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +94,7 @@ func runParity(t *testing.T, dir string, withLoRA bool) {
 	if rel := math.Abs(loss-in.Loss) / math.Abs(in.Loss); rel > 1e-5 {
 		t.Errorf("loss %.9g, transformers %.9g: relative error %.2g > 1e-5", loss, in.Loss, rel)
 	}
-	ref, err := OpenSafetensors(filepath.Join(dir, "reference.safetensors"))
+	ref, err := safetensors.Open(filepath.Join(dir, "reference.safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,11 +163,11 @@ func TestParityStories260K(t *testing.T) {
 	if _, err := os.Stat(dir); err != nil {
 		t.Skipf("the real model is not here (%v): run from a checkout beside ../shared", err)
 	}
-	w, err := LoadModel(dir)
+	w, err := model.LoadModel(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := NewModel(ops.NewCPU(), w, Options{})
+	m, err := model.NewModel(ops.NewCPU(), w, model.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +188,7 @@ func TestParityStories260K(t *testing.T) {
 		if err := json.Unmarshal(ref[key], &seq); err != nil {
 			t.Fatal(err)
 		}
-		b := &Batch{B: 1, T: len(seq.InputIDs)}
+		b := &model.Batch{B: 1, T: len(seq.InputIDs)}
 		for _, id := range seq.InputIDs {
 			b.IDs = append(b.IDs, int32(id))
 		}
@@ -225,7 +228,7 @@ func TestParityStories260K(t *testing.T) {
 // rope scaling removed from its config the loss must move well beyond the parity
 // tolerance, or the parity test would not notice scaling done wrong.
 func TestParityFixtureNeedsRopeScaling(t *testing.T) {
-	w, err := LoadModel("testdata/parity/tiny")
+	w, err := model.LoadModel("testdata/parity/tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +236,7 @@ func TestParityFixtureNeedsRopeScaling(t *testing.T) {
 		t.Fatalf("fixture rope type %q, want llama3", w.Config.Rope.Type)
 	}
 	w.Config.Rope.Type = "default"
-	m, err := NewModel(ops.NewCPU(), w, Options{})
+	m, err := model.NewModel(ops.NewCPU(), w, model.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

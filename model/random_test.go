@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"runtime"
 	"testing"
+
+	"train/internal/testcheck"
 )
 
 func TestRandomConfigNames(t *testing.T) {
@@ -33,7 +35,7 @@ func TestRandomConfigNames(t *testing.T) {
 		t.Error("RandomConfig returned shared state")
 	}
 	_, err := RandomConfig("random:gpt2")
-	expectErr(t, err, `unknown random model "random:gpt2"; valid: random:llama-3.1-70b, random:llama-3.1-8b, random:llama-3.2-1b, random:llama-3.2-3b, random:small, random:tiny`)
+	testcheck.ErrorContains(t, err, `unknown random model "random:gpt2"; valid: random:llama-3.1-70b, random:llama-3.1-8b, random:llama-3.2-1b, random:llama-3.2-3b, random:small, random:tiny`)
 }
 
 func TestRandomWeightsDeterministic(t *testing.T) {
@@ -102,12 +104,12 @@ func TestRandomWeightsBudget(t *testing.T) {
 		t.Errorf("HostBytes = %d", got)
 	}
 	_, err := RandomWeights(c, 0, 0, c.NumLayers, true, true, 64<<30)
-	expectErr(t, err, "random weights: layers [0,80) take 262.8 GiB of float32 host memory, more than the 64.0 GiB allowed")
+	testcheck.ErrorContains(t, err, "random weights: layers [0,80) take 262.8 GiB of float32 host memory, more than the 64.0 GiB allowed")
 	_, err = RandomWeights(c, 0, 0, 81, true, true, 64<<30)
-	expectErr(t, err, "layer range [0,81) is outside the model's 80 layers")
+	testcheck.ErrorContains(t, err, "layer range [0,81) is outside the model's 80 layers")
 	// One 70B layer alone is 3.2 GiB.
 	_, err = RandomWeights(c, 0, 40, 41, false, false, 3<<30)
-	expectErr(t, err, "layers [40,41) take 3.2 GiB")
+	testcheck.ErrorContains(t, err, "layers [40,41) take 3.2 GiB")
 	// A budget of exactly what is needed is enough.
 	tiny := tinyConfig(t)
 	if _, err := RandomWeights(tiny, 0, 0, 4, true, true, tiny.HostBytes(0, 4, true, true)); err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"train/ckpt"
 	"train/config"
+	"train/format"
 	"train/model"
 )
 
@@ -254,7 +255,7 @@ func LoadCheckpointModel(dir, modelPath string) (*model.Weights, *model.LoRA, st
 	if model.IsRandomModel(modelPath) {
 		w, err = model.LoadSource(modelPath, cfg.Seed)
 	} else {
-		w, err = model.LoadAny(modelPath)
+		w, err = format.LoadModel(modelPath)
 	}
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("base model %s (named by the checkpoint): %w", modelPath, err)

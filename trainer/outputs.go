@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"train/collective"
+	"train/format/peft"
+	"train/format/safetensors"
 	"train/model"
 )
 
@@ -78,7 +80,7 @@ func (t *trainer) saveOutputs(w *model.Weights) (string, error) {
 		return "", err
 	}
 	dir := filepath.Join(t.cfg.RunDir, "adapter")
-	if err := model.WritePEFTAdapter(dir, l, &w.Config, t.cfg.Model); err != nil {
+	if err := peft.Write(dir, l, &w.Config, t.cfg.Model); err != nil {
 		return "", err
 	}
 	return ", adapter/ in peft format", nil
@@ -98,14 +100,14 @@ func (t *trainer) saveModel(w *model.Weights, ts map[string][]float32) (string, 
 	if err := os.WriteFile(filepath.Join(dir, "config.json"), cfgJSON, 0o644); err != nil {
 		return "", fmt.Errorf("save model: %w", err)
 	}
-	var st model.SafetensorsWriter
+	var st safetensors.Writer
 	st.SetMetadata("format", "pt")
 	for _, spec := range w.Config.ExpectedTensors() {
 		v, ok := ts[spec.Name]
 		if !ok {
 			return "", fmt.Errorf("save model: no rank sent %s", spec.Name)
 		}
-		if err := st.AddFloat32(spec.Name, model.DTypeF32, spec.Shape, v); err != nil {
+		if err := st.AddFloat32(spec.Name, safetensors.F32, spec.Shape, v); err != nil {
 			return "", fmt.Errorf("save model: %w", err)
 		}
 	}
@@ -137,9 +139,9 @@ func (t *trainer) gatherTensors() (map[string][]float32, error) {
 		return own, nil
 	}
 	if !d.IsRoot() {
-		var w model.SafetensorsWriter
+		var w safetensors.Writer
 		for _, v := range t.flat.views {
-			if err := w.AddFloat32(v.p.Name, model.DTypeF32, v.p.Shape, own[v.p.Name]); err != nil {
+			if err := w.AddFloat32(v.p.Name, safetensors.F32, v.p.Shape, own[v.p.Name]); err != nil {
 				return nil, err
 			}
 		}
@@ -164,7 +166,7 @@ func (t *trainer) gatherTensors() (map[string][]float32, error) {
 		if err := d.world.Recv(collective.Bytes(blob), s); err != nil {
 			return nil, err
 		}
-		st, err := model.ParseSafetensors(fmt.Sprintf("rank %d's tensors", s), bytes.NewReader(blob), int64(len(blob)))
+		st, err := safetensors.Parse(fmt.Sprintf("rank %d's tensors", s), bytes.NewReader(blob), int64(len(blob)))
 		if err != nil {
 			return nil, err
 		}

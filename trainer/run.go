@@ -16,6 +16,7 @@ import (
 	"train/config"
 	"train/data"
 	"train/device"
+	"train/format/peft"
 	"train/host"
 	"train/kernels"
 	"train/model"
@@ -347,7 +348,7 @@ func newAdapter(cfg config.Config, mc *model.Config) (*model.LoRA, error) {
 	if err != nil || cfg.LoRA.InitAdapter == "" {
 		return l, err
 	}
-	init, err := model.ReadPEFTAdapter(cfg.LoRA.InitAdapter, *mc)
+	init, err := peft.Read(cfg.LoRA.InitAdapter, *mc)
 	if err != nil {
 		return nil, err
 	}

@@ -1,20 +1,30 @@
-package model
-
-// Safetensors is the format Hugging Face stores weights in:
+// Package safetensors reads and writes safetensors files, the format Hugging
+// Face stores weights in:
 //
 //	u64 little-endian N | N bytes of JSON header | data section
 //
 // The header maps each tensor name to {"dtype", "shape", "data_offsets": [begin, end]}
 // with offsets relative to the start of the data section, plus an optional
-// "__metadata__" object of string values. Every number in the header comes from a
-// file we do not trust, so the reader bounds the header length, checks every offset
-// against the data section, rejects overlapping tensors, and checks that each byte
-// range holds exactly product(shape) elements of the dtype (with overflow checks)
-// before anything is allocated from those numbers. Tensors are read one at a time
-// with ReadAt, so a pipeline stage reads only the layers it holds.
+// "__metadata__" object of string values.
+//
+// The reader (Open, Parse, File) trusts nothing in a file: it bounds the header
+// length, checks every offset against the data section, rejects overlapping
+// tensors, and checks that each byte range holds exactly product(shape)
+// elements of the dtype (with overflow checks) before anything is allocated from
+// those numbers. Tensors are read one at a time with ReadAt, so a pipeline
+// stage reads only the layers it holds, and converted to float32, float64 or
+// int64 as the caller asks.
+//
+// The writer (Writer) lays tensors out as Hugging Face's writer does, widest
+// dtype first and then by name, so every tensor is aligned to its element size
+// and the same tensors always give the same bytes.
+//
+// The tests cover a round trip of every dtype, every way a header can lie, a
+// file truncated on disk or after it was opened, and a fuzz target
+// (FuzzSafetensorsHeader) that feeds arbitrary bytes to the parser.
+package safetensors
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -22,18 +32,16 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"sort"
-	"strings"
 
-	"train/ops"
+	"train/format/internal/float16"
+	"train/internal/fileio"
 )
 
-// MaxSafetensorsHeader bounds the JSON header of a safetensors file. Hugging Face's
+// MaxHeader bounds the JSON header of a safetensors file. Hugging Face's
 // own reader uses the same 100 MiB limit; a real header for an 80-layer model is
 // well under 100 KiB.
-const MaxSafetensorsHeader = 100 << 20
+const MaxHeader = 100 << 20
 
 // maxTensorRank bounds the number of dimensions of one tensor.
 const maxTensorRank = 16
@@ -44,33 +52,33 @@ type DType string
 // The dtypes the safetensors format defines. F64, F32, F16 and BF16 can be
 // read as float32 or float64; I64 and I32 can be read as int64.
 const (
-	DTypeF64    DType = "F64"
-	DTypeF32    DType = "F32"
-	DTypeF16    DType = "F16"
-	DTypeBF16   DType = "BF16"
-	DTypeI64    DType = "I64"
-	DTypeI32    DType = "I32"
-	DTypeI16    DType = "I16"
-	DTypeI8     DType = "I8"
-	DTypeU64    DType = "U64"
-	DTypeU32    DType = "U32"
-	DTypeU16    DType = "U16"
-	DTypeU8     DType = "U8"
-	DTypeBOOL   DType = "BOOL"
-	DTypeF8E4M3 DType = "F8_E4M3"
-	DTypeF8E5M2 DType = "F8_E5M2"
+	F64    DType = "F64"
+	F32    DType = "F32"
+	F16    DType = "F16"
+	BF16   DType = "BF16"
+	I64    DType = "I64"
+	I32    DType = "I32"
+	I16    DType = "I16"
+	I8     DType = "I8"
+	U64    DType = "U64"
+	U32    DType = "U32"
+	U16    DType = "U16"
+	U8     DType = "U8"
+	Bool   DType = "BOOL"
+	F8E4M3 DType = "F8_E4M3"
+	F8E5M2 DType = "F8_E5M2"
 )
 
 // Size is the number of bytes of one element, or 0 for a dtype the format does not define.
 func (d DType) Size() int {
 	switch d {
-	case DTypeF64, DTypeI64, DTypeU64:
+	case F64, I64, U64:
 		return 8
-	case DTypeF32, DTypeI32, DTypeU32:
+	case F32, I32, U32:
 		return 4
-	case DTypeF16, DTypeBF16, DTypeI16, DTypeU16:
+	case F16, BF16, I16, U16:
 		return 2
-	case DTypeI8, DTypeU8, DTypeBOOL, DTypeF8E4M3, DTypeF8E5M2:
+	case I8, U8, Bool, F8E4M3, F8E5M2:
 		return 1
 	}
 	return 0
@@ -78,7 +86,7 @@ func (d DType) Size() int {
 
 // IsFloat reports whether tensors of this dtype can be read as float32 or float64.
 func (d DType) IsFloat() bool {
-	return d == DTypeF64 || d == DTypeF32 || d == DTypeF16 || d == DTypeBF16
+	return d == F64 || d == F32 || d == F16 || d == BF16
 }
 
 // TensorInfo describes one tensor of a safetensors file. Begin and End are byte
@@ -99,9 +107,9 @@ func (t TensorInfo) NumElements() int64 {
 	return n
 }
 
-// SafetensorsFile is an open safetensors file whose header has been validated.
+// File is an open safetensors file whose header has been validated.
 // Reading tensors is safe from several goroutines (it only uses ReadAt).
-type SafetensorsFile struct {
+type File struct {
 	Name     string            // the path, used in every error message
 	Metadata map[string]string // the "__metadata__" object; empty when absent
 
@@ -112,28 +120,13 @@ type SafetensorsFile struct {
 	tensors   map[string]TensorInfo
 }
 
-// openSized opens path for a parser that reads it by offset and must know its
-// size. The caller closes the file, also when parsing fails.
-func openSized(path string) (*os.File, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	st, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, 0, err
-	}
-	return f, st.Size(), nil
-}
-
-// OpenSafetensors opens and validates the safetensors file at path.
-func OpenSafetensors(path string) (*SafetensorsFile, error) {
-	f, size, err := openSized(path)
+// Open opens and validates the safetensors file at path.
+func Open(path string) (*File, error) {
+	f, size, err := fileio.OpenSized(path)
 	if err != nil {
 		return nil, err
 	}
-	sf, err := ParseSafetensors(path, f, size)
+	sf, err := Parse(path, f, size)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -142,9 +135,9 @@ func OpenSafetensors(path string) (*SafetensorsFile, error) {
 	return sf, nil
 }
 
-// ParseSafetensors reads and validates the header of a safetensors file of size
+// Parse reads and validates the header of a safetensors file of size
 // bytes held by r. The name is used in error messages.
-func ParseSafetensors(name string, r io.ReaderAt, size int64) (*SafetensorsFile, error) {
+func Parse(name string, r io.ReaderAt, size int64) (*File, error) {
 	if size < 8 {
 		return nil, fmt.Errorf("%s: file of %d bytes is too short for a safetensors header length (truncated?)", name, size)
 	}
@@ -153,8 +146,8 @@ func ParseSafetensors(name string, r io.ReaderAt, size int64) (*SafetensorsFile,
 		return nil, fmt.Errorf("%s: reading header length: %w", name, err)
 	}
 	n := binary.LittleEndian.Uint64(lenBuf[:])
-	if n > MaxSafetensorsHeader {
-		return nil, fmt.Errorf("%s: header length %d exceeds the %d-byte limit (not a safetensors file?)", name, n, MaxSafetensorsHeader)
+	if n > MaxHeader {
+		return nil, fmt.Errorf("%s: header length %d exceeds the %d-byte limit (not a safetensors file?)", name, n, MaxHeader)
 	}
 	if n > uint64(size-8) {
 		return nil, fmt.Errorf("%s: header length %d is larger than the %d bytes after it (truncated file?)", name, n, size-8)
@@ -164,11 +157,11 @@ func ParseSafetensors(name string, r io.ReaderAt, size int64) (*SafetensorsFile,
 		return nil, fmt.Errorf("%s: reading %d-byte header: %w", name, n, err)
 	}
 	dataSize := size - 8 - int64(n)
-	meta, tensors, err := parseSafetensorsHeader(header, dataSize)
+	meta, tensors, err := parseHeader(header, dataSize)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
-	sf := &SafetensorsFile{
+	sf := &File{
 		Name:      name,
 		Metadata:  meta,
 		r:         r,
@@ -182,16 +175,16 @@ func ParseSafetensors(name string, r io.ReaderAt, size int64) (*SafetensorsFile,
 	return sf, nil
 }
 
-// stHeaderEntry is one tensor's header entry; pointers tell a missing key from a zero.
-type stHeaderEntry struct {
+// headerEntry is one tensor's header entry; pointers tell a missing key from a zero.
+type headerEntry struct {
 	DType       *string  `json:"dtype"`
 	Shape       *[]int64 `json:"shape"`
 	DataOffsets *[]int64 `json:"data_offsets"`
 }
 
-// parseSafetensorsHeader validates a header against a data section of dataSize bytes.
+// parseHeader validates a header against a data section of dataSize bytes.
 // Errors name the tensor but not the file; the caller adds that.
-func parseSafetensorsHeader(header []byte, dataSize int64) (map[string]string, []TensorInfo, error) {
+func parseHeader(header []byte, dataSize int64) (map[string]string, []TensorInfo, error) {
 	trimmed := bytes.TrimLeft(header, " \t\r\n")
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, nil, errors.New("header is not a JSON object (not a safetensors file?)")
@@ -272,7 +265,7 @@ func parseTensorEntry(name string, raw json.RawMessage, dataSize int64) (TensorI
 	fail := func(format string, a ...any) (TensorInfo, error) {
 		return TensorInfo{}, fmt.Errorf("tensor %s: %s", name, fmt.Sprintf(format, a...))
 	}
-	var e stHeaderEntry
+	var e headerEntry
 	if err := json.Unmarshal(raw, &e); err != nil {
 		return fail("bad header entry %s: %v", clipJSON(raw), err)
 	}
@@ -330,8 +323,8 @@ func clipJSON(raw []byte) string {
 	return string(raw)
 }
 
-// Close closes the underlying file (a no-op for a file made by ParseSafetensors).
-func (f *SafetensorsFile) Close() error {
+// Close closes the underlying file (a no-op for a file made by Parse).
+func (f *File) Close() error {
 	if f.closer == nil {
 		return nil
 	}
@@ -339,7 +332,7 @@ func (f *SafetensorsFile) Close() error {
 }
 
 // Tensors lists every tensor, sorted by name.
-func (f *SafetensorsFile) Tensors() []TensorInfo {
+func (f *File) Tensors() []TensorInfo {
 	out := make([]TensorInfo, 0, len(f.tensors))
 	for _, t := range f.tensors {
 		out = append(out, t)
@@ -349,12 +342,12 @@ func (f *SafetensorsFile) Tensors() []TensorInfo {
 }
 
 // Tensor returns the header entry of the named tensor.
-func (f *SafetensorsFile) Tensor(name string) (TensorInfo, bool) {
+func (f *File) Tensor(name string) (TensorInfo, bool) {
 	t, ok := f.tensors[name]
 	return t, ok
 }
 
-func (f *SafetensorsFile) lookup(name string) (TensorInfo, error) {
+func (f *File) lookup(name string) (TensorInfo, error) {
 	t, ok := f.tensors[name]
 	if !ok {
 		return TensorInfo{}, fmt.Errorf("%s: no tensor named %s", f.Name, name)
@@ -364,7 +357,7 @@ func (f *SafetensorsFile) lookup(name string) (TensorInfo, error) {
 
 // ReadFloat32 reads the named tensor, converting F32, BF16, F16 or F64 to float32.
 // It returns the data and the shape.
-func (f *SafetensorsFile) ReadFloat32(name string) ([]float32, []int, error) {
+func (f *File) ReadFloat32(name string) ([]float32, []int, error) {
 	t, err := f.lookup(name)
 	if err != nil {
 		return nil, nil, err
@@ -378,7 +371,7 @@ func (f *SafetensorsFile) ReadFloat32(name string) ([]float32, []int, error) {
 
 // ReadFloat32Into reads the named tensor into dst, which must have exactly as many
 // elements as the tensor; it lets a caller place weights in memory it planned.
-func (f *SafetensorsFile) ReadFloat32Into(name string, dst []float32) error {
+func (f *File) ReadFloat32Into(name string, dst []float32) error {
 	t, err := f.lookup(name)
 	if err != nil {
 		return err
@@ -390,7 +383,7 @@ func (f *SafetensorsFile) ReadFloat32Into(name string, dst []float32) error {
 }
 
 // ReadFloat64 reads the named tensor as float64 (for float64 reference fixtures).
-func (f *SafetensorsFile) ReadFloat64(name string) ([]float64, []int, error) {
+func (f *File) ReadFloat64(name string) ([]float64, []int, error) {
 	t, err := f.lookup(name)
 	if err != nil {
 		return nil, nil, err
@@ -403,17 +396,17 @@ func (f *SafetensorsFile) ReadFloat64(name string) ([]float64, []int, error) {
 }
 
 // ReadInt64 reads an I64 or I32 tensor (token ids, labels) as int64.
-func (f *SafetensorsFile) ReadInt64(name string) ([]int64, []int, error) {
+func (f *File) ReadInt64(name string) ([]int64, []int, error) {
 	t, err := f.lookup(name)
 	if err != nil {
 		return nil, nil, err
 	}
-	if t.DType != DTypeI64 && t.DType != DTypeI32 {
+	if t.DType != I64 && t.DType != I32 {
 		return nil, nil, fmt.Errorf("%s: tensor %s: dtype %s cannot be read as integers (want I64 or I32)", f.Name, name, t.DType)
 	}
 	dst := make([]int64, t.NumElements())
 	err = f.readChunks(t, func(b []byte, at int) {
-		if t.DType == DTypeI64 {
+		if t.DType == I64 {
 			for i := 0; i+8 <= len(b); i += 8 {
 				dst[at+i/8] = int64(binary.LittleEndian.Uint64(b[i:]))
 			}
@@ -430,7 +423,7 @@ func (f *SafetensorsFile) ReadInt64(name string) ([]int64, []int, error) {
 }
 
 // readFloats converts tensor t into dst (len(dst) == t.NumElements()).
-func readFloats[T float32 | float64](f *SafetensorsFile, t TensorInfo, dst []T) error {
+func readFloats[T float32 | float64](f *File, t TensorInfo, dst []T) error {
 	if !t.DType.IsFloat() {
 		return fmt.Errorf("%s: tensor %s: dtype %s cannot be read as floats (supported: F32, BF16, F16, F64)", f.Name, t.Name, t.DType)
 	}
@@ -438,19 +431,19 @@ func readFloats[T float32 | float64](f *SafetensorsFile, t TensorInfo, dst []T) 
 	return f.readChunks(t, func(b []byte, at int) {
 		d := dst[at : at+len(b)/size]
 		switch t.DType {
-		case DTypeF32:
+		case F32:
 			for i := range d {
 				d[i] = T(math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
 			}
-		case DTypeBF16:
+		case BF16:
 			for i := range d {
 				d[i] = T(math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*i:])) << 16))
 			}
-		case DTypeF16:
+		case F16:
 			for i := range d {
-				d[i] = T(f16ToFloat32(binary.LittleEndian.Uint16(b[2*i:])))
+				d[i] = T(float16.ToFloat32(binary.LittleEndian.Uint16(b[2*i:])))
 			}
-		case DTypeF64:
+		case F64:
 			for i := range d {
 				d[i] = T(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
 			}
@@ -458,16 +451,16 @@ func readFloats[T float32 | float64](f *SafetensorsFile, t TensorInfo, dst []T) 
 	})
 }
 
-// stChunk is how many bytes are read at once: large enough to stream at disk speed,
+// readChunkSize is how many bytes are read at once: large enough to stream at disk speed,
 // small enough that a 1 GiB embedding never needs a second 1 GiB of bytes.
-const stChunk = 4 << 20
+const readChunkSize = 4 << 20
 
 // readChunks reads tensor t in whole-element chunks, calling fn with each chunk and
 // the index of its first element.
-func (f *SafetensorsFile) readChunks(t TensorInfo, fn func(b []byte, at int)) error {
+func (f *File) readChunks(t TensorInfo, fn func(b []byte, at int)) error {
 	size := int64(t.DType.Size())
 	total := t.End - t.Begin
-	chunk := int64(stChunk) - int64(stChunk)%size
+	chunk := int64(readChunkSize) - int64(readChunkSize)%size
 	buf := make([]byte, min(chunk, total))
 	for off := int64(0); off < total; off += chunk {
 		b := buf[:min(chunk, total-off)]
@@ -482,255 +475,4 @@ func (f *SafetensorsFile) readChunks(t TensorInfo, fn func(b []byte, at int)) er
 		fn(b, int(off/size))
 	}
 	return nil
-}
-
-// f16ToFloat32 converts an IEEE 754 half-precision number, subnormals, infinities and
-// NaNs included.
-func f16ToFloat32(h uint16) float32 {
-	sign := uint32(h>>15) << 31
-	exp := uint32(h>>10) & 0x1f
-	mant := uint32(h) & 0x3ff
-	switch {
-	case exp == 0x1f: // Inf or NaN
-		return math.Float32frombits(sign | 0xff<<23 | mant<<13)
-	case exp != 0: // normal
-		return math.Float32frombits(sign | (exp+127-15)<<23 | mant<<13)
-	case mant == 0: // signed zero
-		return math.Float32frombits(sign)
-	}
-	// Subnormal: value = mant × 2^-24, exact in float32.
-	v := float32(mant) * (1.0 / (1 << 24))
-	if sign != 0 {
-		v = -v
-	}
-	return v
-}
-
-// SafetensorsWriter collects tensors and writes them as one safetensors file. The
-// zero value is ready to use. It keeps references to the slices it is given, not
-// copies: do not change them before the file is written.
-type SafetensorsWriter struct {
-	metadata map[string]string
-	tensors  []stWriterTensor
-	names    map[string]bool
-}
-
-type stWriterTensor struct {
-	name  string
-	dtype DType
-	shape []int
-	f32   []float32
-	f64   []float64
-	raw   []byte
-}
-
-// SetMetadata records one "__metadata__" entry (Hugging Face writes {"format": "pt"}).
-func (w *SafetensorsWriter) SetMetadata(key, value string) {
-	if w.metadata == nil {
-		w.metadata = map[string]string{}
-	}
-	w.metadata[key] = value
-}
-
-// AddFloat32 adds a tensor stored as dtype F32 or BF16 (rounded to nearest even).
-func (w *SafetensorsWriter) AddFloat32(name string, dtype DType, shape []int, data []float32) error {
-	if dtype != DTypeF32 && dtype != DTypeBF16 {
-		return fmt.Errorf("safetensors writer: tensor %s: float32 data can be stored as F32 or BF16, not %s", name, dtype)
-	}
-	return w.add(stWriterTensor{name: name, dtype: dtype, shape: shape, f32: data}, len(data))
-}
-
-// AddFloat64 adds a tensor stored as F64.
-func (w *SafetensorsWriter) AddFloat64(name string, shape []int, data []float64) error {
-	return w.add(stWriterTensor{name: name, dtype: DTypeF64, shape: shape, f64: data}, len(data))
-}
-
-// AddRaw adds a tensor whose little-endian bytes are already encoded as dtype.
-func (w *SafetensorsWriter) AddRaw(name string, dtype DType, shape []int, raw []byte) error {
-	size := dtype.Size()
-	if size == 0 {
-		return fmt.Errorf("safetensors writer: tensor %s: unknown dtype %q", name, dtype)
-	}
-	if len(raw)%size != 0 {
-		return fmt.Errorf("safetensors writer: tensor %s: %d bytes is not a whole number of %s elements", name, len(raw), dtype)
-	}
-	return w.add(stWriterTensor{name: name, dtype: dtype, shape: shape, raw: raw}, len(raw)/size)
-}
-
-func (w *SafetensorsWriter) add(t stWriterTensor, elems int) error {
-	if t.name == "" || t.name == "__metadata__" {
-		return fmt.Errorf("safetensors writer: invalid tensor name %q", t.name)
-	}
-	if w.names[t.name] {
-		return fmt.Errorf("safetensors writer: tensor %s added twice", t.name)
-	}
-	n := int64(1)
-	for _, d := range t.shape {
-		if d < 0 || (d != 0 && n > math.MaxInt64/int64(d)) {
-			return fmt.Errorf("safetensors writer: tensor %s: invalid shape %v", t.name, t.shape)
-		}
-		n *= int64(d)
-	}
-	if n != int64(elems) {
-		return fmt.Errorf("safetensors writer: tensor %s: shape %v holds %d elements but the data has %d", t.name, t.shape, n, elems)
-	}
-	if w.names == nil {
-		w.names = map[string]bool{}
-	}
-	w.names[t.name] = true
-	t.shape = append([]int(nil), t.shape...)
-	w.tensors = append(w.tensors, t)
-	return nil
-}
-
-// order is the order tensors are laid out in: widest dtype first, then by name, as
-// Hugging Face's writer does, so every tensor starts aligned to its element size.
-func (w *SafetensorsWriter) order() []stWriterTensor {
-	out := append([]stWriterTensor(nil), w.tensors...)
-	sort.SliceStable(out, func(i, j int) bool {
-		si, sj := out[i].dtype.Size(), out[j].dtype.Size()
-		if si != sj {
-			return si > sj
-		}
-		return out[i].name < out[j].name
-	})
-	return out
-}
-
-// header encodes the JSON header, padded with spaces to a multiple of 8 bytes so the
-// data section starts 8-byte aligned.
-func (w *SafetensorsWriter) header(order []stWriterTensor) ([]byte, error) {
-	var b bytes.Buffer
-	str := func(s string) {
-		var sb bytes.Buffer
-		enc := json.NewEncoder(&sb)
-		enc.SetEscapeHTML(false)
-		_ = enc.Encode(s) // encoding a string cannot fail
-		b.Write(bytes.TrimRight(sb.Bytes(), "\n"))
-	}
-	b.WriteByte('{')
-	if len(w.metadata) > 0 {
-		keys := make([]string, 0, len(w.metadata))
-		for k := range w.metadata {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		b.WriteString(`"__metadata__":{`)
-		for i, k := range keys {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			str(k)
-			b.WriteByte(':')
-			str(w.metadata[k])
-		}
-		b.WriteByte('}')
-	}
-	var off int64
-	for i, t := range order {
-		if i > 0 || len(w.metadata) > 0 {
-			b.WriteByte(',')
-		}
-		str(t.name)
-		n := int64(t.dtype.Size())
-		for _, d := range t.shape {
-			n *= int64(d)
-		}
-		dims := make([]string, len(t.shape))
-		for j, d := range t.shape {
-			dims[j] = fmt.Sprint(d)
-		}
-		fmt.Fprintf(&b, `:{"dtype":"%s","shape":[%s],"data_offsets":[%d,%d]}`, t.dtype, strings.Join(dims, ","), off, off+n)
-		off += n
-	}
-	b.WriteByte('}')
-	for b.Len()%8 != 0 {
-		b.WriteByte(' ')
-	}
-	if b.Len() > MaxSafetensorsHeader {
-		return nil, fmt.Errorf("safetensors writer: header of %d bytes exceeds the %d-byte limit", b.Len(), MaxSafetensorsHeader)
-	}
-	return b.Bytes(), nil
-}
-
-// WriteTo writes the file to out.
-func (w *SafetensorsWriter) WriteTo(out io.Writer) (int64, error) {
-	order := w.order()
-	header, err := w.header(order)
-	if err != nil {
-		return 0, err
-	}
-	bw := bufio.NewWriterSize(out, 1<<20)
-	cw := &stCountWriter{w: bw}
-	var lenBuf [8]byte
-	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(header)))
-	cw.Write(lenBuf[:])
-	cw.Write(header)
-	buf := make([]byte, 0, 64<<10)
-	for _, t := range order {
-		if t.raw != nil {
-			cw.Write(t.raw)
-			continue
-		}
-		// Encode in 64 KiB pieces: one Write per piece, not per element.
-		n := len(t.f32) + len(t.f64)
-		for i := 0; i < n; {
-			buf = buf[:0]
-			for ; i < n && len(buf) <= cap(buf)-8; i++ {
-				switch {
-				case t.f64 != nil:
-					buf = binary.LittleEndian.AppendUint64(buf, math.Float64bits(t.f64[i]))
-				case t.dtype == DTypeBF16:
-					buf = binary.LittleEndian.AppendUint16(buf, ops.ToBF16(t.f32[i]))
-				default:
-					buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(t.f32[i]))
-				}
-			}
-			cw.Write(buf)
-		}
-	}
-	if cw.err == nil {
-		cw.err = bw.Flush()
-	}
-	return cw.n, cw.err
-}
-
-// stCountWriter counts bytes and remembers the first error, so WriteTo can write
-// without checking every call.
-type stCountWriter struct {
-	w   io.Writer
-	n   int64
-	err error
-}
-
-func (c *stCountWriter) Write(p []byte) (int, error) {
-	if c.err != nil {
-		return 0, c.err
-	}
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	c.err = err
-	return n, err
-}
-
-// WriteFile writes the file to path atomically: to a temporary file beside it,
-// synced, then renamed, so a reader never sees half a file.
-func (w *SafetensorsWriter) WriteFile(path string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
-	if _, err := w.WriteTo(tmp); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	return os.Rename(tmp.Name(), path)
 }

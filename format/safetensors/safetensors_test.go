@@ -1,4 +1,4 @@
-package model
+package safetensors
 
 import (
 	"bytes"
@@ -6,9 +6,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
+	"train/internal/testcheck"
 	"train/ops"
 )
 
@@ -22,32 +24,32 @@ func stRaw(header string, data []byte) []byte {
 	return b.Bytes()
 }
 
-func parseBytes(name string, b []byte) (*SafetensorsFile, error) {
-	return ParseSafetensors(name, bytes.NewReader(b), int64(len(b)))
+func parseBytes(name string, b []byte) (*File, error) {
+	return Parse(name, bytes.NewReader(b), int64(len(b)))
 }
 
 func TestSafetensorsRoundTrip(t *testing.T) {
-	var w SafetensorsWriter
+	var w Writer
 	w.SetMetadata("format", "pt")
 	a := []float32{1, -2, 3.5, float32(math.Inf(1)), 0, 1e-30}
 	b := []float64{math.Pi, -1e300, 0.1}
 	c := []float32{1, 1.00390625, 1.01171875, -3.14159} // bf16: exact, tie to even (down), tie to even (up), rounded
-	mustAdd(t, w.AddFloat32("w.a", DTypeF32, []int{2, 3}, a))
+	mustAdd(t, w.AddFloat32("w.a", F32, []int{2, 3}, a))
 	mustAdd(t, w.AddFloat64("w.b", []int{3}, b))
-	mustAdd(t, w.AddFloat32("w.c", DTypeBF16, []int{4}, c))
+	mustAdd(t, w.AddFloat32("w.c", BF16, []int{4}, c))
 	// F16: 1, -2, 65504 (max), 2^-24 (smallest subnormal), -0, +Inf.
 	f16 := []uint16{0x3c00, 0xc000, 0x7bff, 0x0001, 0x8000, 0x7c00}
 	var raw []byte
 	for _, h := range f16 {
 		raw = binary.LittleEndian.AppendUint16(raw, h)
 	}
-	mustAdd(t, w.AddRaw("w.d", DTypeF16, []int{6}, raw))
+	mustAdd(t, w.AddRaw("w.d", F16, []int{6}, raw))
 	ints := binary.LittleEndian.AppendUint64(nil, uint64(1<<40))
 	ints = binary.LittleEndian.AppendUint64(ints, uint64(math.MaxUint64)) // -1
-	mustAdd(t, w.AddRaw("ids", DTypeI64, []int{2}, ints))
-	mustAdd(t, w.AddRaw("ids32", DTypeI32, []int{1}, binary.LittleEndian.AppendUint32(nil, uint32(0xfffffff6)))) // -10
-	mustAdd(t, w.AddFloat32("empty", DTypeF32, []int{0, 5}, nil))
-	mustAdd(t, w.AddFloat32("scalar", DTypeF32, []int{}, []float32{7}))
+	mustAdd(t, w.AddRaw("ids", I64, []int{2}, ints))
+	mustAdd(t, w.AddRaw("ids32", I32, []int{1}, binary.LittleEndian.AppendUint32(nil, uint32(0xfffffff6)))) // -10
+	mustAdd(t, w.AddFloat32("empty", F32, []int{0, 5}, nil))
+	mustAdd(t, w.AddFloat32("scalar", F32, []int{}, []float32{7}))
 
 	var buf bytes.Buffer
 	if _, err := w.WriteTo(&buf); err != nil {
@@ -79,7 +81,7 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 		}
 	}
 	got, shape, err := f.ReadFloat32("w.a")
-	if err != nil || !equalShape(shape, []int{2, 3}) {
+	if err != nil || !slices.Equal(shape, []int{2, 3}) {
 		t.Fatal(err, shape)
 	}
 	for i := range a {
@@ -131,24 +133,24 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 	if err := f.ReadFloat32Into("w.a", dst); err != nil || dst[2] != 3.5 {
 		t.Errorf("ReadFloat32Into = %v, %v", dst, err)
 	}
-	expectErr(t, f.ReadFloat32Into("w.a", make([]float32, 5)), "rt.safetensors: tensor w.a: has 6 elements, destination holds 5")
+	testcheck.ErrorContains(t, f.ReadFloat32Into("w.a", make([]float32, 5)), "rt.safetensors: tensor w.a: has 6 elements, destination holds 5")
 	_, _, err = f.ReadFloat32("ids")
-	expectErr(t, err, "rt.safetensors: tensor ids: dtype I64 cannot be read as floats")
+	testcheck.ErrorContains(t, err, "rt.safetensors: tensor ids: dtype I64 cannot be read as floats")
 	_, _, err = f.ReadInt64("w.a")
-	expectErr(t, err, "rt.safetensors: tensor w.a: dtype F32 cannot be read as integers")
+	testcheck.ErrorContains(t, err, "rt.safetensors: tensor w.a: dtype F32 cannot be read as integers")
 	_, _, err = f.ReadFloat32("nope")
-	expectErr(t, err, "rt.safetensors: no tensor named nope")
+	testcheck.ErrorContains(t, err, "rt.safetensors: no tensor named nope")
 }
 
 func TestSafetensorsLargeTensorChunks(t *testing.T) {
 	// More than one read chunk, with a length that is not a multiple of it.
-	n := stChunk/4*2 + 3
+	n := readChunkSize/4*2 + 3
 	data := make([]float32, n)
 	for i := range data {
 		data[i] = float32(i)
 	}
-	var w SafetensorsWriter
-	mustAdd(t, w.AddFloat32("x", DTypeF32, []int{n}, data))
+	var w Writer
+	mustAdd(t, w.AddFloat32("x", F32, []int{n}, data))
 	var buf bytes.Buffer
 	w.WriteTo(&buf)
 	f, err := parseBytes("big.safetensors", buf.Bytes())
@@ -190,34 +192,6 @@ func TestFloat32ToBF16(t *testing.T) {
 	// A NaN whose payload sits only in the low bits must not round to Inf.
 	if v := math.Float32frombits(uint32(ops.ToBF16(math.Float32frombits(0x7f800001))) << 16); !math.IsNaN(float64(v)) {
 		t.Errorf("low-payload NaN became %v", v)
-	}
-}
-
-func TestF16ToFloat32(t *testing.T) {
-	// Every finite half converts exactly: check against the formula on all 65536.
-	for h := 0; h < 1<<16; h++ {
-		got := f16ToFloat32(uint16(h))
-		exp, mant := (h>>10)&0x1f, h&0x3ff
-		var want float64
-		switch {
-		case exp == 0x1f && mant == 0:
-			want = math.Inf(1)
-		case exp == 0x1f:
-			if !math.IsNaN(float64(got)) {
-				t.Fatalf("%#x: want NaN, got %v", h, got)
-			}
-			continue
-		case exp == 0:
-			want = math.Ldexp(float64(mant), -24)
-		default:
-			want = math.Ldexp(float64(mant|0x400), exp-25)
-		}
-		if h&0x8000 != 0 {
-			want = -want
-		}
-		if float64(got) != want {
-			t.Fatalf("f16ToFloat32(%#x) = %v, want %v", h, got, want)
-		}
 	}
 }
 
@@ -275,7 +249,7 @@ func TestSafetensorsMalformed(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := parseBytes("m.safetensors", c.file)
-			expectErr(t, err, c.want)
+			testcheck.ErrorContains(t, err, c.want)
 		})
 	}
 }
@@ -284,9 +258,9 @@ func TestSafetensorsMalformed(t *testing.T) {
 func TestSafetensorsTruncatedFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "model.safetensors")
-	var w SafetensorsWriter
-	mustAdd(t, w.AddFloat32("model.embed_tokens.weight", DTypeF32, []int{4, 4}, make([]float32, 16)))
-	mustAdd(t, w.AddFloat32("model.norm.weight", DTypeF32, []int{4}, []float32{1, 1, 1, 1}))
+	var w Writer
+	mustAdd(t, w.AddFloat32("model.embed_tokens.weight", F32, []int{4, 4}, make([]float32, 16)))
+	mustAdd(t, w.AddFloat32("model.norm.weight", F32, []int{4}, []float32{1, 1, 1, 1}))
 	if err := w.WriteFile(path); err != nil {
 		t.Fatal(err)
 	}
@@ -294,53 +268,53 @@ func TestSafetensorsTruncatedFile(t *testing.T) {
 	if err := os.Truncate(path, st.Size()-3); err != nil {
 		t.Fatal(err)
 	}
-	_, err := OpenSafetensors(path)
-	expectErr(t, err, path+": tensor model.norm.weight: data_offsets [64,80] exceed data section of 77 bytes (truncated file?)")
+	_, err := Open(path)
+	testcheck.ErrorContains(t, err, path+": tensor model.norm.weight: data_offsets [64,80] exceed data section of 77 bytes (truncated file?)")
 
 	if err := os.Truncate(path, 20); err != nil {
 		t.Fatal(err)
 	}
-	_, err = OpenSafetensors(path)
-	expectErr(t, err, "is larger than the 12 bytes after it (truncated file?)")
+	_, err = Open(path)
+	testcheck.ErrorContains(t, err, "is larger than the 12 bytes after it (truncated file?)")
 }
 
 // TestSafetensorsShortRead is a file that shrinks after its header was validated.
 func TestSafetensorsShortRead(t *testing.T) {
-	var w SafetensorsWriter
-	mustAdd(t, w.AddFloat32("a", DTypeF32, []int{4}, []float32{1, 2, 3, 4}))
+	var w Writer
+	mustAdd(t, w.AddFloat32("a", F32, []int{4}, []float32{1, 2, 3, 4}))
 	var buf bytes.Buffer
 	w.WriteTo(&buf)
 	b := buf.Bytes()
-	f, err := ParseSafetensors("s.safetensors", bytes.NewReader(b[:len(b)-4]), int64(len(b)))
+	f, err := Parse("s.safetensors", bytes.NewReader(b[:len(b)-4]), int64(len(b)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = f.ReadFloat32("a")
-	expectErr(t, err, "s.safetensors: tensor a: reading bytes [0,16) of the data section: unexpected EOF")
+	testcheck.ErrorContains(t, err, "s.safetensors: tensor a: reading bytes [0,16) of the data section: unexpected EOF")
 }
 
 func TestSafetensorsWriterErrors(t *testing.T) {
-	var w SafetensorsWriter
-	mustAdd(t, w.AddFloat32("a", DTypeF32, []int{2}, []float32{1, 2}))
-	expectErr(t, w.AddFloat32("a", DTypeF32, []int{2}, []float32{1, 2}), "tensor a added twice")
-	expectErr(t, w.AddFloat32("b", DTypeF32, []int{3}, []float32{1, 2}), "shape [3] holds 3 elements but the data has 2")
-	expectErr(t, w.AddFloat32("c", DTypeF16, []int{2}, []float32{1, 2}), "float32 data can be stored as F32 or BF16, not F16")
-	expectErr(t, w.AddFloat32("__metadata__", DTypeF32, []int{2}, []float32{1, 2}), "invalid tensor name")
-	expectErr(t, w.AddRaw("d", DType("X"), []int{2}, []byte{1, 2}), `unknown dtype "X"`)
-	expectErr(t, w.AddRaw("e", DTypeF32, []int{2}, []byte{1, 2, 3}), "not a whole number of F32 elements")
-	expectErr(t, w.AddFloat64("f", []int{-1}, nil), "invalid shape [-1]")
+	var w Writer
+	mustAdd(t, w.AddFloat32("a", F32, []int{2}, []float32{1, 2}))
+	testcheck.ErrorContains(t, w.AddFloat32("a", F32, []int{2}, []float32{1, 2}), "tensor a added twice")
+	testcheck.ErrorContains(t, w.AddFloat32("b", F32, []int{3}, []float32{1, 2}), "shape [3] holds 3 elements but the data has 2")
+	testcheck.ErrorContains(t, w.AddFloat32("c", F16, []int{2}, []float32{1, 2}), "float32 data can be stored as F32 or BF16, not F16")
+	testcheck.ErrorContains(t, w.AddFloat32("__metadata__", F32, []int{2}, []float32{1, 2}), "invalid tensor name")
+	testcheck.ErrorContains(t, w.AddRaw("d", DType("X"), []int{2}, []byte{1, 2}), `unknown dtype "X"`)
+	testcheck.ErrorContains(t, w.AddRaw("e", F32, []int{2}, []byte{1, 2, 3}), "not a whole number of F32 elements")
+	testcheck.ErrorContains(t, w.AddFloat64("f", []int{-1}, nil), "invalid shape [-1]")
 }
 
 // FuzzSafetensorsHeader feeds arbitrary bytes to the parser: it must return an
 // error or a file whose every float tensor reads without error, and never panic or
 // allocate from an unchecked size.
 func FuzzSafetensorsHeader(f *testing.F) {
-	var w SafetensorsWriter
+	var w Writer
 	w.SetMetadata("format", "pt")
-	w.AddFloat32("a", DTypeF32, []int{2, 2}, []float32{1, 2, 3, 4})
-	w.AddFloat32("b", DTypeBF16, []int{3}, []float32{1, 2, 3})
+	w.AddFloat32("a", F32, []int{2, 2}, []float32{1, 2, 3, 4})
+	w.AddFloat32("b", BF16, []int{3}, []float32{1, 2, 3})
 	w.AddFloat64("c", []int{1}, []float64{1})
-	w.AddRaw("d", DTypeF16, []int{1}, []byte{0, 0x3c})
+	w.AddRaw("d", F16, []int{1}, []byte{0, 0x3c})
 	var buf bytes.Buffer
 	w.WriteTo(&buf)
 	f.Add(buf.Bytes())
@@ -384,16 +358,5 @@ func mustAdd(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
-	}
-}
-
-// expectErr fails unless err is non-nil and contains want.
-func expectErr(t *testing.T, err error, want string) {
-	t.Helper()
-	if err == nil {
-		t.Fatalf("no error; want one containing %q", want)
-	}
-	if !strings.Contains(err.Error(), want) {
-		t.Fatalf("error %q\ndoes not contain %q", err, want)
 	}
 }

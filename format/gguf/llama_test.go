@@ -1,14 +1,13 @@
-package model
+package gguf
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
-)
 
-const stories260K = "../../shared/models/stories260K"
+	"train/internal/testcheck"
+	"train/model"
+)
 
 func needStoriesGGUF(t testing.TB) {
 	t.Helper()
@@ -22,11 +21,11 @@ func needStoriesGGUF(t testing.TB) {
 // safetensors copy tensor by tensor. Found by experiment and tested exactly here:
 // every tensor's bytes are the same with the dims reversed (ne = [in, out]), except
 // q and k, whose rows are in llama.cpp's interleaved rope order and equal the
-// safetensors rows after ggufUnpermute (by head_count for q, head_count_kv for
+// safetensors rows after unpermute (by head_count for q, head_count_kv for
 // k); output.weight is present in the GGUF and equals the (tied) embedding.
 func TestGGUFStories260KEqualsSafetensors(t *testing.T) {
 	needStoriesGGUF(t)
-	g, err := ReadGGUF(filepath.Join(stories260K, "stories260Ktok512.gguf"))
+	g, err := Open(filepath.Join(stories260K, "stories260Ktok512.gguf"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,11 +33,11 @@ func TestGGUFStories260KEqualsSafetensors(t *testing.T) {
 	if g.Version != 3 || g.Alignment != 32 || len(g.Tensors) != 48 {
 		t.Fatalf("version %d, alignment %d, %d tensors", g.Version, g.Alignment, len(g.Tensors))
 	}
-	w, c, err := GGUFToWeights(g)
+	w, c, err := ReadModel(g)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref, err := LoadModel(stories260K)
+	ref, err := model.LoadModel(stories260K)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,10 +51,10 @@ func TestGGUFStories260KEqualsSafetensors(t *testing.T) {
 	if c.TieEmbeddings || w.LMHead == nil {
 		t.Fatal("stories260K's GGUF has output.weight; the import should keep it")
 	}
-	equalTensors(t, "output.weight vs embedding", map[string][]float32{"x": w.LMHead}, map[string][]float32{"x": ref.Embed}, 0)
+	testcheck.EqualTensors(t, "output.weight vs embedding", map[string][]float32{"x": w.LMHead}, map[string][]float32{"x": ref.Embed}, 0)
 	got := w.NamedTensors()
 	delete(got, "lm_head.weight")
-	equalTensors(t, "stories260K GGUF vs safetensors", got, ref.NamedTensors(), 0)
+	testcheck.EqualTensors(t, "stories260K GGUF vs safetensors", got, ref.NamedTensors(), 0)
 
 	// Without the unpermutation q and k differ: the test would notice it missing.
 	rawQ, err := g.ReadFloat32("blk.0.attn_q.weight")
@@ -103,20 +102,20 @@ func ggufArraysEqual(t *testing.T, what string, got, want any) {
 // token strings, scores, token types and special ids.
 func TestGGUFTokenizerFromTokenizerJSON(t *testing.T) {
 	needStoriesGGUF(t)
-	orig, err := ReadGGUF(filepath.Join(stories260K, "stories260Ktok512.gguf"))
+	orig, err := Open(filepath.Join(stories260K, "stories260Ktok512.gguf"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer orig.Close()
-	w, err := LoadModel(stories260K)
+	w, err := model.LoadModel(stories260K)
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "s.gguf")
-	if err := WriteGGUF(path, w, GGUFOptions{Type: GGMLTypeF32, Name: "stories260K", TokenizerDir: stories260K}); err != nil {
+	if err := WriteModel(path, w, ModelOptions{Type: F32, Name: "stories260K", TokenizerDir: stories260K}); err != nil {
 		t.Fatal(err)
 	}
-	g, err := ReadGGUF(path)
+	g, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,13 +147,18 @@ func TestGGUFTokenizerFromTokenizerJSON(t *testing.T) {
 	}
 }
 
-func ggufRoundTrip(t *testing.T, w *Weights, typ GGMLType, tokDir string) *Weights {
+func ggufRoundTrip(t *testing.T, w *model.Weights, typ GGMLType, tokDir string) *model.Weights {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "m.gguf")
-	if err := WriteGGUF(path, w, GGUFOptions{Type: typ, TokenizerDir: tokDir}); err != nil {
+	if err := WriteModel(path, w, ModelOptions{Type: typ, TokenizerDir: tokDir}); err != nil {
 		t.Fatal(err)
 	}
-	back, err := LoadAny(path)
+	g, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	back, _, err := ReadModel(g)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,12 +166,12 @@ func ggufRoundTrip(t *testing.T, w *Weights, typ GGMLType, tokDir string) *Weigh
 }
 
 func TestGGUFRoundTrip(t *testing.T) {
-	srcs := []string{"testdata/parity/tiny"}
+	srcs := []string{"../../model/testdata/parity/tiny"}
 	if _, err := os.Stat(stories260K); err == nil {
 		srcs = append(srcs, stories260K)
 	}
 	for _, src := range srcs {
-		w, err := LoadModel(src)
+		w, err := model.LoadModel(src)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -178,7 +182,7 @@ func TestGGUFRoundTrip(t *testing.T) {
 		for _, tc := range []struct {
 			typ GGMLType
 			tol float64
-		}{{GGMLTypeF32, 0}, {GGMLTypeF16, 1.0 / 2048}, {GGMLTypeBF16, 1.0 / 256}} {
+		}{{F32, 0}, {F16, 1.0 / 2048}, {BF16, 1.0 / 256}} {
 			back := ggufRoundTrip(t, w, tc.typ, tokDir)
 			c, bc := w.Config, back.Config
 			bc.TorchDType, c.TorchDType = "", ""
@@ -186,21 +190,21 @@ func TestGGUFRoundTrip(t *testing.T) {
 				bc.NumKVHeads != c.NumKVHeads || bc.VocabSize != c.VocabSize || bc.MaxPositions != c.MaxPositions || bc.BOSTokenID != c.BOSTokenID {
 				t.Fatalf("%s %s: config %+v, want %+v", src, tc.typ, bc, c)
 			}
-			equalTensors(t, src+" GGUF "+tc.typ.String(), back.NamedTensors(), w.NamedTensors(), tc.tol)
+			testcheck.EqualTensors(t, src+" GGUF "+tc.typ.String(), back.NamedTensors(), w.NamedTensors(), tc.tol)
 		}
 	}
 }
 
 func TestGGUFLlama3RopeFactors(t *testing.T) {
-	w, err := LoadModel("testdata/parity/tiny")
+	w, err := model.LoadModel("../../model/testdata/parity/tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "m.gguf")
-	if err := WriteGGUF(path, w, GGUFOptions{Type: GGMLTypeF32}); err != nil {
+	if err := WriteModel(path, w, ModelOptions{Type: F32}); err != nil {
 		t.Fatal(err)
 	}
-	g, err := ReadGGUF(path)
+	g, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -211,13 +215,13 @@ func TestGGUFLlama3RopeFactors(t *testing.T) {
 	}
 	// llama.cpp divides each inverse frequency by its factor; that must give the
 	// scaled frequencies our model uses.
-	inv, err := RopeInvFreq(&w.Config)
+	inv, err := model.RopeInvFreq(&w.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
 	plain := w.Config
 	plain.Rope.Type = "default"
-	base, err := RopeInvFreq(&plain)
+	base, err := model.RopeInvFreq(&plain)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,135 +233,4 @@ func TestGGUFLlama3RopeFactors(t *testing.T) {
 			t.Errorf("frequency %d: base/factor %v, model %v", i, base[i]/f[i], inv[i])
 		}
 	}
-}
-
-func TestFloat32ToF16(t *testing.T) {
-	// Every half converts to float32 and back to itself.
-	for h := 0; h < 1<<16; h++ {
-		if h&0x7c00 == 0x7c00 && h&0x3ff != 0 {
-			continue // NaN
-		}
-		if got := float32ToF16(f16ToFloat32(uint16(h))); got != uint16(h) {
-			t.Fatalf("half %#04x -> %v -> %#04x", h, f16ToFloat32(uint16(h)), got)
-		}
-	}
-	for _, c := range []struct {
-		f    float32
-		want uint16
-	}{
-		{1 + 1.0/2048, 0x3c00},          // tie, even stays
-		{1 + 3.0/2048, 0x3c02},          // tie, odd rounds up
-		{65520, 0x7c00},                 // rounds to infinity
-		{65519, 0x7bff},                 // largest finite
-		{5.960464477539063e-08, 0x0001}, // smallest subnormal
-		{2.98e-08, 0x0000},              // below half of it
-		{-2.0, 0xc000},
-	} {
-		if got := float32ToF16(c.f); got != c.want {
-			t.Errorf("float32ToF16(%v) = %#04x, want %#04x", c.f, got, c.want)
-		}
-	}
-}
-
-func smallGGUF(t testing.TB) []byte {
-	var g GGUFWriter
-	if err := g.Set("general.architecture", "llama"); err != nil {
-		t.Fatal(err)
-	}
-	g.Set("a.u32", uint32(7))
-	g.Set("a.list", []string{"x", "yz"})
-	g.Set("a.f", []float32{1, 2})
-	g.Set("a.b", true)
-	if err := g.AddTensor("t", GGMLTypeF16, []int{2, 3}, []float32{1, 2, 3, 4, 5, 6}); err != nil {
-		t.Fatal(err)
-	}
-	g.AddTensor("u", GGMLTypeBF16, []int{3}, []float32{-1, 0.5, 8})
-	var b bytes.Buffer
-	if _, err := g.WriteTo(&b); err != nil {
-		t.Fatal(err)
-	}
-	return b.Bytes()
-}
-
-func TestGGUFReaderErrors(t *testing.T) {
-	data := smallGGUF(t)
-	g, err := ParseGGUF("small", bytes.NewReader(data), int64(len(data)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v, _ := g.Uint("a.u32"); v != 7 || len(g.Metadata["a.list"].([]string)) != 2 || g.Metadata["a.b"] != true {
-		t.Fatalf("metadata %v", g.Metadata)
-	}
-	if ti, _ := g.Tensor("t"); ti.Dims[0] != 3 || ti.Dims[1] != 2 || ti.Offset%32 != 0 {
-		t.Fatalf("tensor t %+v", ti)
-	}
-	v, err := g.ReadFloat32("u")
-	if err != nil || v[0] != -1 || v[1] != 0.5 || v[2] != 8 {
-		t.Fatalf("u = %v, %v", v, err)
-	}
-	for _, c := range []struct {
-		name string
-		data []byte
-		want string
-	}{
-		{"magic", append([]byte("GGUG"), data[4:]...), "not a GGUF file"},
-		{"truncated data", data[:len(data)-40], "runs past the end"},
-		{"truncated header", data[:40], "implausible"},
-		{"truncated metadata", data[:150], "past the end"},
-		{"version", append(append([]byte("GGUF"), 9, 0, 0, 0), data[8:]...), "version 9"},
-		{"huge kv count", append(append([]byte(nil), data[:16]...), 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0), "implausible"},
-	} {
-		_, err := ParseGGUF(c.name, bytes.NewReader(c.data), int64(len(c.data)))
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: error %v, want one containing %q", c.name, err, c.want)
-		}
-	}
-	// An unsupported (quantized) type reads as a clear error.
-	var gw GGUFWriter
-	gw.AddTensor("q", GGMLTypeF32, []int{32}, make([]float32, 32))
-	var b bytes.Buffer
-	gw.WriteTo(&b)
-	q := b.Bytes()
-	// The type field follows name (8+1 bytes), n_dims (4) and one dim (8) after the 24-byte header.
-	typeAt := 24 + 9 + 4 + 8
-	q[typeAt] = 8 // Q8_0: 32 elements in 34 bytes, within the 128 written
-	gq, err := ParseGGUF("q", bytes.NewReader(q), int64(len(q)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := gq.ReadFloat32("q"); err == nil || !strings.Contains(err.Error(), "unsupported type Q8_0") {
-		t.Errorf("reading a Q8_0 tensor: %v", err)
-	}
-}
-
-func TestLoadAny(t *testing.T) {
-	w, err := LoadAny("testdata/parity/tiny")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if w.Config.NumLayers != 2 {
-		t.Fatalf("layers %d", w.Config.NumLayers)
-	}
-	if _, err := LoadAny("testdata/parity/tiny/config.json"); err == nil || !strings.Contains(err.Error(), "not a GGUF file") {
-		t.Errorf("a JSON file: %v", err)
-	}
-}
-
-func FuzzParseGGUF(f *testing.F) {
-	f.Add(smallGGUF(f))
-	if data, err := os.ReadFile(filepath.Join(stories260K, "stories260Ktok512.gguf")); err == nil {
-		f.Add(data[:14200])
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		g, err := ParseGGUF("fuzz", bytes.NewReader(data), int64(len(data)))
-		if err != nil {
-			return
-		}
-		for _, ti := range g.Tensors {
-			if ti.NumElements() <= 1<<20 {
-				g.ReadFloat32(ti.Name) // must not panic
-			}
-		}
-		GGUFToWeights(g) // must not panic
-	})
 }

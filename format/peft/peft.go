@@ -1,4 +1,24 @@
-package model
+// Package peft reads and writes LoRA adapters in the layout Hugging Face's
+// peft library saves them in (save_pretrained with safe_serialization=True):
+// a directory holding
+//
+//	adapter_config.json        the hyper-parameters: peft_type "LORA", r, lora_alpha,
+//	                           lora_dropout, use_rslora, target_modules, ...
+//	adapter_model.safetensors  for every adapted projection of every layer,
+//	                           base_model.model.model.layers.N.{self_attn,mlp}.P.lora_A.weight [r, in]
+//	                           and ...lora_B.weight [out, r]
+//
+// Read checks the config against what this trainer computes: every key that
+// would change the adapter's result in a way it does not implement (DoRA,
+// biases, per-module ranks, a subset of layers, ...) is refused by name, and
+// every tensor must be present with the shape the model implies, with nothing
+// else beside them. Write saves a model.LoRA so that
+// peft.PeftModel.from_pretrained loads it onto the base model.
+//
+// The tests read the fixtures peft wrote (model/testdata/parity), round-trip
+// an adapter, check every refusal, and fuzz the config parser
+// (FuzzAdapterConfig).
+package peft
 
 import (
 	"encoding/json"
@@ -7,7 +27,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
+
+	"train/format/safetensors"
+	"train/internal/fileio"
+	"train/model"
 )
 
 // projBlock is the submodule holding a projection: self_attn or mlp.
@@ -39,25 +64,21 @@ type peftConfigFile struct {
 	LoraBias          bool            `json:"lora_bias"`
 }
 
-// ReadPEFTAdapter reads a LoRA adapter saved by peft (adapter_config.json and
+// Read reads a LoRA adapter saved by peft (adapter_config.json and
 // adapter_model.safetensors) for the model cfg, checking that every tensor it needs
 // is present with the right shape and that nothing else is.
-func ReadPEFTAdapter(dir string, cfg Config) (*LoRA, error) {
+func Read(dir string, cfg model.Config) (*model.LoRA, error) {
 	cfgPath := filepath.Join(dir, "adapter_config.json")
-	raw, err := readFileLimited(cfgPath, 1<<20)
+	raw, err := fileio.ReadFile(cfgPath, 1<<20)
 	if err != nil {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}
-	var pc peftConfigFile
-	if err := json.Unmarshal(raw, &pc); err != nil {
-		return nil, fmt.Errorf("%s: not a peft adapter config: %w", cfgPath, err)
-	}
-	lc, err := pc.loraConfig(cfgPath)
+	lc, err := parseConfig(cfgPath, raw)
 	if err != nil {
 		return nil, err
 	}
 	wPath := filepath.Join(dir, "adapter_model.safetensors")
-	f, err := OpenSafetensors(wPath)
+	f, err := safetensors.Open(wPath)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("adapter: %s is missing (adapter_model.bin is not supported; save with safe_serialization=True)", wPath)
@@ -65,7 +86,7 @@ func ReadPEFTAdapter(dir string, cfg Config) (*LoRA, error) {
 		return nil, fmt.Errorf("adapter: %w", err)
 	}
 	defer f.Close()
-	l, err := NewLoRA(&cfg, lc, 0)
+	l, err := model.NewLoRA(&cfg, lc, 0)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", cfgPath, err)
 	}
@@ -74,7 +95,7 @@ func ReadPEFTAdapter(dir string, cfg Config) (*LoRA, error) {
 			out, in := cfg.LinearShape(proj)
 			pair := l.Layers[layer][proj]
 			for _, ab := range []string{"A", "B"} {
-				name := LoRATensorName(layer, proj, ab)
+				name := model.LoRATensorName(layer, proj, ab)
 				want, dst := []int{lc.Rank, in}, pair.A
 				if ab == "B" {
 					want, dst = []int{out, lc.Rank}, pair.B
@@ -83,7 +104,7 @@ func ReadPEFTAdapter(dir string, cfg Config) (*LoRA, error) {
 				if !ok {
 					return nil, fmt.Errorf("%s: tensor %s is missing (adapter_config.json targets %s)", wPath, name, strings.Join(lc.Targets, ","))
 				}
-				if !equalShape(info.Shape, want) {
+				if !slices.Equal(info.Shape, want) {
 					return nil, fmt.Errorf("%s: tensor %s has shape %v, want %v for r=%d on this model", wPath, name, info.Shape, want, lc.Rank)
 				}
 				if err := f.ReadFloat32Into(name, dst); err != nil {
@@ -100,10 +121,20 @@ func ReadPEFTAdapter(dir string, cfg Config) (*LoRA, error) {
 	return l, nil
 }
 
-func isLoRAOf(l *LoRA, name string) bool {
+// parseConfig decodes the adapter_config.json at path, refusing what Read
+// cannot honour.
+func parseConfig(path string, raw []byte) (model.LoRAConfig, error) {
+	var pc peftConfigFile
+	if err := json.Unmarshal(raw, &pc); err != nil {
+		return model.LoRAConfig{}, fmt.Errorf("%s: not a peft adapter config: %w", path, err)
+	}
+	return pc.loraConfig(path)
+}
+
+func isLoRAOf(l *model.LoRA, name string) bool {
 	for i, layer := range l.Layers {
 		for proj := range layer {
-			if name == LoRATensorName(i, proj, "A") || name == LoRATensorName(i, proj, "B") {
+			if name == model.LoRATensorName(i, proj, "A") || name == model.LoRATensorName(i, proj, "B") {
 				return true
 			}
 		}
@@ -111,39 +142,39 @@ func isLoRAOf(l *LoRA, name string) bool {
 	return false
 }
 
-func (pc *peftConfigFile) loraConfig(path string) (LoRAConfig, error) {
+func (pc *peftConfigFile) loraConfig(path string) (model.LoRAConfig, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%s: %s", path, fmt.Sprintf(format, args...))
 	}
 	switch {
 	case pc.PEFTType != "LORA":
-		return LoRAConfig{}, bad("peft_type %q is not supported; only LORA adapters are", pc.PEFTType)
+		return model.LoRAConfig{}, bad("peft_type %q is not supported; only LORA adapters are", pc.PEFTType)
 	case pc.R == nil || *pc.R < 1 || *pc.R > 65536:
-		return LoRAConfig{}, bad("r must be an integer in [1, 65536]")
+		return model.LoRAConfig{}, bad("r must be an integer in [1, 65536]")
 	case pc.LoraAlpha == nil || *pc.LoraAlpha <= 0:
-		return LoRAConfig{}, bad("lora_alpha must be positive")
+		return model.LoRAConfig{}, bad("lora_alpha must be positive")
 	case pc.LoraDropout < 0 || pc.LoraDropout >= 1:
-		return LoRAConfig{}, bad("lora_dropout %v is outside [0, 1)", pc.LoraDropout)
+		return model.LoRAConfig{}, bad("lora_dropout %v is outside [0, 1)", pc.LoraDropout)
 	case pc.UseDoRA:
-		return LoRAConfig{}, bad("use_dora is not supported")
+		return model.LoRAConfig{}, bad("use_dora is not supported")
 	case pc.Bias != "" && pc.Bias != "none":
-		return LoRAConfig{}, bad("bias %q is not supported; only \"none\"", pc.Bias)
+		return model.LoRAConfig{}, bad("bias %q is not supported; only \"none\"", pc.Bias)
 	case pc.LoraBias:
-		return LoRAConfig{}, bad("lora_bias is not supported")
+		return model.LoRAConfig{}, bad("lora_bias is not supported")
 	case pc.FanInFanOut:
-		return LoRAConfig{}, bad("fan_in_fan_out is not supported (Llama projections are nn.Linear)")
+		return model.LoRAConfig{}, bad("fan_in_fan_out is not supported (Llama projections are nn.Linear)")
 	case len(pc.RankPattern) > 0 || len(pc.AlphaPattern) > 0:
-		return LoRAConfig{}, bad("rank_pattern / alpha_pattern are not supported: every target must share r and lora_alpha")
+		return model.LoRAConfig{}, bad("rank_pattern / alpha_pattern are not supported: every target must share r and lora_alpha")
 	case !isJSONNull(pc.LayersToTransform):
-		return LoRAConfig{}, bad("layers_to_transform is not supported: adapters must cover every layer")
+		return model.LoRAConfig{}, bad("layers_to_transform is not supported: adapters must cover every layer")
 	case !isJSONNull(pc.ModulesToSave):
-		return LoRAConfig{}, bad("modules_to_save is not supported")
+		return model.LoRAConfig{}, bad("modules_to_save is not supported")
 	}
 	targets, err := peftTargets(pc.TargetModules)
 	if err != nil {
-		return LoRAConfig{}, bad("%v", err)
+		return model.LoRAConfig{}, bad("%v", err)
 	}
-	return LoRAConfig{Rank: *pc.R, Alpha: *pc.LoraAlpha, Dropout: pc.LoraDropout, RSLoRA: pc.UseRSLoRA, Targets: targets}, nil
+	return model.LoRAConfig{Rank: *pc.R, Alpha: *pc.LoraAlpha, Dropout: pc.LoraDropout, RSLoRA: pc.UseRSLoRA, Targets: targets}, nil
 }
 
 func isJSONNull(raw json.RawMessage) bool {
@@ -160,7 +191,7 @@ func peftTargets(raw json.RawMessage) ([]string, error) {
 		for _, t := range list {
 			short := t[strings.LastIndex(t, ".")+1:]
 			if !isLinear(short) {
-				return nil, fmt.Errorf("target_modules entry %q is not one of %s", t, strings.Join(Linears, ", "))
+				return nil, fmt.Errorf("target_modules entry %q is not one of %s", t, strings.Join(model.Linears, ", "))
 			}
 			seen[short] = true
 		}
@@ -171,14 +202,14 @@ func peftTargets(raw json.RawMessage) ([]string, error) {
 		return nil, errors.New("target_modules must be a list of names or a string")
 	}
 	if s == "all-linear" {
-		return append([]string(nil), Linears...), nil
+		return append([]string(nil), model.Linears...), nil
 	}
 	re, err := regexp.Compile("^(?:" + s + ")$")
 	if err != nil {
 		return nil, fmt.Errorf("target_modules regex %q: %w", s, err)
 	}
 	seen := map[string]bool{}
-	for _, proj := range Linears {
+	for _, proj := range model.Linears {
 		if re.MatchString("model.layers.0." + projBlock(proj) + "." + proj) {
 			seen[proj] = true
 		}
@@ -190,7 +221,7 @@ func peftTargets(raw json.RawMessage) ([]string, error) {
 }
 
 func isLinear(s string) bool {
-	for _, l := range Linears {
+	for _, l := range model.Linears {
 		if l == s {
 			return true
 		}
@@ -200,7 +231,7 @@ func isLinear(s string) bool {
 
 func orderedLinears(set map[string]bool) []string {
 	var out []string
-	for _, l := range Linears {
+	for _, l := range model.Linears {
 		if set[l] {
 			out = append(out, l)
 		}
@@ -208,13 +239,14 @@ func orderedLinears(set map[string]bool) []string {
 	return out
 }
 
-// WritePEFTAdapter saves l in peft's format, loadable with
+// Write saves l in peft's format, loadable with
 // peft.PeftModel.from_pretrained: adapter_config.json and adapter_model.safetensors (F32).
-func WritePEFTAdapter(dir string, l *LoRA, cfg *Config, baseModel string) error {
+func Write(dir string, l *model.LoRA, cfg *model.Config, baseModel string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("adapter: %w", err)
 	}
 	lc := l.Config
+	targets := model.SortedTargets(lc.Targets)
 	doc := map[string]any{
 		"peft_type":               "LORA",
 		"task_type":               "CAUSAL_LM",
@@ -226,7 +258,7 @@ func WritePEFTAdapter(dir string, l *LoRA, cfg *Config, baseModel string) error 
 		"use_dora":                false,
 		"bias":                    "none",
 		"fan_in_fan_out":          false,
-		"target_modules":          lc.targets(),
+		"target_modules":          targets,
 		"inference_mode":          true,
 		"init_lora_weights":       true,
 	}
@@ -237,15 +269,15 @@ func WritePEFTAdapter(dir string, l *LoRA, cfg *Config, baseModel string) error 
 	if err := os.WriteFile(filepath.Join(dir, "adapter_config.json"), append(js, '\n'), 0o644); err != nil {
 		return fmt.Errorf("adapter: %w", err)
 	}
-	var w SafetensorsWriter
+	var w safetensors.Writer
 	for i, layer := range l.Layers {
-		for _, proj := range lc.targets() {
+		for _, proj := range targets {
 			out, in := cfg.LinearShape(proj)
 			p := layer[proj]
-			if err := w.AddFloat32(LoRATensorName(i, proj, "A"), "F32", []int{lc.Rank, in}, p.A); err != nil {
+			if err := w.AddFloat32(model.LoRATensorName(i, proj, "A"), safetensors.F32, []int{lc.Rank, in}, p.A); err != nil {
 				return err
 			}
-			if err := w.AddFloat32(LoRATensorName(i, proj, "B"), "F32", []int{out, lc.Rank}, p.B); err != nil {
+			if err := w.AddFloat32(model.LoRATensorName(i, proj, "B"), safetensors.F32, []int{out, lc.Rank}, p.B); err != nil {
 				return err
 			}
 		}

@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -135,6 +136,44 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		opts.GPU = cc.LocalRank
 	}
 	return bench.Model(opts, stdout, stderr)
+}
+
+// benchPipeline is `train bench pipeline`: the pipeline bubble of real
+// training steps against the 1F1B theory (bench.Pipeline).
+func benchPipeline(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("bench pipeline", `Usage: mpirun -np P train bench pipeline [flags]
+
+Trains -steps steps for each number of micro-batches in -micro with every rank
+one pipeline stage, and prints per M the bubble theory predicts for 1F1B,
+(P-1)/(M+P-1), and the bubble measured: time a stage waited on its neighbours
+over its step time, averaged over stages and steps (the first step, warm-up,
+left out). Stages other than the last recompute a micro-batch's forward before
+its backward (activations are kept per stage for one micro-batch), which makes
+them slower than the last stage and shifts the measured bubble from the theory.`, stderr)
+	cf := collective.AddFlags(fs)
+	modelName := fs.String("model", "random:tiny", "model (its layers must be at least the number of ranks)")
+	micro := fs.String("micro", "1,2,4,8,16", "comma-separated micro-batch counts M")
+	steps := fs.Int("steps", 4, "steps per M (the first is not measured)")
+	seq := fs.Int("seq", 64, "tokens per sequence")
+	batch := fs.Int("batch", 4, "sequences per micro-batch")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	var ms []int
+	for _, f := range strings.Split(*micro, ",") {
+		m, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || m < 1 {
+			return usagef("-micro: %q is not a positive count", f)
+		}
+		ms = append(ms, m)
+	}
+	if *steps < 2 {
+		return usagef("-steps %d: need at least 2 (the first is warm-up)", *steps)
+	}
+	if _, err := cf.Config(os.Getenv); err != nil {
+		return usagef("%v", err)
+	}
+	return bench.Pipeline(cf, bench.PipelineOptions{Model: *modelName, Micro: ms, Steps: *steps, Seq: *seq, Batch: *batch}, stdout)
 }
 
 // benchCkpt is `train bench ckpt`: checkpoint save and load throughput and

@@ -47,11 +47,15 @@ func Pipeline(launch *collective.Flags, opts PipelineOptions, stdout io.Writer) 
 		return err
 	}
 	defer d.Close(nil)
-	dir, err := os.MkdirTemp("", "train-bench-pipeline-")
+	// One run directory for every rank: a checkpoint is committed by rank 0
+	// from the shards all ranks wrote there.
+	dir, err := d.TempDir("train-bench-pipeline-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
+	if d.IsRoot() {
+		defer os.RemoveAll(dir)
+	}
 	P := cfg.Parallel.PP
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if d.IsRoot() {

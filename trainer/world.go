@@ -1,6 +1,7 @@
 package trainer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -205,4 +206,30 @@ func (d *World) agree(local error, format string, a ...any) error {
 		return fmt.Errorf(format, a...)
 	}
 	return nil
+}
+
+// TempDir makes a temporary directory on rank 0 and tells every rank its
+// name, so that ranks sharing a file system (one host, or a shared /tmp) run
+// jobs in one run directory. Rank 0 removes it when done.
+func (d *World) TempDir(prefix string) (string, error) {
+	var name string
+	var mkErr error
+	if d.IsRoot() {
+		name, mkErr = os.MkdirTemp("", prefix)
+	}
+	if d.world == nil {
+		return name, mkErr
+	}
+	if err := d.agree(mkErr, "rank 0 could not make a temporary directory"); err != nil {
+		return "", err
+	}
+	msg := make(collective.Bytes, 4096)
+	if len(name) > len(msg) {
+		return "", fmt.Errorf("temporary directory %s: name too long to share", name)
+	}
+	copy(msg, name)
+	if err := d.world.Broadcast(msg, 0); err != nil {
+		return "", fmt.Errorf("sharing the temporary directory: %w", err)
+	}
+	return string(bytes.TrimRight(msg, "\x00")), nil
 }

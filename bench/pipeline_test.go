@@ -1,0 +1,56 @@
+package bench
+
+import (
+	"bytes"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"train/collective"
+)
+
+// TestPipelineTwoRanks runs the pipeline benchmark as two ranks of one
+// process (one stage each): rank 0 prints a row per M, both ranks share one
+// run directory (a checkpoint is committed from both ranks' shards), and
+// rank 1 prints nothing.
+func TestPipelineTwoRanks(t *testing.T) {
+	t.Setenv("TRAIN_JOB_ID", fmt.Sprintf("bench-pipeline-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	opts := PipelineOptions{Model: "random:tiny", Micro: []int{1, 2}, Steps: 2, Seq: 16, Batch: 1}
+	var wg sync.WaitGroup
+	outs := make([]bytes.Buffer, 2)
+	errs := make([]error, 2)
+	for r := range outs {
+		fs := flag.NewFlagSet("bench pipeline", flag.ContinueOnError)
+		cf := collective.AddFlags(fs)
+		if err := fs.Parse([]string{"-rank", fmt.Sprint(r), "-world-size", "2", "-comm-timeout", "60s"}); err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[r] = Pipeline(cf, opts, &outs[r])
+		}()
+	}
+	wg.Wait()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+	out := outs[0].String()
+	if !strings.Contains(out, "P=2 stages") || !strings.Contains(out, "theory (P-1)/(M+P-1)") {
+		t.Errorf("rank 0's output lacks the header:\n%s", out)
+	}
+	for _, row := range []string{"\n  1  ", "\n  2  "} {
+		if !strings.Contains(out, row) {
+			t.Errorf("rank 0's output lacks the row %q:\n%s", strings.TrimSpace(row), out)
+		}
+	}
+	if outs[1].Len() != 0 {
+		t.Errorf("rank 1 printed:\n%s", outs[1].String())
+	}
+}

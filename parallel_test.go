@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"train/format/safetensors"
+	"train/internal/testcheck"
 )
 
 // TestMain lets a test start copies of this binary as training ranks: with
@@ -98,15 +98,7 @@ func launchRanks(t *testing.T, np int, args []string) {
 	}
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testcheck.FreePort(t) }
 
 // runLosses reads the per-step training losses and the final eval loss of a run.
 func runLosses(t *testing.T, run string) (losses []float64, eval float64) {

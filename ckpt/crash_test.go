@@ -29,9 +29,16 @@ func crashChild(run string) {
 	os.Exit(0)
 }
 
-// TestCrashSafety SIGKILLs a process writing checkpoints at random moments
+// TestCrashSafety SIGKILLs a process writing checkpoints at chosen moments
 // and checks after each kill that the newest complete checkpoint verifies and
 // holds its step's data, and that List tells complete from incomplete.
+//
+// The kills follow the child's progress, never the clock, so that a loaded
+// machine or a -race build changes how long the test takes, not what it
+// checks: even kills wait until the child has begun writing a step after the
+// newest complete one and kill it at once (mid-write); odd kills wait until
+// that step is committed (so the checkpoints advance). Kills go on past the
+// planned count, up to four times it, until at least one landed mid-write.
 func TestCrashSafety(t *testing.T) {
 	if run := os.Getenv(crashChildEnv); run != "" {
 		crashChild(run)
@@ -44,24 +51,25 @@ func TestCrashSafety(t *testing.T) {
 	run := t.TempDir()
 	rng := rand.New(rand.NewPCG(1, 2))
 	var last int64
-	advanced, torn := 0, 0
-	for k := 0; k < kills; k++ {
+	advanced, torn, commitWaits, k := 0, 0, 0, 0
+	for ; (k < kills || torn == 0) && k < 4*kills; k++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestCrashSafety$")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+run)
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		// Kill relative to the child's own progress, not the clock alone, so that
-		// a slow start (a loaded machine, a -race build) cannot make every kill
-		// land before the first write: wait until it has begun writing a step
-		// after the newest complete one, then kill it at once (mid-write) or
-		// after a random while (often after a commit), alternately.
-		waitForWrite(run, last, 10*time.Second)
 		if k%2 == 0 {
+			waitForWrite(run, last, 20*time.Second)
 			time.Sleep(time.Duration(rng.IntN(3000)) * time.Microsecond)
 		} else {
-			time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+			commitWaits++
+			if !waitForCommit(run, last, 20*time.Second) {
+				cmd.Process.Kill()
+				cmd.Wait()
+				t.Fatalf("kill %d: the child committed no checkpoint after step %d within 20s", k, last)
+			}
+			time.Sleep(time.Duration(rng.IntN(20)) * time.Millisecond)
 		}
 		cmd.Process.Kill()
 		err := cmd.Wait()
@@ -111,13 +119,24 @@ func TestCrashSafety(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d kills, latest step %d, advanced after %d kills, %d unfinished checkpoints seen", kills, last, advanced, torn)
+	t.Logf("%d kills, latest step %d, advanced after %d kills, %d unfinished checkpoints seen", k, last, advanced, torn)
 	if torn == 0 {
-		t.Errorf("no kill left an unfinished checkpoint behind: the kills do not land mid-write")
+		t.Errorf("none of %d kills left an unfinished checkpoint behind: the kills do not land mid-write", k)
 	}
-	if advanced < kills/4 {
-		t.Errorf("checkpoints advanced after only %d of %d kills: the kills may not land mid-write", advanced, kills)
+	if advanced < commitWaits {
+		t.Errorf("checkpoints advanced after %d kills, fewer than the %d that waited for a commit", advanced, commitWaits)
 	}
+}
+
+// waitForCommit waits until a checkpoint of a step after last is complete in
+// run, and says whether one is.
+func waitForCommit(run string, last int64, timeout time.Duration) bool {
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if in, err := Latest(run); err == nil && in.Step > last {
+			return true
+		}
+	}
+	return false
 }
 
 // waitForWrite waits until a checkpoint of a step after last is being written in

@@ -3,12 +3,13 @@ package collective
 import (
 	"context"
 	"fmt"
-	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"train/internal/testcheck"
 )
 
 // logBuf collects what the ranks log (safe after the test has ended).
@@ -128,12 +129,4 @@ func lengths(n int) []int {
 }
 
 // freePort returns a TCP port on loopback that was free a moment ago.
-func freePort(t testing.TB) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return port
-}
+func freePort(t testing.TB) string { return strconv.Itoa(testcheck.FreePort(t)) }

@@ -1,6 +1,6 @@
-// Package testcheck holds the checks that the tests of model and of the format
-// packages share: an error that must say something, and tensors that must come
-// back from a file as they went in.
+// Package testcheck holds what the tests of several packages share: an error
+// that must say something, tensors that must come back from a file as they
+// went in, and a port for the ranks a test starts.
 package testcheck
 
 import (

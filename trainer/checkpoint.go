@@ -40,6 +40,11 @@ type trainerState struct {
 	Cursor    int    `json:"cursor"`     // next position in Order
 	Epoch     int    `json:"epoch"`
 	RNG       []byte `json:"rng"` // the data generator (PCG), binary-marshalled
+	// Tokens is the tokens trained on up to Step (the metrics' running count);
+	// TotalSteps the run's train.steps, whose schedule the learning rate followed.
+	// Both are absent from checkpoints of earlier versions.
+	Tokens     int `json:"tokens,omitempty"`
+	TotalSteps int `json:"total_steps,omitempty"`
 	Examples  int    `json:"examples"`
 }
 
@@ -151,6 +156,7 @@ func (t *trainer) state(step int) ([]byte, error) {
 		return nil, err
 	}
 	return json.Marshal(trainerState{Step: step, AdamSteps: t.adam.Steps(), Order: t.order, Cursor: t.cursor,
+		Tokens: t.tokens, TotalSteps: t.cfg.Train.Steps,
 		Epoch: t.epoch, RNG: rng, Examples: len(t.train)})
 }
 
@@ -208,6 +214,7 @@ func (t *trainer) restore(dir string) (int, error) {
 		return 0, fmt.Errorf("resume: %s: data generator: %w", dir, err)
 	}
 	t.order, t.cursor, t.epoch = st.Order, st.Cursor, st.Epoch
+	t.tokens, t.resumedTotal = st.Tokens, st.TotalSteps
 	if err := f.uploadValues(t.m, t.be); err != nil {
 		return 0, err
 	}

@@ -83,6 +83,7 @@ func (t *trainer) loop() (Result, error) {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
 		res.Tokens += stepTokens
+		t.tokens += stepTokens
 		sumSq, err := t.opt.reduce(&times)
 		if err != nil {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
@@ -135,7 +136,7 @@ func (t *trainer) loop() (Result, error) {
 		tps := float64(stepTokens) / time.Since(stepStart).Seconds()
 		prog.step(step+1, loss, lr, tps)
 		if err := t.writeMetric(map[string]any{"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
-			"tokens": res.Tokens, "scored_tokens": total, "tokens_per_s": tps, "epoch": t.epoch}); err != nil {
+			"tokens": t.tokens, "scored_tokens": total, "tokens_per_s": tps, "epoch": t.epoch}); err != nil {
 			return res, err
 		}
 		if step > 0 {

@@ -40,6 +40,10 @@ type trainer struct {
 	adam optim.AdamW
 	// startStep is the step a resumed run continues after (0: a fresh start).
 	startStep int
+	// tokens counts the tokens trained on since the run began, resumed runs
+	// included; resumedTotal is the train.steps of the checkpoint resumed from
+	// (0: a fresh start, or a checkpoint that does not say).
+	tokens, resumedTotal int
 	// warnedMemory is set once the rank has warned that it nears the memory limit.
 	warnedMemory bool
 	// stepSleep is a deliberate delay per step (TRAIN_DEBUG_STEP_SLEEP), for tests.
@@ -179,6 +183,10 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 			return res, fmt.Errorf("resume: %w", err)
 		}
 		fmt.Fprintf(stderr, "train: resumed from %s after step %d\n", dir, t.startStep)
+		if t.resumedTotal > 0 && t.resumedTotal != cfg.Train.Steps {
+			fmt.Fprintf(stderr, "train: warning: the checkpoint's run had train.steps %d and this one has %d: the learning-rate schedule is stretched to the new length, so the rate after step %d changes from %.3g to %.3g\n",
+				t.resumedTotal, cfg.Train.Steps, t.startStep, t.scheduleAt(t.resumedTotal, t.startStep), t.sched.LR(t.startStep))
+		}
 	}
 	if err := t.openRunDir(); err != nil {
 		return res, err
@@ -292,6 +300,14 @@ func (t *trainer) reportMemory(stderr io.Writer) {
 		note = " (the optimizer state is on the host)"
 	}
 	fmt.Fprintf(stderr, "train: memory on %s: %s; total %s%s\n", t.be.Name(), strings.Join(words, ", "), shard.FormatBytes(total), note)
+}
+
+// scheduleAt is the learning rate at step of this run's schedule had it been
+// total steps long.
+func (t *trainer) scheduleAt(total, step int) float64 {
+	s := t.sched
+	s.Total = total
+	return s.LR(step)
 }
 
 // logKey turns a label into a log key: "weights (bf16)" -> "weights_bf16".

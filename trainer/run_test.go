@@ -260,3 +260,29 @@ func TestCheckpointFailure(t *testing.T) {
 		t.Fatalf("continue_on_error: %v, %d steps, stderr %q", err, res.Steps, stderr)
 	}
 }
+
+// TestResumeCarriesTokensAndSchedule: the running token count of the metrics
+// goes on from the checkpoint instead of restarting, and resuming with
+// another train.steps says that the learning-rate schedule changes.
+func TestResumeCarriesTokensAndSchedule(t *testing.T) {
+	a := testConfig(t, func(c *config.Config) { c.Train.Steps, c.Ckpt.Every = 6, 3 })
+	mustRun(t, a)
+	b := a
+	b.RunDir, b.Ckpt.Resume = filepath.Join(t.TempDir(), "b"), ckpt.StepDir(a.RunDir, 3)
+	_, _, stderr := mustRun(t, b)
+	ta, tb := metricValues(t, a.RunDir, "tokens"), metricValues(t, b.RunDir, "tokens")
+	for s := 4; s <= 6; s++ {
+		if tb[s] != ta[s] || ta[s] == 0 {
+			t.Errorf("step %d: %v tokens so far resumed, %v straight", s, tb[s], ta[s])
+		}
+	}
+	if strings.Contains(stderr, "schedule") {
+		t.Errorf("a resume with the same train.steps warned of the schedule:\n%s", stderr)
+	}
+	c := b
+	c.RunDir, c.Train.Steps = filepath.Join(t.TempDir(), "c"), 12
+	_, _, stderr = mustRun(t, c)
+	if !strings.Contains(stderr, "had train.steps 6 and this one has 12") {
+		t.Errorf("resuming with another train.steps said nothing of the schedule:\n%s", stderr)
+	}
+}

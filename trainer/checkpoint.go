@@ -45,7 +45,7 @@ type trainerState struct {
 	// Both are absent from checkpoints of earlier versions.
 	Tokens     int `json:"tokens,omitempty"`
 	TotalSteps int `json:"total_steps,omitempty"`
-	Examples  int    `json:"examples"`
+	Examples   int `json:"examples"`
 }
 
 // saveCheckpoint writes this rank's part of the state after step (1-based) and,

@@ -32,7 +32,8 @@ type actPlan struct {
 	layers []*layerActs
 
 	xf, rstdF ops.Buf // final norm output [N, C] and its rstd [N]
-	logits    ops.Buf // [N, V]; dlogits in place during backward
+	logits    ops.Buf // [chunk, V]: one chunk of tokens' logits; dlogits in place during backward
+	chunk     int     // tokens per chunk of the head and loss
 	losses    ops.Buf // [N]
 
 	// Backward scratch, shared by all layers.
@@ -71,7 +72,7 @@ func (m *Model) Plan(B, T int) error {
 	}
 	c := &m.cfg
 	N, C, Q, KV, I, V := B*T, c.HiddenSize, c.QDim(), c.KVDim(), c.IntermediateSize, c.VocabSize
-	if N > 1<<31/max(C, Q, I) || (m.last && N > 1<<31/V) {
+	if N > 1<<31/max(C, Q, I) {
 		return fmt.Errorf("model: batch [%d, %d] too large for this model", B, T)
 	}
 	m.freePlan(m.acts)
@@ -118,7 +119,8 @@ func (m *Model) Plan(B, T int) error {
 	if m.last {
 		fp.Add(&p.xf, N*C)
 		sp.Add(&p.rstdF, N)
-		fp.Add(&p.logits, N*V)
+		p.chunk = min(N, headChunk(m.headChunk, V))
+		fp.Add(&p.logits, p.chunk*V)
 		sp.Add(&p.losses, N)
 	}
 	fp.Add(&p.dresid, N*C)

@@ -32,6 +32,7 @@ type Model struct {
 	first      bool // runs the embedding
 	last       bool // runs the head and the loss
 	checkpoint bool
+	headChunk  int // Options.HeadChunk
 	training   bool
 
 	lora      *LoRAConfig // nil in full fine-tuning
@@ -90,6 +91,24 @@ type Options struct {
 	// value), or ops.BF16 for mixed precision, where trainable tensors keep an
 	// F32 master copy and F32 gradients and everything else is bfloat16.
 	Compute ops.DType
+	// HeadChunk is how many tokens' logits the last stage holds at once: the
+	// head and the loss run over the tokens in chunks of this many, so no
+	// [tokens, vocab] buffer exists (4 GiB at 16k tokens of Llama 3 in bf16).
+	// 0 is DefaultHeadChunk.
+	HeadChunk int
+}
+
+// HeadChunkElems is the logits the default chunk of the head holds: 2^27
+// values, 256 MiB in bf16, which keeps the head's GEMMs large (1,046 tokens
+// of Llama 3's 128,256-token vocabulary) and its memory small.
+const HeadChunkElems = 1 << 27
+
+// headChunk is the tokens per chunk of the head and loss for a vocabulary of V.
+func headChunk(opt int, V int) int {
+	if opt > 0 {
+		return opt
+	}
+	return max(1, HeadChunkElems/V)
 }
 
 // Param is one tensor of the model on the backend, with its gradient.
@@ -184,7 +203,7 @@ func NewModel(be ops.Backend, w *Weights, opt Options) (*Model, error) {
 	}
 	m := &Model{
 		be: be, cfg: cfg, lo: lo, hi: hi, first: lo == 0, last: hi == cfg.NumLayers,
-		checkpoint: opt.Checkpoint, invFreq: inv, byName: map[string]*Param{}, compute: opt.Compute,
+		checkpoint: opt.Checkpoint, headChunk: opt.HeadChunk, invFreq: inv, byName: map[string]*Param{}, compute: opt.Compute,
 		slots: make([]*actPlan, 1),
 	}
 	full := opt.LoRA == nil
@@ -422,8 +441,13 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 		return 0, 0, nil
 	}
 	be.RMSNormForward(p.xf, p.rstdF, p.resid[m.hi-m.lo], m.finalNorm.W, N, C, float32(c.RMSNormEps))
-	be.MatmulNT(p.logits, p.xf, m.head.W, N, V, C, 1, 0)
-	be.CrossEntropyForward(p.losses, p.logits, p.targets, N, V)
+	// The head and the loss, a chunk of tokens at a time: only the chunk's
+	// logits exist, and only the losses are kept (backward recomputes them).
+	for r0 := 0; r0 < N; r0 += p.chunk {
+		R := min(p.chunk, N-r0)
+		be.MatmulNT(p.logits, p.xf.Slice(r0*C, R*C), m.head.W, R, V, C, 1, 0)
+		be.CrossEntropyForward(p.losses.Slice(r0, R), p.logits, p.targets.Slice(r0, R), R, V)
+	}
 	losses := make([]float64, N)
 	if err := be.Download64(losses, p.losses); err != nil {
 		return 0, 0, fmt.Errorf("model: forward: %w", err)
@@ -450,11 +474,20 @@ func (m *Model) Backward(scale float32) error {
 	p, be, c := m.acts, m.be, &m.cfg
 	N, C, V := p.N, c.HiddenSize, c.VocabSize
 	if m.last {
-		be.CrossEntropyBackward(p.logits, p.logits, p.targets, N, V, scale) // logits now hold dlogits
-		if hg := m.headGradBuf(); hg != nil {
-			be.MatmulTN(hg, p.logits, p.xf, V, C, N, 1, 1)
+		// Per chunk of tokens: the logits again, their gradient in place, the
+		// chunk's share of the head's gradient and the gradient of the norm's
+		// output.
+		hg := m.headGradBuf()
+		for r0 := 0; r0 < N; r0 += p.chunk {
+			R := min(p.chunk, N-r0)
+			xf := p.xf.Slice(r0*C, R*C)
+			be.MatmulNT(p.logits, xf, m.head.W, R, V, C, 1, 0)
+			be.CrossEntropyBackward(p.logits, p.logits, p.targets.Slice(r0, R), R, V, scale) // logits now hold dlogits
+			if hg != nil {
+				be.MatmulTN(hg, p.logits, xf, V, C, R, 1, 1)
+			}
+			be.MatmulNN(p.dln.Slice(r0*C, R*C), p.logits, m.head.W, R, C, V, 1, 0)
 		}
-		be.MatmulNN(p.dln, p.logits, m.head.W, N, C, V, 1, 0)
 		be.Zero(p.dresid, N*C)
 		be.RMSNormBackward(p.dresid, m.finalNorm.Grad, p.dln, p.resid[m.hi-m.lo], m.finalNorm.W, p.rstdF, N, C)
 	}
@@ -590,18 +623,25 @@ func LabelCount(b *Batch) int {
 	return n
 }
 
-// Logits downloads the logits [B*T, V] of the last Forward on the last stage.
-// Backward overwrites them, so call it between the two.
+// Logits returns the logits [B*T, V] of the last Forward on the last stage,
+// computed again a chunk at a time (training never holds them all). Call it
+// between Forward and Backward.
 func (m *Model) Logits() ([]float32, error) {
 	if !m.last {
 		return nil, errors.New("model: logits exist only on the last stage")
 	}
-	if m.acts == nil || m.acts.state != stateForwarded {
+	p := m.acts
+	if p == nil || p.state != stateForwarded {
 		return nil, errors.New("model: no logits: call Forward (and not yet Backward)")
 	}
-	out := make([]float32, m.acts.N*m.cfg.VocabSize)
-	if err := m.be.Download(out, m.acts.logits); err != nil {
-		return nil, fmt.Errorf("model: logits: %w", err)
+	C, V := m.cfg.HiddenSize, m.cfg.VocabSize
+	out := make([]float32, int64(p.N)*int64(V))
+	for r0 := 0; r0 < p.N; r0 += p.chunk {
+		R := min(p.chunk, p.N-r0)
+		m.be.MatmulNT(p.logits, p.xf.Slice(r0*C, R*C), m.head.W, R, V, C, 1, 0)
+		if err := m.be.Download(out[r0*V:(r0+R)*V], p.logits.Slice(0, R*V)); err != nil {
+			return nil, fmt.Errorf("model: logits: %w", err)
+		}
 	}
 	return out, nil
 }

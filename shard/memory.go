@@ -30,8 +30,10 @@ import (
 //	             forwarded but not yet backwarded (up to P - stage under 1F1B),
 //	             plus one layer's backward scratch and the stage's send/receive
 //	             buffers
-//	logits       last stage: B*T*V fp32 logits (their gradient overwrites them)
-//	             plus the final norm's saved input
+//	logits       last stage: one chunk of logits, model.HeadChunkElems values
+//	             at most in the compute type (the head and loss run a chunk of
+//	             tokens at a time; the gradient overwrites them), plus the final
+//	             norm's saved output and the per-token losses
 //	reserve      1 GiB: CUDA context, cuBLAS workspace, allocator slack
 //
 // Full fine-tuning comes to 18 bytes per parameter before activations (2 + 4
@@ -201,8 +203,9 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 	}
 	m.Activations = activationBytes(cfg, s, targets, L, m.InFlight)
 	if head {
-		N := int64(s.MicroBatch) * int64(s.SeqLen)
-		m.Logits = N * (4*int64(cfg.VocabSize) + int64(s.ActBytes)*int64(cfg.HiddenSize))
+		N, V := int64(s.MicroBatch)*int64(s.SeqLen), int64(cfg.VocabSize)
+		chunk := min(N, max(1, model.HeadChunkElems/V))
+		m.Logits = chunk*V*int64(s.ActBytes) + N*(int64(s.ActBytes)*int64(cfg.HiddenSize)+4)
 	}
 	return m
 }

@@ -38,7 +38,8 @@ masked exactly as in training.`, stderr)
 	if *batch < 1 {
 		return usagef("-batch %d must be at least 1", *batch)
 	}
-	// The backend only settles what "auto" means; a bad name is a usage error now.
+	// The name alone decides whether it is valid (the device only settles "auto"),
+	// so it is checked here with the other flags, before anything is loaded.
 	if _, err := device.ComputeType(*precision, nil); err != nil {
 		return usagef("%v", err)
 	}

@@ -73,7 +73,8 @@ Examples:
 	if o.Tokenizer == "" && model.IsRandomModel(o.Model) {
 		return usagef("-tokenizer is required with a random model")
 	}
-	// The backend only settles what "auto" means; a bad name is a usage error now.
+	// The name alone decides whether it is valid (the device only settles "auto"),
+	// so it is checked here with the other flags, before anything is loaded.
 	if _, err := device.ComputeType(o.Precision, nil); err != nil {
 		return usagef("%v", err)
 	}

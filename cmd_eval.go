@@ -5,12 +5,8 @@ import (
 	"fmt"
 	"io"
 
-	"train/config"
-	"train/data"
 	"train/device"
-	"train/format/peft"
-	"train/model"
-	"train/trainer"
+	"train/eval"
 )
 
 // runEval prints the mean loss of a model (with an optional PEFT LoRA adapter) over
@@ -42,49 +38,20 @@ masked exactly as in training.`, stderr)
 	if *batch < 1 {
 		return usagef("-batch %d must be at least 1", *batch)
 	}
-	be, err := device.Open(*deviceName, 0)
-	if err != nil {
-		return err
-	}
-	defer device.Close(be)
-	w, err := model.LoadSource(*modelDir, *seed)
-	if err != nil {
-		return err
-	}
-	cfg := config.Default()
-	cfg.Model, cfg.Tokenizer = *modelDir, *tokPath
-	tok, err := trainer.LoadTokenizer(cfg, w.Config)
-	if err != nil {
-		return err
-	}
-	f := &data.Formatter{Vocab: w.Config.VocabSize, PromptLoss: *promptLoss}
-	if tok != nil {
-		f.Tok = tok
-	}
-	examples, _, err := data.ReadExamples(*dataPath, f, false)
-	if err != nil {
-		return err
-	}
-	var opt model.Options
-	if opt.Compute, err = device.ComputeType(*precision, be); err != nil {
+	// The name alone decides whether it is valid (the device only settles "auto"),
+	// so it is checked here with the other flags, before anything is loaded.
+	if _, err := device.ComputeType(*precision, nil); err != nil {
 		return usagef("%v", err)
 	}
-	if *adapter != "" {
-		if opt.LoRA, err = peft.Read(*adapter, w.Config); err != nil {
-			return err
-		}
-	}
-	m, err := model.NewModel(be, w, opt)
+	res, err := eval.Run(eval.Options{
+		Model: *modelDir, ModelSeed: *seed, Adapter: *adapter, Tokenizer: *tokPath,
+		Data: *dataPath, PromptLoss: *promptLoss, Batch: *batch,
+		Device: *deviceName, Precision: *precision,
+	})
 	if err != nil {
 		return err
 	}
-	defer m.Close()
-	m.SetTraining(false)
-	loss, tokens, err := trainer.EvalExamples(m, examples, 0, *batch)
-	if err != nil {
-		return fmt.Errorf("%s: %w", *dataPath, err)
-	}
-	out, err := json.Marshal(map[string]any{"loss": loss, "tokens": tokens, "examples": len(examples)})
+	out, err := json.Marshal(map[string]any{"loss": res.Loss, "tokens": res.Tokens, "examples": res.Examples})
 	if err != nil {
 		return err
 	}

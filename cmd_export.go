@@ -1,20 +1,10 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
-	"strings"
 
-	fileformat "train/format"
-	"train/format/gguf"
-	"train/format/peft"
-	"train/format/safetensors"
-	"train/model"
-	"train/trainer"
+	"train/export"
 )
 
 // runExport writes a model (and optional LoRA adapter) in a format other tools
@@ -81,108 +71,10 @@ Formats:
 		return usagef("-format %q: peft, hf or gguf", *format)
 	}
 
-	var w *model.Weights
-	var lora *model.LoRA
-	if *ckptDir != "" {
-		if w, lora, *modelPath, err = trainer.LoadCheckpointModel(*ckptDir, *modelPath); err != nil {
-			return err
-		}
-		if *format == "peft" && lora == nil {
-			return fmt.Errorf("%s holds a full fine-tune, not an adapter: export it with -format hf or gguf", *ckptDir)
-		}
-	} else {
-		if w, err = fileformat.LoadModel(*modelPath); err != nil {
-			return fmt.Errorf("model %s: %w", *modelPath, err)
-		}
-		if *adapter != "" {
-			if lora, err = peft.Read(*adapter, w.Config); err != nil {
-				return err
-			}
-		}
-	}
-	if *format == "peft" {
-		if err := peft.Write(*out, lora, &w.Config, *modelPath); err != nil {
-			return err
-		}
-		back, err := peft.Read(*out, w.Config)
-		if err != nil {
-			return fmt.Errorf("checking the written adapter: %w", err)
-		}
-		if err := sameAdapter(back, lora); err != nil {
-			return fmt.Errorf("checking the written adapter %s: %w", *out, err)
-		}
-		fmt.Fprintf(stdout, "wrote peft adapter (r=%d, alpha=%g, %d tensors) to %s\n", lora.Config.Rank, lora.Config.Alpha, len(lora.Tensors()), *out)
-		return nil
-	}
-	if lora != nil {
-		if err := model.MergeLoRA(w, lora); err != nil {
-			return err
-		}
-	}
-	tok := *tokDir
-	if tok == "" {
-		if model.IsRandomModel(*modelPath) {
-			fmt.Fprintf(stderr, "train export: %s has no tokenizer: writing none (give -tokenizer DIR)\n", *modelPath)
-		} else if st, err := os.Stat(filepath.Join(*modelPath, "tokenizer.json")); err == nil && !st.IsDir() {
-			tok = *modelPath
-		} else if !errors.Is(err, fs.ErrNotExist) && err != nil {
-			return fmt.Errorf("tokenizer: %w", err)
-		} else {
-			fmt.Fprintf(stderr, "train export: no tokenizer.json beside %s: writing none (give -tokenizer DIR)\n", *modelPath)
-		}
-	}
-	merged := ""
-	if lora != nil {
-		merged = " with the adapter merged"
-	}
-	switch *format {
-	case "hf":
-		dt := safetensors.F32
-		if *dtype == "bf16" {
-			dt = safetensors.BF16
-		}
-		if err := model.WriteHFModelAs(*out, w, tok, maxShard, dt); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "wrote Hugging Face model (%s%s) to %s\n", *dtype, merged, *out)
-	case "gguf":
-		typ := map[string]gguf.GGMLType{"f32": gguf.F32, "f16": gguf.F16, "bf16": gguf.BF16}[*dtype]
-		n := *name
-		if n == "" {
-			n = filepath.Base(strings.TrimSuffix(filepath.Clean(*modelPath), ".gguf"))
-		}
-		if dir := filepath.Dir(*out); dir != "" {
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return err
-			}
-		}
-		if err := gguf.WriteModel(*out, w, gguf.ModelOptions{Type: typ, Name: n, TokenizerDir: tok}); err != nil {
-			return err
-		}
-		fmt.Fprintf(stdout, "wrote GGUF (%s%s) to %s\n", *dtype, merged, *out)
-	}
-	return nil
-}
-
-// sameAdapter reports the first difference between two adapters' tensors.
-func sameAdapter(a, b *model.LoRA) error {
-	if a.Config.Rank != b.Config.Rank || a.Config.Alpha != b.Config.Alpha || a.Config.RSLoRA != b.Config.RSLoRA {
-		return fmt.Errorf("config %+v, want %+v", a.Config, b.Config)
-	}
-	at, bt := a.Tensors(), b.Tensors()
-	if len(at) != len(bt) {
-		return fmt.Errorf("%d tensors, want %d", len(at), len(bt))
-	}
-	for name, v := range bt {
-		u := at[name]
-		if len(u) != len(v) {
-			return fmt.Errorf("%s: %d values, want %d", name, len(u), len(v))
-		}
-		for i := range v {
-			if u[i] != v[i] {
-				return fmt.Errorf("%s[%d] = %v, want %v", name, i, u[i], v[i])
-			}
-		}
-	}
-	return nil
+	return export.Run(export.Options{
+		Model: *modelPath, Adapter: *adapter, Checkpoint: *ckptDir,
+		Format: *format, Out: *out, DType: *dtype, MaxShard: maxShard,
+		Tokenizer: *tokDir, Name: *name,
+		Warn: func(msg string) { fmt.Fprintf(stderr, "train export: %s\n", msg) },
+	}, stdout)
 }

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -48,22 +45,29 @@ func runLogs(args []string, stdout, stderr io.Writer) error {
 	case *plotPath != "" && *follow:
 		return usagef("-plot and -follow do not go together: plot once the run is over, or again while it runs")
 	}
+	if *plotPath != "" {
+		if ext := strings.ToLower(filepath.Ext(*plotPath)); ext != ".png" && ext != ".svg" {
+			return usagef("-plot %s: name a .png or .svg file", *plotPath)
+		}
+		return runlog.PlotRun(run, *plotPath, stdout)
+	}
 	opts := runlog.DefaultOptions()
 	opts.Straggler, opts.Rank, opts.Context, opts.Windows = *margin, *rank, max(*nContext, 0), max(*windows, 1)
-	if *plotPath != "" {
-		return plotRun(run, *plotPath, stdout)
-	}
 	if *follow {
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return followLogs(ctx, run, opts, *interval, *asJSON, stdout)
+		return runlog.Follow(ctx, run, opts, *interval, *asJSON, stdout)
 	}
 	logs, err := runlog.ReadRun(run)
 	if err != nil {
 		return err
 	}
 	opts.Now = time.Now()
-	return writeSummary(runlog.Summarize(run, logs, opts), *asJSON, stdout)
+	s := runlog.Summarize(run, logs, opts)
+	if *asJSON {
+		return s.WriteJSON(stdout)
+	}
+	return s.WriteText(stdout)
 }
 
 // parseRunArg parses flags placed before or after the one RUN argument.
@@ -89,146 +93,4 @@ func parseRunArg(fs *flag.FlagSet, args []string) (string, error) {
 		return "", usagef("give the run directory: train logs RUN")
 	}
 	return run, nil
-}
-
-func writeSummary(s runlog.Summary, asJSON bool, w io.Writer) error {
-	if !asJSON {
-		return s.WriteText(w)
-	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(s)
-}
-
-// followLogs polls the run's logs every interval, printing each new record
-// other than steps (starts, warnings, errors, checkpoints, ends) and a progress
-// line when the run has moved on, until every rank has ended or ctx is done;
-// then it prints the summary. It starts no goroutine: one loop, one ticker.
-func followLogs(ctx context.Context, run string, opts runlog.Options, interval time.Duration, asJSON bool, w io.Writer) error {
-	d := runlog.NewDir(run)
-	printed := map[int]int{} // events printed per rank
-	lastStep := -1
-	waiting := false
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	enc := json.NewEncoder(w)
-	for {
-		if _, err := d.Poll(); err != nil {
-			return err
-		}
-		logs := d.Logs()
-		if len(logs) == 0 && !waiting && !asJSON {
-			waiting = true
-			if _, err := fmt.Fprintf(w, "waiting for %s to appear\n", filepath.Join(run, "logs")); err != nil {
-				return err
-			}
-		}
-		for _, l := range logs {
-			if opts.Rank >= 0 && l.Rank != opts.Rank {
-				continue
-			}
-			for _, e := range l.Events[printed[l.Rank]:] {
-				var err error
-				if asJSON {
-					err = enc.Encode(e)
-				} else {
-					_, err = fmt.Fprintf(w, "rank %d  %s\n", l.Rank, e)
-				}
-				if err != nil {
-					return err
-				}
-			}
-			printed[l.Rank] = len(l.Events)
-		}
-		o := opts
-		o.Now = time.Now()
-		s := runlog.Summarize(run, logs, o)
-		if s.LastStep != lastStep && s.LastStep > 0 && !asJSON {
-			lastStep = s.LastStep
-			if _, err := fmt.Fprintln(w, progressLine(s, logs)); err != nil {
-				return err
-			}
-		}
-		if s.Done {
-			d.Flush()
-			return writeSummary(runlog.Summarize(run, d.Logs(), o), asJSON, w)
-		}
-		select {
-		case <-ctx.Done():
-			d.Flush()
-			return writeSummary(runlog.Summarize(run, d.Logs(), o), asJSON, w)
-		case <-tick.C:
-		}
-	}
-}
-
-// progressLine is one line on where a live run is: the newest step, its loss,
-// how far behind the slowest rank is, and the stragglers so far.
-func progressLine(s runlog.Summary, logs []*runlog.RankLog) string {
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "step %d", s.LastStep)
-	low, lowRank := s.LastStep, -1
-	for _, l := range logs {
-		if len(l.Steps) == 0 {
-			continue
-		}
-		last := l.Steps[len(l.Steps)-1]
-		if last.Step == s.LastStep && !strings.Contains(b.String(), "loss") {
-			fmt.Fprintf(&b, "  loss %.4f  lr %.2e", last.Loss, last.LR)
-		}
-		if last.Step < low {
-			low, lowRank = last.Step, l.Rank
-		}
-	}
-	if lowRank >= 0 {
-		fmt.Fprintf(&b, "  slowest rank %d at step %d", lowRank, low)
-	}
-	if n := len(s.Throughput); n > 0 {
-		fmt.Fprintf(&b, "  %.0f tokens/s", s.Throughput[n-1].TokensPerS)
-	}
-	for _, x := range s.Stragglers {
-		fmt.Fprintf(&b, "  straggler: rank %d (%.2fx, %s)", x.Rank, x.Ratio, x.Where)
-	}
-	return b.String()
-}
-
-// plotRun draws the run's curves from metrics.jsonl, or from the rank logs
-// when there is none, into path (.png or .svg).
-func plotRun(run, path string, stdout io.Writer) error {
-	format := strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), ".")
-	if format != "png" && format != "svg" {
-		return usagef("-plot %s: name a .png or .svg file", path)
-	}
-	var series runlog.Series
-	source := filepath.Join(run, "metrics.jsonl")
-	f, err := os.Open(source)
-	switch {
-	case err == nil:
-		var bad int
-		series, bad, err = runlog.ReadMetrics(f)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("%s: %w", source, err)
-		}
-		if bad > 0 {
-			fmt.Fprintf(stdout, "%s: %d malformed lines skipped\n", source, bad)
-		}
-	case errors.Is(err, os.ErrNotExist):
-		logs, err := runlog.ReadRun(run)
-		if err != nil {
-			return fmt.Errorf("%s: no metrics.jsonl, and %w", run, err)
-		}
-		series, source = runlog.SeriesFromRanks(logs), filepath.Join(run, "logs")
-	default:
-		return err
-	}
-	var buf bytes.Buffer
-	if err := runlog.WritePlot(&buf, series, format, filepath.Base(filepath.Clean(run))); err != nil {
-		return fmt.Errorf("%s: %w", run, err)
-	}
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
-		return fmt.Errorf("plot: %w", err)
-	}
-	_, err = fmt.Fprintf(stdout, "wrote %s: %d steps, %d eval points, from %s\n", path, len(series.Loss), len(series.EvalLoss), source)
-	return err
 }

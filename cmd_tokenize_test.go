@@ -33,24 +33,6 @@ func TestTokenizeCommand(t *testing.T) {
 	}
 }
 
-func TestTokenizeCommandBadLine(t *testing.T) {
-	if _, err := os.Stat(storiesDir); err != nil {
-		t.Skipf("skipping: %s not found (../shared is absent): %v", storiesDir, err)
-	}
-	for _, bad := range []string{`{"text": "a"}`, `null`, `42`, ``, `"unterminated`} {
-		var out, errb bytes.Buffer
-		in := `"ok"` + "\n" + bad + "\n"
-		err := runTokenizeFrom([]string{"-tokenizer", storiesDir}, strings.NewReader(in), &out, &errb)
-		if err == nil || !strings.Contains(err.Error(), "stdin:2: not a JSON string") {
-			t.Errorf("line %q: error %v, want one naming stdin:2", bad, err)
-		}
-		// The good first line is written whole before the error.
-		if !strings.HasPrefix(out.String(), "[") || strings.Count(out.String(), "\n") != 1 {
-			t.Errorf("line %q: output before the error %q", bad, out.String())
-		}
-	}
-}
-
 func TestTokenizeCommandUsage(t *testing.T) {
 	var out, errb bytes.Buffer
 	err := runTokenizeFrom(nil, strings.NewReader(""), &out, &errb)

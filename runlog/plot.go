@@ -1,10 +1,15 @@
 package runlog
 
 import (
+	"bytes"
+	"errors"
 	"fmt"
 	"image/color"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -73,6 +78,46 @@ func WritePlot(w io.Writer, s Series, format, title string) error {
 		return fmt.Errorf("plot: %w", err)
 	}
 	return nil
+}
+
+// PlotRun draws the curves of the run in the directory run into the file
+// path, a .png or .svg: from RUN/metrics.jsonl, or from the rank logs when
+// there is none. It writes to w what it drew and from where, and how many
+// malformed lines of metrics.jsonl it skipped.
+func PlotRun(run, path string, w io.Writer) error {
+	var series Series
+	source := filepath.Join(run, "metrics.jsonl")
+	f, err := os.Open(source)
+	switch {
+	case err == nil:
+		var bad int
+		series, bad, err = ReadMetrics(f)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", source, err)
+		}
+		if bad > 0 {
+			fmt.Fprintf(w, "%s: %d malformed lines skipped\n", source, bad)
+		}
+	case errors.Is(err, os.ErrNotExist):
+		logs, err := ReadRun(run)
+		if err != nil {
+			return fmt.Errorf("%s: no metrics.jsonl, and %w", run, err)
+		}
+		series, source = SeriesFromRanks(logs), filepath.Join(run, "logs")
+	default:
+		return err
+	}
+	format := strings.TrimPrefix(strings.ToLower(filepath.Ext(path)), ".")
+	var buf bytes.Buffer
+	if err := WritePlot(&buf, series, format, filepath.Base(filepath.Clean(run))); err != nil {
+		return fmt.Errorf("%s: %w", run, err)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	_, err = fmt.Fprintf(w, "wrote %s: %d steps, %d eval points, from %s\n", path, len(series.Loss), len(series.EvalLoss), source)
+	return err
 }
 
 type curve struct {

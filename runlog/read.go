@@ -10,7 +10,8 @@
 // "checkpoint" records, warnings, and a final "finished" or ERROR "failed"
 // record. A RankLog takes those bytes through Write, as they come, so the same
 // code reads a finished run and follows a live one. Summarize is a pure
-// function of the parsed logs; the file system stays in Dir.
+// function of the parsed logs; the file system stays in Dir, which Follow polls
+// to watch a live run, and in PlotRun, which draws a run's curves into a file.
 //
 // Logs come from processes that may be killed at any moment: a last line cut
 // short is noted as truncated and malformed lines are counted, never fatal.

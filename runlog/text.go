@@ -1,12 +1,20 @@
 package runlog
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 	"time"
 )
+
+// WriteJSON writes the summary for a machine: one indented JSON object.
+func (s Summary) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
 
 // WriteText writes the summary for a person: what went wrong first (failures,
 // silent ranks, stragglers), then the per-rank table, throughput and

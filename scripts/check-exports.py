@@ -9,7 +9,7 @@ Exact commands:
 
   # 1. On the development machine (Go, no GPU), from the repository root:
   rm -rf /tmp/export-check
-  EXPORT_CHECK_DIR=/tmp/export-check go test . -run TestWriteExportCheckInputs -v
+  EXPORT_CHECK_DIR=/tmp/export-check go test ./export -run TestWriteExportCheckInputs -v
   #    This writes, for the tiny parity model (model/testdata/parity/tiny) and its LoRA adapter
   #    (model/testdata/parity/lora):
   #      /tmp/export-check/base/      the base model in Hugging Face layout (config.json, model.safetensors)

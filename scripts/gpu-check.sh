@@ -8,7 +8,8 @@
 #   scripts/gpu-check.sh OUTDIR [SECTIONS]   # on the GPU machine, from the repository root
 #
 # SECTIONS is a comma-separated subset of fixtures,tokenizer,collective,pipeline,kernels,train,bench,
-# scale (default: all but scale). Writes full logs to OUTDIR and prints a short table last.
+# long, scale (default: all but long and scale). The train section makes its data (.dev/stories.jsonl)
+# itself. Writes full logs to OUTDIR and prints a short table last.
 set -uo pipefail
 out="${1:?usage: $0 OUTDIR [SECTIONS]}"
 sections=",${2:-fixtures,tokenizer,collective,pipeline,kernels,train,bench},"
@@ -87,6 +88,20 @@ fi
 # by NCCL on the device) and pipeline parallel (P=2) against one GPU with the same global batch.
 if want train; then
   data=.dev/stories.jsonl
+  # 256 short stories that share an ending (the material of the trainer's Go tests), made here so
+  # that a fresh clone needs nothing else.
+  [ -s $data ] || python3 - $data <<'PY'
+import json, random, sys
+rng = random.Random(1)
+names = ["Lily", "Tom", "Sam", "Mia", "Ben", "Sue"]
+things = ["a red ball", "a big dog", "a little cat", "a toy car", "a blue kite", "a pretty flower"]
+places = ["the park", "the garden", "the house", "the beach"]
+with open(sys.argv[1], "w") as f:
+    for _ in range(256):
+        n = rng.choice(names)
+        story = f"{n} had {rng.choice(things)}. {n} went to {rng.choice(places)} and played all day. The moon sang a quiet song."
+        f.write(json.dumps({"text": story}) + "\n")
+PY
   stories=(-model "$shared/models/stories260K" -data $data -steps 50 -batch 8 -seq 128 -lr 5e-3 -log-every 100)
   # compare_losses LABEL TOL REF_RUN RUN...: the worst per-step loss relative difference of each run to REF.
   compare_losses() {
@@ -154,26 +169,9 @@ PY
   fi
 fi
 
-# 7. Training-step throughput, ours beside PyTorch's measured in the same run on the same GPU
-# (DESIGN.md's peer cases): 4 decoder layers of the 70B shape alone, full forward + backward, and the
-# 8B shape with LoRA r=16, checkpointing and AdamW; batch 1. `train bench model` (bf16, plus fp32 for
-# the 70B case) against scripts/bench-peer.py (bf16, SDPA). TFLOP/s = 6 x decoder-layer parameters x
-# tokens + 6 x layers x T^2 x hidden, on both sides. Meant to stay under ~4 minutes on an H100 (each
-# command is capped at 150 s); T=8192 for the 70B case runs only while the section is under 150 s.
-if want bench; then
-  bench_start=$SECONDS
-  # bench_pair NAME SEQ OURS_FLAGS...: the peer (--case NAME) and our side (bf16) at T=SEQ; logs
-  # bench-NAME-TSEQ-{torch,ours}.log.
-  bench_pair() {
-    local name=$1 seq=$2; shift 2
-    local base="$out/bench-$name-T$seq"
-    timeout 150 python3 scripts/bench-peer.py --case "$name" --seq "$seq" --steps 10 --warmup 3 >"$base-torch.log" 2>&1
-    timeout 150 .dev/bin/train bench model "$@" -seq "$seq" -device cuda -precision bf16 -json >"$base-ours.log" 2>&1
-    bench_row "bench $name T=$seq" "$base-ours.log" "$base-torch.log"
-  }
-  # bench_row LABEL OURS_LOG TORCH_LOG: one summary line from the JSON lines of both logs.
-  bench_row() {
-    table+=("$(python3 - "$@" <<'PY'
+# bench_row LABEL OURS_LOG TORCH_LOG: one summary line from the JSON lines of both logs.
+bench_row() {
+  table+=("$(python3 - "$@" <<'PY'
 import json, sys
 label, ours, peer = sys.argv[1:4]
 def result(path):
@@ -199,6 +197,24 @@ ratio = f"{o['tokens_per_s'] / t['tokens_per_s']:.3f}" if o and t and t["tokens_
 print(f"{label}: ours {show(o, ow)} | torch {show(t, tw)} | ratio {ratio}")
 PY
 )")
+}
+
+# 7. Training-step throughput, ours beside PyTorch's measured in the same run on the same GPU
+# (DESIGN.md's peer cases): 4 decoder layers of the 70B shape alone, full forward + backward, and the
+# 8B shape with LoRA r=16, checkpointing and AdamW; batch 1. `train bench model` (bf16, plus fp32 for
+# the 70B case) against scripts/bench-peer.py (bf16, SDPA). TFLOP/s = 6 x decoder-layer parameters x
+# tokens + 6 x layers x T^2 x hidden, on both sides. Meant to stay under ~4 minutes on an H100 (each
+# command is capped at 150 s); T=8192 for the 70B case runs only while the section is under 150 s.
+if want bench; then
+  bench_start=$SECONDS
+  # bench_pair NAME SEQ OURS_FLAGS...: the peer (--case NAME) and our side (bf16) at T=SEQ; logs
+  # bench-NAME-TSEQ-{torch,ours}.log.
+  bench_pair() {
+    local name=$1 seq=$2; shift 2
+    local base="$out/bench-$name-T$seq"
+    timeout 150 python3 scripts/bench-peer.py --case "$name" --seq "$seq" --steps 10 --warmup 3 >"$base-torch.log" 2>&1
+    timeout 150 .dev/bin/train bench model "$@" -seq "$seq" -device cuda -precision bf16 -json >"$base-ours.log" 2>&1
+    bench_row "bench $name T=$seq" "$base-ours.log" "$base-torch.log"
   }
   layers70=(-model random:llama-3.1-70b -layers 4 -part layers -method full -steps 5 -warmup 2)
   lora8=(-model random:llama-3.1-8b -method lora -lora-rank 16 -checkpoint -steps 5 -warmup 2)
@@ -216,6 +232,26 @@ PY
     table+=("bench 70b-4layers T=8192: skipped (the section had run $((SECONDS - bench_start)) s)")
   fi
   table+=("bench section: $((SECONDS - bench_start)) s; logs bench-*.log")
+fi
+
+# 7b. Long context (not in the default sections): the 8B LoRA case at LONG_T tokens (default 16384
+# 32768 65536 131072), ours at each, PyTorch where it fits (it ran out of memory at 65536 on an
+# H200). Each command is capped at LONG_TIMEOUT seconds (default 240).
+if want long; then
+  long_start=$SECONDS
+  lt=${LONG_TIMEOUT:-240}
+  for T in ${LONG_T:-16384 32768 65536 131072}; do
+    base="$out/long-8b-lora-T$T"
+    if (( T <= 32768 )); then
+      timeout "$lt" python3 scripts/bench-peer.py --case 8b-lora --seq "$T" --steps 3 --warmup 1 >"$base-torch.log" 2>&1
+    else
+      echo "not run: PyTorch ran out of memory at T=65536 on an H200" >"$base-torch.log"
+    fi
+    timeout "$lt" .dev/bin/train bench model -model random:llama-3.1-8b -method lora -lora-rank 16 -checkpoint \
+      -steps 1 -warmup 1 -seq "$T" -device cuda -precision bf16 -json >"$base-ours.log" 2>&1
+    bench_row "long 8b-lora T=$T" "$base-ours.log" "$base-torch.log"
+  done
+  table+=("long section: $((SECONDS - long_start)) s; logs long-*.log")
 fi
 
 # 8. Parallel training at the scale of the machine (issue 8's run): Llama-3.1-70B shape with random

@@ -125,7 +125,7 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 		return res, err
 	}
 	// Each rank loads only the tensors of its own stage.
-	w, err := model.LoadSourceStage(cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
+	w, _, err := model.LoadSourceStage(cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
 	if err != nil {
 		return res, err
 	}

@@ -37,7 +37,8 @@ random Llama learning a generated task on the CPU. Flags override the config fil
 	if err := cfg.Validate(); err != nil {
 		return cfg, nil, false, fmt.Errorf("%w (from flags or -config)", err)
 	}
-	cfg.RunDir = cfg.RunDirOrDefault()
+	// An empty run_dir stays empty: the trainer picks the default's next
+	// free name (or, with -resume, its newest run) on rank 0 for every rank.
 	return cfg, launch, printConfig, nil
 }
 
@@ -48,6 +49,7 @@ func runTrain(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if printConfig {
+		cfg.RunDir = cfg.RunDirOrDefault()
 		out, err := cfg.Encode()
 		if err != nil {
 			return err

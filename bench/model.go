@@ -95,7 +95,7 @@ func Model(opts ModelOptions, stdout, stderr io.Writer) error {
 	mem := newMemProbe(be)
 
 	fmt.Fprintf(stderr, "bench model: building %s layers [%d,%d) of %d on %s\n", opts.Model, lo, hi, cfg.NumLayers, be.Name())
-	w, err := model.LoadSourceStage(opts.Model, cfg, opts.Seed, lo, hi, lo == 0, hi == cfg.NumLayers)
+	w, _, err := model.LoadSourceStage(opts.Model, cfg, opts.Seed, lo, hi, lo == 0, hi == cfg.NumLayers)
 	if err != nil {
 		return err
 	}

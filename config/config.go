@@ -66,6 +66,14 @@ type Ckpt struct {
 	// Resume is "" (start fresh), "latest" (the newest complete checkpoint in
 	// run_dir), or a checkpoint directory.
 	Resume string `toml:"resume"`
+	// ResumeAnyBase resumes a checkpoint whose base model is not the one this
+	// run loads (another directory's weights, another random seed), with a
+	// warning, instead of refusing.
+	ResumeAnyBase bool `toml:"resume_any_base"`
+	// Overwrite starts a fresh run in a run directory that holds another
+	// run's checkpoints or metrics, after moving that run aside to
+	// RUN.old-<date>-<time> (nothing is deleted), instead of refusing.
+	Overwrite bool `toml:"overwrite"`
 }
 
 // Data says what to train and evaluate on.
@@ -338,6 +346,8 @@ func (c *Config) Validate() error {
 		return bad("ckpt.keep_every", "%d is negative", c.Ckpt.KeepEvery)
 	case c.Ckpt.Level < 1 || c.Ckpt.Level > 22:
 		return bad("ckpt.level", "%d is outside zstd's [1, 22]", c.Ckpt.Level)
+	case c.Ckpt.Overwrite && c.Ckpt.Resume != "":
+		return bad("ckpt.overwrite", "cannot go with ckpt.resume %q: -resume continues the run in the run directory, -overwrite moves it aside to start another; choose one", c.Ckpt.Resume)
 	}
 	if len(c.LoRA.Targets) == 0 && c.Train.Method != "full" {
 		return bad("lora.targets", "is empty: name at least one of %s", strings.Join(LoRATargets(), ", "))
@@ -356,6 +366,9 @@ func (c *Config) Validate() error {
 }
 
 // RunDirOrDefault is RunDir, or runs/<model name>-<method> when it is empty.
+// The trainer reads an empty RunDir as that name's family: a fresh run takes
+// the first of runs/NAME, runs/NAME-2, ... that no other run used, and
+// -resume continues the newest of them.
 func (c *Config) RunDirOrDefault() string {
 	if c.RunDir != "" {
 		return c.RunDir

@@ -59,6 +59,7 @@ func TestStrictErrors(t *testing.T) {
 		{"bad enum", "device = \"tpu\"\n", []string{"run.toml:1", "device", "tpu"}},
 		{"bad lora target", "[lora]\ntargets = [\"q_proj\", \"qkv\"]\n", []string{"run.toml:2", "lora.targets", "qkv"}},
 		{"dropout range", "[lora]\ndropout = 1.0\n", []string{"run.toml:2", "lora.dropout"}},
+		{"overwrite with resume", "[ckpt]\noverwrite = true\nresume = \"latest\"\n", []string{"run.toml:2", "ckpt.overwrite", "-resume continues"}},
 	}
 	dir := t.TempDir()
 	for _, tc := range cases {
@@ -142,5 +143,21 @@ func TestResumeFlag(t *testing.T) {
 		if c.Ckpt.Resume != tc.want {
 			t.Errorf("%v: resume %q, want %q", tc.args, c.Ckpt.Resume, tc.want)
 		}
+	}
+}
+
+// TestRunDirFlags: -overwrite and -resume-any-base set their ckpt keys.
+func TestRunDirFlags(t *testing.T) {
+	c := Default()
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	BindFlags(fs, &c)
+	if err := fs.Parse([]string{"-overwrite", "-resume-any-base"}); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Ckpt.Overwrite || !c.Ckpt.ResumeAnyBase {
+		t.Errorf("ckpt after -overwrite -resume-any-base: %+v", c.Ckpt)
+	}
+	if err := c.Validate(); err != nil {
+		t.Errorf("-overwrite alone: %v", err)
 	}
 }

@@ -19,7 +19,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	s(&c.Tokenizer, "tokenizer", "tokenizer", "tokenizer.json; empty: the model directory's own")
 	s(&c.Device, "device", "device", "cpu, cuda or auto")
 	s(&c.Precision, "precision", "precision", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
-	s(&c.RunDir, "run", "run_dir", "directory for logs, the effective config and checkpoints")
+	s(&c.RunDir, "run", "run_dir", "directory for logs, the effective config and checkpoints; default runs/<model>-<method>, or its next free name runs/<model>-<method>-N when another run used it")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "seed for initialisation, dropout and data order (seed)")
 
 	s(&c.Data.Train, "data", "data.train", "training data, JSONL; empty: the embedded generated task")
@@ -74,6 +74,8 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	i(&c.Ckpt.KeepLast, "ckpt-keep", "ckpt.keep_last", "complete checkpoints to keep")
 	b(&c.Ckpt.Compress, "ckpt-compress", "ckpt.compress", "zstd-compress checkpoints")
 	fs.Var(resumeFlag{&c.Ckpt.Resume}, "resume", "resume from the newest complete checkpoint of the run directory, or -resume=DIR (ckpt.resume)")
+	b(&c.Ckpt.ResumeAnyBase, "resume-any-base", "ckpt.resume_any_base", "resume even when the checkpoint was trained on another base model (other weights or seed), with a warning")
+	b(&c.Ckpt.Overwrite, "overwrite", "ckpt.overwrite", "start over in a run directory that holds another run, moving its contents aside to RUN.old-<date>-<time>")
 
 	i(&c.Parallel.PP, "pp", "parallel.pp", "pipeline stages; data-parallel replicas = ranks / pp")
 	b(&c.Parallel.Zero1, "zero1", "parallel.zero1", "partition optimizer state across data-parallel replicas")

@@ -174,17 +174,17 @@ func (m *ModelDir) ReadFloat32(name string) ([]float32, []int, error) {
 }
 
 // readExpected reads a tensor the model needs, checking its shape against the one
-// config.json implies.
-func (m *ModelDir) readExpected(name string, shape []int) ([]float32, error) {
+// config.json implies, and returns its identity as read (see Base).
+func (m *ModelDir) readExpected(name string, shape []int) ([]float32, BaseTensor, error) {
 	t, f, ok := m.Tensor(name)
 	if !ok {
-		return nil, fmt.Errorf("%s: missing tensor %s (expected shape %v)", m.Dir, name, shape)
+		return nil, BaseTensor{}, fmt.Errorf("%s: missing tensor %s (expected shape %v)", m.Dir, name, shape)
 	}
 	if !slices.Equal(t.Shape, shape) {
-		return nil, fmt.Errorf("%s: tensor %s has shape %v, but config.json implies %v", f.Name, name, t.Shape, shape)
+		return nil, BaseTensor{}, fmt.Errorf("%s: tensor %s has shape %v, but config.json implies %v", f.Name, name, t.Shape, shape)
 	}
-	data, _, err := f.ReadFloat32(name)
-	return data, err
+	data, _, sum, err := f.ReadFloat32Sum(name)
+	return data, BaseTensor{Name: name, Shape: t.Shape, DType: string(t.DType), CRC32C: sum}, err
 }
 
 // LoadWeights reads the weights one process holds: decoder layers [lo, hi), the
@@ -194,44 +194,60 @@ func (m *ModelDir) readExpected(name string, shape []int) ([]float32, error) {
 // transformers ignores it). Every tensor read is checked against the shape cfg
 // implies and converted to float32; nothing else is read.
 func (m *ModelDir) LoadWeights(cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
+	w, _, err := m.LoadWeightsBase(cfg, lo, hi, withEmbed, withHead)
+	return w, err
+}
+
+// LoadWeightsBase is LoadWeights that also returns the identity of every
+// tensor it read (Base), computed as the tensors were read.
+func (m *ModelDir) LoadWeightsBase(cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, Base, error) {
+	var base Base
 	if lo < 0 || hi > cfg.NumLayers || lo > hi {
-		return nil, fmt.Errorf("%s: layer range [%d,%d) is outside the model's %d layers", m.Dir, lo, hi, cfg.NumLayers)
+		return nil, base, fmt.Errorf("%s: layer range [%d,%d) is outside the model's %d layers", m.Dir, lo, hi, cfg.NumLayers)
 	}
 	w := &Weights{Config: cfg, Layers: make([]*Layer, cfg.NumLayers)}
 	h := cfg.HiddenSize
-	var err error
+	read := func(dst *[]float32, name string, shape ...int) error {
+		data, id, err := m.readExpected(name, shape)
+		if err != nil {
+			return err
+		}
+		*dst = data
+		base.Tensors = append(base.Tensors, id)
+		return nil
+	}
 	if withEmbed || (withHead && cfg.TieEmbeddings) {
-		if w.Embed, err = m.readExpected("model.embed_tokens.weight", []int{cfg.VocabSize, h}); err != nil {
-			return nil, err
+		if err := read(&w.Embed, "model.embed_tokens.weight", cfg.VocabSize, h); err != nil {
+			return nil, base, err
 		}
 	}
 	for i := lo; i < hi; i++ {
 		l := &Layer{}
-		if l.AttnNorm, err = m.readExpected(LayerTensorName(i, "input_layernorm"), []int{h}); err != nil {
-			return nil, err
+		if err := read(&l.AttnNorm, LayerTensorName(i, "input_layernorm"), h); err != nil {
+			return nil, base, err
 		}
-		if l.MLPNorm, err = m.readExpected(LayerTensorName(i, "post_attention_layernorm"), []int{h}); err != nil {
-			return nil, err
+		if err := read(&l.MLPNorm, LayerTensorName(i, "post_attention_layernorm"), h); err != nil {
+			return nil, base, err
 		}
 		for _, s := range Linears {
 			out, in := cfg.LinearShape(s)
-			if *l.Linear(s), err = m.readExpected(LayerTensorName(i, s), []int{out, in}); err != nil {
-				return nil, err
+			if err := read(l.Linear(s), LayerTensorName(i, s), out, in); err != nil {
+				return nil, base, err
 			}
 		}
 		w.Layers[i] = l
 	}
 	if withHead {
-		if w.FinalNorm, err = m.readExpected("model.norm.weight", []int{h}); err != nil {
-			return nil, err
+		if err := read(&w.FinalNorm, "model.norm.weight", h); err != nil {
+			return nil, base, err
 		}
 		if !cfg.TieEmbeddings {
-			if w.LMHead, err = m.readExpected("lm_head.weight", []int{cfg.VocabSize, h}); err != nil {
-				return nil, err
+			if err := read(&w.LMHead, "lm_head.weight", cfg.VocabSize, h); err != nil {
+				return nil, base, err
 			}
 		}
 	}
-	return w, nil
+	return w, base, nil
 }
 
 // LoadWeights opens the model directory dir, loads the part of the weights named as

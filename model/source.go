@@ -28,17 +28,24 @@ func SourceConfig(name string) (Config, error) {
 
 // LoadSourceStage returns the weights one pipeline stage needs, reading (or
 // drawing) nothing else: layers [lo, hi), the embedding when withEmbed, the
-// final norm and head when withHead. Random weights come from seed and are
-// refused when they would not fit the host's available memory.
-func LoadSourceStage(name string, cfg Config, seed int64, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
+// final norm and head when withHead, and the identity of what it loaded
+// (Base). Random weights come from seed and are refused when they would not
+// fit the host's available memory.
+func LoadSourceStage(name string, cfg Config, seed int64, lo, hi int, withEmbed, withHead bool) (*Weights, Base, error) {
 	if IsRandomModel(name) {
-		return RandomWeights(cfg, uint64(seed), lo, hi, withEmbed, withHead, host.AvailableMemory())
+		w, err := RandomWeights(cfg, uint64(seed), lo, hi, withEmbed, withHead, host.AvailableMemory())
+		return w, Base{Random: name, Seed: seed}, err
 	}
-	w, err := LoadWeights(name, cfg, lo, hi, withEmbed, withHead)
+	m, err := OpenModelDir(name)
 	if err != nil {
-		return nil, fmt.Errorf("model %s: %w", name, err)
+		return nil, Base{}, fmt.Errorf("model %s: %w", name, err)
 	}
-	return w, nil
+	defer m.Close()
+	w, base, err := m.LoadWeightsBase(cfg, lo, hi, withEmbed, withHead)
+	if err != nil {
+		return nil, Base{}, fmt.Errorf("model %s: %w", name, err)
+	}
+	return w, base, nil
 }
 
 // LoadSource returns every weight of the model named by a Hugging Face

@@ -2,10 +2,10 @@ package trainer
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"train/ckpt"
@@ -24,11 +24,15 @@ import (
 //	adam.v/NAME    AdamW's second moments
 //	trainer/state  JSON: step, AdamW's step count, the data order and position,
 //	               the data generator's state (rank 0; every rank draws alike)
+//	base/rank-NNNNN  JSON: the identity of the base tensors rank NNNNN loaded
+//	               (model.Base; replica 0's ranks), which a resumed run's stages
+//	               compare with what they load
 const (
 	ckptParam = "param/"
 	ckptM     = "adam.m/"
 	ckptV     = "adam.v/"
 	ckptState = "trainer/state"
+	ckptBase  = "base/"
 )
 
 // trainerState is the small state beside the tensors that a bitwise-identical
@@ -114,6 +118,15 @@ func (t *trainer) writeShard(dir string, step int) error {
 				}
 			}
 		}
+		if d.me.Replica == 0 {
+			base, err := json.Marshal(t.base)
+			if err != nil {
+				return err
+			}
+			if err := w.AddBytes(fmt.Sprintf("%srank-%05d", ckptBase, d.rank()), base); err != nil {
+				return err
+			}
+		}
 		if d.IsRoot() {
 			st, err := t.state(step)
 			if err != nil {
@@ -169,6 +182,9 @@ func (t *trainer) restore(dir string) (int, error) {
 		return 0, fmt.Errorf("resume: %w", err)
 	}
 	defer r.Close()
+	if err := t.checkBase(r); err != nil {
+		return 0, err
+	}
 	f := t.flat
 	read := func(name string, shape []int, start int64, dst []float32) error {
 		info, ok := r.Lookup(name)
@@ -221,21 +237,55 @@ func (t *trainer) restore(dir string) (int, error) {
 	return st.Step, nil
 }
 
-// resumeDir resolves ckpt.resume: "latest" is the newest complete checkpoint of
-// the run directory ("" when there is none: a fresh start, so that a requeued job
-// that never checkpointed starts over).
-func resumeDir(runDir, resume string) (string, error) {
-	if resume != "latest" {
-		return resume, nil
+// checkBase refuses to resume on another base model than the checkpoint was
+// trained on (unless ckpt.resume_any_base): this rank's tensors as it loaded
+// them against the identity every stage of the checkpoint recorded, so that
+// a model of the same shape with other weights is caught, naming the first
+// tensor that differs. A checkpoint from before the identity was recorded
+// resumes with a warning.
+func (t *trainer) checkBase(r *ckpt.Reader) error {
+	var saved model.Base
+	found := false
+	for _, name := range r.Names() {
+		if !strings.HasPrefix(name, ckptBase) {
+			continue
+		}
+		raw, err := r.ReadBytes(name)
+		if err != nil {
+			return fmt.Errorf("resume: %w", err)
+		}
+		var b model.Base
+		if err := json.Unmarshal(raw, &b); err != nil {
+			return fmt.Errorf("resume: %s: %s: %w", r.Dir(), name, err)
+		}
+		saved.Random, saved.Seed = b.Random, b.Seed
+		saved.Tensors = append(saved.Tensors, b.Tensors...)
+		found = true
 	}
-	info, err := ckpt.Latest(runDir)
-	if errors.Is(err, ckpt.ErrNoCheckpoint) {
-		return "", nil
+	note := func(msg, event string, attrs ...any) {
+		n := placeNote{warn: true, msg: msg, event: event, attrs: append([]any{"checkpoint", r.Dir()}, attrs...)}
+		n.print(t.out)
+		t.pending = append(t.pending, n)
 	}
-	if err != nil {
-		return "", err
+	if !found {
+		note(fmt.Sprintf("%s records no identity of its base model (an older build wrote it): the base model could not be checked against %s", r.Dir(), t.cfg.Model),
+			"base model not checked")
+		return nil
 	}
-	return info.Dir, nil
+	diff := t.base.Mismatch(&saved)
+	switch {
+	case diff == "":
+		return nil
+	case t.cfg.Ckpt.ResumeAnyBase:
+		note(fmt.Sprintf("resuming %s on another base model (ckpt.resume_any_base): %s", r.Dir(), diff), "resumed on another base model", "difference", diff)
+		return nil
+	}
+	was := "-model " + r.Manifest().ModelSource
+	if saved.Random != "" {
+		was = fmt.Sprintf("-model %s -seed %d", saved.Random, saved.Seed)
+	}
+	return fmt.Errorf("resume: %s was trained on another base model: %s; resume with %s, the base it was trained on, or give -resume-any-base to continue on this one",
+		r.Dir(), diff, was)
 }
 
 // LoadCheckpointModel returns the model a checkpoint of a run holds: the base

@@ -23,4 +23,6 @@
 // A run writes into its run directory (outputs.go): config.toml, plan.txt,
 // metrics.jsonl, logs/rank-NNNNN.jsonl (ranklog.go), checkpoints/ (ckpt) and
 // what was trained (adapter/ or model/). Progress goes to stderr (progress.go).
+// Which directory, and which checkpoint a resumed run restores, rank 0 decides
+// before anything is written (rundir.go): a directory holds one run.
 package trainer

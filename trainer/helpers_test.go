@@ -105,21 +105,30 @@ func metricValues(t *testing.T, runDir, key string) map[int]float64 {
 	return out
 }
 
-// writeRandomModel writes random:tiny's architecture with random weights, as
-// edit leaves them, as a Hugging Face directory.
-func writeRandomModel(t *testing.T, dir string, edit func(*model.Weights)) string {
+// writeRandomModel writes the architecture cfg with random weights, as edit
+// (when not nil) leaves them, as a Hugging Face directory, with the tokenizer
+// files of tokenizerDir (when not "").
+func writeRandomModel(t *testing.T, dir string, cfg model.Config, tokenizerDir string, edit func(*model.Weights)) string {
+	t.Helper()
+	w, err := model.RandomWeights(cfg, 7, 0, cfg.NumLayers, true, true, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if edit != nil {
+		edit(w)
+	}
+	if err := model.WriteHFModel(dir, w, tokenizerDir, 0); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// tinyConfig is random:tiny's architecture.
+func tinyConfig(t *testing.T) model.Config {
 	t.Helper()
 	cfg, err := model.RandomConfig("random:tiny")
 	if err != nil {
 		t.Fatal(err)
 	}
-	w, err := model.RandomWeights(cfg, 7, 0, cfg.NumLayers, true, true, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	edit(w)
-	if err := model.WriteHFModel(dir, w, "", 0); err != nil {
-		t.Fatal(err)
-	}
-	return dir
+	return cfg
 }

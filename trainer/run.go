@@ -44,6 +44,12 @@ type trainer struct {
 	// included; resumedTotal is the train.steps of the checkpoint resumed from
 	// (0: a fresh start, or a checkpoint that does not say).
 	tokens, resumedTotal int
+	// base identifies the base weights this rank loaded; checkpoints record
+	// it and a resumed run compares it (checkBase).
+	base model.Base
+	// pending are notes of the set-up for the rank log, which opens once
+	// the resumed step is known; rank 0 printed them as they came.
+	pending []placeNote
 	// warnedMemory is set once the rank has warned that it nears the memory limit.
 	warnedMemory bool
 	// stepSleep is a deliberate delay per step (TRAIN_DEBUG_STEP_SLEEP), for tests.
@@ -121,6 +127,19 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	if !d.IsRoot() {
 		stdout, stderr = io.Discard, io.Discard // rank 0 speaks for the job; every rank has its log
 	}
+	// Where the run writes, decided before anything is loaded or written.
+	place, err := d.choosePlace(cfg)
+	if err != nil {
+		return res, err
+	}
+	cfg.RunDir = place.Dir
+	// -overwrite acted on the directory; the run's effective configuration
+	// (config.toml, the checkpoints') must still be one that -resume accepts.
+	cfg.Ckpt.Overwrite = false
+	notes := place.notes()
+	for _, n := range notes {
+		n.print(stderr)
+	}
 	compute, err := device.ComputeType(cfg.Precision, be)
 	if err != nil {
 		return res, err
@@ -129,7 +148,7 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 		return res, err
 	}
 	// Each rank loads only the tensors of its own stage.
-	w, err := model.LoadSourceStage(cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
+	w, base, err := model.LoadSourceStage(cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
 	if err != nil {
 		return res, err
 	}
@@ -152,7 +171,7 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	}
 	defer m.Close()
 
-	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, dist: d, train: trainSet, eval: evalSet, out: stderr, tok: tok,
+	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, dist: d, train: trainSet, eval: evalSet, out: stderr, tok: tok, base: base, pending: notes,
 		packer: data.Packer{T: cfg.Data.SeqLen, Pack: cfg.Data.Pack, PadID: 0},
 		adam:   optim.AdamW{Beta1: cfg.Train.Beta1, Beta2: cfg.Train.Beta2, Eps: cfg.Train.Eps, WeightDecay: cfg.Train.WeightDecay},
 		sched: optim.Schedule{Peak: cfg.Train.LR, MinRatio: cfg.Train.MinLRRatio, Warmup: cfg.Train.WarmupSteps,
@@ -173,9 +192,7 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	t.stepSleep = debugStepSleep(d.rank())
 	t.pcg = rand.NewPCG(uint64(cfg.Seed), 0x64617461) // "data"
 	t.rng = rand.New(t.pcg)
-	if dir, err := resumeDir(cfg.RunDir, cfg.Ckpt.Resume); err != nil {
-		return res, err
-	} else if dir != "" {
+	if dir := place.Resume; dir != "" {
 		if t.startStep, err = t.restore(dir); err != nil {
 			return res, err
 		}
@@ -198,10 +215,13 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 		return res, err
 	}
 	defer func() { t.log.close(err) }()
-	place, nccl := t.opt.where()
+	optPlace, nccl := t.opt.where()
 	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
-		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", place, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes())
+		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", optPlace, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes())
+	for _, n := range t.pending {
+		n.record(t.log)
+	}
 
 	// Plan the activations of the training batch shape now, in every slot, so
 	// the memory report is the whole of a step's and no step allocates.

@@ -100,7 +100,7 @@ func TestRunErrors(t *testing.T) {
 // TestRunStopsOnNonFiniteLoss: a model whose loss is NaN at every step gets each
 // step skipped with a warning, and the run stops with an error after five in a row.
 func TestRunStopsOnNonFiniteLoss(t *testing.T) {
-	dir := writeRandomModel(t, filepath.Join(t.TempDir(), "nan-model"), func(w *model.Weights) {
+	dir := writeRandomModel(t, filepath.Join(t.TempDir(), "nan-model"), tinyConfig(t), "", func(w *model.Weights) {
 		w.FinalNorm[0] = float32(math.NaN())
 	})
 	cfg := testConfig(t, func(c *config.Config) { c.Model, c.Train.Steps = dir, 20 })
@@ -243,18 +243,24 @@ func TestInitAdapter(t *testing.T) {
 // directory is a file), training stops with an error saying the previous
 // checkpoint is intact, or with ckpt.continue_on_error trains on with a warning.
 func TestCheckpointFailure(t *testing.T) {
+	// A run directory whose checkpoints/ is a file.
+	blocked := func(dir string) string {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "checkpoints"), []byte("not a directory"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
 	cfg := testConfig(t, func(c *config.Config) { c.Train.Steps, c.Ckpt.Every = 4, 2 })
-	if err := os.MkdirAll(cfg.RunDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(cfg.RunDir, "checkpoints"), []byte("not a directory"), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	blocked(cfg.RunDir)
 	_, _, _, err := run(t, cfg)
 	if err == nil || !strings.Contains(err.Error(), "checkpoint of step 2") || !strings.Contains(err.Error(), "previous complete checkpoint is intact") {
 		t.Fatalf("want the checkpoint failure, got %v", err)
 	}
 	cfg.Ckpt.ContinueOnError = true
+	cfg.RunDir = blocked(filepath.Join(t.TempDir(), "run")) // the first run's metrics hold its directory
 	res, _, stderr, err := run(t, cfg)
 	if err != nil || res.Steps != 4 || !strings.Contains(stderr, "training goes on without this checkpoint") {
 		t.Fatalf("continue_on_error: %v, %d steps, stderr %q", err, res.Steps, stderr)

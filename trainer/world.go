@@ -1,7 +1,6 @@
 package trainer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -217,19 +216,37 @@ func (d *World) TempDir(prefix string) (string, error) {
 	if d.IsRoot() {
 		name, mkErr = os.MkdirTemp("", prefix)
 	}
+	b, err := d.share([]byte(name), mkErr, "make a temporary directory")
+	return string(b), err
+}
+
+// share gives every rank rank 0's msg, or an error when rank 0 failed to
+// make it (rootErr: rank 0's own error; every other rank says rank 0 could
+// not do what). msg and rootErr are ignored on the other ranks.
+func (d *World) share(msg []byte, rootErr error, what string) ([]byte, error) {
 	if d.world == nil {
-		return name, mkErr
+		return msg, rootErr
 	}
-	if err := d.agree(mkErr, "rank 0 could not make a temporary directory"); err != nil {
-		return "", err
+	if !d.IsRoot() {
+		msg, rootErr = nil, nil
 	}
-	msg := make(collective.Bytes, 4096)
-	if len(name) > len(msg) {
-		return "", fmt.Errorf("temporary directory %s: name too long to share", name)
+	if err := d.agree(rootErr, "rank 0 could not %s", what); err != nil {
+		return nil, err
 	}
-	copy(msg, name)
-	if err := d.world.Broadcast(msg, 0); err != nil {
-		return "", fmt.Errorf("sharing the temporary directory: %w", err)
+	n := collective.I64{int64(len(msg))}
+	if err := d.world.Broadcast(n, 0); err != nil {
+		return nil, fmt.Errorf("%s: sharing rank 0's result: %w", what, err)
 	}
-	return string(bytes.TrimRight(msg, "\x00")), nil
+	if n[0] < 0 || n[0] > 1<<30 {
+		return nil, fmt.Errorf("%s: rank 0 announced a result of %d bytes", what, n[0])
+	}
+	if !d.IsRoot() {
+		msg = make([]byte, n[0])
+	}
+	if n[0] > 0 {
+		if err := d.world.Broadcast(collective.Bytes(msg), 0); err != nil {
+			return nil, fmt.Errorf("%s: sharing rank 0's result: %w", what, err)
+		}
+	}
+	return msg, nil
 }

@@ -30,6 +30,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
+	"hash/crc32"
 	"io"
 	"math"
 	"sort"
@@ -363,10 +365,31 @@ func (f *File) ReadFloat32(name string) ([]float32, []int, error) {
 		return nil, nil, err
 	}
 	dst := make([]float32, t.NumElements())
-	if err := readFloats(f, t, dst); err != nil {
+	if err := readFloats(f, t, dst, nil); err != nil {
 		return nil, nil, err
 	}
 	return dst, t.Shape, nil
+}
+
+// castagnoli is the CRC-32C table, the checksum ckpt uses too (hardware
+// accelerated on amd64 and arm64).
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// ReadFloat32Sum is ReadFloat32 that also returns the CRC-32C of the tensor's
+// bytes as stored in the file, computed as they stream by for the
+// conversion: an identity of the tensor that costs no second pass over the
+// file (a checkpoint records it to recognise its base model).
+func (f *File) ReadFloat32Sum(name string) ([]float32, []int, uint32, error) {
+	t, err := f.lookup(name)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	dst := make([]float32, t.NumElements())
+	h := crc32.New(castagnoli)
+	if err := readFloats(f, t, dst, h); err != nil {
+		return nil, nil, 0, err
+	}
+	return dst, t.Shape, h.Sum32(), nil
 }
 
 // ReadFloat32Into reads the named tensor into dst, which must have exactly as many
@@ -379,7 +402,7 @@ func (f *File) ReadFloat32Into(name string, dst []float32) error {
 	if int64(len(dst)) != t.NumElements() {
 		return fmt.Errorf("%s: tensor %s: has %d elements, destination holds %d", f.Name, name, t.NumElements(), len(dst))
 	}
-	return readFloats(f, t, dst)
+	return readFloats(f, t, dst, nil)
 }
 
 // ReadFloat64 reads the named tensor as float64 (for float64 reference fixtures).
@@ -389,7 +412,7 @@ func (f *File) ReadFloat64(name string) ([]float64, []int, error) {
 		return nil, nil, err
 	}
 	dst := make([]float64, t.NumElements())
-	if err := readFloats(f, t, dst); err != nil {
+	if err := readFloats(f, t, dst, nil); err != nil {
 		return nil, nil, err
 	}
 	return dst, t.Shape, nil
@@ -422,13 +445,17 @@ func (f *File) ReadInt64(name string) ([]int64, []int, error) {
 	return dst, t.Shape, nil
 }
 
-// readFloats converts tensor t into dst (len(dst) == t.NumElements()).
-func readFloats[T float32 | float64](f *File, t TensorInfo, dst []T) error {
+// readFloats converts tensor t into dst (len(dst) == t.NumElements()), and
+// feeds its stored bytes to sum when sum is not nil.
+func readFloats[T float32 | float64](f *File, t TensorInfo, dst []T, sum hash.Hash32) error {
 	if !t.DType.IsFloat() {
 		return fmt.Errorf("%s: tensor %s: dtype %s cannot be read as floats (supported: F32, BF16, F16, F64)", f.Name, t.Name, t.DType)
 	}
 	size := t.DType.Size()
 	return f.readChunks(t, func(b []byte, at int) {
+		if sum != nil {
+			sum.Write(b)
+		}
 		d := dst[at : at+len(b)/size]
 		switch t.DType {
 		case F32:

@@ -3,6 +3,7 @@ package safetensors
 import (
 	"bytes"
 	"encoding/binary"
+	"hash/crc32"
 	"math"
 	"os"
 	"path/filepath"
@@ -165,6 +166,14 @@ func TestSafetensorsLargeTensorChunks(t *testing.T) {
 		if got[i] != float32(i) {
 			t.Fatalf("x[%d] = %v", i, got[i])
 		}
+	}
+	// ReadFloat32Sum reads the same values and checksums exactly the stored
+	// bytes, across the chunks.
+	x, _ := f.Tensor("x")
+	stored := buf.Bytes()[f.dataStart+x.Begin : f.dataStart+x.End]
+	sumGot, _, sum, err := f.ReadFloat32Sum("x")
+	if err != nil || !slices.Equal(sumGot, got) || sum != crc32.Checksum(stored, castagnoli) {
+		t.Fatalf("ReadFloat32Sum: %v, crc32c %08x, want the values and %08x", err, sum, crc32.Checksum(stored, castagnoli))
 	}
 }
 

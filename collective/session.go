@@ -107,9 +107,7 @@ func Connect(ctx context.Context, cfg Config) (Comm, error) {
 		waiters: map[connKey]chan *net.TCPConn{},
 		byeAll:  make(chan struct{}), byeFrom0: make(chan struct{}),
 	}
-	if s.timeout <= 0 {
-		s.timeout = DefaultTimeout
-	}
+	s.timeout, _ = cfg.timeoutAndSource()
 	if s.chunk <= 0 {
 		s.chunk = DefaultChunkBytes
 	}
@@ -124,11 +122,12 @@ func Connect(ctx context.Context, cfg Config) (Comm, error) {
 		s.peers = []peer{{host: hostname()}}
 		return s.newComm(worldID, []int{0}, 0, "world")
 	}
+	tokenSource := cfg.TokenSource
 	if len(s.token) == 0 {
-		if cfg.JobID == "" {
-			return nil, errors.New("collective: no job token: set TRAIN_JOB_TOKEN or run under a launcher")
+		var err error
+		if s.token, tokenSource, err = derivedToken(cfg); err != nil {
+			return nil, fmt.Errorf("collective: rank %d of %d: %w", cfg.Rank, cfg.Size, err)
 		}
-		s.token = deriveToken(cfg.JobID)
 	}
 	if err := s.setup(ctx, cfg); err != nil {
 		s.teardown()
@@ -138,6 +137,16 @@ func Connect(ctx context.Context, cfg Config) (Comm, error) {
 	if err != nil {
 		s.teardown()
 		return nil, fmt.Errorf("collective: rank %d of %d: %w", cfg.Rank, cfg.Size, err)
+	}
+	if s.rank == 0 {
+		timeout, from := cfg.timeoutAndSource()
+		if tokenSource == "" {
+			tokenSource = "given by the caller"
+		}
+		if from != "" {
+			from = " (" + from + ")"
+		}
+		s.logf("%d ranks joined; job token: %s; timeout %v%s", s.size, tokenSource, timeout, from)
 	}
 	return c, nil
 }

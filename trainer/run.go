@@ -191,9 +191,13 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	}
 	defer func() { t.log.close(err) }()
 	place, nccl := t.opt.where()
-	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
+	startAttrs := []any{"world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
-		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", place, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes())
+		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", place, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes()}
+	if d.plan.World > 1 {
+		startAttrs = append(startAttrs, "job_token", d.launch.TokenSource, "comm_timeout_s", d.launch.Timeout.Seconds(), "comm_timeout_from", d.launch.TimeoutSource)
+	}
+	t.log.start(startAttrs...)
 
 	// Plan the activations of the training batch shape now, in every slot, so
 	// the memory report is the whole of a step's and no step allocates.

@@ -29,6 +29,23 @@ type World struct {
 	dp        collective.Comm // this stage across the replicas; nil when D == 1
 	tied      collective.Comm // the first and last stage of this replica, when embeddings are tied and P > 1
 	zero1     bool
+	launch    collective.Config // how this rank joined: the job token's and the timeout's sources, for the rank log
+}
+
+// launchConfig is how this rank joins the job: the launcher's environment
+// (getenv) and the flags (which may be nil), with the run's
+// parallel.timeout_seconds where neither -comm-timeout nor
+// TRAIN_COMM_TIMEOUT set the timeout (collective.DefaultTimeout has the order).
+func launchConfig(cfg config.Config, flags *collective.Flags, getenv func(string) string) (collective.Config, error) {
+	cc, err := collective.FromEnv(getenv)
+	if flags != nil {
+		cc, err = flags.Config(getenv)
+	}
+	if err != nil {
+		return cc, fmt.Errorf("launch: %w", err)
+	}
+	cc.FallbackTimeout(time.Duration(cfg.Parallel.TimeoutSeconds)*time.Second, "parallel.timeout_seconds")
+	return cc, nil
 }
 
 func (d *World) rank() int { return d.me.Rank }
@@ -47,15 +64,9 @@ func (d *World) last() bool { return d.me.Head }
 // device memory of the world (gpuBytes here, 0 on the CPU): every rank must
 // plan alike, so the world agrees on that budget first.
 func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *model.Config, gpuBytes int64, compute ops.DType) (*World, error) {
-	cc, err := collective.FromEnv(os.Getenv)
-	if flags != nil {
-		cc, err = flags.Config(os.Getenv)
-	}
+	cc, err := launchConfig(cfg, flags, os.Getenv)
 	if err != nil {
-		return nil, fmt.Errorf("launch: %w", err)
-	}
-	if cfg.Parallel.TimeoutSeconds > 0 && cc.Timeout == 0 {
-		cc.Timeout = time.Duration(cfg.Parallel.TimeoutSeconds) * time.Second
+		return nil, err
 	}
 	size := max(cc.Size, 1)
 	var world collective.Comm
@@ -79,7 +90,7 @@ func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *m
 		}
 		return nil, err
 	}
-	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world}
+	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world, launch: cc}
 	if size == 1 {
 		return d, nil
 	}

@@ -80,8 +80,10 @@ type Config struct {
 
 	// Logf reports events that are not errors of an operation: on rank 0 a
 	// start-up line (the ranks joined, the job token's source, the timeout
-	// and its source), refused connections, the job's failure verdict. Nil
-	// logs to stderr.
+	// and its source), refused connections (a few one by one, then a count
+	// per minute), the job's failure verdict. Nil: StderrLogf. A caller that
+	// keeps a log of its own (the trainer's rank log) records them there by
+	// passing a Logf that writes to it too.
 	Logf func(format string, args ...any)
 }
 

@@ -22,7 +22,9 @@
 // "host:port" to $TMPDIR/train-rendezvous-<hash of the launcher's job id>.addr
 // (atomically, by rename); the others poll for the file and retry until they
 // reach a rank 0 that proves it belongs to the job, so a stale file from an
-// earlier job only delays them. Rank 0 removes the file when the job ends.
+// earlier job only delays them. Rank 0 removes the file as soon as every rank
+// has registered (or the rendezvous failed): nothing reads it later, and a
+// job that is aborted leaves none behind.
 //
 // # Authentication
 //
@@ -35,7 +37,8 @@
 // made on first use; a cluster's nodes share it through the home directory).
 // The job id alone is never enough: under Slurm every user sees it in squeue.
 // A connection that cannot prove it belongs to this job and world size is
-// refused, logged, and closed; the job carries on.
+// refused, logged (a few one by one, then a count per minute), and closed;
+// the job carries on.
 //
 // # Collectives on a ring
 //

@@ -189,7 +189,11 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	if t.log, err = openRankLog(cfg.RunDir, d.rank()); err != nil {
 		return res, err
 	}
-	defer func() { t.log.close(err) }()
+	d.recordCommEvents(t.log.Logger)
+	defer func() {
+		d.recordCommEvents(nil)
+		t.log.close(err)
+	}()
 	place, nccl := t.opt.where()
 	startAttrs := []any{"world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),

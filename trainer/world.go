@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"train/collective"
@@ -30,6 +32,31 @@ type World struct {
 	tied      collective.Comm // the first and last stage of this replica, when embeddings are tied and P > 1
 	zero1     bool
 	launch    collective.Config // how this rank joined: the job token's and the timeout's sources, for the rank log
+	events    *commEvents       // what the collectives report; nil for a single process
+}
+
+// commEvents is the collectives' Logf for a training rank: each event goes to
+// stderr, as by default, and, while a rank log is open, into it too, so that
+// refused connections and the job's failure verdict sit with the rank's other
+// records.
+type commEvents struct {
+	stderr func(format string, args ...any)
+	log    atomic.Pointer[slog.Logger]
+}
+
+func (e *commEvents) logf(format string, args ...any) {
+	e.stderr(format, args...)
+	if l := e.log.Load(); l != nil {
+		l.Warn("collective", "event", fmt.Sprintf(format, args...))
+	}
+}
+
+// recordCommEvents starts (or, with nil, stops) recording the collectives'
+// events in the rank log l.
+func (d *World) recordCommEvents(l *slog.Logger) {
+	if d.events != nil {
+		d.events.log.Store(l)
+	}
 }
 
 // launchConfig is how this rank joins the job: the launcher's environment
@@ -70,7 +97,10 @@ func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *m
 	}
 	size := max(cc.Size, 1)
 	var world collective.Comm
+	var events *commEvents
 	if size > 1 {
+		events = &commEvents{stderr: collective.StderrLogf(cc.Rank)}
+		cc.Logf = events.logf
 		if world, err = collective.Connect(ctx, cc); err != nil {
 			return nil, err
 		}
@@ -90,7 +120,7 @@ func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *m
 		}
 		return nil, err
 	}
-	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world, launch: cc}
+	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world, launch: cc, events: events}
 	if size == 1 {
 		return d, nil
 	}

@@ -109,6 +109,7 @@ func followLogs(ctx context.Context, run string, opts runlog.Options, interval t
 	printed := map[int]int{} // events printed per rank
 	lastStep := -1
 	waiting := false
+	doneBefore := false // the previous poll found the run over
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	enc := json.NewEncoder(w)
@@ -149,10 +150,14 @@ func followLogs(ctx context.Context, run string, opts runlog.Options, interval t
 				return err
 			}
 		}
-		if s.Done {
+		// A rank judged lost may still write its end record (it failed a moment
+		// after the others named it): a run that looks over with a rank lost
+		// is read once more before the summary.
+		if s.Done && (doneBefore || !anyLost(s)) {
 			d.Flush()
 			return writeSummary(runlog.Summarize(run, d.Logs(), o), asJSON, w)
 		}
+		doneBefore = s.Done
 		select {
 		case <-ctx.Done():
 			d.Flush()
@@ -160,6 +165,16 @@ func followLogs(ctx context.Context, run string, opts runlog.Options, interval t
 		case <-tick.C:
 		}
 	}
+}
+
+// anyLost reports whether the summary judges a rank lost.
+func anyLost(s runlog.Summary) bool {
+	for _, r := range s.Ranks {
+		if r.State == runlog.Lost {
+			return true
+		}
+	}
+	return false
 }
 
 // progressLine is one line on where a live run is: the newest step, its loss,

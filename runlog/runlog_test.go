@@ -570,3 +570,35 @@ func TestStoppedWhileOthersGoOn(t *testing.T) {
 		t.Errorf("silent %+v, want rank 1, 96 s behind", s.Silent)
 	}
 }
+
+// TestStoppedRankIsTheCause: rank 2 is stopped (SIGSTOP) past the timeout;
+// ranks 0, 1 and 3 fail naming it, and rank 2, continued, fails later naming
+// rank 0, which it found gone. Rank 2 is the cause, listed first; its blame
+// of rank 0 would close a circle and is dropped.
+func TestStoppedRankIsTheCause(t *testing.T) {
+	var logs []*RankLog
+	for r := 0; r < 4; r++ {
+		w := &logWriter{rank: r}
+		w.start(0, 4)
+		for s := 1; s <= 4; s++ {
+			w.step(float64(s), s, 0.5, 0.1, 0, 0)
+		}
+		if r == 2 {
+			w.rec(9.7, "ERROR", "failed", "error", "checkpoint: collective: operation on comm world (rank 2 of 4): "+
+				"rank 0 (host node0, 10.0.0.1:4100): lost: silent for 5s (no heartbeat; hung, stopped or unreachable)")
+		} else {
+			w.rec(7.2+0.01*float64(r), "ERROR", "failed", "error", fmt.Sprintf("checkpoint: collective: all-reduce sum of 1 float64 on comm world (rank %d of 4): "+
+				"rank 2 (host node1, 10.0.0.2:4100): lost: silent for 5s (no heartbeat; hung, stopped or unreachable)", r))
+		}
+		logs = append(logs, w.parse(t))
+	}
+	s := Summarize("run", logs, DefaultOptions())
+	if len(s.Failures) != 4 || s.Failures[0].Rank != 2 || s.Failures[0].CausedBy != nil || s.Failures[0].Lost {
+		t.Fatalf("failures %+v, want rank 2 first, a cause (failed, not lost)", s.Failures)
+	}
+	for _, f := range s.Failures[1:] {
+		if f.CausedBy == nil || *f.CausedBy != 2 {
+			t.Errorf("rank %d caused by %v, want rank 2", f.Rank, f.CausedBy)
+		}
+	}
+}

@@ -240,16 +240,26 @@ func Summarize(run string, logs []*RankLog, o Options) Summary {
 	}
 	// Whom each failure blames: a failed rank whose error names another (the
 	// collectives name the rank that was lost or failed first) failed because
-	// of it. A rank with no end record that the others blame is lost.
-	causes := map[int]int{}
-	blamedBy := map[int][]int{}
+	// of it. A rank with no end record that the others blame is lost. Blames
+	// are taken the earliest first, and one that would close a circle is
+	// dropped: a rank the others had already blamed (a stopped rank that,
+	// continued, finds them gone and names one) is the cause, not theirs.
+	var failed []*RankLog
 	for _, r := range all {
 		if l := byRank[r.Rank]; r.State == Failed && l.Failure != nil {
-			if c, ok := namedRank(l.Failure.Error); ok && c != r.Rank {
-				causes[r.Rank] = c
-				blamedBy[c] = append(blamedBy[c], r.Rank)
-			}
+			failed = append(failed, l)
 		}
+	}
+	sort.SliceStable(failed, func(i, j int) bool { return failed[i].Failure.Time.Before(failed[j].Failure.Time) })
+	causes := map[int]int{}
+	blamedBy := map[int][]int{}
+	for _, l := range failed {
+		c, ok := namedRank(l.Failure.Error)
+		if !ok || c == l.Rank || leadsTo(causes, c, l.Rank) {
+			continue
+		}
+		causes[l.Rank] = c
+		blamedBy[c] = append(blamedBy[c], l.Rank)
 	}
 	// A running rank far behind the newest record has stopped logging.
 	ended := false
@@ -379,6 +389,22 @@ func namedRank(err string) (int, bool) {
 	}
 	r, convErr := strconv.Atoi(m[1])
 	return r, convErr == nil
+}
+
+// leadsTo reports whether following causes from rank from reaches rank to
+// (causes has no circle: a blame that would close one is never added).
+func leadsTo(causes map[int]int, from, to int) bool {
+	for range len(causes) + 1 {
+		if from == to {
+			return true
+		}
+		next, ok := causes[from]
+		if !ok {
+			return false
+		}
+		from = next
+	}
+	return false
 }
 
 // lostReason says what a lost rank's log shows, and who blamed it.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"strconv"
@@ -16,18 +17,32 @@ import (
 // runBench runs a benchmark against a peer measured in the same run:
 // `train bench collective | pipeline | ckpt | model`.
 func runBench(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help", "help":
+			_, err := fmt.Fprint(stdout, `train bench times a part of training against a peer measured in the same run.
+
+Usage:
+  train bench collective   all-reduce bus bandwidth of the TCP ring against raw TCP streams (mpirun -np N)
+  train bench pipeline     pipeline-parallel steps: the measured bubble against (P-1)/(M+P-1) (mpirun -np P)
+  train bench ckpt         checkpoint write and read throughput against writing the raw bytes
+  train bench model        training-step throughput of one model on one device (tokens/s, TFLOP/s, memory)
+
+Run "train bench <benchmark> -h" for its flags.
+`)
+			return err
+		case "model":
+			return benchModel(args[1:], stdout, stderr)
+		case "pipeline":
+			return benchPipeline(args[1:], stdout, stderr)
+		case "ckpt":
+			return benchCkpt(args[1:], stdout, stderr)
+		case "collective":
+			return benchCollective(args[1:], stdout, stderr)
+		}
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return usagef("which benchmark? (train bench collective | pipeline | ckpt | model)")
-	}
-	switch args[0] {
-	case "model":
-		return benchModel(args[1:], stdout, stderr)
-	case "pipeline":
-		return benchPipeline(args[1:], stdout, stderr)
-	case "ckpt":
-		return benchCkpt(args[1:], stdout, stderr)
-	case "collective":
-		return benchCollective(args[1:], stdout, stderr)
 	}
 	return usagef("unknown benchmark %q (there are: collective, pipeline, ckpt, model)", args[0])
 }

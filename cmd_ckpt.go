@@ -18,14 +18,26 @@ import (
 // checks one fully (every checksum), `train ckpt ls RUN` lists a run's
 // checkpoints with step, size and status.
 func runCkpt(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help", "help":
+			_, err := fmt.Fprint(stdout, `train ckpt inspects checkpoints without training.
+
+Usage:
+  train ckpt ls RUN       list a run's checkpoints with step, size and status
+  train ckpt verify DIR   check one checkpoint fully: every checksum, every entry decompressed
+
+Run "train ckpt <command> -h" for its flags.
+`)
+			return err
+		case "verify":
+			return ckptVerify(args[1:], stdout, stderr)
+		case "ls":
+			return ckptLs(args[1:], stdout, stderr)
+		}
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return usagef("which? train ckpt verify DIR | train ckpt ls RUN")
-	}
-	switch args[0] {
-	case "verify":
-		return ckptVerify(args[1:], stdout, stderr)
-	case "ls":
-		return ckptLs(args[1:], stdout, stderr)
 	}
 	return usagef("unknown ckpt command %q (there are: verify, ls)", args[0])
 }

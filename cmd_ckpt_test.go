@@ -103,3 +103,36 @@ func TestCkptVerifyAndLs(t *testing.T) {
 		t.Error("unknown ckpt command accepted")
 	}
 }
+
+// TestSubcommandHelp: `train ckpt -h`, `train selftest -h` and `train bench
+// -h` list their commands on stdout and exit 0, as `train -h` does; a
+// missing or unknown command is still a one-line usage error (exit 2).
+func TestSubcommandHelp(t *testing.T) {
+	for _, c := range []struct {
+		cmd  string
+		subs []string
+	}{
+		{"ckpt", []string{"ls", "verify"}},
+		{"selftest", []string{"collective", "gpu"}},
+		{"bench", []string{"collective", "pipeline", "ckpt", "model"}},
+	} {
+		for _, h := range []string{"-h", "-help", "--help", "help"} {
+			var out, errb bytes.Buffer
+			if code := mainExit([]string{c.cmd, h}, &out, &errb); code != 0 || errb.Len() > 0 {
+				t.Errorf("train %s %s: exit %d, stderr %q; want 0 and nothing", c.cmd, h, code, &errb)
+			}
+			for _, sub := range c.subs {
+				if want := "\n  train " + c.cmd + " " + sub + " "; !strings.Contains(out.String(), want) {
+					t.Errorf("train %s %s does not list %q:\n%s", c.cmd, h, sub, &out)
+				}
+			}
+			if want := "Run \"train " + c.cmd + " <"; !strings.Contains(out.String(), want) {
+				t.Errorf("train %s %s does not say how to get a command's flags:\n%s", c.cmd, h, &out)
+			}
+		}
+		var out, errb bytes.Buffer
+		if code := mainExit([]string{c.cmd}, &out, &errb); code != 2 || strings.Count(errb.String(), "\n") != 1 {
+			t.Errorf("train %s: exit %d, stderr %q; want 2 and one line", c.cmd, code, &errb)
+		}
+	}
+}

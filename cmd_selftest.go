@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -13,14 +14,27 @@ import (
 // runSelftest checks a subsystem across every rank of the job:
 // `train selftest collective | gpu` under mpirun, srun or by hand.
 func runSelftest(args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "-h", "-help", "--help", "help":
+			_, err := fmt.Fprint(stdout, `train selftest checks a subsystem across every rank of the job, before a long run:
+run it the way the job will run (./train selftest ..., mpirun -np N ..., srun ...).
+
+Usage:
+  train selftest collective   every collective across the world against a serial computation (the network)
+  train selftest gpu          every rank's GPU, the CUDA libraries, kernels, NCCL and the run directory's disk
+
+Run "train selftest <check> -h" for its flags.
+`)
+			return err
+		case "gpu":
+			return selftestGPU(args[1:], stdout, stderr)
+		case "collective":
+			return selftestCollective(args[1:], stdout, stderr)
+		}
+	}
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		return usagef("which selftest? (train selftest collective | gpu)")
-	}
-	switch args[0] {
-	case "gpu":
-		return selftestGPU(args[1:], stdout, stderr)
-	case "collective":
-		return selftestCollective(args[1:], stdout, stderr)
 	}
 	return usagef("unknown selftest %q (there are: collective, gpu)", args[0])
 }

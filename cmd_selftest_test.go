@@ -63,7 +63,8 @@ func TestSelftestUsage(t *testing.T) {
 		stdout bool // want is on stdout, not stderr
 	}{
 		{[]string{}, 2, "train selftest: which selftest? (train selftest collective | gpu)", false},
-		{[]string{"-h"}, 2, "which selftest?", false},
+		{[]string{"-h"}, 0, "  train selftest collective   every collective", true},
+		{[]string{"help"}, 0, "  train selftest gpu          every rank's GPU", true},
 		{[]string{"nope"}, 2, `train selftest: unknown selftest "nope" (there are: collective, gpu)`, false},
 		{[]string{"collective", "-h"}, 0, "compare with\na serial computation", false},
 		{[]string{"collective", "-rank", "1"}, 2, "-rank and -world-size go together", false},

@@ -24,7 +24,21 @@ func TestMain(m *testing.M) {
 	if os.Getenv("TRAIN_TEST_CHILD") == "1" {
 		os.Exit(mainExit(strings.Fields(os.Getenv("TRAIN_TEST_ARGS")), os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	os.Exit(runTests(m))
+}
+
+// runTests runs the tests with TRAIN_SECRET_FILE in a temporary folder, which
+// the rank processes inherit: jobs without a token make their per-user secret
+// there, not in the home of whoever runs the tests.
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "train-test-secret-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	os.Setenv("TRAIN_SECRET_FILE", filepath.Join(dir, "job-secret"))
+	return m.Run()
 }
 
 // rankBinary is the program the multi-process tests start as ranks: train built

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -52,7 +53,8 @@ func TestCollectiveTwoRanks(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cfg := collective.Config{Rank: r, Size: 2, Source: "test", JobID: "bench-" + t.Name(), RendezvousDir: dir, Timeout: 20 * time.Second}
+			cfg := collective.Config{Rank: r, Size: 2, Source: "test", JobID: "bench-" + t.Name(), RendezvousDir: dir,
+				SecretFile: filepath.Join(dir, "job-secret"), Timeout: 20 * time.Second}
 			errs[r] = Collective(cfg, opts, &outs[r])
 		}()
 	}

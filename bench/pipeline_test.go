@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 // rank 1 prints nothing.
 func TestPipelineTwoRanks(t *testing.T) {
 	t.Setenv("TRAIN_JOB_ID", fmt.Sprintf("bench-pipeline-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
+	t.Setenv("TRAIN_SECRET_FILE", filepath.Join(t.TempDir(), "job-secret"))
 	opts := PipelineOptions{Model: "random:tiny", Micro: []int{1, 2}, Steps: 2, Seq: 16, Batch: 1}
 	var wg sync.WaitGroup
 	outs := make([]bytes.Buffer, 2)

@@ -7,13 +7,24 @@ import (
 	"fmt"
 	"hash/fnv"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// DefaultTimeout bounds connecting, authenticating, and noticing a lost rank.
-const DefaultTimeout = 30 * time.Second
+// DefaultTimeout is how long a rank waits on another before the job fails:
+// to connect and authenticate, and for a heartbeat before a silent rank is
+// declared lost. This is the one place it is defined: config.Default's
+// parallel.timeout_seconds is this value, and the flags' help quotes it.
+// Where several sources set the timeout, the first of these wins (and
+// Config.TimeoutSource names it):
+//
+//	-comm-timeout              the flag (Flags), on every command that joins a job
+//	TRAIN_COMM_TIMEOUT         the environment (FromEnv)
+//	parallel.timeout_seconds   training only: the -config file or -timeout (Config.FallbackTimeout)
+//	DefaultTimeout             none of them
+const DefaultTimeout = 60 * time.Second
 
 // DefaultChunkBytes is the unit in which ring collectives pipeline data.
 const DefaultChunkBytes = 1 << 20
@@ -38,16 +49,28 @@ type Config struct {
 	// JobID identifies this run of the job among others on the same hosts.
 	JobID string
 	// Token is the job's shared secret; every connection proves it knows it.
-	// Empty: derived from JobID (enough to keep other jobs and strangers out,
-	// not a secret from users who can read the job's environment; set
-	// TRAIN_JOB_TOKEN for that).
+	// Empty: Connect derives it from JobID and the per-user secret in
+	// SecretFile, so that nobody who knows only the job id (which every user
+	// of a cluster sees in squeue) can join.
 	Token []byte
+	// TokenSource names where Token came from, for the start-up log:
+	// "TRAIN_JOB_TOKEN", "Open MPI job key" or "per-user secret PATH".
+	TokenSource string
+	// SecretFile holds the per-user secret mixed into a token derived from
+	// JobID: TRAIN_SECRET_FILE, else ~/.config/train/job-secret (empty:
+	// that file under os.UserHomeDir). Connect makes it (mode 0600) on first
+	// use and refuses one that other users may read.
+	SecretFile string
 	// RendezvousDir holds the single-host rendezvous file (default os.TempDir()).
 	RendezvousDir string
 
 	// Timeout bounds connecting and authenticating, and is how long a rank may
-	// be silent (no heartbeat) before the job declares it lost. Default 30s.
+	// be silent (no heartbeat) before the job declares it lost. Zero:
+	// DefaultTimeout, which also says which source wins.
 	Timeout time.Duration
+	// TimeoutSource names where Timeout came from ("-comm-timeout",
+	// "TRAIN_COMM_TIMEOUT", the source given to FallbackTimeout; "" for none).
+	TimeoutSource string
 	// OpTimeout, if positive, bounds each collective and each point-to-point
 	// transfer on a connection; 0 lets an operation wait as long as every
 	// rank is alive (slow ranks are not failures).
@@ -55,8 +78,12 @@ type Config struct {
 	// ChunkBytes is the pipelining unit of the ring (default 1 MiB).
 	ChunkBytes int
 
-	// Logf reports events that are not errors of an operation: refused
-	// connections, the job's failure verdict. Nil logs to stderr.
+	// Logf reports events that are not errors of an operation: on rank 0 a
+	// start-up line (the ranks joined, the job token's source, the timeout
+	// and its source), refused connections (a few one by one, then a count
+	// per minute), the job's failure verdict. Nil: StderrLogf. A caller that
+	// keeps a log of its own (the trainer's rank log) records them there by
+	// passing a Logf that writes to it too.
 	Logf func(format string, args ...any)
 }
 
@@ -69,6 +96,24 @@ func (c Config) Launcher() string {
 	return c.Source
 }
 
+// FallbackTimeout sets Timeout to d, from source (a run's configuration:
+// "parallel.timeout_seconds"), unless -comm-timeout or TRAIN_COMM_TIMEOUT
+// has set it: a configuration ranks below both (see DefaultTimeout).
+func (c *Config) FallbackTimeout(d time.Duration, source string) {
+	if c.Timeout > 0 || d <= 0 {
+		return
+	}
+	c.Timeout, c.TimeoutSource = d, source
+}
+
+// timeoutAndSource is the timeout Connect applies and where it came from.
+func (c Config) timeoutAndSource() (time.Duration, string) {
+	if c.Timeout <= 0 {
+		return DefaultTimeout, "default"
+	}
+	return c.Timeout, c.TimeoutSource
+}
+
 // FromEnv reads the launcher's environment through getenv (os.Getenv):
 //
 //	RANK, WORLD_SIZE, LOCAL_RANK           explicit (torchrun style); checked first
@@ -77,7 +122,8 @@ func (c Config) Launcher() string {
 //	SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_STEP_NUM_NODES  srun
 //	MASTER_ADDR, MASTER_PORT (default 29500)   rank 0's address
 //	TRAIN_IFACE                            interface or address to listen on
-//	TRAIN_JOB_TOKEN                        shared secret (else derived from the job id)
+//	TRAIN_JOB_TOKEN                        shared secret (else see chooseToken)
+//	TRAIN_SECRET_FILE                      the per-user secret (default ~/.config/train/job-secret)
 //	TRAIN_JOB_ID                           job id (else the launcher's)
 //	TRAIN_COMM_TIMEOUT                     Timeout as a Go duration
 //
@@ -160,22 +206,40 @@ func FromEnv(getenv func(string) string) (Config, error) {
 		return c, errors.New("no MASTER_ADDR and no launcher job id to rendezvous by: set MASTER_ADDR and MASTER_PORT (or TRAIN_JOB_ID)")
 	}
 	c.Interface = getenv("TRAIN_IFACE")
-	if t := getenv("TRAIN_JOB_TOKEN"); t != "" {
-		c.Token = []byte(t)
-	}
 	if t := getenv("TRAIN_COMM_TIMEOUT"); t != "" {
 		d, err := time.ParseDuration(t)
 		if err != nil || d <= 0 {
 			return c, fmt.Errorf("TRAIN_COMM_TIMEOUT=%q is not a positive duration", t)
 		}
-		c.Timeout = d
+		c.Timeout, c.TimeoutSource = d, "TRAIN_COMM_TIMEOUT"
 	}
-	if c.Token == nil && c.JobID != "" {
-		// Open MPI hands every job a random key; mixing it in keeps the derived
-		// token unguessable from outside the job.
-		c.Token = deriveToken(c.JobID + "\x00" + getenv("OMPI_MCA_orte_precondition_transports"))
-	}
+	c.chooseToken(getenv)
 	return c, nil
+}
+
+// chooseToken picks the job token, from the first source that has one:
+// TRAIN_JOB_TOKEN (the sbatch scripts make a random one per job); Open MPI's
+// random per-job key, mixed with the job id; else the per-user secret file,
+// which Connect reads (or makes) and mixes with the job id. The job id alone
+// is no secret: under Slurm every user of the cluster sees it in squeue.
+func (c *Config) chooseToken(getenv func(string) string) {
+	c.Token, c.SecretFile = nil, ""
+	if t := getenv("TRAIN_JOB_TOKEN"); t != "" {
+		c.Token, c.TokenSource = []byte(t), "TRAIN_JOB_TOKEN"
+		return
+	}
+	if key := getenv("OMPI_MCA_orte_precondition_transports"); key != "" && c.JobID != "" {
+		c.Token, c.TokenSource = deriveToken(c.JobID+"\x00"+key), "Open MPI job key"
+		return
+	}
+	c.SecretFile = getenv("TRAIN_SECRET_FILE")
+	if c.SecretFile == "" && getenv("HOME") != "" {
+		c.SecretFile = filepath.Join(getenv("HOME"), secretFileInHome)
+	}
+	c.TokenSource = ""
+	if c.SecretFile != "" {
+		c.TokenSource = "per-user secret " + c.SecretFile
+	}
 }
 
 func envInt(getenv func(string) string, name string, lo, hi int) (int, error) {
@@ -281,7 +345,8 @@ func AddFlags(fs *flag.FlagSet) *Flags {
 	fs.IntVar(&f.localRank, "local-rank", -1, "rank among the processes of this host")
 	fs.StringVar(&f.master, "master-addr", "", "rank 0's `host:port` (default: MASTER_ADDR:MASTER_PORT, or single-host rendezvous)")
 	fs.StringVar(&f.iface, "iface", "", "network interface name or IP `address` to listen on (default: TRAIN_IFACE, or the route to the master)")
-	fs.DurationVar(&f.timeout, "comm-timeout", 0, "connect/heartbeat timeout; a silent rank is declared lost after it (default 30s)")
+	fs.DurationVar(&f.timeout, "comm-timeout", 0, fmt.Sprintf("how long a rank waits on another: to connect, and for a heartbeat before the job declares it lost; "+
+		"overrides TRAIN_COMM_TIMEOUT and, when training, parallel.timeout_seconds (-timeout) (default %ds)", int(DefaultTimeout/time.Second)))
 	fs.DurationVar(&f.opTimeout, "op-timeout", 0, "if set, the longest one collective may wait on a connection")
 	fs.IntVar(&f.chunk, "chunk-bytes", 0, "ring pipelining chunk in bytes (default 1 MiB)")
 	return f
@@ -313,16 +378,13 @@ func (f *Flags) Config(getenv func(string) string) (Config, error) {
 		c.MasterAddr = f.master
 		if c.JobID == "" {
 			c.JobID = "flags:" + f.master
-			if c.Token == nil {
-				c.Token = deriveToken(c.JobID)
-			}
 		}
 	}
 	if f.iface != "" {
 		c.Interface = f.iface
 	}
 	if f.timeout > 0 {
-		c.Timeout = f.timeout
+		c.Timeout, c.TimeoutSource = f.timeout, "-comm-timeout"
 	}
 	if f.opTimeout > 0 {
 		c.OpTimeout = f.opTimeout
@@ -333,5 +395,6 @@ func (f *Flags) Config(getenv func(string) string) (Config, error) {
 	if c.Size > 1 && c.MasterAddr == "" && c.JobID == "" {
 		return c, errors.New("no rendezvous: give -master-addr (or MASTER_ADDR/MASTER_PORT)")
 	}
+	c.chooseToken(getenv) // again: the job id may be the flags' now
 	return c, nil
 }

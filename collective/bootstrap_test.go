@@ -1,6 +1,7 @@
 package collective
 
 import (
+	"context"
 	"flag"
 	"strings"
 	"testing"
@@ -56,26 +57,115 @@ func TestFromEnv(t *testing.T) {
 			if cfg.Rank != c.rank || cfg.Size != c.size || cfg.LocalRank != c.local || cfg.Source != c.source || !strings.HasPrefix(cfg.MasterAddr, c.master) {
 				t.Errorf("got rank %d size %d local %d source %q master %q", cfg.Rank, cfg.Size, cfg.LocalRank, cfg.Source, cfg.MasterAddr)
 			}
-			if cfg.Size > 1 && len(cfg.Token) == 0 {
-				t.Error("no token")
+			if cfg.Size > 1 && len(cfg.Token) == 0 && cfg.JobID == "" {
+				t.Error("no token, and no job id for Connect to derive one from")
 			}
 		})
 	}
 }
 
+// TestTokens: where the job token comes from, first match wins: TRAIN_JOB_TOKEN,
+// Open MPI's per-job key mixed with the job id, else the per-user secret file
+// (Connect reads it), never the job id alone.
 func TestTokens(t *testing.T) {
-	a, _ := FromEnv(envOf("OMPI_COMM_WORLD_RANK", "0", "OMPI_COMM_WORLD_SIZE", "2", "PMIX_NAMESPACE", "1"))
-	b, _ := FromEnv(envOf("OMPI_COMM_WORLD_RANK", "1", "OMPI_COMM_WORLD_SIZE", "2", "PMIX_NAMESPACE", "1"))
-	c, _ := FromEnv(envOf("OMPI_COMM_WORLD_RANK", "1", "OMPI_COMM_WORLD_SIZE", "2", "PMIX_NAMESPACE", "2"))
-	d, _ := FromEnv(envOf("OMPI_COMM_WORLD_RANK", "1", "OMPI_COMM_WORLD_SIZE", "2", "PMIX_NAMESPACE", "2", "TRAIN_JOB_TOKEN", "s3cret"))
-	if string(a.Token) != string(b.Token) || a.JobID != b.JobID {
-		t.Error("ranks of one job derive different tokens")
+	ompi := func(rank, job, key string, more ...string) func(string) string {
+		return envOf(append([]string{"OMPI_COMM_WORLD_RANK", rank, "OMPI_COMM_WORLD_SIZE", "2", "PMIX_NAMESPACE", job,
+			"OMPI_MCA_orte_precondition_transports", key}, more...)...)
 	}
-	if string(a.Token) == string(c.Token) {
-		t.Error("two jobs derive the same token")
+	a, _ := FromEnv(ompi("0", "1", "k1"))
+	b, _ := FromEnv(ompi("1", "1", "k1"))
+	c, _ := FromEnv(ompi("1", "2", "k1"))
+	d, _ := FromEnv(ompi("1", "2", "k2"))
+	if string(a.Token) != string(b.Token) || a.JobID != b.JobID || a.TokenSource != "Open MPI job key" {
+		t.Errorf("ranks of one job derive different tokens, or the source %q is wrong", a.TokenSource)
 	}
-	if string(d.Token) != "s3cret" {
-		t.Errorf("TRAIN_JOB_TOKEN ignored: %q", d.Token)
+	if string(a.Token) == string(c.Token) || string(c.Token) == string(d.Token) {
+		t.Error("two jobs (or two job keys) derive the same token")
+	}
+	e, _ := FromEnv(ompi("1", "2", "k2", "TRAIN_JOB_TOKEN", "s3cret"))
+	if string(e.Token) != "s3cret" || e.TokenSource != "TRAIN_JOB_TOKEN" {
+		t.Errorf("TRAIN_JOB_TOKEN ignored: %q from %q", e.Token, e.TokenSource)
+	}
+
+	// Slurm hands the job no secret: the token waits for Connect and the
+	// user's secret file (HOME's, or TRAIN_SECRET_FILE).
+	slurm := []string{"SLURM_PROCID", "0", "SLURM_NTASKS", "2", "SLURM_JOB_ID", "77", "SLURM_STEP_ID", "0", "HOME", "/home/u"}
+	f, _ := FromEnv(envOf(slurm...))
+	if f.Token != nil || f.SecretFile != "/home/u/.config/train/job-secret" || f.TokenSource != "per-user secret /home/u/.config/train/job-secret" {
+		t.Errorf("slurm: token %q, secret file %q, source %q", f.Token, f.SecretFile, f.TokenSource)
+	}
+	g, _ := FromEnv(envOf(append(slurm, "TRAIN_SECRET_FILE", "/shared/u/secret")...))
+	if g.Token != nil || g.SecretFile != "/shared/u/secret" {
+		t.Errorf("TRAIN_SECRET_FILE ignored: secret file %q", g.SecretFile)
+	}
+	// -master-addr names the job, and the token is still the secret's.
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	fl := AddFlags(fs)
+	fs.Parse([]string{"-rank", "0", "-world-size", "2", "-master-addr", "10.0.0.1:4000"})
+	h, err := fl.Config(envOf("HOME", "/home/u"))
+	if err != nil || h.JobID != "flags:10.0.0.1:4000" || h.Token != nil || h.SecretFile != "/home/u/.config/train/job-secret" {
+		t.Errorf("-master-addr: %v, job %q token %q secret file %q", err, h.JobID, h.Token, h.SecretFile)
+	}
+}
+
+// TestTimeoutSources: the timeout applied, from each source in turn, and the
+// source named (collective.DefaultTimeout documents the order). Not a clock
+// in sight: the session's own setting is read.
+func TestTimeoutSources(t *testing.T) {
+	applied := func(cfg Config) time.Duration {
+		c, err := Connect(context.Background(), cfg) // a world of one: no network
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.(*tcpComm).s.timeout
+	}
+	parse := func(args ...string) *Flags {
+		fs := flag.NewFlagSet("x", flag.ContinueOnError)
+		f := AddFlags(fs)
+		if err := fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	for _, c := range []struct {
+		name     string
+		flags    []string
+		env      []string
+		fallback time.Duration // the run's parallel.timeout_seconds; 0: a command without one
+		want     time.Duration
+		from     string
+	}{
+		{name: "default", want: 60 * time.Second, from: ""},
+		{name: "configuration", fallback: 7 * time.Second, want: 7 * time.Second, from: "parallel.timeout_seconds"},
+		{name: "environment", env: []string{"TRAIN_COMM_TIMEOUT", "9s"}, fallback: 7 * time.Second, want: 9 * time.Second, from: "TRAIN_COMM_TIMEOUT"},
+		{name: "flag", flags: []string{"-comm-timeout", "11s"}, env: []string{"TRAIN_COMM_TIMEOUT", "9s"}, fallback: 7 * time.Second,
+			want: 11 * time.Second, from: "-comm-timeout"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := parse(c.flags...).Config(envOf(c.env...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.FallbackTimeout(c.fallback, "parallel.timeout_seconds")
+			if cfg.TimeoutSource != c.from {
+				t.Errorf("source %q, want %q", cfg.TimeoutSource, c.from)
+			}
+			if got := applied(cfg); got != c.want {
+				t.Errorf("applied %v, want %v", got, c.want)
+			}
+		})
+	}
+	if DefaultTimeout != 60*time.Second {
+		t.Errorf("DefaultTimeout %v: the README and config say 60 s", DefaultTimeout)
+	}
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	AddFlags(fs)
+	if u := fs.Lookup("comm-timeout").Usage; !strings.Contains(u, "(default 60s)") {
+		t.Errorf("-comm-timeout -h says %q, not the default applied", u)
+	}
+	if _, err := parse().Config(envOf("TRAIN_COMM_TIMEOUT", "soon")); err == nil || !strings.Contains(err.Error(), "TRAIN_COMM_TIMEOUT") {
+		t.Errorf("a bad TRAIN_COMM_TIMEOUT: %v", err)
 	}
 }
 

@@ -22,18 +22,23 @@
 // "host:port" to $TMPDIR/train-rendezvous-<hash of the launcher's job id>.addr
 // (atomically, by rename); the others poll for the file and retry until they
 // reach a rank 0 that proves it belongs to the job, so a stale file from an
-// earlier job only delays them. Rank 0 removes the file when the job ends.
+// earlier job only delays them. Rank 0 removes the file as soon as every rank
+// has registered (or the rendezvous failed): nothing reads it later, and a
+// job that is aborted leaves none behind.
 //
 // # Authentication
 //
 // Every connection, rendezvous and data alike, starts with an HMAC-SHA256
 // challenge and response over fresh nonces from both sides, keyed by the job
-// token (TRAIN_JOB_TOKEN, else a hash of the launcher's job id and, under Open
-// MPI, its per-job random key) and covering the world size and both ranks. A
-// connection that cannot prove it belongs to this job and world size is
-// refused, logged, and closed; the job carries on. A derived token keeps out
-// other jobs and strangers; against users who can read the job's environment,
-// set TRAIN_JOB_TOKEN from a secret.
+// token and covering the world size and both ranks. The token is
+// TRAIN_JOB_TOKEN (the sbatch scripts make a random one per job); else, under
+// Open MPI, a hash of the job id and mpirun's random per-job key; else a hash
+// of the job id and a per-user secret, ~/.config/train/job-secret (mode 0600,
+// made on first use; a cluster's nodes share it through the home directory).
+// The job id alone is never enough: under Slurm every user sees it in squeue.
+// A connection that cannot prove it belongs to this job and world size is
+// refused, logged (a few one by one, then a count per minute), and closed;
+// the job carries on.
 //
 // # Collectives on a ring
 //

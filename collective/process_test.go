@@ -24,7 +24,21 @@ func TestMain(m *testing.M) {
 	if mode := os.Getenv("COLLECTIVE_TEST_CHILD"); mode != "" {
 		os.Exit(child(mode))
 	}
-	os.Exit(m.Run())
+	os.Exit(runTests(m))
+}
+
+// runTests runs the tests with HOME in a temporary folder, which the rank
+// processes inherit: jobs without a token make their per-user secret there,
+// not in the home of whoever runs the tests.
+func runTests(m *testing.M) int {
+	home, err := os.MkdirTemp("", "collective-test-home-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(home)
+	os.Setenv("HOME", home)
+	return m.Run()
 }
 
 // child is one rank's process. Exit status: 0 ok, 3 a collective failed

@@ -29,7 +29,6 @@ type session struct {
 
 	ln    *net.TCPListener // nil for a world of one
 	peers []peer           // world rank -> address and host
-	file  string           // rendezvous file rank 0 wrote, removed at close
 
 	failed  chan struct{} // closed once the job has failed (err set)
 	stopped chan struct{} // closed when the world is closed or setup failed
@@ -48,7 +47,70 @@ type session struct {
 	byeAll   chan struct{}     // rank 0: closed when every rank said bye
 	byeFrom0 chan struct{}     // ranks > 0: closed when rank 0 said bye (or vanished)
 
+	refused refusals // connections that failed the handshake
+
 	wg sync.WaitGroup // every goroutine the session started
+}
+
+// Refused connections are logged one by one only up to refusalBurst per
+// refusalEvery; the rest are counted and reported in one line per interval,
+// so that a port scanner or a flood of junk cannot flood the log.
+const (
+	refusalBurst = 5
+	refusalEvery = time.Minute
+)
+
+// refusals throttles the log of connections refused at the handshake
+// (strangers, scanners, another job's ranks).
+type refusals struct {
+	mu     sync.Mutex
+	start  time.Time // of the current interval
+	logged int       // refusals logged one by one in it
+	quiet  int       // refusals only counted in it
+	last   string    // the latest of those
+	total  int       // refusals since the session began
+}
+
+// note records one refusal (what: "address: reason") and logs it, or counts it
+// once this interval's burst has been logged.
+func (r *refusals) note(now time.Time, what string, logf func(string, ...any)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.total++
+	r.flushLocked(now, false, logf)
+	switch {
+	case r.logged < refusalBurst-1:
+		logf("refused connection from %s", what)
+	case r.logged == refusalBurst-1:
+		logf("refused connection from %s (more refusals are counted, one line per %v)", what, refusalEvery)
+	default:
+		r.quiet++
+		r.last = what
+		return
+	}
+	r.logged++
+}
+
+// flush reports the refusals counted in an interval that is over, or, with
+// end set (the session closes), in the current one.
+func (r *refusals) flush(now time.Time, end bool, logf func(string, ...any)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.flushLocked(now, end, logf)
+}
+
+func (r *refusals) flushLocked(now time.Time, end bool, logf func(string, ...any)) {
+	if r.start.IsZero() {
+		r.start = now
+	}
+	if !end && now.Sub(r.start) < refusalEvery {
+		return
+	}
+	if r.quiet > 0 {
+		logf("refused %d more connections in %v (the latest from %s); %d refused in all",
+			r.quiet, now.Sub(r.start).Round(time.Second), r.last, r.total)
+	}
+	r.start, r.logged, r.quiet = now, 0, 0
 }
 
 // connKey names an incoming data connection.
@@ -107,28 +169,24 @@ func Connect(ctx context.Context, cfg Config) (Comm, error) {
 		waiters: map[connKey]chan *net.TCPConn{},
 		byeAll:  make(chan struct{}), byeFrom0: make(chan struct{}),
 	}
-	if s.timeout <= 0 {
-		s.timeout = DefaultTimeout
-	}
+	s.timeout, _ = cfg.timeoutAndSource()
 	if s.chunk <= 0 {
 		s.chunk = DefaultChunkBytes
 	}
 	s.chunk = (s.chunk + 7) &^ 7
 	if s.logf == nil {
-		rank := cfg.Rank
-		s.logf = func(format string, args ...any) {
-			fmt.Fprintf(os.Stderr, "collective: rank %d: %s\n", rank, fmt.Sprintf(format, args...))
-		}
+		s.logf = StderrLogf(cfg.Rank)
 	}
 	if s.size == 1 {
 		s.peers = []peer{{host: hostname()}}
 		return s.newComm(worldID, []int{0}, 0, "world")
 	}
+	tokenSource := cfg.TokenSource
 	if len(s.token) == 0 {
-		if cfg.JobID == "" {
-			return nil, errors.New("collective: no job token: set TRAIN_JOB_TOKEN or run under a launcher")
+		var err error
+		if s.token, tokenSource, err = derivedToken(cfg); err != nil {
+			return nil, fmt.Errorf("collective: rank %d of %d: %w", cfg.Rank, cfg.Size, err)
 		}
-		s.token = deriveToken(cfg.JobID)
 	}
 	if err := s.setup(ctx, cfg); err != nil {
 		s.teardown()
@@ -139,10 +197,29 @@ func Connect(ctx context.Context, cfg Config) (Comm, error) {
 		s.teardown()
 		return nil, fmt.Errorf("collective: rank %d of %d: %w", cfg.Rank, cfg.Size, err)
 	}
+	if s.rank == 0 {
+		timeout, from := cfg.timeoutAndSource()
+		if tokenSource == "" {
+			tokenSource = "given by the caller"
+		}
+		if from != "" {
+			from = " (" + from + ")"
+		}
+		s.logf("%d ranks joined; job token: %s; timeout %v%s", s.size, tokenSource, timeout, from)
+	}
 	return c, nil
 }
 
 const worldID = 0x776f726c64 // "world"
+
+// StderrLogf is what Config.Logf does when nil: one line per event on
+// stderr, "collective: rank R: ...". A caller that also records the events
+// elsewhere (the rank log) calls it from its own Logf.
+func StderrLogf(rank int) func(format string, args ...any) {
+	return func(format string, args ...any) {
+		fmt.Fprintf(os.Stderr, "collective: rank %d: %s\n", rank, fmt.Sprintf(format, args...))
+	}
+}
 
 func seq(n int) []int {
 	r := make([]int, n)
@@ -194,10 +271,13 @@ func (s *session) setup(ctx context.Context, cfg Config) error {
 
 	if s.rank == 0 {
 		if cfg.MasterAddr == "" {
-			s.file = rendezvousFile(cfg.RendezvousDir, cfg.JobID)
-			if err := publish(s.file, self.addr); err != nil {
+			file := rendezvousFile(cfg.RendezvousDir, cfg.JobID)
+			if err := publish(file, self.addr); err != nil {
 				return err
 			}
+			// Every rank has registered (or never will) once gather returns:
+			// nobody reads the file after that, so it goes, whatever ends the job.
+			defer unpublish(file, self.addr)
 		}
 		err = s.gather(ctx, self, deadline)
 	} else {
@@ -316,6 +396,14 @@ func interfaceIP(name string) (net.IP, error) {
 	return first, nil
 }
 
+// unpublish removes the rendezvous file if it still holds addr (a later job
+// with the same id may have replaced it).
+func unpublish(file, addr string) {
+	if b, err := os.ReadFile(file); err == nil && strings.TrimSpace(string(b)) == addr {
+		os.Remove(file)
+	}
+}
+
 // publish writes addr to file atomically (readers never see half a file).
 func publish(file, addr string) error {
 	f, err := os.CreateTemp(filepath.Dir(file), filepath.Base(file)+".tmp*")
@@ -367,7 +455,7 @@ func (s *session) serve(c *net.TCPConn) {
 	h, err := serverHandshake(c, s.token, uint32(s.size), uint32(s.rank))
 	if err != nil {
 		s.untrack(c)
-		s.logf("refused connection from %s: %v", c.RemoteAddr(), err)
+		s.refused.note(time.Now(), fmt.Sprintf("%s: %v", c.RemoteAddr(), err), s.logf)
 		c.Close()
 		return
 	}
@@ -845,6 +933,7 @@ func (s *session) heartbeats() {
 		case <-s.stopped:
 			return
 		}
+		s.refused.flush(time.Now(), false, s.logf)
 		if s.rank == 0 {
 			for _, c := range s.ctrls[1:] {
 				c.send(msgHeartbeat, nil, s.timeout) // a dead link shows up in its reader
@@ -1027,11 +1116,7 @@ func (s *session) teardown() {
 			c.c.Close()
 		}
 	}
-	if s.file != "" {
-		if b, err := os.ReadFile(s.file); err == nil && s.ln != nil && strings.TrimSpace(string(b)) == s.ln.Addr().String() {
-			os.Remove(s.file)
-		}
-	}
+	s.refused.flush(time.Now(), true, s.logf)
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	select {

@@ -17,8 +17,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"train/collective"
 )
 
 // Config is everything a run needs to know. The zero value is not useful; start from
@@ -152,13 +155,17 @@ type Parallel struct {
 	// one forward less per micro-batch on every stage but the last, for up
 	// to P-stage times the activation memory.
 	KeepActivations bool `toml:"keep_activations"`
-	// TimeoutSeconds bounds every wait on another rank.
+	// TimeoutSeconds is how long a rank waits on another before the job
+	// fails: to connect, and for a heartbeat before a silent rank is declared
+	// lost (collective.Config.Timeout). -comm-timeout and TRAIN_COMM_TIMEOUT
+	// override it; its default is collective.DefaultTimeout, which says why.
 	TimeoutSeconds int `toml:"timeout_seconds"`
 }
 
 // Default is the embedded default run: a tiny random Llama learning single-digit
 // addition on the CPU in about a minute. Every default value is written here and
-// only here. The optimisation values suit that toy; a real fine-tune sets its own
+// only here, but for the communication timeout, which is collective's (every
+// command that joins a job applies it, with or without a configuration). The optimisation values suit that toy; a real fine-tune sets its own
 // (README.md shows a LoRA configuration for Llama 3.1 8B).
 func Default() Config {
 	return Config{
@@ -192,7 +199,7 @@ func Default() Config {
 			Alpha:   32,
 			Targets: []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
 		},
-		Parallel: Parallel{PP: 1, TimeoutSeconds: 60},
+		Parallel: Parallel{PP: 1, TimeoutSeconds: int(collective.DefaultTimeout / time.Second)},
 		Ckpt:     Ckpt{KeepLast: 2, Compress: true, Level: 1},
 	}
 }

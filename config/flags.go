@@ -80,7 +80,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	i(&c.Parallel.PP, "pp", "parallel.pp", "pipeline stages; data-parallel replicas = ranks / pp")
 	b(&c.Parallel.Zero1, "zero1", "parallel.zero1", "partition optimizer state across data-parallel replicas")
 	b(&c.Parallel.KeepActivations, "keep-activations", "parallel.keep_activations", "pipeline stages keep every in-flight micro-batch's activations instead of recomputing them (faster, more memory)")
-	i(&c.Parallel.TimeoutSeconds, "timeout", "parallel.timeout_seconds", "seconds to wait on another rank before failing")
+	i(&c.Parallel.TimeoutSeconds, "timeout", "parallel.timeout_seconds", "seconds a rank waits on another (to connect, or for a heartbeat) before the job fails; TRAIN_COMM_TIMEOUT and -comm-timeout override it")
 }
 
 // ConfigPath finds -config FILE (or -config=FILE) among args before the flags are

@@ -22,6 +22,7 @@ func Follow(ctx context.Context, run string, opts Options, interval time.Duratio
 	printed := map[int]int{} // events printed per rank
 	lastStep := -1
 	waiting := false
+	doneBefore := false // the previous poll found the run over
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	enc := json.NewEncoder(w)
@@ -62,10 +63,14 @@ func Follow(ctx context.Context, run string, opts Options, interval time.Duratio
 				return err
 			}
 		}
-		if s.Done {
+		// A rank judged lost may still write its end record (it failed a moment
+		// after the others named it): a run that looks over with a rank lost
+		// is read once more before the summary.
+		if s.Done && (doneBefore || !anyLost(s)) {
 			d.Flush()
 			return writeSummary(Summarize(run, d.Logs(), o), asJSON, w)
 		}
+		doneBefore = s.Done
 		select {
 		case <-ctx.Done():
 			d.Flush()
@@ -73,6 +78,16 @@ func Follow(ctx context.Context, run string, opts Options, interval time.Duratio
 		case <-tick.C:
 		}
 	}
+}
+
+// anyLost reports whether the summary judges a rank lost.
+func anyLost(s Summary) bool {
+	for _, r := range s.Ranks {
+		if r.State == Lost {
+			return true
+		}
+	}
+	return false
 }
 
 // writeSummary writes s as JSON or as text.

@@ -171,3 +171,57 @@ func TestPlotRun(t *testing.T) {
 		t.Errorf("a folder without logs: %v", err)
 	}
 }
+
+// TestLogsFollowKilledRank: -follow of a run whose rank 3 was SIGKILLed (its
+// log just stops) while ranks 0-2 fail naming it ends by itself, once the
+// survivors' errors are in, with rank 3 lost as the first failure; it never
+// waits for the killed rank's end record, which will not come.
+func TestLogsFollowKilledRank(t *testing.T) {
+	run := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(run, "logs"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now().Add(-10 * time.Second).UTC()
+	files := map[int]*os.File{}
+	line := func(r int, sec float64, level, msg string, kv ...any) {
+		m := map[string]any{"time": t0.Add(time.Duration(sec * 1e9)).Format(time.RFC3339Nano), "level": level, "msg": msg, "rank": r}
+		for i := 0; i+1 < len(kv); i += 2 {
+			m[kv[i].(string)] = kv[i+1]
+		}
+		j, _ := json.Marshal(m)
+		files[r].Write(append(j, '\n'))
+	}
+	for r := 0; r < 4; r++ {
+		f, err := os.Create(filepath.Join(run, "logs", fmt.Sprintf("rank-%05d.jsonl", r)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		files[r] = f
+		line(r, 0, "INFO", "start", "host", "h", "world", 4, "stage", 0, "replica", r, "device", "cpu-f32", "model", "random:tiny", "method", "full")
+		for s := 1; s <= 3; s++ {
+			line(r, float64(s), "INFO", "step", "step", s, "loss", 4.0, "lr", 1e-3, "tokens", 512, "step_s", 1.0, "compute_s", 0.8, "comm_s", 0.2)
+		}
+	}
+	// The survivors' errors come while -follow watches.
+	time.AfterFunc(100*time.Millisecond, func() {
+		for r := 0; r < 3; r++ {
+			line(r, 3.5, "ERROR", "failed", "error", "step 4: gradient all-reduce: collective: all-reduce sum of 9 float32 on comm world (rank 0 of 4): "+
+				"rank 3 (host h, 127.0.0.1:4000): lost: connection closed (process exited or was killed)")
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := Follow(ctx, run, DefaultOptions(), 20*time.Millisecond, false, &out); err != nil {
+		t.Fatal(err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("-follow still waited for the killed rank after 20 s:\n%s", &out)
+	}
+	text := out.String()
+	lost, victim := strings.Index(text, "  rank 3 on h lost at "), strings.Index(text, "  rank 0 on h failed at ")
+	if lost < 0 || victim < lost || !strings.Contains(text, "because of rank 3") {
+		t.Errorf("the summary should lead with rank 3 lost, then the others because of it:\n%s", text)
+	}
+}

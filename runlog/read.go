@@ -102,7 +102,7 @@ type Checkpoint struct {
 }
 
 // Failure is the first error of a rank's latest session, with the records
-// that came just before it.
+// that came just before it, or, for a rank that was lost, the end of its log.
 type Failure struct {
 	Rank     int       `json:"rank"`
 	Host     string    `json:"host,omitempty"`
@@ -110,6 +110,14 @@ type Failure struct {
 	LastStep int       `json:"last_step"` // the last step the rank logged before failing
 	Error    string    `json:"error"`
 	Context  []Record  `json:"context"` // the records before the error, oldest first
+	// Lost is set for a rank whose log ends without a finished or failed
+	// record (killed, out of memory, its node gone) while the job failed
+	// around it: Time is then its last record's, and Context its last records.
+	Lost bool `json:"lost,omitempty"`
+	// CausedBy is the rank this failure follows from, when the error names
+	// another rank (the collectives name the lost or failing one): a
+	// consequence, listed after the causes. Nil for a cause.
+	CausedBy *int `json:"caused_by,omitempty"`
 }
 
 // maxContext is how many records before an error a RankLog keeps.

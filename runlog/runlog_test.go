@@ -453,3 +453,152 @@ func TestGPUColumns(t *testing.T) {
 		t.Errorf("GPU columns on a CPU run:\n%s", out.String())
 	}
 }
+
+// killedRun is a 4-rank run in which rank 3 is SIGKILLed after step 5: its
+// log just stops; ranks 0-2 fail a moment later with the collectives' error
+// naming it (errs gives each survivor's error; "" uses that one).
+func killedRun(t *testing.T, errs ...string) []*RankLog {
+	t.Helper()
+	var logs []*RankLog
+	for r := 0; r < 4; r++ {
+		w := &logWriter{rank: r}
+		w.start(0, 4)
+		for s := 1; s <= 5; s++ {
+			w.step(float64(s), s, 0.5, 0.4, 0, 0)
+		}
+		if r < 3 {
+			msg := fmt.Sprintf("step 6: gradient all-reduce: collective: all-reduce sum of 46208 float32 on comm world (rank %d of 4): "+
+				"rank 3 (host node1, 10.0.0.2:4100): lost: connection closed (process exited or was killed)", r)
+			if r < len(errs) && errs[r] != "" {
+				msg = errs[r]
+			}
+			w.rec(5.2+0.01*float64(r), "ERROR", "failed", "error", msg)
+		}
+		logs = append(logs, w.parse(t))
+	}
+	return logs
+}
+
+// TestKilledRankIsTheFirstFailure: right after the run (Now a few seconds on,
+// well inside the stall time), the killed rank is lost, not running: it leads
+// the failures with the time of its last record, in the silent ranks too,
+// and the survivors' errors naming it are its consequences.
+func TestKilledRankIsTheFirstFailure(t *testing.T) {
+	o := DefaultOptions()
+	o.Now = t0.Add(8 * time.Second)
+	s := Summarize("run", killedRun(t), o)
+	if s.Status != Failed || !s.Done {
+		t.Errorf("status %s done %v, want failed and done", s.Status, s.Done)
+	}
+	if st := s.Ranks[3].State; st != Lost {
+		t.Errorf("rank 3 is %s, want lost", st)
+	}
+	if len(s.Failures) != 4 {
+		t.Fatalf("%d failures, want 4: %+v", len(s.Failures), s.Failures)
+	}
+	f := s.Failures[0]
+	if f.Rank != 3 || !f.Lost || f.CausedBy != nil || !f.Time.Equal(t0.Add(5*time.Second)) || f.LastStep != 5 || len(f.Context) != 5 {
+		t.Fatalf("first failure %+v, want rank 3 lost at its last record (step 5), with its last 5 records", f)
+	}
+	if !strings.Contains(f.Error, "without a finished or failed record") || !strings.Contains(f.Error, "the errors of ranks 0, 1, 2 name it") {
+		t.Errorf("rank 3's failure says %q", f.Error)
+	}
+	for i, f := range s.Failures[1:] {
+		if f.Rank != i || f.CausedBy == nil || *f.CausedBy != 3 {
+			t.Errorf("failure %d: rank %d caused by %v, want rank %d caused by rank 3", i+1, f.Rank, f.CausedBy, i)
+		}
+	}
+	if len(s.Silent) != 1 || s.Silent[0].Rank != 3 {
+		t.Errorf("silent %+v, want rank 3", s.Silent)
+	}
+	var text bytes.Buffer
+	if err := s.WriteText(&text); err != nil {
+		t.Fatal(err)
+	}
+	out := text.String()
+	i3, i0 := strings.Index(out, "  rank 3 on node1 lost at 03:04:10.000 after step 5: its log ends"), strings.Index(out, "  rank 0 on node0 failed at 03:04:10.200 after step 5, because of rank 3: step 6:")
+	if i3 < 0 || i0 < i3 {
+		t.Errorf("rank 3 lost should lead, then rank 0 because of it:\n%s", out)
+	}
+	if strings.Count(out, "last records before it") != 1 {
+		t.Errorf("the consequences repeat their records:\n%s", out)
+	}
+}
+
+// TestLostRankNotNamed: when the survivors' errors do not name the rank that
+// stopped, it is lost once the run is over (the logs complete, or silent for
+// the stall time), and until then not yet: it may still write its end.
+func TestLostRankNotNamed(t *testing.T) {
+	logs := killedRun(t, "interrupted", "interrupted", "interrupted")
+	if s := Summarize("run", logs, DefaultOptions()); s.Ranks[3].State != Lost || s.Failures[0].Rank != 3 || !s.Done {
+		t.Errorf("complete logs: rank 3 %s, first failure rank %d, done %v; want lost, 3, true", s.Ranks[3].State, s.Failures[0].Rank, s.Done)
+	}
+	o := DefaultOptions()
+	o.Now = t0.Add(8 * time.Second)
+	if s := Summarize("run", logs, o); s.Ranks[3].State != Running || s.Done {
+		t.Errorf("3 s after the survivors failed: rank 3 %s, done %v; want running, not done", s.Ranks[3].State, s.Done)
+	}
+	o.Now = t0.Add(10 * time.Minute)
+	if s := Summarize("run", logs, o); s.Ranks[3].State != Lost || !s.Done || s.Failures[0].Rank != 3 {
+		t.Errorf("10 minutes on: rank 3 %s, done %v; want lost and done", s.Ranks[3].State, s.Done)
+	}
+}
+
+// TestStoppedWhileOthersGoOn: a live run where rank 1's log stops while the
+// others keep logging steps is not running once it is the stall time behind.
+func TestStoppedWhileOthersGoOn(t *testing.T) {
+	var logs []*RankLog
+	for r := 0; r < 3; r++ {
+		w := &logWriter{rank: r}
+		w.start(0, 3)
+		steps := 100
+		if r == 1 {
+			steps = 4
+		}
+		for s := 1; s <= steps; s++ {
+			w.step(float64(s), s, 0.9, 0.1, 0, 0)
+		}
+		logs = append(logs, w.parse(t))
+	}
+	o := DefaultOptions()
+	o.Now = t0.Add(101 * time.Second)
+	s := Summarize("run", logs, o)
+	if s.Ranks[1].State != Stopped || s.Ranks[0].State != Running || s.Status != Stopped || s.Done {
+		t.Errorf("rank 1 %s, rank 0 %s, status %s, done %v; want stopped, running, stopped, not done", s.Ranks[1].State, s.Ranks[0].State, s.Status, s.Done)
+	}
+	if len(s.Silent) != 1 || s.Silent[0].Rank != 1 || s.Silent[0].Behind != 96*time.Second {
+		t.Errorf("silent %+v, want rank 1, 96 s behind", s.Silent)
+	}
+}
+
+// TestStoppedRankIsTheCause: rank 2 is stopped (SIGSTOP) past the timeout;
+// ranks 0, 1 and 3 fail naming it, and rank 2, continued, fails later naming
+// rank 0, which it found gone. Rank 2 is the cause, listed first; its blame
+// of rank 0 would close a circle and is dropped.
+func TestStoppedRankIsTheCause(t *testing.T) {
+	var logs []*RankLog
+	for r := 0; r < 4; r++ {
+		w := &logWriter{rank: r}
+		w.start(0, 4)
+		for s := 1; s <= 4; s++ {
+			w.step(float64(s), s, 0.5, 0.1, 0, 0)
+		}
+		if r == 2 {
+			w.rec(9.7, "ERROR", "failed", "error", "checkpoint: collective: operation on comm world (rank 2 of 4): "+
+				"rank 0 (host node0, 10.0.0.1:4100): lost: silent for 5s (no heartbeat; hung, stopped or unreachable)")
+		} else {
+			w.rec(7.2+0.01*float64(r), "ERROR", "failed", "error", fmt.Sprintf("checkpoint: collective: all-reduce sum of 1 float64 on comm world (rank %d of 4): "+
+				"rank 2 (host node1, 10.0.0.2:4100): lost: silent for 5s (no heartbeat; hung, stopped or unreachable)", r))
+		}
+		logs = append(logs, w.parse(t))
+	}
+	s := Summarize("run", logs, DefaultOptions())
+	if len(s.Failures) != 4 || s.Failures[0].Rank != 2 || s.Failures[0].CausedBy != nil || s.Failures[0].Lost {
+		t.Fatalf("failures %+v, want rank 2 first, a cause (failed, not lost)", s.Failures)
+	}
+	for _, f := range s.Failures[1:] {
+		if f.CausedBy == nil || *f.CausedBy != 2 {
+			t.Errorf("rank %d caused by %v, want rank 2", f.Rank, f.CausedBy)
+		}
+	}
+}

@@ -1,8 +1,11 @@
 package runlog
 
 import (
+	"fmt"
 	"math"
+	"regexp"
 	"sort"
+	"strconv"
 	"time"
 )
 
@@ -23,7 +26,10 @@ type Options struct {
 	// logging. Default: 10 median step times, at least a minute.
 	StallAfter time.Duration
 	// Now, when set, is the current time: a run whose every rank has been
-	// silent for StallAfter is reported as stopped, not running.
+	// silent for StallAfter is reported as stopped, not running, and a rank
+	// without an end record in a run whose other ranks ended is lost once the
+	// run has been silent that long. Zero takes the logs as complete (the run
+	// is over).
 	Now time.Time
 	// Rank, when not -1, limits the per-rank parts of the summary to that rank
 	// (stragglers are still judged against every rank). Zero means rank 0.
@@ -53,6 +59,10 @@ const (
 	Running  = "running"  // it is still logging
 	Stopped  = "stopped"  // it went silent without an end record: killed?
 	Missing  = "missing"  // a rank of the world with no log at all
+	// Lost is a rank whose log ends without an end record while the job
+	// failed around it: the other ranks' errors name it, or they all ended
+	// and it never did. Killed, out of memory, or its node gone.
+	Lost = "lost"
 )
 
 // RankSummary is one rank's line in the summary. Times are seconds.
@@ -228,24 +238,55 @@ func Summarize(run string, logs []*RankLog, o Options) Summary {
 	if stall <= 0 {
 		stall = max(time.Minute, time.Duration(10*medStep*float64(time.Second)))
 	}
-	// A running rank far behind the newest record has stopped; so has every
-	// running rank once none is left running, or when the whole run has been
-	// silent for the stall time.
-	anyRunning := false
+	// Whom each failure blames: a failed rank whose error names another (the
+	// collectives name the rank that was lost or failed first) failed because
+	// of it. A rank with no end record that the others blame is lost. Blames
+	// are taken the earliest first, and one that would close a circle is
+	// dropped: a rank the others had already blamed (a stopped rank that,
+	// continued, finds them gone and names one) is the cause, not theirs.
+	var failed []*RankLog
+	for _, r := range all {
+		if l := byRank[r.Rank]; r.State == Failed && l.Failure != nil {
+			failed = append(failed, l)
+		}
+	}
+	sort.SliceStable(failed, func(i, j int) bool { return failed[i].Failure.Time.Before(failed[j].Failure.Time) })
+	causes := map[int]int{}
+	blamedBy := map[int][]int{}
+	for _, l := range failed {
+		c, ok := namedRank(l.Failure.Error)
+		if !ok || c == l.Rank || leadsTo(causes, c, l.Rank) {
+			continue
+		}
+		causes[l.Rank] = c
+		blamedBy[c] = append(blamedBy[c], l.Rank)
+	}
+	// A running rank far behind the newest record has stopped logging.
+	ended := false
 	for i, r := range all {
-		if r.State == Running && s.Newest.Sub(r.Last) > stall {
+		switch {
+		case r.State == Running && len(blamedBy[r.Rank]) > 0:
+			all[i].State = Lost
+		case r.State == Running && s.Newest.Sub(r.Last) > stall:
 			all[i].State = Stopped
 		}
-		anyRunning = anyRunning || all[i].State == Running
+		ended = ended || all[i].State == Finished || all[i].State == Failed
 	}
+	// Once the run is over (the logs are complete, or silent for the stall
+	// time), a rank that never wrote an end record, in a run where others
+	// did, was lost; in a run where none did, every rank stopped.
+	quiet := o.Now.IsZero() || o.Now.Sub(s.Newest) > stall
 	for i, r := range all {
-		if r.State == Running && ((!o.Now.IsZero() && o.Now.Sub(s.Newest) > stall) || (!anyRunning && len(all) > 1)) {
+		switch {
+		case (r.State == Running || r.State == Stopped) && ended && quiet:
+			all[i].State = Lost
+		case r.State == Running && !o.Now.IsZero() && o.Now.Sub(s.Newest) > stall:
 			all[i].State = Stopped
 		}
 	}
 	s.Done = s.World > 0 && len(s.Missing) == 0
 	for _, r := range all {
-		if r.State != Finished && r.State != Failed {
+		if r.State != Finished && r.State != Failed && r.State != Lost {
 			s.Done = false
 		}
 	}
@@ -255,8 +296,12 @@ func Summarize(run string, logs []*RankLog, o Options) Summary {
 		s.Status = Missing
 	}
 	for _, r := range all {
-		if rankOf[r.State] > rankOf[s.Status] {
-			s.Status = r.State
+		st := r.State
+		if st == Lost {
+			st = Failed // a rank lost is the run failed
+		}
+		if rankOf[st] > rankOf[s.Status] {
+			s.Status = st
 		}
 	}
 	s.Stragglers = stragglers(all, o.Straggler)
@@ -268,21 +313,39 @@ func Summarize(run string, logs []*RankLog, o Options) Summary {
 		}
 		s.Ranks = append(s.Ranks, r)
 		l := byRank[r.Rank]
-		if l.Failure != nil && r.State == Failed {
-			f := *l.Failure
+		var f *Failure
+		switch {
+		case r.State == Failed && l.Failure != nil:
+			f = new(Failure)
+			*f = *l.Failure
+			if c, ok := causes[r.Rank]; ok {
+				f.CausedBy = &c
+			}
+		case r.State == Lost:
+			f = &Failure{Rank: r.Rank, Host: r.Host, Time: r.Last, LastStep: r.LastStep, Lost: true,
+				Error: lostReason(blamedBy[r.Rank]), Context: append([]Record(nil), l.recent...)}
+		}
+		if f != nil {
 			if len(f.Context) > o.Context {
 				f.Context = f.Context[len(f.Context)-o.Context:]
 			}
-			s.Failures = append(s.Failures, f)
+			s.Failures = append(s.Failures, *f)
 		}
-		if r.State == Stopped {
+		if r.State == Stopped || r.State == Lost {
 			s.Silent = append(s.Silent, Silence{Rank: r.Rank, Host: r.Host, Last: r.Last, LastStep: r.LastStep, Behind: s.Newest.Sub(r.Last)})
 		}
 		if l.Malformed > 0 || l.Truncated {
 			s.Malformed = append(s.Malformed, Malformed{Rank: r.Rank, Lines: l.Malformed, First: l.MalformedLines, Truncated: l.Truncated})
 		}
 	}
-	sort.SliceStable(s.Failures, func(i, j int) bool { return s.Failures[i].Time.Before(s.Failures[j].Time) })
+	// Causes first, then their consequences; each the earliest first.
+	sort.SliceStable(s.Failures, func(i, j int) bool {
+		a, b := s.Failures[i], s.Failures[j]
+		if (a.CausedBy == nil) != (b.CausedBy == nil) {
+			return a.CausedBy == nil
+		}
+		return a.Time.Before(b.Time)
+	})
 	if o.Rank >= 0 {
 		var st []Straggler
 		for _, x := range s.Stragglers {
@@ -311,6 +374,51 @@ func Summarize(run string, logs []*RankLog, o Options) Summary {
 	}
 	sort.SliceStable(s.Checkpoints, func(i, j int) bool { return s.Checkpoints[i].Time.Before(s.Checkpoints[j].Time) })
 	return s
+}
+
+// rankNamed matches a rank named the way the collectives name the rank at
+// fault in an error ("rank 3 (host gpu7, 10.0.0.7:4100): lost: ...") or a
+// plainer "recv from rank 2: EOF": the rank, an optional parenthesis, a colon.
+var rankNamed = regexp.MustCompile(`\brank (\d+)(?: \([^()]*\))?: `)
+
+// namedRank is the first rank an error names as the one at fault.
+func namedRank(err string) (int, bool) {
+	m := rankNamed.FindStringSubmatch(err)
+	if m == nil {
+		return 0, false
+	}
+	r, convErr := strconv.Atoi(m[1])
+	return r, convErr == nil
+}
+
+// leadsTo reports whether following causes from rank from reaches rank to
+// (causes has no circle: a blame that would close one is never added).
+func leadsTo(causes map[int]int, from, to int) bool {
+	for range len(causes) + 1 {
+		if from == to {
+			return true
+		}
+		next, ok := causes[from]
+		if !ok {
+			return false
+		}
+		from = next
+	}
+	return false
+}
+
+// lostReason says what a lost rank's log shows, and who blamed it.
+func lostReason(blamedBy []int) string {
+	msg := "its log ends without a finished or failed record (killed, out of memory, or its node lost?)"
+	switch len(blamedBy) {
+	case 0:
+	case 1:
+		msg += fmt.Sprintf("; rank %d's error names it", blamedBy[0])
+	default:
+		sort.Ints(blamedBy)
+		msg += "; the errors of ranks " + ints(blamedBy) + " name it"
+	}
+	return msg
 }
 
 func rankSummary(l *RankLog) RankSummary {

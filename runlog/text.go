@@ -39,8 +39,15 @@ func (s Summary) WriteText(w io.Writer) error {
 	if len(s.Failures) > 0 {
 		p("\nfailed ranks, first failure first:\n")
 		for _, f := range s.Failures {
-			p("  rank %d%s failed at %s after step %d: %s\n", f.Rank, onHost(f.Host), f.Time.Format("15:04:05.000"), f.LastStep, f.Error)
-			if len(f.Context) > 0 {
+			how, cause := "failed", ""
+			if f.Lost {
+				how = "lost"
+			}
+			if f.CausedBy != nil {
+				cause = fmt.Sprintf(", because of rank %d", *f.CausedBy)
+			}
+			p("  rank %d%s %s at %s after step %d%s: %s\n", f.Rank, onHost(f.Host), how, f.Time.Format("15:04:05.000"), f.LastStep, cause, f.Error)
+			if len(f.Context) > 0 && f.CausedBy == nil { // a consequence's records tell nothing new
 				p("    last records before it:\n")
 				for _, c := range f.Context {
 					p("      %s\n", c)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -25,7 +26,8 @@ func twoRanks(t *testing.T, check func(world collective.Config, stdout io.Writer
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			world := collective.Config{Rank: r, Size: 2, Source: "test", JobID: "selftest-" + t.Name(), RendezvousDir: dir, Timeout: 20 * time.Second}
+			world := collective.Config{Rank: r, Size: 2, Source: "test", JobID: "selftest-" + t.Name(), RendezvousDir: dir,
+				SecretFile: filepath.Join(dir, "job-secret"), Timeout: 20 * time.Second}
 			errs[r] = check(world, &outs[r])
 		}()
 	}

@@ -214,11 +214,19 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	if t.log, err = openRankLog(cfg.RunDir, d.rank()); err != nil {
 		return res, err
 	}
-	defer func() { t.log.close(err) }()
+	d.recordCommEvents(t.log.Logger)
+	defer func() {
+		d.recordCommEvents(nil)
+		t.log.close(err)
+	}()
 	optPlace, nccl := t.opt.where()
-	t.log.start("world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
+	startAttrs := []any{"world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
-		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", optPlace, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes())
+		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", optPlace, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes()}
+	if d.plan.World > 1 {
+		startAttrs = append(startAttrs, "job_token", d.launch.TokenSource, "comm_timeout_s", d.launch.Timeout.Seconds(), "comm_timeout_from", d.launch.TimeoutSource)
+	}
+	t.log.start(startAttrs...)
 	for _, n := range t.pending {
 		n.record(t.log)
 	}

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"train/collective"
@@ -28,6 +30,48 @@ type World struct {
 	dp        collective.Comm // this stage across the replicas; nil when D == 1
 	tied      collective.Comm // the first and last stage of this replica, when embeddings are tied and P > 1
 	zero1     bool
+	launch    collective.Config // how this rank joined: the job token's and the timeout's sources, for the rank log
+	events    *commEvents       // what the collectives report; nil for a single process
+}
+
+// commEvents is the collectives' Logf for a training rank: each event goes to
+// stderr, as by default, and, while a rank log is open, into it too, so that
+// refused connections and the job's failure verdict sit with the rank's other
+// records.
+type commEvents struct {
+	stderr func(format string, args ...any)
+	log    atomic.Pointer[slog.Logger]
+}
+
+func (e *commEvents) logf(format string, args ...any) {
+	e.stderr(format, args...)
+	if l := e.log.Load(); l != nil {
+		l.Warn("collective", "event", fmt.Sprintf(format, args...))
+	}
+}
+
+// recordCommEvents starts (or, with nil, stops) recording the collectives'
+// events in the rank log l.
+func (d *World) recordCommEvents(l *slog.Logger) {
+	if d.events != nil {
+		d.events.log.Store(l)
+	}
+}
+
+// launchConfig is how this rank joins the job: the launcher's environment
+// (getenv) and the flags (which may be nil), with the run's
+// parallel.timeout_seconds where neither -comm-timeout nor
+// TRAIN_COMM_TIMEOUT set the timeout (collective.DefaultTimeout has the order).
+func launchConfig(cfg config.Config, flags *collective.Flags, getenv func(string) string) (collective.Config, error) {
+	cc, err := collective.FromEnv(getenv)
+	if flags != nil {
+		cc, err = flags.Config(getenv)
+	}
+	if err != nil {
+		return cc, fmt.Errorf("launch: %w", err)
+	}
+	cc.FallbackTimeout(time.Duration(cfg.Parallel.TimeoutSeconds)*time.Second, "parallel.timeout_seconds")
+	return cc, nil
 }
 
 func (d *World) rank() int { return d.me.Rank }
@@ -46,19 +90,16 @@ func (d *World) last() bool { return d.me.Head }
 // device memory of the world (gpuBytes here, 0 on the CPU): every rank must
 // plan alike, so the world agrees on that budget first.
 func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *model.Config, gpuBytes int64, compute ops.DType) (*World, error) {
-	cc, err := collective.FromEnv(os.Getenv)
-	if flags != nil {
-		cc, err = flags.Config(os.Getenv)
-	}
+	cc, err := launchConfig(cfg, flags, os.Getenv)
 	if err != nil {
-		return nil, fmt.Errorf("launch: %w", err)
-	}
-	if cfg.Parallel.TimeoutSeconds > 0 && cc.Timeout == 0 {
-		cc.Timeout = time.Duration(cfg.Parallel.TimeoutSeconds) * time.Second
+		return nil, err
 	}
 	size := max(cc.Size, 1)
 	var world collective.Comm
+	var events *commEvents
 	if size > 1 {
+		events = &commEvents{stderr: collective.StderrLogf(cc.Rank)}
+		cc.Logf = events.logf
 		if world, err = collective.Connect(ctx, cc); err != nil {
 			return nil, err
 		}
@@ -78,7 +119,7 @@ func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *m
 		}
 		return nil, err
 	}
-	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world}
+	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world, launch: cc, events: events}
 	if size == 1 {
 		return d, nil
 	}

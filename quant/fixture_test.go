@@ -45,7 +45,7 @@ func openCases(t *testing.T) *safetensors.File {
 	return f
 }
 
-func readF32(t *testing.T, f *safetensors.File, name string) []float32 {
+func fixF32(t *testing.T, f *safetensors.File, name string) []float32 {
 	t.Helper()
 	v, _, err := f.ReadFloat32(name)
 	if err != nil {
@@ -54,21 +54,13 @@ func readF32(t *testing.T, f *safetensors.File, name string) []float32 {
 	return v
 }
 
-func readRaw(t *testing.T, f *safetensors.File, name string) []byte {
+func fixRaw(t *testing.T, f *safetensors.File, name string) []byte {
 	t.Helper()
 	v, err := f.ReadRaw(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return v
-}
-
-func f32Bytes(v []float32) []byte {
-	b := make([]byte, 0, 4*len(v))
-	for _, x := range v {
-		b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
-	}
-	return b
 }
 
 func u16Bytes(v []uint16) []byte {
@@ -121,12 +113,12 @@ func caseOutputs(t *testing.T, name string, w []float32) map[string][]byte {
 	f32, bf, dqbf := dequantizeAll(t, plain, dq)
 	return map[string][]byte{
 		"packed":          plain.Packed,
-		"absmax":          f32Bytes(plain.Absmax),
+		"absmax":          f32LE(plain.Absmax),
 		"dq_codes":        dq.Nested.Codes,
-		"dq_absmax":       f32Bytes(dq.Nested.Absmax),
-		"dq_offset":       f32Bytes([]float32{dq.Nested.Offset}),
-		"dq_scales":       f32Bytes(dq.Scales()),
-		"dequant_f32":     f32Bytes(f32),
+		"dq_absmax":       f32LE(dq.Nested.Absmax),
+		"dq_offset":       f32LE([]float32{dq.Nested.Offset}),
+		"dq_scales":       f32LE(dq.Scales()),
+		"dequant_f32":     f32LE(f32),
 		"dequant_bf16":    u16Bytes(bf),
 		"dq_dequant_bf16": u16Bytes(dqbf),
 	}
@@ -134,10 +126,10 @@ func caseOutputs(t *testing.T, name string, w []float32) map[string][]byte {
 
 func TestFixtureCodeBookAndMap(t *testing.T) {
 	f := openCases(t)
-	sameF32(t, "NF4 code book", NF4Code[:], readF32(t, f, "nf4_code"))
-	sameF32(t, "NF4 thresholds", nf4Thresholds[:], readF32(t, f, "nf4_thresholds"))
+	sameF32(t, "NF4 code book", NF4Code[:], fixF32(t, f, "nf4_code"))
+	sameF32(t, "NF4 thresholds", nf4Thresholds[:], fixF32(t, f, "nf4_thresholds"))
 	m := DynamicMap()
-	sameF32(t, "dynamic map", m[:], readF32(t, f, "dynamic_map"))
+	sameF32(t, "dynamic map", m[:], fixF32(t, f, "dynamic_map"))
 }
 
 // TestFixtureCases: the small cases, stored in full (odd sizes, zero and
@@ -156,22 +148,22 @@ func TestFixtureCases(t *testing.T) {
 	}
 	for _, c := range names {
 		t.Run(c, func(t *testing.T) {
-			got := caseOutputs(t, c, readF32(t, f, c+".input"))
+			got := caseOutputs(t, c, fixF32(t, f, c+".input"))
 			keys := make([]string, 0, len(got))
 			for k := range got {
 				keys = append(keys, k)
 			}
 			sort.Strings(keys)
 			for _, k := range keys {
-				sameBytes(t, c+"."+k, got[k], readRaw(t, f, c+"."+k))
+				sameBytes(t, c+"."+k, got[k], fixRaw(t, f, c+"."+k))
 			}
 		})
 	}
 	// The 8-bit blockwise quantizer on values on and beside every midpoint of the map.
 	m := DynamicMap()
-	codes, absmax := quantizeBlockwise8(readF32(t, f, "b8.input"), NestedBlockSize, &m)
-	sameBytes(t, "b8.codes", codes, readRaw(t, f, "b8.codes"))
-	sameF32(t, "b8.absmax", absmax, readF32(t, f, "b8.absmax"))
+	codes, absmax := quantizeBlockwise8(fixF32(t, f, "b8.input"), NestedBlockSize, &m)
+	sameBytes(t, "b8.codes", codes, fixRaw(t, f, "b8.codes"))
+	sameF32(t, "b8.absmax", absmax, fixF32(t, f, "b8.absmax"))
 }
 
 // genWeights is the script's gen_weights: a counter-based splitmix64, four
@@ -253,7 +245,7 @@ func TestFixtureGenerated(t *testing.T) {
 	for name, c := range e.Generated {
 		t.Run(name, func(t *testing.T) {
 			w := genWeights(uint64(c["seed"].(float64)), int(c["n"].(float64)), c["bf16"].(bool))
-			if got := digest(f32Bytes(w)); got != c["input"] {
+			if got := digest(f32LE(w)); got != c["input"] {
 				t.Fatalf("the generated input differs from the script's (sha256 %s, want %s): genWeights no longer matches gen_weights", got, c["input"])
 			}
 			got := caseOutputs(t, name, w)

@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"train/internal/fileio"
+	"train/quant"
 )
 
 // SupportedArchitecture is the Hugging Face architecture train implements.
@@ -152,6 +153,10 @@ type Report struct {
 	Tensors           int            `json:"tensors,omitempty"`
 	DTypes            map[string]int `json:"dtypes,omitempty"` // tensor count per dtype
 	TokenizerVocab    int            `json:"tokenizer_vocab,omitempty"`
+	Format            string         `json:"format,omitempty"`            // "hf" (not quantized), "bnb-4bit", or "quantized" (another method); "" for random
+	Quantization      *quant.Config  `json:"quantization,omitempty"`      // config.json's quantization_config
+	QuantizedWeights  int            `json:"quantized_weights,omitempty"` // expected tensors stored 4-bit
+	MemoryBytes       int64          `json:"memory_bytes,omitempty"`      // the expected tensors in memory as stored: quantized ones as they are, others bf16
 	Warnings          []string       `json:"warnings"`
 	Incompatibilities []string       `json:"incompatibilities"`
 	Config            Config         `json:"-"`
@@ -192,11 +197,24 @@ func Check(model string) (*Report, error) {
 	if cfg.ModelType != "" && cfg.ModelType != "llama" {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("model_type is %q, not llama", cfg.ModelType))
 	}
+	qc, err := quant.LoadConfig(model)
+	r.Format, r.Quantization = checkpointFormat(qc), qc
+	if err != nil {
+		r.Incompatibilities = append(r.Incompatibilities, err.Error())
+	} else if qc != nil {
+		for _, p := range qc.Problems() {
+			r.Incompatibilities = append(r.Incompatibilities, "config.json: "+p)
+		}
+	}
 	if m, err := OpenModelDir(model); err != nil {
 		r.Incompatibilities = append(r.Incompatibilities, err.Error())
 	} else {
 		checkTensors(r, m, cfg)
 		m.Close()
+	}
+	if r.QuantizedWeights > 0 {
+		r.Incompatibilities = append(r.Incompatibilities, "training from pre-quantized bitsandbytes 4-bit weights is not supported yet: "+
+			"train reads and checks them, but loads F32, BF16 and F16 weights only; use the model's original checkpoint")
 	}
 	checkTokenizer(r, model, cfg)
 	return r, nil
@@ -221,7 +239,22 @@ func newReport(model string, c Config) *Report {
 	}
 }
 
+// checkpointFormat names what a directory holds: a plain checkpoint, a
+// bitsandbytes 4-bit one, or another quantization.
+func checkpointFormat(qc *quant.Config) string {
+	switch {
+	case qc == nil:
+		return "hf"
+	case qc.Method == "bitsandbytes" && qc.LoadIn4Bit && !qc.LoadIn8Bit:
+		return "bnb-4bit"
+	}
+	return "quantized"
+}
+
 // checkTensors compares the checkpoint's tensors with those config.json implies.
+// A weight stored quantized by bitsandbytes (a packed uint8 tensor with its
+// companions) is checked by the shape its quant state records; its companions
+// are not unexpected.
 func checkTensors(r *Report, m *ModelDir, cfg Config) {
 	for _, f := range m.Files {
 		r.Files = append(r.Files, filepath.Base(f.Name))
@@ -236,23 +269,40 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 		r.Warnings = append(r.Warnings, "tensor shapes not checked: head_dim is unknown")
 		return
 	}
-	var missing, shaped, dtyped, extra []string
+	var missing, shaped, dtyped, quantized, extra []string
 	expected := map[string]bool{}
+	src := m.QuantSource()
 	for _, spec := range cfg.ExpectedTensors() {
 		expected[spec.Name] = true
 		t, _, ok := m.Tensor(spec.Name)
 		switch {
 		case !ok:
 			missing = append(missing, fmt.Sprintf("missing tensor %s (expected shape %v)", spec.Name, spec.Shape))
+		case quant.IsQuantized(src, spec.Name):
+			qs, err := quant.ReadQuantState(src, spec.Name)
+			switch {
+			case r.Quantization == nil:
+				quantized = append(quantized, fmt.Sprintf("tensor %s is stored quantized by bitsandbytes, but config.json has no quantization_config", spec.Name))
+			case err != nil:
+				quantized = append(quantized, err.Error())
+			case !slices.Equal(qs.Shape, spec.Shape):
+				shaped = append(shaped, fmt.Sprintf("tensor %s (bitsandbytes 4-bit) has shape %v, but config.json implies %v", spec.Name, qs.Shape, spec.Shape))
+			default:
+				r.QuantizedWeights++
+				r.MemoryBytes += quant.StoredBytes(src, spec.Name)
+			}
 		case !slices.Equal(t.Shape, spec.Shape):
 			shaped = append(shaped, fmt.Sprintf("tensor %s has shape %v, but config.json implies %v", spec.Name, t.Shape, spec.Shape))
 		case !t.DType.IsFloat():
 			dtyped = append(dtyped, fmt.Sprintf("tensor %s has dtype %s; supported: F32, BF16, F16, F64", spec.Name, t.DType))
+		default:
+			r.MemoryBytes += 2 * t.NumElements()
 		}
 	}
 	for _, t := range all {
+		w, companion := quant.CompanionOf(t.Name)
 		switch {
-		case expected[t.Name]:
+		case expected[t.Name], companion && expected[w]:
 		case t.Name == "lm_head.weight" && cfg.TieEmbeddings:
 			r.Warnings = append(r.Warnings, "lm_head.weight is present but tie_word_embeddings is true: it is ignored and the embedding is used")
 		default:
@@ -262,6 +312,7 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 	r.Incompatibilities = appendLimited(r.Incompatibilities, missing, "missing tensors")
 	r.Incompatibilities = appendLimited(r.Incompatibilities, shaped, "mis-shaped tensors")
 	r.Incompatibilities = appendLimited(r.Incompatibilities, dtyped, "tensors of unsupported dtype")
+	r.Incompatibilities = appendLimited(r.Incompatibilities, quantized, "unreadable quantized tensors")
 	r.Warnings = appendLimited(r.Warnings, extra, "unexpected tensors")
 }
 
@@ -385,6 +436,16 @@ func (r *Report) WriteText(w io.Writer) error {
 	line("bf16 weights", "%s", formatByteSize(r.BF16Bytes))
 	line("nf4 weights", "%s (linear layers 4-bit NF4, one fp32 absmax per %d weights; embeddings, lm_head, norms bf16)",
 		formatByteSize(r.NF4Bytes), NF4BlockSize)
+	switch r.Format {
+	case "hf":
+		line("format", "plain Hugging Face checkpoint, not quantized: %s as bf16, %s as NF4 (QLoRA)",
+			formatByteSize(r.BF16Bytes), formatByteSize(r.NF4Bytes))
+	case "bnb-4bit":
+		line("format", "bitsandbytes 4-bit checkpoint (%s): %d of %d linear weights quantized, %s in memory as stored (4-bit codes and their scales; other tensors bf16)",
+			strings.TrimPrefix(r.Quantization.String(), "bitsandbytes 4-bit "), r.QuantizedWeights, len(Linears)*r.Layers, formatByteSize(r.MemoryBytes))
+	case "quantized":
+		line("format", "quantized checkpoint (%s)", r.Quantization)
+	}
 	if len(r.Files) > 0 {
 		var dts []string
 		for dt, n := range r.DTypes {

@@ -19,6 +19,7 @@ import (
 
 	"train/format/safetensors"
 	"train/internal/fileio"
+	"train/quant"
 )
 
 const (
@@ -171,6 +172,26 @@ func (m *ModelDir) ReadFloat32(name string) ([]float32, []int, error) {
 		return nil, nil, fmt.Errorf("%s: no tensor named %s", m.Dir, name)
 	}
 	return f.ReadFloat32(name)
+}
+
+// QuantSource is m as package quant reads a quantized weight: header entries
+// and stored bytes by name, from whichever shard holds them (a quantized
+// weight's companion tensors may sit in different shards).
+func (m *ModelDir) QuantSource() quant.Source { return modelDirSource{m} }
+
+type modelDirSource struct{ m *ModelDir }
+
+func (s modelDirSource) Tensor(name string) (safetensors.TensorInfo, bool) {
+	t, _, ok := s.m.Tensor(name)
+	return t, ok
+}
+
+func (s modelDirSource) ReadRaw(name string) ([]byte, error) {
+	f, ok := s.m.where[name]
+	if !ok {
+		return nil, fmt.Errorf("%s: no tensor named %s", s.m.Dir, name)
+	}
+	return f.ReadRaw(name)
 }
 
 // readExpected reads a tensor the model needs, checking its shape against the one

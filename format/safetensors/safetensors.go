@@ -445,6 +445,22 @@ func (f *File) ReadInt64(name string) ([]int64, []int, error) {
 	return dst, t.Shape, nil
 }
 
+// ReadRaw reads the named tensor's bytes as stored, whatever its dtype: the
+// packed 4-bit codes and 8-bit scales of a quantized checkpoint are U8 tensors
+// that only their reader knows how to interpret.
+func (f *File) ReadRaw(name string) ([]byte, error) {
+	t, err := f.lookup(name)
+	if err != nil {
+		return nil, err
+	}
+	dst := make([]byte, t.End-t.Begin)
+	err = f.readChunks(t, func(b []byte, at int) { copy(dst[int64(at)*int64(t.DType.Size()):], b) })
+	if err != nil {
+		return nil, err
+	}
+	return dst, nil
+}
+
 // readFloats converts tensor t into dst (len(dst) == t.NumElements()), and
 // feeds its stored bytes to sum when sum is not nil.
 func readFloats[T float32 | float64](f *File, t TensorInfo, dst []T, sum hash.Hash32) error {

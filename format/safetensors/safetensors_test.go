@@ -141,6 +141,14 @@ func TestSafetensorsRoundTrip(t *testing.T) {
 	testcheck.ErrorContains(t, err, "rt.safetensors: tensor w.a: dtype F32 cannot be read as integers")
 	_, _, err = f.ReadFloat32("nope")
 	testcheck.ErrorContains(t, err, "rt.safetensors: no tensor named nope")
+	if got, err := f.ReadRaw("w.d"); err != nil || !bytes.Equal(got, raw) {
+		t.Errorf("ReadRaw(w.d) = %x, %v; want %x", got, err, raw)
+	}
+	if got, err := f.ReadRaw("empty"); err != nil || len(got) != 0 {
+		t.Errorf("ReadRaw(empty) = %x, %v", got, err)
+	}
+	_, err = f.ReadRaw("nope")
+	testcheck.ErrorContains(t, err, "rt.safetensors: no tensor named nope")
 }
 
 func TestSafetensorsLargeTensorChunks(t *testing.T) {
@@ -174,6 +182,15 @@ func TestSafetensorsLargeTensorChunks(t *testing.T) {
 	sumGot, _, sum, err := f.ReadFloat32Sum("x")
 	if err != nil || !slices.Equal(sumGot, got) || sum != crc32.Checksum(stored, castagnoli) {
 		t.Fatalf("ReadFloat32Sum: %v, crc32c %08x, want the values and %08x", err, sum, crc32.Checksum(stored, castagnoli))
+	}
+	raw, err := f.ReadRaw("x")
+	if err != nil || len(raw) != 4*n {
+		t.Fatalf("ReadRaw(x): %d bytes, %v", len(raw), err)
+	}
+	for i := 0; i < n; i++ {
+		if v := math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:])); v != float32(i) {
+			t.Fatalf("ReadRaw(x)[%d] = %v", i, v)
+		}
 	}
 }
 

@@ -26,12 +26,17 @@ const (
 
 // Load reads a Hugging Face tokenizer.json and, when present beside it,
 // tokenizer_config.json (BOS/EOS, add_bos_token, chat template, tokenizer class).
+// path may also be a directory holding tokenizer.json, as a model directory
+// does: every command accepts either.
 func Load(path string) (*Tokenizer, error) {
 	return LoadWithOptions(path, Options{})
 }
 
 // LoadWithOptions is Load with options.
 func LoadWithOptions(path string, opts Options) (*Tokenizer, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		path = filepath.Join(path, "tokenizer.json")
+	}
 	data, err := readBounded(path, maxFileBytes)
 	if err != nil {
 		return nil, err

@@ -98,14 +98,21 @@ type exBuilder struct {
 }
 
 func (b *exBuilder) add(ids []int, scored bool) {
-	for _, id := range ids {
-		b.ids = append(b.ids, id)
-		if scored || b.promptLoss {
-			b.labels = append(b.labels, id)
-		} else {
-			b.labels = append(b.labels, IgnoreIndex)
-		}
+	b.grow(len(ids))
+	b.ids = append(b.ids, ids...)
+	if scored || b.promptLoss {
+		b.labels = append(b.labels, ids...)
+		return
 	}
+	for range ids {
+		b.labels = append(b.labels, IgnoreIndex)
+	}
+}
+
+// grow makes room for n more tokens at once: a long text is millions, and
+// growing by appends copied them over and over.
+func (b *exBuilder) grow(n int) {
+	b.ids, b.labels = slices.Grow(b.ids, n), slices.Grow(b.labels, n)
 }
 
 func (b *exBuilder) addSpecial(id int, scored bool) {
@@ -137,9 +144,11 @@ func (f *Formatter) text(keys map[string]json.RawMessage) (TokenExample, error) 
 	if err != nil {
 		return TokenExample{}, err
 	}
+	ids := f.Tok.Encode(s, false)
 	b := &exBuilder{promptLoss: true}
+	b.grow(len(ids) + 2)
 	b.addSpecial(f.Tok.BOS(), true)
-	b.add(f.Tok.Encode(s, false), true)
+	b.add(ids, true)
 	b.addSpecial(f.Tok.EOS(), true)
 	return b.done(f.Vocab)
 }
@@ -159,10 +168,12 @@ func (f *Formatter) promptCompletion(keys map[string]json.RawMessage) (TokenExam
 	if err != nil {
 		return TokenExample{}, err
 	}
+	pIDs, cIDs := f.Tok.Encode(p, false), f.Tok.Encode(c, false)
 	b := &exBuilder{promptLoss: f.PromptLoss}
+	b.grow(len(pIDs) + len(cIDs) + 2)
 	b.addSpecial(f.Tok.BOS(), false)
-	b.add(f.Tok.Encode(p, false), false)
-	b.add(f.Tok.Encode(c, false), true)
+	b.add(pIDs, false)
+	b.add(cIDs, true)
 	b.addSpecial(f.Tok.EOS(), true)
 	return b.done(f.Vocab)
 }

@@ -3,6 +3,7 @@ package data
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -262,19 +263,56 @@ func llama3Specials(tok Tokenizer) (chatSpecials, error) {
 }
 
 // ReadExamples reads a JSONL file of examples in any supported format. A malformed
-// line is an error naming file:line, or with skipBad a counted skip.
-func ReadExamples(path string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
+// line is an error naming file:line, or with skipBad a counted skip. A cancelled
+// ctx stops it between lines with ctx's error: tokenizing a large file takes a
+// while, and a signal must not wait for it.
+func ReadExamples(ctx context.Context, path string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
 	file, err := os.Open(path)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer file.Close()
-	return readExamples(file, path, f, skipBad)
+	return readExamples(ctx, file, path, f, skipBad)
 }
 
-func readExamples(r io.Reader, name string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
+// CheckFirstLine opens a JSONL file and formats its first non-blank line, so
+// that a missing file, a file of the wrong format or data that needs a
+// tokenizer it lacks fails before anything expensive starts; the whole file
+// is read later. With f nil it only opens the file. An empty file passes here
+// (ReadExamples names it).
+func CheckFirstLine(path string, f *Formatter) error {
+	file, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	if f == nil {
+		return nil
+	}
+	br := bufio.NewReaderSize(file, 1<<16)
+	for lineNo := 1; ; lineNo++ {
+		line, rerr := readLine(br)
+		if rerr != nil && rerr != io.EOF {
+			return fmt.Errorf("%s:%d: %w", path, lineNo, rerr)
+		}
+		if t := bytes.TrimSpace(line); len(t) > 0 {
+			if _, err := f.Example(t); err != nil {
+				return fmt.Errorf("%s:%d: %w", path, lineNo, err)
+			}
+			return nil
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+	}
+}
+
+func readExamples(ctx context.Context, r io.Reader, name string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	for lineNo := 1; ; lineNo++ {
+		if err := ctx.Err(); err != nil {
+			return nil, skipped, err
+		}
 		line, rerr := readLine(br)
 		if rerr != nil && rerr != io.EOF {
 			return nil, skipped, fmt.Errorf("%s:%d: %w", name, lineNo, rerr)

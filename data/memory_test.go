@@ -1,6 +1,7 @@
 package data_test
 
 import (
+	"context"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -38,7 +39,7 @@ func TestLongLineMemory(t *testing.T) {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	ex, _, err := data.ReadExamples(path, &data.Formatter{Tok: tok, Vocab: 512}, false)
+	ex, _, err := data.ReadExamples(context.Background(), path, &data.Formatter{Tok: tok, Vocab: 512}, false)
 	runtime.ReadMemStats(&after)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ package data
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,7 +39,7 @@ func ReadTokenFile(path string, vocab int) ([]TokenExample, error) {
 
 // ReadTokens is ReadTokenFile over any reader; name is used in errors.
 func ReadTokens(r io.Reader, name string, vocab int) ([]TokenExample, error) {
-	examples, _, err := readExamples(r, name, &Formatter{Vocab: vocab}, false)
+	examples, _, err := readExamples(context.Background(), r, name, &Formatter{Vocab: vocab}, false)
 	return examples, err
 }
 

@@ -236,7 +236,20 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 		r.Warnings = append(r.Warnings, "tensor shapes not checked: head_dim is unknown")
 		return
 	}
-	var missing, shaped, dtyped, extra []string
+	missing, shaped, dtyped, extra := tensorProblems(m, cfg)
+	if _, _, ok := m.Tensor("lm_head.weight"); ok && cfg.TieEmbeddings {
+		r.Warnings = append(r.Warnings, "lm_head.weight is present but tie_word_embeddings is true: it is ignored and the embedding is used")
+	}
+	r.Incompatibilities = appendLimited(r.Incompatibilities, missing, "missing tensors")
+	r.Incompatibilities = appendLimited(r.Incompatibilities, shaped, "mis-shaped tensors")
+	r.Incompatibilities = appendLimited(r.Incompatibilities, dtyped, "tensors of unsupported dtype")
+	r.Warnings = appendLimited(r.Warnings, extra, "unexpected tensors")
+}
+
+// tensorProblems compares the checkpoint's tensors with those cfg implies
+// (cfg.HeadDim must be known), one line per problem: missing, of another
+// shape, of a dtype train cannot read, and unexpected (ignored) tensors.
+func tensorProblems(m *ModelDir, cfg Config) (missing, shaped, dtyped, extra []string) {
 	expected := map[string]bool{}
 	for _, spec := range cfg.ExpectedTensors() {
 		expected[spec.Name] = true
@@ -250,19 +263,12 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 			dtyped = append(dtyped, fmt.Sprintf("tensor %s has dtype %s; supported: F32, BF16, F16, F64", spec.Name, t.DType))
 		}
 	}
-	for _, t := range all {
-		switch {
-		case expected[t.Name]:
-		case t.Name == "lm_head.weight" && cfg.TieEmbeddings:
-			r.Warnings = append(r.Warnings, "lm_head.weight is present but tie_word_embeddings is true: it is ignored and the embedding is used")
-		default:
+	for _, t := range m.Tensors() {
+		if !expected[t.Name] && !(t.Name == "lm_head.weight" && cfg.TieEmbeddings) {
 			extra = append(extra, fmt.Sprintf("unexpected tensor %s %v (ignored)", t.Name, t.Shape))
 		}
 	}
-	r.Incompatibilities = appendLimited(r.Incompatibilities, missing, "missing tensors")
-	r.Incompatibilities = appendLimited(r.Incompatibilities, shaped, "mis-shaped tensors")
-	r.Incompatibilities = appendLimited(r.Incompatibilities, dtyped, "tensors of unsupported dtype")
-	r.Warnings = appendLimited(r.Warnings, extra, "unexpected tensors")
+	return missing, shaped, dtyped, extra
 }
 
 // appendLimited appends up to checkListLimit lines, then one line counting the rest.

@@ -7,6 +7,7 @@ package model
 // any training starts; tensors are then read one by one, only those a caller asks for.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -194,6 +195,11 @@ func (m *ModelDir) readExpected(name string, shape []int) ([]float32, error) {
 // transformers ignores it). Every tensor read is checked against the shape cfg
 // implies and converted to float32; nothing else is read.
 func (m *ModelDir) LoadWeights(cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
+	return m.loadWeights(context.Background(), cfg, lo, hi, withEmbed, withHead)
+}
+
+// loadWeights is LoadWeights, stopping between tensors once ctx is cancelled.
+func (m *ModelDir) loadWeights(ctx context.Context, cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
 	if lo < 0 || hi > cfg.NumLayers || lo > hi {
 		return nil, fmt.Errorf("%s: layer range [%d,%d) is outside the model's %d layers", m.Dir, lo, hi, cfg.NumLayers)
 	}
@@ -206,6 +212,9 @@ func (m *ModelDir) LoadWeights(cfg Config, lo, hi int, withEmbed, withHead bool)
 		}
 	}
 	for i := lo; i < hi; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		l := &Layer{}
 		if l.AttnNorm, err = m.readExpected(LayerTensorName(i, "input_layernorm"), []int{h}); err != nil {
 			return nil, err
@@ -214,12 +223,18 @@ func (m *ModelDir) LoadWeights(cfg Config, lo, hi int, withEmbed, withHead bool)
 			return nil, err
 		}
 		for _, s := range Linears {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
 			out, in := cfg.LinearShape(s)
 			if *l.Linear(s), err = m.readExpected(LayerTensorName(i, s), []int{out, in}); err != nil {
 				return nil, err
 			}
 		}
 		w.Layers[i] = l
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
 	if withHead {
 		if w.FinalNorm, err = m.readExpected("model.norm.weight", []int{h}); err != nil {

@@ -1,7 +1,9 @@
 package model
 
 import (
+	"context"
 	"fmt"
+	"strings"
 
 	"train/host"
 )
@@ -29,16 +31,55 @@ func SourceConfig(name string) (Config, error) {
 // LoadSourceStage returns the weights one pipeline stage needs, reading (or
 // drawing) nothing else: layers [lo, hi), the embedding when withEmbed, the
 // final norm and head when withHead. Random weights come from seed and are
-// refused when they would not fit the host's available memory.
-func LoadSourceStage(name string, cfg Config, seed int64, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
+// refused when they would not fit the host's available memory. A cancelled
+// ctx stops it between tensors (pieces of a tensor for random weights) with
+// ctx's error: loading a large model takes minutes, and a signal must not
+// wait for it.
+func LoadSourceStage(ctx context.Context, name string, cfg Config, seed int64, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
 	if IsRandomModel(name) {
-		return RandomWeights(cfg, uint64(seed), lo, hi, withEmbed, withHead, host.AvailableMemory())
+		return randomWeights(ctx, cfg, uint64(seed), lo, hi, withEmbed, withHead, host.AvailableMemory())
 	}
-	w, err := LoadWeights(name, cfg, lo, hi, withEmbed, withHead)
+	m, err := OpenModelDir(name)
+	if err != nil {
+		return nil, fmt.Errorf("model %s: %w", name, err)
+	}
+	defer m.Close()
+	w, err := m.loadWeights(ctx, cfg, lo, hi, withEmbed, withHead)
 	if err != nil {
 		return nil, fmt.Errorf("model %s: %w", name, err)
 	}
 	return w, nil
+}
+
+// CheckSourceTensors checks, from the safetensors headers alone (no weights
+// are read), that a model directory holds every tensor cfg implies, each of
+// its shape and a float dtype; random:NAME has nothing to check. It is what
+// a run does before planning, so that weights that do not belong to
+// config.json fail in a second, naming the tensor, and not after the plan and
+// a long load. The error lists the first few problems; train check lists all.
+func CheckSourceTensors(name string, cfg Config) error {
+	if IsRandomModel(name) {
+		return nil
+	}
+	m, err := OpenModelDir(name)
+	if err != nil {
+		return fmt.Errorf("model %s: %w", name, err)
+	}
+	defer m.Close()
+	if cfg.HeadDim <= 0 {
+		return nil // Supported has refused it already
+	}
+	missing, shaped, dtyped, _ := tensorProblems(m, cfg)
+	problems := append(append(shaped, missing...), dtyped...) // a wrong shape says most about what is wrong
+	if len(problems) == 0 {
+		return nil
+	}
+	const shown = 3
+	msg := strings.Join(problems[:min(shown, len(problems))], "; ")
+	if len(problems) > shown {
+		msg += fmt.Sprintf("; and %d more", len(problems)-shown)
+	}
+	return fmt.Errorf("model %s: the weights do not match its config.json: %s (train check %s lists every problem)", name, msg, name)
 }
 
 // LoadSource returns every weight of the model named by a Hugging Face

@@ -35,7 +35,11 @@ func Load(path string) (*Tokenizer, error) {
 // LoadWithOptions is Load with options.
 func LoadWithOptions(path string, opts Options) (*Tokenizer, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
-		path = filepath.Join(path, "tokenizer.json")
+		dir := path
+		path = filepath.Join(dir, "tokenizer.json")
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("tokenizer: directory %s holds no tokenizer.json: give a tokenizer.json or a directory with one", dir)
+		}
 	}
 	data, err := readBounded(path, maxFileBytes)
 	if err != nil {

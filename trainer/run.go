@@ -136,7 +136,8 @@ type checked struct {
 // plans, reads the data or builds weights (minutes and tens of GB for a large
 // model): the method, the sequence length against the model's context, the
 // model's tensors against config.json (headers only), the tokenizer, the
-// first line of each data file, and that the run directory is writable.
+// first line of each data file, that the run directory is writable and that
+// a checkpoint to resume from exists.
 func preflight(ctx context.Context, cfg config.Config, mc model.Config) (*checked, error) {
 	if !MethodAvailable(cfg.Train.Method) {
 		return nil, errors.New("train.method qlora is not yet available in this build (its 4-bit NF4 base weights are not implemented): use -method lora")
@@ -157,6 +158,11 @@ func preflight(ctx context.Context, cfg config.Config, mc model.Config) (*checke
 	}
 	if err := checkRunDir(cfg.RunDir); err != nil {
 		return nil, err
+	}
+	if r := cfg.Ckpt.Resume; r != "" && r != "latest" {
+		if _, err := os.Stat(r); err != nil {
+			return nil, fmt.Errorf("ckpt.resume: %w", err)
+		}
 	}
 	if err := interrupted(ctx, "checking the inputs"); err != nil {
 		return nil, err

@@ -335,6 +335,7 @@ func TestRunChecksInputsFirst(t *testing.T) {
 		{func(c *config.Config) { c.Data.Train = text }, "needs a tokenizer"},
 		{func(c *config.Config) { c.RunDir = filepath.Join(notDir, "run") }, "run dir"},
 		{func(c *config.Config) { c.Train.Method = "qlora" }, "qlora"},
+		{func(c *config.Config) { c.Ckpt.Resume = filepath.Join(dir, "no-checkpoint") }, "ckpt.resume"},
 	} {
 		cfg := testConfig(t, func(c *config.Config) {
 			c.Model, c.Train.Method, c.Train.Steps = "random:llama-3.1-8b", "lora", 2

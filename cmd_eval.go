@@ -23,8 +23,9 @@ masked exactly as in training.`, stderr)
 	modelDir := fs.String("model", "", "Hugging Face model directory, or random:NAME")
 	adapter := fs.String("adapter", "", "LoRA adapter directory in peft format (adapter_config.json + adapter_model.safetensors)")
 	dataPath := fs.String("data", "", "JSONL file of examples")
-	tokPath := fs.String("tokenizer", "", "tokenizer.json for text data; default: the model directory's own")
+	tokPath := fs.String("tokenizer", "", "tokenizer.json (or a directory holding one) for text data; default: the model directory's own")
 	promptLoss := fs.Bool("prompt-loss", false, "also score prompt tokens, as data.prompt_loss does in training")
+	allowLong := fs.Bool("allow-long-seq", false, "score examples longer than the model's max_position_embeddings (positions it was never trained on)")
 	batch := fs.Int("batch", 8, "sequences per forward pass (does not change the result)")
 	seed := fs.Int64("seed", 1, "seed of a random:NAME model's weights")
 	deviceName := fs.String("device", "cpu", "cpu, cuda or auto")
@@ -45,7 +46,7 @@ masked exactly as in training.`, stderr)
 	}
 	res, err := eval.Run(eval.Options{
 		Model: *modelDir, ModelSeed: *seed, Adapter: *adapter, Tokenizer: *tokPath,
-		Data: *dataPath, PromptLoss: *promptLoss, Batch: *batch,
+		Data: *dataPath, PromptLoss: *promptLoss, AllowLong: *allowLong, Batch: *batch,
 		Device: *deviceName, Precision: *precision,
 	})
 	if err != nil {

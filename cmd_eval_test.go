@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"train/model"
 )
 
 func runEvalJSON(t *testing.T, args ...string) (map[string]float64, int, string) {
@@ -62,5 +65,43 @@ func TestEvalErrors(t *testing.T) {
 		if code != tc.code || !strings.Contains(stderr, tc.want) {
 			t.Errorf("eval %v: exit %d, stderr %q; want exit %d and %q", tc.args, code, stderr, tc.code, tc.want)
 		}
+	}
+}
+
+// TestEvalNonFiniteLoss: a model with a NaN weight gives an error naming the
+// non-finite loss, not a JSON encoder's "unsupported value: NaN".
+func TestEvalNonFiniteLoss(t *testing.T) {
+	cfg, err := model.RandomConfig("random:tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeRandomModel(t, filepath.Join(t.TempDir(), "nan"), cfg, func(w *model.Weights) { w.FinalNorm[0] = float32(math.NaN()) })
+	data := filepath.Join(t.TempDir(), "tokens.jsonl")
+	os.WriteFile(data, []byte("{\"input_ids\": [1, 2, 3, 4]}\n"), 0o644)
+	var out, errOut bytes.Buffer
+	code := mainExit([]string{"eval", "-model", dir, "-data", data}, &out, &errOut)
+	if code != 1 || out.Len() != 0 || !strings.Contains(errOut.String(), "the loss over 3 tokens is NaN, not a number") {
+		t.Errorf("exit %d, stdout %q, stderr %q; want exit 1 naming the NaN loss", code, out.String(), errOut.String())
+	}
+}
+
+// TestEvalRefusesLongExamples: an example longer than the model's
+// max_position_embeddings (stories260K: 512) is refused, naming it, unless
+// -allow-long-seq; -tokenizer takes the model's directory.
+func TestEvalRefusesLongExamples(t *testing.T) {
+	if _, err := os.Stat(filepath.Join(storiesDir, "model.safetensors")); err != nil {
+		t.Skipf("stories260K is not at %s: %v", storiesDir, err)
+	}
+	data := filepath.Join(t.TempDir(), "long.jsonl")
+	long, _ := json.Marshal(map[string]string{"text": strings.Repeat("Once upon a time there was a girl. ", 80)})
+	os.WriteFile(data, []byte("{\"text\": \"Once upon a time\"}\n"+string(long)+"\n"), 0o644)
+	_, code, stderr := runEvalJSON(t, "-model", storiesDir, "-tokenizer", storiesDir, "-data", data)
+	if code != 1 || !strings.Contains(stderr, "1 of 2 examples are longer than the model's context of 512 tokens") ||
+		!strings.Contains(stderr, "example 2 has") || !strings.Contains(stderr, "-allow-long-seq") {
+		t.Errorf("exit %d, stderr %q; want a refusal naming example 2 and -allow-long-seq", code, stderr)
+	}
+	res, code, stderr := runEvalJSON(t, "-model", storiesDir, "-tokenizer", storiesDir, "-data", data, "-allow-long-seq")
+	if code != 0 || res["examples"] != 2 || !(res["tokens"] > 512) {
+		t.Errorf("with -allow-long-seq: exit %d, %v, %s", code, res, stderr)
 	}
 }

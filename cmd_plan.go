@@ -10,6 +10,7 @@ import (
 
 	"train/model"
 	"train/shard"
+	"train/trainer"
 )
 
 // runPlan prints how a run would be spread over its ranks and what each rank
@@ -117,7 +118,11 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 		e := ests[m]
 		peak := e.Peak()
 		if e.Fits(budget) {
-			fmt.Fprintf(stdout, "%-5s fits: the largest rank (stage %d) needs %s of %s\n", m, peak.Stage, shard.FormatBytes(peak.Total()), shard.FormatBytes(budget))
+			note := ""
+			if !trainer.MethodAvailable(m) {
+				note = " (" + m + " is not yet available in this build)"
+			}
+			fmt.Fprintf(stdout, "%-5s fits: the largest rank (stage %d) needs %s of %s%s\n", m, peak.Stage, shard.FormatBytes(peak.Total()), shard.FormatBytes(budget), note)
 			continue
 		}
 		fmt.Fprintf(stdout, "%-5s does not fit: stage %d needs %s of %s\n", m, peak.Stage, shard.FormatBytes(peak.Total()), shard.FormatBytes(budget))
@@ -129,7 +134,11 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 			fmt.Fprintf(stdout, "      nothing tried fits (more stages or GPUs, smaller micro-batch, checkpointing, ZeRO-1, QLoRA)\n")
 		}
 		for _, s := range sugg {
-			fmt.Fprintf(stdout, "      would fit with %s (%d rank%s, largest %s)\n", s.Change, s.World, map[bool]string{true: "", false: "s"}[s.World == 1], shard.FormatBytes(s.Estimate.Peak().Total()))
+			note := ""
+			if why := trainer.Unavailable(s.Change); why != "" {
+				note = "; " + why
+			}
+			fmt.Fprintf(stdout, "      would fit with %s (%d rank%s, largest %s%s)\n", s.Change, s.World, map[bool]string{true: "", false: "s"}[s.World == 1], shard.FormatBytes(s.Estimate.Peak().Total()), note)
 		}
 	}
 

@@ -2,6 +2,10 @@ package main
 
 import (
 	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -76,5 +80,67 @@ func TestPlanParseByteSize(t *testing.T) {
 		if _, err := parseByteSize(in); err == nil {
 			t.Errorf("parseByteSize(%q): no error", in)
 		}
+	}
+}
+
+// TestPlanSuggestionMatchesTable: "would fit with -method lora" quotes the
+// largest lora figure of the table above it: both are this plan's.
+func TestPlanSuggestionMatchesTable(t *testing.T) {
+	out, _ := runPlanOut(t, "-model", "random:llama-3.1-70b", "-np", "8", "-pp", "4", "-method", "lora")
+	var largest float64
+	inTable := false
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) > 0 && f[0] == "stage" && len(f) > 2 && f[2] == "lora":
+			inTable = true
+		case inTable && len(f) >= 4:
+			v, err := strconv.ParseFloat(f[2], 64)
+			if err != nil {
+				t.Fatalf("table row %q", line)
+			}
+			largest = max(largest, v)
+		case inTable:
+			inTable = false
+		}
+	}
+	want := fmt.Sprintf("would fit with -method lora (8 ranks, largest %.1f GiB)", largest)
+	if largest == 0 || !strings.Contains(out, want) {
+		t.Errorf("output lacks %q, the table's largest lora figure:\n%s", want, out)
+	}
+}
+
+// TestPlanSaysQLoRAUnavailable: qlora is estimated, but wherever train plan
+// offers it, it says this build cannot train it yet.
+func TestPlanSaysQLoRAUnavailable(t *testing.T) {
+	out, _ := runPlanOut(t, "-model", "random:llama-3.1-8b", "-np", "1", "-method", "full")
+	n := 0
+	for _, line := range strings.Split(out, "\n") {
+		if strings.Contains(line, "-method qlora") || strings.HasPrefix(line, "qlora fits") {
+			n++
+			if !strings.Contains(line, "qlora is not yet available in this build") {
+				t.Errorf("line offers qlora without saying it is not available: %q", line)
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d lines offer qlora, want 2 (it fits; full would fit with it):\n%s", n, out)
+	}
+}
+
+// TestPlanThousandLayers: a valid config.json at the parser's limits (hidden
+// 131072, 1024 layers; a layer alone is hundreds of GiB) is planned and its
+// suggestions searched in moments; it took train plan over ten minutes.
+func TestPlanThousandLayers(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+		"hidden_size": 131072, "intermediate_size": 458752, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+		"num_key_value_heads": 128, "vocab_size": 128256, "max_position_embeddings": 8192}`), 0o644)
+	out, err := runPlanOut(t, "-model", dir, "-np", "8", "-pp", "8")
+	if err == nil || !strings.Contains(err.Error(), "lora does not fit") {
+		t.Fatalf("want lora not to fit, got %v\n%s", err, out)
+	}
+	if n := strings.Count(out, "nothing tried fits"); n != 3 {
+		t.Errorf("%d methods say nothing tried fits, want all 3:\n%s", n, out)
 	}
 }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -95,7 +96,7 @@ func Model(opts ModelOptions, stdout, stderr io.Writer) error {
 	mem := newMemProbe(be)
 
 	fmt.Fprintf(stderr, "bench model: building %s layers [%d,%d) of %d on %s\n", opts.Model, lo, hi, cfg.NumLayers, be.Name())
-	w, _, err := model.LoadSourceStage(opts.Model, cfg, opts.Seed, lo, hi, lo == 0, hi == cfg.NumLayers)
+	w, _, err := model.LoadSourceStage(context.Background(), opts.Model, cfg, opts.Seed, lo, hi, lo == 0, hi == cfg.NumLayers)
 	if err != nil {
 		return err
 	}

@@ -30,7 +30,8 @@ type Config struct {
 	// Model is a Hugging Face model directory or random:NAME (random:tiny,
 	// random:llama-3.2-1b, random:llama-3.1-8b, random:llama-3.1-70b).
 	Model string `toml:"model"`
-	// Tokenizer is a tokenizer.json; empty means the model directory's own.
+	// Tokenizer is a tokenizer.json or a directory holding one; empty means
+	// the model directory's own.
 	Tokenizer string `toml:"tokenizer"`
 	// Device is "cpu", "cuda", or "auto" (the GPU when there is one).
 	Device string `toml:"device"`
@@ -87,8 +88,14 @@ type Data struct {
 	Eval string `toml:"eval"`
 	// EvalFraction of Train held out when Eval is empty.
 	EvalFraction float64 `toml:"eval_fraction"`
-	// SeqLen is the length of each packed or padded training sequence, in tokens.
+	// SeqLen is the length of each packed or padded training sequence, in
+	// tokens; longer examples are cut to it. It may not exceed the model's
+	// max_position_embeddings unless AllowLongSeq is set.
 	SeqLen int `toml:"seq_len"`
+	// AllowLongSeq allows SeqLen beyond the model's max_position_embeddings:
+	// positions the model was never trained on, which only a deliberate
+	// context extension wants. The trainer checks it, knowing the model.
+	AllowLongSeq bool `toml:"allow_long_seq"`
 	// Pack short examples into full sequences (attention stays inside each example).
 	Pack bool `toml:"pack"`
 	// PromptLoss also trains on prompt / user tokens, not only completions.

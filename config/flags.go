@@ -16,7 +16,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	b := func(p *bool, name, key, usage string) { fs.BoolVar(p, name, *p, usage+" ("+key+")") }
 
 	s(&c.Model, "model", "model", "Hugging Face model directory, or random:NAME (random:tiny, random:llama-3.2-1b, random:llama-3.1-8b, random:llama-3.1-70b)")
-	s(&c.Tokenizer, "tokenizer", "tokenizer", "tokenizer.json; empty: the model directory's own")
+	s(&c.Tokenizer, "tokenizer", "tokenizer", "tokenizer.json or a directory holding one; empty: the model directory's own")
 	s(&c.Device, "device", "device", "cpu, cuda or auto")
 	s(&c.Precision, "precision", "precision", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
 	s(&c.RunDir, "run", "run_dir", "directory for logs, the effective config and checkpoints; default runs/<model>-<method>, or its next free name runs/<model>-<method>-N when another run used it")
@@ -25,7 +25,8 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	s(&c.Data.Train, "data", "data.train", "training data, JSONL; empty: the embedded generated task")
 	s(&c.Data.Eval, "eval-data", "data.eval", "evaluation data, JSONL; empty: a split of the training data")
 	f(&c.Data.EvalFraction, "eval-fraction", "data.eval_fraction", "fraction of the training data held out for evaluation")
-	i(&c.Data.SeqLen, "seq", "data.seq_len", "tokens per training sequence")
+	i(&c.Data.SeqLen, "seq", "data.seq_len", "tokens per training sequence; at most the model's max_position_embeddings")
+	b(&c.Data.AllowLongSeq, "allow-long-seq", "data.allow_long_seq", "allow -seq beyond the model's max_position_embeddings (positions it was never trained on)")
 	b(&c.Data.Pack, "pack", "data.pack", "pack short examples into full sequences")
 	b(&c.Data.PromptLoss, "prompt-loss", "data.prompt_loss", "also train on prompt tokens")
 	b(&c.Data.SkipBadLines, "skip-bad-lines", "data.skip_bad_lines", "count and skip malformed data lines instead of stopping")

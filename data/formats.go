@@ -3,6 +3,7 @@ package data
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -98,14 +99,21 @@ type exBuilder struct {
 }
 
 func (b *exBuilder) add(ids []int, scored bool) {
-	for _, id := range ids {
-		b.ids = append(b.ids, id)
-		if scored || b.promptLoss {
-			b.labels = append(b.labels, id)
-		} else {
-			b.labels = append(b.labels, IgnoreIndex)
-		}
+	b.grow(len(ids))
+	b.ids = append(b.ids, ids...)
+	if scored || b.promptLoss {
+		b.labels = append(b.labels, ids...)
+		return
 	}
+	for range ids {
+		b.labels = append(b.labels, IgnoreIndex)
+	}
+}
+
+// grow makes room for n more tokens at once: a long text is millions, and
+// growing by appends copied them over and over.
+func (b *exBuilder) grow(n int) {
+	b.ids, b.labels = slices.Grow(b.ids, n), slices.Grow(b.labels, n)
 }
 
 func (b *exBuilder) addSpecial(id int, scored bool) {
@@ -137,9 +145,11 @@ func (f *Formatter) text(keys map[string]json.RawMessage) (TokenExample, error) 
 	if err != nil {
 		return TokenExample{}, err
 	}
+	ids := f.Tok.Encode(s, false)
 	b := &exBuilder{promptLoss: true}
+	b.grow(len(ids) + 2)
 	b.addSpecial(f.Tok.BOS(), true)
-	b.add(f.Tok.Encode(s, false), true)
+	b.add(ids, true)
 	b.addSpecial(f.Tok.EOS(), true)
 	return b.done(f.Vocab)
 }
@@ -159,10 +169,12 @@ func (f *Formatter) promptCompletion(keys map[string]json.RawMessage) (TokenExam
 	if err != nil {
 		return TokenExample{}, err
 	}
+	pIDs, cIDs := f.Tok.Encode(p, false), f.Tok.Encode(c, false)
 	b := &exBuilder{promptLoss: f.PromptLoss}
+	b.grow(len(pIDs) + len(cIDs) + 2)
 	b.addSpecial(f.Tok.BOS(), false)
-	b.add(f.Tok.Encode(p, false), false)
-	b.add(f.Tok.Encode(c, false), true)
+	b.add(pIDs, false)
+	b.add(cIDs, true)
 	b.addSpecial(f.Tok.EOS(), true)
 	return b.done(f.Vocab)
 }
@@ -251,19 +263,56 @@ func llama3Specials(tok Tokenizer) (chatSpecials, error) {
 }
 
 // ReadExamples reads a JSONL file of examples in any supported format. A malformed
-// line is an error naming file:line, or with skipBad a counted skip.
-func ReadExamples(path string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
+// line is an error naming file:line, or with skipBad a counted skip. A cancelled
+// ctx stops it between lines with ctx's error: tokenizing a large file takes a
+// while, and a signal must not wait for it.
+func ReadExamples(ctx context.Context, path string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
 	file, err := os.Open(path)
 	if err != nil {
 		return nil, 0, err
 	}
 	defer file.Close()
-	return readExamples(file, path, f, skipBad)
+	return readExamples(ctx, file, path, f, skipBad)
 }
 
-func readExamples(r io.Reader, name string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
+// CheckFirstLine opens a JSONL file and formats its first non-blank line, so
+// that a missing file, a file of the wrong format or data that needs a
+// tokenizer it lacks fails before anything expensive starts; the whole file
+// is read later. With f nil it only opens the file. An empty file passes here
+// (ReadExamples names it).
+func CheckFirstLine(path string, f *Formatter) error {
+	file, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	if f == nil {
+		return nil
+	}
+	br := bufio.NewReaderSize(file, 1<<16)
+	for lineNo := 1; ; lineNo++ {
+		line, rerr := readLine(br)
+		if rerr != nil && rerr != io.EOF {
+			return fmt.Errorf("%s:%d: %w", path, lineNo, rerr)
+		}
+		if t := bytes.TrimSpace(line); len(t) > 0 {
+			if _, err := f.Example(t); err != nil {
+				return fmt.Errorf("%s:%d: %w", path, lineNo, err)
+			}
+			return nil
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+	}
+}
+
+func readExamples(ctx context.Context, r io.Reader, name string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
 	br := bufio.NewReaderSize(r, 1<<16)
 	for lineNo := 1; ; lineNo++ {
+		if err := ctx.Err(); err != nil {
+			return nil, skipped, err
+		}
 		line, rerr := readLine(br)
 		if rerr != nil && rerr != io.EOF {
 			return nil, skipped, fmt.Errorf("%s:%d: %w", name, lineNo, rerr)

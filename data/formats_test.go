@@ -1,6 +1,10 @@
 package data
 
 import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -102,14 +106,14 @@ func TestFormatErrors(t *testing.T) {
 func TestReadExamplesSkipBad(t *testing.T) {
 	f := &Formatter{Tok: byteTok{}, Vocab: 400}
 	src := "{\"text\": \"a\"}\nnot json\n{\"text\": \"b\"}\n"
-	ex, skipped, err := readExamples(strings.NewReader(src), "d.jsonl", f, true)
+	ex, skipped, err := readExamples(context.Background(), strings.NewReader(src), "d.jsonl", f, true)
 	if err != nil || len(ex) != 2 || skipped != 1 {
 		t.Fatalf("got %d examples, %d skipped, %v", len(ex), skipped, err)
 	}
-	if _, _, err := readExamples(strings.NewReader(src), "d.jsonl", f, false); err == nil || !strings.Contains(err.Error(), "d.jsonl:2:") {
+	if _, _, err := readExamples(context.Background(), strings.NewReader(src), "d.jsonl", f, false); err == nil || !strings.Contains(err.Error(), "d.jsonl:2:") {
 		t.Fatalf("error %v", err)
 	}
-	if _, _, err := readExamples(strings.NewReader("x\ny\n"), "d.jsonl", f, true); err == nil || !strings.Contains(err.Error(), "all 2 lines were malformed") {
+	if _, _, err := readExamples(context.Background(), strings.NewReader("x\ny\n"), "d.jsonl", f, true); err == nil || !strings.Contains(err.Error(), "all 2 lines were malformed") {
 		t.Fatalf("error %v", err)
 	}
 }
@@ -129,5 +133,45 @@ func TestChatPrompt(t *testing.T) {
 	}
 	if got, want := sb.String(), "##user#\n\nhi##assistant#\n\n"; got != want {
 		t.Fatalf("prompt %q, want %q", got, want)
+	}
+}
+
+// TestCheckFirstLine: the first non-blank line is formatted (a later bad line
+// is for ReadExamples to find); a missing file and a bad first line fail,
+// naming file:line; with no formatter the file need only open.
+func TestCheckFirstLine(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, src string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	f := &Formatter{Vocab: 10}
+	good := write("good.jsonl", "\n{\"input_ids\": [1, 2]}\n{\"input_ids\": \"later\"}\n")
+	bad := write("bad.jsonl", "\n{\"input_ids\": [1, 20]}\n")
+	if err := CheckFirstLine(good, f); err != nil {
+		t.Errorf("good first line: %v", err)
+	}
+	if err := CheckFirstLine(bad, f); err == nil || !strings.Contains(err.Error(), "bad.jsonl:2: input_ids[1] = 20") {
+		t.Errorf("bad first line: %v", err)
+	}
+	if err := CheckFirstLine(bad, nil); err != nil {
+		t.Errorf("bad first line, no formatter: %v", err)
+	}
+	if err := CheckFirstLine(filepath.Join(dir, "missing.jsonl"), nil); err == nil {
+		t.Error("missing file: no error")
+	}
+}
+
+// TestReadExamplesCancelled: a cancelled context stops the reading with its
+// error.
+func TestReadExamplesCancelled(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, _, err := readExamples(ctx, strings.NewReader("{\"input_ids\": [1]}\n"), "d.jsonl", &Formatter{Vocab: 10}, false)
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("got %v, want context.Canceled", err)
 	}
 }

@@ -32,12 +32,15 @@ func (r *Rows) ScoredLabels() int {
 
 // Packer fills rows of T tokens from examples in order. With pack, several short
 // examples share a row (each its own segment); without, each example gets a row of
-// its own, padded. An example longer than T is truncated to T and counted.
+// its own, padded. An example longer than T is truncated to T and counted, and so
+// are the scored labels it loses: when a step has nothing left to score, they
+// tell whether truncation is why (a completion after a long prompt).
 type Packer struct {
 	T         int
 	Pack      bool
 	PadID     int
 	Truncated int // examples cut to fit T so far
+	CutLabels int // labels other than -100 that those cuts dropped
 }
 
 // Fill lays out up to B rows from examples, starting at examples[0], and returns the
@@ -66,6 +69,11 @@ func (p *Packer) Fill(examples []TokenExample, B int) (*Rows, int, error) {
 			}
 			if len(ex.InputIDs) > p.T {
 				p.Truncated++
+				for _, l := range ex.Labels[p.T:] {
+					if l != IgnoreIndex {
+						p.CutLabels++
+					}
+				}
 			}
 			for j := 0; j < n; j++ {
 				i := b*p.T + col + j

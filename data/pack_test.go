@@ -45,3 +45,21 @@ func TestPackerPadsAndTruncates(t *testing.T) {
 		t.Fatalf("scored %d, want 2", got)
 	}
 }
+
+// TestPackerCountsCutLabels: cutting an example to T counts the scored labels
+// it loses (not the -100 ones), so that a step with nothing left to score can
+// name truncation as the cause.
+func TestPackerCountsCutLabels(t *testing.T) {
+	p := &Packer{T: 3}
+	long := TokenExample{InputIDs: []int{1, 2, 3, 4, 5, 6}, Labels: []int{IgnoreIndex, IgnoreIndex, IgnoreIndex, IgnoreIndex, 5, 6}}
+	r, _, err := p.Fill([]TokenExample{long, ex(7, 8)}, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Truncated != 1 || p.CutLabels != 2 {
+		t.Errorf("truncated %d, cut labels %d; want 1 and 2", p.Truncated, p.CutLabels)
+	}
+	if got := r.ScoredLabels(); got != 1 {
+		t.Errorf("scored %d, want 1 (the short example's)", got)
+	}
+}

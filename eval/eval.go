@@ -7,6 +7,7 @@
 package eval
 
 import (
+	"context"
 	"fmt"
 
 	"train/config"
@@ -26,6 +27,7 @@ type Options struct {
 
 	Data       string // JSONL file of examples
 	PromptLoss bool   // also score prompt tokens, as data.prompt_loss does in training
+	AllowLong  bool   // score examples longer than the model's max_position_embeddings
 	Batch      int    // sequences per forward pass, at least 1
 
 	Device    string // cpu, cuda or auto
@@ -39,39 +41,48 @@ type Result struct {
 	Examples int     // how many examples the file held
 }
 
-// Run loads the model, the adapter and the data and measures the loss.
+// Run reads the data, then loads the model and the adapter and measures the
+// loss. Everything cheap comes first (the config, the tokenizer, the data and
+// its lengths): the weights are the expensive part.
 func Run(o Options) (Result, error) {
-	be, err := device.Open(o.Device, 0)
-	if err != nil {
-		return Result{}, err
-	}
-	defer device.Close(be)
-	w, err := model.LoadSource(o.Model, o.ModelSeed)
+	mc, err := model.SourceConfig(o.Model)
 	if err != nil {
 		return Result{}, err
 	}
 	cfg := config.Default()
 	cfg.Model, cfg.Tokenizer = o.Model, o.Tokenizer
-	tok, err := trainer.LoadTokenizer(cfg, w.Config)
+	tok, err := trainer.LoadTokenizer(cfg, mc)
 	if err != nil {
 		return Result{}, err
 	}
-	f := &data.Formatter{Vocab: w.Config.VocabSize, PromptLoss: o.PromptLoss}
+	f := &data.Formatter{Vocab: mc.VocabSize, PromptLoss: o.PromptLoss}
 	if tok != nil {
 		f.Tok = tok // a nil *Tokenizer would be a non-nil interface
 	}
-	examples, _, err := data.ReadExamples(o.Data, f, false)
+	examples, _, err := data.ReadExamples(context.Background(), o.Data, f, false)
 	if err != nil {
 		return Result{}, err
 	}
+	if err := checkLengths(o.Data, examples, mc.MaxPositions, o.AllowLong); err != nil {
+		return Result{}, err
+	}
 	var opt model.Options
+	if o.Adapter != "" {
+		if opt.LoRA, err = peft.Read(o.Adapter, mc); err != nil {
+			return Result{}, err
+		}
+	}
+	be, err := device.Open(o.Device, 0)
+	if err != nil {
+		return Result{}, err
+	}
+	defer device.Close(be)
 	if opt.Compute, err = device.ComputeType(o.Precision, be); err != nil {
 		return Result{}, err
 	}
-	if o.Adapter != "" {
-		if opt.LoRA, err = peft.Read(o.Adapter, w.Config); err != nil {
-			return Result{}, err
-		}
+	w, err := model.LoadSource(o.Model, o.ModelSeed)
+	if err != nil {
+		return Result{}, err
 	}
 	m, err := model.NewModel(be, w, opt)
 	if err != nil {
@@ -84,4 +95,27 @@ func Run(o Options) (Result, error) {
 		return Result{}, fmt.Errorf("%s: %w", o.Data, err)
 	}
 	return Result{Loss: loss, Tokens: tokens, Examples: len(examples)}, nil
+}
+
+// checkLengths refuses examples longer than the model's context (unless
+// allowed): the loss at positions it was never trained on says little about
+// the model, and a user comparing losses should know.
+func checkLengths(path string, examples []data.TokenExample, maxPositions int, allow bool) error {
+	if allow || maxPositions <= 0 {
+		return nil
+	}
+	first, n := -1, 0
+	for i, ex := range examples {
+		if len(ex.InputIDs) > maxPositions {
+			n++
+			if first < 0 {
+				first = i
+			}
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: %d of %d examples are longer than the model's context of %d tokens (max_position_embeddings; example %d has %d): positions past it were never trained; shorten them, or give -allow-long-seq to score them anyway",
+		path, n, len(examples), maxPositions, first+1, len(examples[first].InputIDs))
 }

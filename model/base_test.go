@@ -1,6 +1,7 @@
 package model
 
 import (
+	"context"
 	"strings"
 	"testing"
 
@@ -20,7 +21,7 @@ func TestLoadWeightsBase(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer m.Close()
-		_, base, err := m.LoadWeightsBase(cfg, lo, hi, embed, head)
+		_, base, err := m.LoadWeightsBase(context.Background(), cfg, lo, hi, embed, head)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -269,7 +269,25 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 		r.Warnings = append(r.Warnings, "tensor shapes not checked: head_dim is unknown")
 		return
 	}
-	var missing, shaped, dtyped, quantized, extra []string
+	missing, shaped, dtyped, quantized, extra := tensorProblems(m, cfg, r)
+	if _, _, ok := m.Tensor("lm_head.weight"); ok && cfg.TieEmbeddings {
+		r.Warnings = append(r.Warnings, "lm_head.weight is present but tie_word_embeddings is true: it is ignored and the embedding is used")
+	}
+	r.Incompatibilities = appendLimited(r.Incompatibilities, missing, "missing tensors")
+	r.Incompatibilities = appendLimited(r.Incompatibilities, shaped, "mis-shaped tensors")
+	r.Incompatibilities = appendLimited(r.Incompatibilities, dtyped, "tensors of unsupported dtype")
+	r.Incompatibilities = appendLimited(r.Incompatibilities, quantized, "unreadable quantized tensors")
+	r.Warnings = appendLimited(r.Warnings, extra, "unexpected tensors")
+}
+
+// tensorProblems compares the checkpoint's tensors with those cfg implies
+// (cfg.HeadDim must be known), one line per problem: missing, of another
+// shape, of a dtype train cannot read, quantized ones that cannot be read,
+// and unexpected (ignored) tensors. r, when not nil, is the report of `train
+// check`, which also counts the bitsandbytes 4-bit weights and the memory the
+// weights take; without it (a run's check before planning) a quantized weight
+// is one train cannot load yet.
+func tensorProblems(m *ModelDir, cfg Config, r *Report) (missing, shaped, dtyped, quantized, extra []string) {
 	expected := map[string]bool{}
 	src := m.QuantSource()
 	for _, spec := range cfg.ExpectedTensors() {
@@ -281,6 +299,8 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 		case quant.IsQuantized(src, spec.Name):
 			qs, err := quant.ReadQuantState(src, spec.Name)
 			switch {
+			case r == nil:
+				dtyped = append(dtyped, fmt.Sprintf("tensor %s is stored quantized by bitsandbytes (4-bit): training from pre-quantized weights is not available in this build", spec.Name))
 			case r.Quantization == nil:
 				quantized = append(quantized, fmt.Sprintf("tensor %s is stored quantized by bitsandbytes, but config.json has no quantization_config", spec.Name))
 			case err != nil:
@@ -295,25 +315,20 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 			shaped = append(shaped, fmt.Sprintf("tensor %s has shape %v, but config.json implies %v", spec.Name, t.Shape, spec.Shape))
 		case !t.DType.IsFloat():
 			dtyped = append(dtyped, fmt.Sprintf("tensor %s has dtype %s; supported: F32, BF16, F16, F64", spec.Name, t.DType))
-		default:
+		case r != nil:
 			r.MemoryBytes += 2 * t.NumElements()
 		}
 	}
-	for _, t := range all {
+	for _, t := range m.Tensors() {
 		w, companion := quant.CompanionOf(t.Name)
 		switch {
 		case expected[t.Name], companion && expected[w]:
 		case t.Name == "lm_head.weight" && cfg.TieEmbeddings:
-			r.Warnings = append(r.Warnings, "lm_head.weight is present but tie_word_embeddings is true: it is ignored and the embedding is used")
 		default:
 			extra = append(extra, fmt.Sprintf("unexpected tensor %s %v (ignored)", t.Name, t.Shape))
 		}
 	}
-	r.Incompatibilities = appendLimited(r.Incompatibilities, missing, "missing tensors")
-	r.Incompatibilities = appendLimited(r.Incompatibilities, shaped, "mis-shaped tensors")
-	r.Incompatibilities = appendLimited(r.Incompatibilities, dtyped, "tensors of unsupported dtype")
-	r.Incompatibilities = appendLimited(r.Incompatibilities, quantized, "unreadable quantized tensors")
-	r.Warnings = appendLimited(r.Warnings, extra, "unexpected tensors")
+	return missing, shaped, dtyped, quantized, extra
 }
 
 // appendLimited appends up to checkListLimit lines, then one line counting the rest.

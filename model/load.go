@@ -7,6 +7,7 @@ package model
 // any training starts; tensors are then read one by one, only those a caller asks for.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -215,13 +216,14 @@ func (m *ModelDir) readExpected(name string, shape []int) ([]float32, BaseTensor
 // transformers ignores it). Every tensor read is checked against the shape cfg
 // implies and converted to float32; nothing else is read.
 func (m *ModelDir) LoadWeights(cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
-	w, _, err := m.LoadWeightsBase(cfg, lo, hi, withEmbed, withHead)
+	w, _, err := m.LoadWeightsBase(context.Background(), cfg, lo, hi, withEmbed, withHead)
 	return w, err
 }
 
 // LoadWeightsBase is LoadWeights that also returns the identity of every
-// tensor it read (Base), computed as the tensors were read.
-func (m *ModelDir) LoadWeightsBase(cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, Base, error) {
+// tensor it read (Base), computed as the tensors were read, and stops between
+// tensors once ctx is cancelled (with ctx's error).
+func (m *ModelDir) LoadWeightsBase(ctx context.Context, cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, Base, error) {
 	var base Base
 	if lo < 0 || hi > cfg.NumLayers || lo > hi {
 		return nil, base, fmt.Errorf("%s: layer range [%d,%d) is outside the model's %d layers", m.Dir, lo, hi, cfg.NumLayers)
@@ -243,6 +245,9 @@ func (m *ModelDir) LoadWeightsBase(cfg Config, lo, hi int, withEmbed, withHead b
 		}
 	}
 	for i := lo; i < hi; i++ {
+		if err := ctx.Err(); err != nil {
+			return nil, base, err
+		}
 		l := &Layer{}
 		if err := read(&l.AttnNorm, LayerTensorName(i, "input_layernorm"), h); err != nil {
 			return nil, base, err
@@ -251,12 +256,18 @@ func (m *ModelDir) LoadWeightsBase(cfg Config, lo, hi int, withEmbed, withHead b
 			return nil, base, err
 		}
 		for _, s := range Linears {
+			if err := ctx.Err(); err != nil {
+				return nil, base, err
+			}
 			out, in := cfg.LinearShape(s)
 			if err := read(l.Linear(s), LayerTensorName(i, s), out, in); err != nil {
 				return nil, base, err
 			}
 		}
 		w.Layers[i] = l
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, base, err
 	}
 	if withHead {
 		if err := read(&w.FinalNorm, "model.norm.weight", h); err != nil {

@@ -1,14 +1,17 @@
 package model
 
 import (
+	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
 	"reflect"
 	"sort"
+	"strings"
 	"testing"
 
 	"train/format/safetensors"
@@ -383,5 +386,44 @@ func TestLoadModelStories(t *testing.T) {
 		if c.got != c.want {
 			t.Errorf("got %v, want %v", c.got, c.want)
 		}
+	}
+}
+
+// TestLoadSourceStageCancelled: a cancelled context stops loading with its
+// error, for a model directory and for random weights alike, so that a signal
+// during start-up does not wait for the whole model.
+func TestLoadSourceStageCancelled(t *testing.T) {
+	cfg := tinyConfig(t)
+	dir, _ := testModelDir{cfg: cfg}.write(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, name := range []string{dir, "random:tiny"} {
+		if _, _, err := LoadSourceStage(ctx, name, cfg, 1, 0, cfg.NumLayers, true, true); !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with a cancelled context: %v, want context.Canceled", name, err)
+		}
+		if _, _, err := LoadSourceStage(context.Background(), name, cfg, 1, 0, cfg.NumLayers, true, true); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// TestCheckSourceTensors: the headers alone show weights that do not belong
+// to config.json, naming a mis-shaped tensor first; random:NAME and a
+// matching directory pass.
+func TestCheckSourceTensors(t *testing.T) {
+	cfg := tinyConfig(t)
+	good, _ := testModelDir{cfg: cfg}.write(t)
+	if err := CheckSourceTensors(good, cfg); err != nil {
+		t.Errorf("matching directory: %v", err)
+	}
+	if err := CheckSourceTensors("random:tiny", cfg); err != nil {
+		t.Errorf("random:tiny: %v", err)
+	}
+	bad, _ := testModelDir{cfg: cfg, drop: []string{"model.norm.weight"},
+		reshape: map[string][]int{"model.layers.1.mlp.up_proj.weight": {8, 8}}}.write(t)
+	err := CheckSourceTensors(bad, cfg)
+	if err == nil || !strings.HasPrefix(err.Error(), "model "+bad+": the weights do not match its config.json: tensor model.layers.1.mlp.up_proj.weight has shape [8 8]") ||
+		!strings.Contains(err.Error(), "missing tensor model.norm.weight") {
+		t.Errorf("mis-shaped and missing tensors: %v", err)
 	}
 }

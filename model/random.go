@@ -11,6 +11,7 @@ package model
 // without changing a bit.
 
 import (
+	"context"
 	"fmt"
 	"hash/fnv"
 	"math"
@@ -121,6 +122,12 @@ func (c *Config) LayerParams() int64 {
 // name. It refuses, before allocating, when the float32 host tensors would take
 // more than maxBytes (0 means no limit): Llama 3.1 70B alone is 282 GB in float32.
 func RandomWeights(cfg Config, seed uint64, lo, hi int, withEmbed, withHead bool, maxBytes int64) (*Weights, error) {
+	return randomWeights(context.Background(), cfg, seed, lo, hi, withEmbed, withHead, maxBytes)
+}
+
+// randomWeights is RandomWeights, stopping with ctx's error once it is
+// cancelled (Llama 3.1 8B takes about 20 s to draw).
+func randomWeights(ctx context.Context, cfg Config, seed uint64, lo, hi int, withEmbed, withHead bool, maxBytes int64) (*Weights, error) {
 	if lo < 0 || hi > cfg.NumLayers || lo > hi {
 		return nil, fmt.Errorf("random weights: layer range [%d,%d) is outside the model's %d layers", lo, hi, cfg.NumLayers)
 	}
@@ -160,7 +167,9 @@ func RandomWeights(cfg Config, seed uint64, lo, hi int, withEmbed, withHead bool
 			w.LMHead = normal("lm_head.weight", cfg.VocabSize*h)
 		}
 	}
-	fillRandomJobs(jobs)
+	if err := fillRandomJobs(ctx, jobs); err != nil {
+		return nil, err
+	}
 	return w, nil
 }
 
@@ -171,8 +180,9 @@ type randomJob struct {
 }
 
 // fillRandomJobs fills every tensor in pieces spread over the CPUs. Pieces start
-// at even indices because elements are generated in Box-Muller pairs.
-func fillRandomJobs(jobs []randomJob) {
+// at even indices because elements are generated in Box-Muller pairs. Once ctx
+// is cancelled no further piece starts, and it returns ctx's error.
+func fillRandomJobs(ctx context.Context, jobs []randomJob) error {
 	const piece = 1 << 16
 	type span struct {
 		job    int
@@ -189,13 +199,21 @@ func fillRandomJobs(jobs []randomJob) {
 			}
 		}()
 	}
+	var err error
+feed:
 	for j, job := range jobs {
 		for lo := 0; lo < len(job.data); lo += piece {
-			work <- span{j, lo, min(lo+piece, len(job.data))}
+			select {
+			case work <- span{j, lo, min(lo+piece, len(job.data))}:
+			case <-ctx.Done():
+				err = ctx.Err()
+				break feed
+			}
 		}
 	}
 	close(work)
 	wg.Wait()
+	return err
 }
 
 // randomTensorKey derives a tensor's generator key from the seed and its name.

@@ -1,7 +1,9 @@
 package model
 
 import (
+	"context"
 	"fmt"
+	"strings"
 
 	"train/host"
 )
@@ -30,10 +32,12 @@ func SourceConfig(name string) (Config, error) {
 // drawing) nothing else: layers [lo, hi), the embedding when withEmbed, the
 // final norm and head when withHead, and the identity of what it loaded
 // (Base). Random weights come from seed and are refused when they would not
-// fit the host's available memory.
-func LoadSourceStage(name string, cfg Config, seed int64, lo, hi int, withEmbed, withHead bool) (*Weights, Base, error) {
+// fit the host's available memory. A cancelled ctx stops it between tensors
+// (pieces of a tensor for random weights) with ctx's error: loading a large
+// model takes minutes, and a signal must not wait for it.
+func LoadSourceStage(ctx context.Context, name string, cfg Config, seed int64, lo, hi int, withEmbed, withHead bool) (*Weights, Base, error) {
 	if IsRandomModel(name) {
-		w, err := RandomWeights(cfg, uint64(seed), lo, hi, withEmbed, withHead, host.AvailableMemory())
+		w, err := randomWeights(ctx, cfg, uint64(seed), lo, hi, withEmbed, withHead, host.AvailableMemory())
 		return w, Base{Random: name, Seed: seed}, err
 	}
 	m, err := OpenModelDir(name)
@@ -41,11 +45,42 @@ func LoadSourceStage(name string, cfg Config, seed int64, lo, hi int, withEmbed,
 		return nil, Base{}, fmt.Errorf("model %s: %w", name, err)
 	}
 	defer m.Close()
-	w, base, err := m.LoadWeightsBase(cfg, lo, hi, withEmbed, withHead)
+	w, base, err := m.LoadWeightsBase(ctx, cfg, lo, hi, withEmbed, withHead)
 	if err != nil {
 		return nil, Base{}, fmt.Errorf("model %s: %w", name, err)
 	}
 	return w, base, nil
+}
+
+// CheckSourceTensors checks, from the safetensors headers alone (no weights
+// are read), that a model directory holds every tensor cfg implies, each of
+// its shape and a float dtype; random:NAME has nothing to check. It is what
+// a run does before planning, so that weights that do not belong to
+// config.json fail in a second, naming the tensor, and not after the plan and
+// a long load. The error lists the first few problems; train check lists all.
+func CheckSourceTensors(name string, cfg Config) error {
+	if IsRandomModel(name) {
+		return nil
+	}
+	m, err := OpenModelDir(name)
+	if err != nil {
+		return fmt.Errorf("model %s: %w", name, err)
+	}
+	defer m.Close()
+	if cfg.HeadDim <= 0 {
+		return nil // Supported has refused it already
+	}
+	missing, shaped, dtyped, _, _ := tensorProblems(m, cfg, nil)
+	problems := append(append(shaped, missing...), dtyped...) // a wrong shape says most about what is wrong
+	if len(problems) == 0 {
+		return nil
+	}
+	const shown = 3
+	msg := strings.Join(problems[:min(shown, len(problems))], "; ")
+	if len(problems) > shown {
+		msg += fmt.Sprintf("; and %d more", len(problems)-shown)
+	}
+	return fmt.Errorf("model %s: the weights do not match its config.json: %s (train check %s lists every problem)", name, msg, name)
 }
 
 // LoadSource returns every weight of the model named by a Hugging Face

@@ -312,12 +312,54 @@ func Suggest(cfg *model.Config, e *Estimate, budget int64) ([]Suggestion, error)
 		s             Setup
 		world, stages int
 	}
+	// estimate plans st as train would and estimates it. A change that keeps
+	// the world and the stages keeps e's plan, so that its numbers are those
+	// of e's own table (train plan prints them side by side); other shapes are
+	// split anew for st's method, among the splits that fit budget.
 	estimate := func(st state) (*Estimate, error) {
-		p, err := New(cfg, st.world, st.stages, e.Plan.SeqLen)
-		if err != nil {
-			return nil, err
+		p := e.Plan
+		if st.world != p.World || st.stages != p.Stages {
+			var err error
+			w := Workload{SeqLen: e.Plan.SeqLen, Method: st.s.Method, Budget: budget, Setup: st.s}
+			if p, err = NewFor(cfg, st.world, st.stages, w); err != nil {
+				return nil, err
+			}
 		}
 		return EstimateMemory(cfg, p, st.s)
+	}
+	// fits is estimate(st).Fits(budget) without the per-rank tables, which
+	// cost O(world x stages) each: the searches below try every stage count.
+	fits := func(st state) bool {
+		if st.world == e.Plan.World && st.stages == e.Plan.Stages {
+			x, err := estimate(st)
+			return err == nil && x.Fits(budget)
+		}
+		s := st.s
+		if s.validate() != nil || st.world%st.stages != 0 || st.stages > cfg.NumLayers {
+			return false
+		}
+		b, _, err := splitFor(cfg, st.world, st.stages, e.Plan.SeqLen, s.Method, Workload{Budget: budget, Setup: s})
+		if err != nil {
+			return false
+		}
+		for i := 0; i < st.stages; i++ {
+			if s.stageMemory(cfg, b[i], b[i+1], i, st.stages, st.world/st.stages).Total() > budget {
+				return false
+			}
+		}
+		return true
+	}
+	// hopeless reports that no plan of two or more stages with at most
+	// replicas replicas fits: its last stage, with one layer, the head and
+	// one micro-batch in flight, would already need more than budget, and
+	// every such plan's last stage holds at least that.
+	hopeless := func(st state, replicas int) bool {
+		s := st.s
+		if s.validate() != nil {
+			return true
+		}
+		L := cfg.NumLayers
+		return L < 2 || s.stageMemory(cfg, L-1, L, 1, 2, max(replicas, 1)).Total() > budget
 	}
 	// Each change returns the changed state and its description, or ok=false
 	// when it does not apply.
@@ -354,7 +396,7 @@ func Suggest(cfg *model.Config, e *Estimate, budget int64) ([]Suggestion, error)
 		for b := st.s.MicroBatch / 2; b >= 1; b /= 2 {
 			t := st
 			t.s.MicroBatch = b
-			if x, err := estimate(t); err == nil && x.Fits(budget) {
+			if fits(t) {
 				return t, fmt.Sprintf("-batch %d", b), true
 			}
 			if b == 1 {
@@ -367,6 +409,7 @@ func Suggest(cfg *model.Config, e *Estimate, budget int64) ([]Suggestion, error)
 	moreStages := func(st state) (state, string, bool) {
 		var last state
 		found := false
+		skip := hopeless(st, st.world/2)
 		for P := st.stages + 1; P <= cfg.NumLayers; P++ {
 			if st.world%P != 0 {
 				continue
@@ -374,7 +417,7 @@ func Suggest(cfg *model.Config, e *Estimate, budget int64) ([]Suggestion, error)
 			t := st
 			t.stages = P
 			last, found = t, true
-			if x, err := estimate(t); err == nil && x.Fits(budget) {
+			if !skip && fits(t) {
 				return t, fmt.Sprintf("-pp %d", P), true
 			}
 		}
@@ -382,14 +425,14 @@ func Suggest(cfg *model.Config, e *Estimate, budget int64) ([]Suggestion, error)
 	}
 	sameWorldFits := false // then more GPUs are not worth suggesting
 	moreGPUs := func(st state) (state, string, bool) {
-		if sameWorldFits {
+		D := st.world / st.stages
+		if sameWorldFits || hopeless(st, D) {
 			return st, "", false
 		}
-		D := st.world / st.stages
 		for P := st.stages + 1; P <= cfg.NumLayers; P++ {
 			t := st
 			t.stages, t.world = P, P*D
-			if x, err := estimate(t); err == nil && x.Fits(budget) {
+			if fits(t) {
 				return t, fmt.Sprintf("-np %d -pp %d", t.world, P), true
 			}
 		}

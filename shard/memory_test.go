@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -199,4 +200,71 @@ func TestSuggestNamesEachFlagOnce(t *testing.T) {
 			seen[f] = true
 		}
 	}
+}
+
+// hugeConfig is a valid config.json at the parser's limits: hidden 131072 and
+// 1024 layers (a layer alone is hundreds of GiB), the case that kept the
+// quartic search of Suggest busy for ten minutes.
+func hugeConfig(t *testing.T, hidden, layers int) *model.Config {
+	t.Helper()
+	c := *randomConfig(t, "llama-3.1-70b")
+	c.HiddenSize, c.IntermediateSize, c.NumLayers = hidden, hidden*7/2, layers
+	c.NumHeads, c.NumKVHeads, c.HeadDim = hidden/128, max(hidden/1024, 1), 128
+	if err := c.Supported(); err != nil {
+		t.Fatal(err)
+	}
+	return &c
+}
+
+// TestSuggestOnAThousandLayers: Suggest answers for 1024-layer models in
+// time proportional to a few splits per stage count (the package's test
+// timeout is the clock: the old search needed about 600 s). A model whose
+// single layer exceeds the budget gets no suggestion; one that needs many
+// stages gets the fewest that fit, planned as train plans them.
+func TestSuggestOnAThousandLayers(t *testing.T) {
+	huge := hugeConfig(t, 131072, 1024)
+	for _, method := range []string{"lora", "full"} {
+		for _, world := range []int{1, 8} {
+			p, err := NewFor(huge, world, world, Workload{SeqLen: 2048, Method: method, Budget: 80 * GiB, Setup: lora(method, 1, 2048, false)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e, err := EstimateMemory(huge, p, lora(method, 1, 2048, false))
+			if err != nil {
+				t.Fatal(err)
+			}
+			sugg, err := Suggest(huge, e, 80*GiB)
+			if err != nil || sugg != nil {
+				t.Errorf("%s on %d ranks of a model whose layer alone needs more than 80 GiB: %v, %v; want no suggestion", method, world, sugg, err)
+			}
+		}
+	}
+	one := lora("full", 1, 2048, true)
+	if err := one.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if m := one.stageMemory(huge, 0, 1, 1, 3, 1).Total(); m <= 80*GiB {
+		t.Fatalf("a middle stage of one layer needs %s; the test wants a model where it exceeds 80 GiB", FormatBytes(m))
+	}
+
+	// 1024 layers of an 8B's shape: about 4 TB to fully fine-tune.
+	deep := hugeConfig(t, 4096, 1024)
+	e := estimate(t, deep, 1, 1, one)
+	sugg, err := Suggest(deep, e, 80*GiB)
+	if err != nil || len(sugg) != 1 {
+		t.Fatalf("full fine-tuning of a 1024-layer 8B shape: %v, %v; want one suggestion (more GPUs)", sugg, err)
+	}
+	s := sugg[0]
+	P := s.Estimate.Plan.Stages
+	if !s.Estimate.Fits(80*GiB) || s.Change != fmt.Sprintf("-np %d -pp %d", P, P) || s.World != P {
+		t.Fatalf("suggestion %q (world %d) needs %s", s.Change, s.World, FormatBytes(s.Estimate.Peak().Total()))
+	}
+	fewer, err := NewFor(deep, P-1, P-1, Workload{SeqLen: 2048, Method: "full", Budget: 80 * GiB, Setup: one})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if x, err := EstimateMemory(deep, fewer, one); err != nil || x.Fits(80*GiB) {
+		t.Errorf("%d stages fit too (%v): the suggestion of %d is not the fewest", P-1, err, P)
+	}
+	t.Logf("%s: largest rank %s", s.Change, FormatBytes(s.Estimate.Peak().Total()))
 }

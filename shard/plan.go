@@ -194,19 +194,7 @@ func NewFor(cfg *model.Config, world, stages int, w Workload) (*Plan, error) {
 	case stages > cfg.NumLayers:
 		return nil, fmt.Errorf("plan: %d pipeline stages for a model of %d layers; every stage needs at least one layer", stages, cfg.NumLayers)
 	}
-	costs := StepCosts(cfg, seqLen, method, !w.Setup.KeepActivations)
-	var fits func(lo, hi, s int) bool
-	if w.Budget > 0 {
-		setup := w.Setup
-		setup.Method, setup.SeqLen = method, seqLen
-		if err := setup.validate(); err != nil {
-			return nil, err
-		}
-		fits = func(lo, hi, s int) bool {
-			return setup.stageMemory(cfg, lo, hi, s, stages, world/stages).Total() <= w.Budget
-		}
-	}
-	bounds, err := SplitFits(costs, stages, fits)
+	bounds, costs, err := splitFor(cfg, world, stages, seqLen, method, w)
 	if err != nil {
 		return nil, err
 	}
@@ -232,6 +220,40 @@ func NewFor(cfg *model.Config, world, stages int, w Workload) (*Plan, error) {
 	return p, nil
 }
 
+// splitFor splits cfg's layers into stages for w, whose SeqLen and Method are
+// seqLen and method, and returns the boundaries and the costs they balance.
+//
+// Every decoder layer has the same shape, so a stage's memory depends on how
+// many layers it runs, not which: with a budget, each stage's most layers are
+// found once, by bisection, and the split compares counts.
+func splitFor(cfg *model.Config, world, stages, seqLen int, method string, w Workload) ([]int, Costs, error) {
+	costs := StepCosts(cfg, seqLen, method, !w.Setup.KeepActivations)
+	var fits func(lo, hi, s int) bool
+	if w.Budget > 0 {
+		setup := w.Setup
+		setup.Method, setup.SeqLen = method, seqLen
+		if err := setup.validate(); err != nil {
+			return nil, costs, err
+		}
+		most := make([]int, stages)
+		for s := range most {
+			lo, hi := 0, cfg.NumLayers+1 // lo layers fit (none always do, as far as the split cares); hi do not
+			for hi-lo > 1 {
+				mid := (lo + hi) / 2
+				if setup.stageMemory(cfg, 0, mid, s, stages, world/stages).Total() <= w.Budget {
+					lo = mid
+				} else {
+					hi = mid
+				}
+			}
+			most[s] = lo
+		}
+		fits = func(lo, hi, s int) bool { return hi-lo <= most[s] }
+	}
+	bounds, err := SplitFits(costs, stages, fits)
+	return bounds, costs, err
+}
+
 // stage is the cost of a stage running layers [lo,hi).
 func (c Costs) stage(lo, hi int, embed, head bool) int64 {
 	layers := c.Layer
@@ -254,8 +276,7 @@ func (c Costs) stage(lo, hi int, embed, head bool) int64 {
 // Split divides the layers of c into stages contiguous, non-empty ranges and
 // returns the stages+1 boundaries: stage s runs layers [b[s], b[s+1]). It
 // minimises the cost of the most expensive stage, where stage 0 also pays
-// c.Embed and the last stage c.Head, exactly, by dynamic programming over split
-// points (O(stages * layers²), nothing at 80 layers).
+// c.Embed and the last stage c.Head, exactly.
 //
 // Among the splits with the least maximum it picks the one that gives later
 // stages as many layers as possible: under 1F1B stage s keeps up to P-s
@@ -266,6 +287,21 @@ func Split(c Costs, stages int) ([]int, error) { return SplitFits(c, stages, nil
 // SplitFits is Split among the splits where fits(lo, hi, s) holds for every
 // stage s running layers [lo,hi); when no split passes, or fits is nil, it is
 // Split.
+//
+// fits must be monotone, as memory is: a stage that fits still fits with
+// fewer layers, and layers that fit on a stage other than the last also fit
+// on any later stage but the last (a later stage has fewer micro-batches in
+// flight and no embedding). The split is then exact.
+//
+// How: whether some split keeps every stage within a maximum X is decided
+// greedily in O(layers), from the last stage back, each stage taking as many
+// layers as fit within X (and leaving one for each earlier stage); an
+// exchange argument shows the greedy fails only when no split works, and that
+// at the least feasible X it is the split described above. A binary search
+// over X finds that least X: O(layers * 63) in all, against the
+// O(stages * layers²) of a dynamic programme over split points, which
+// shard.Suggest, trying every stage count of a 1024-layer model, could not
+// afford.
 func SplitFits(c Costs, stages int, fits func(lo, hi, s int) bool) ([]int, error) {
 	L := len(c.Layer)
 	if stages < 1 || stages > L {
@@ -285,11 +321,10 @@ func SplitFits(c Costs, stages int, fits func(lo, hi, s int) bool) ([]int, error
 		}
 		prefix[i+1], prefixLast[i+1] = prefix[i]+x, prefixLast[i]+last
 	}
-	const inf = int64(1) << 62
+	if c.Embed < 0 || c.Head < 0 {
+		return nil, fmt.Errorf("split: negative embedding or head cost (%d, %d)", c.Embed, c.Head)
+	}
 	cost := func(lo, hi, s int) int64 {
-		if fits != nil && !fits(lo, hi, s) {
-			return inf
-		}
 		n := prefix[hi] - prefix[lo]
 		if s == stages-1 {
 			n = prefixLast[hi] - prefixLast[lo] + c.Head
@@ -299,47 +334,46 @@ func SplitFits(c Costs, stages int, fits func(lo, hi, s int) bool) ([]int, error
 		}
 		return n
 	}
-	// best[s][k]: the least maximum stage cost running layers [0,k) on stages
-	// 0..s (stage s being the last of them, but only stage stages-1 pays Head).
-	best := make([][]int64, stages)
-	for s := range best {
-		best[s] = make([]int64, L+1)
-		for k := range best[s] {
-			best[s][k] = inf
-		}
+	// within reports whether stage s may run [lo,hi) when no stage may cost more than x.
+	within := func(lo, hi, s int, x int64) bool {
+		return cost(lo, hi, s) <= x && (fits == nil || fits(lo, hi, s))
 	}
-	for k := 1; k <= L; k++ {
-		best[0][k] = cost(0, k, 0)
-	}
-	for s := 1; s < stages; s++ {
-		for k := s + 1; k <= L; k++ {
-			for j := s; j < k; j++ {
-				if m := max(best[s-1][j], cost(j, k, s)); m < best[s][k] {
-					best[s][k] = m
-				}
+	// greedy fills b with the split described above when every stage can stay
+	// within x, and reports whether it could.
+	b := make([]int, stages+1)
+	greedy := func(x int64) bool {
+		b[0], b[stages] = 0, L
+		for s := stages - 1; s > 0; s-- {
+			hi := b[s+1]
+			lo := hi - 1
+			if !within(lo, hi, s, x) {
+				return false
 			}
+			for lo > s && within(lo-1, hi, s, x) {
+				lo--
+			}
+			b[s] = lo
 		}
+		return within(0, b[1], 0, x)
 	}
-	opt := best[stages-1][L]
-	if opt >= inf {
+	// No stage costs more than every layer plus the embedding and the head.
+	hi := max(prefix[L], prefixLast[L]) + c.Embed + c.Head
+	if !greedy(hi) {
 		if fits == nil {
 			return nil, fmt.Errorf("split: no split of %d layers into %d stages", L, stages)
 		}
 		return SplitFits(c, stages, nil) // nothing fits: the fastest, and the memory check will speak
 	}
-	// Walk back from the last stage, giving each the most layers (the smallest
-	// start j) that keeps both it and the prefix before it within opt.
-	b := make([]int, stages+1)
-	b[stages] = L
-	for s := stages - 1; s > 0; s-- {
-		k := b[s+1]
-		for j := s; j < k; j++ {
-			if best[s-1][j] <= opt && cost(j, k, s) <= opt {
-				b[s] = j
-				break
-			}
+	lo := int64(-1) // greedy(lo) fails: costs are not negative, so no split stays below 0
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		if greedy(mid) {
+			hi = mid
+		} else {
+			lo = mid
 		}
 	}
+	greedy(hi)
 	return b, nil
 }
 

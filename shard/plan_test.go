@@ -300,3 +300,147 @@ func TestKeepActivations(t *testing.T) {
 		t.Errorf("last stage activations: %s keeping, %s not (one micro-batch in flight either way)", FormatBytes(a), FormatBytes(o))
 	}
 }
+
+// splitDP is the dynamic programme over split points that SplitFits replaced
+// (O(stages x layers²)), kept as the reference the faster split must agree
+// with exactly, boundaries included.
+func splitDP(c Costs, stages int, fits func(lo, hi, s int) bool) ([]int, error) {
+	L := len(c.Layer)
+	if stages < 1 || stages > L {
+		return nil, fmt.Errorf("split: %d stages for %d layers", stages, L)
+	}
+	prefix, prefixLast := make([]int64, L+1), make([]int64, L+1)
+	for i, x := range c.Layer {
+		last := x
+		if c.LastLayer != nil {
+			last = c.LastLayer[i]
+		}
+		prefix[i+1], prefixLast[i+1] = prefix[i]+x, prefixLast[i]+last
+	}
+	const inf = int64(1) << 62
+	cost := func(lo, hi, s int) int64 {
+		if fits != nil && !fits(lo, hi, s) {
+			return inf
+		}
+		n := prefix[hi] - prefix[lo]
+		if s == stages-1 {
+			n = prefixLast[hi] - prefixLast[lo] + c.Head
+		}
+		if s == 0 {
+			n += c.Embed
+		}
+		return n
+	}
+	best := make([][]int64, stages)
+	for s := range best {
+		best[s] = make([]int64, L+1)
+		for k := range best[s] {
+			best[s][k] = inf
+		}
+	}
+	for k := 1; k <= L; k++ {
+		best[0][k] = cost(0, k, 0)
+	}
+	for s := 1; s < stages; s++ {
+		for k := s + 1; k <= L; k++ {
+			for j := s; j < k; j++ {
+				if m := max(best[s-1][j], cost(j, k, s)); m < best[s][k] {
+					best[s][k] = m
+				}
+			}
+		}
+	}
+	opt := best[stages-1][L]
+	if opt >= inf {
+		if fits == nil {
+			return nil, fmt.Errorf("split: no split")
+		}
+		return splitDP(c, stages, nil)
+	}
+	b := make([]int, stages+1)
+	b[stages] = L
+	for s := stages - 1; s > 0; s-- {
+		k := b[s+1]
+		for j := s; j < k; j++ {
+			if best[s-1][j] <= opt && cost(j, k, s) <= opt {
+				b[s] = j
+				break
+			}
+		}
+	}
+	return b, nil
+}
+
+// TestSplitMatchesDP: the greedy-and-bisection split returns exactly the
+// boundaries of the dynamic programme it replaced, on random small cases:
+// zero and repeated costs (ties), a cheaper last stage, and memory limits of
+// the shape SplitFits requires (a most-layers cap per stage, not smaller on a
+// later stage but the last).
+func TestSplitMatchesDP(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for trial := 0; trial < 3000; trial++ {
+		L := 1 + rng.IntN(12)
+		c := Costs{Layer: make([]int64, L), Embed: rng.Int64N(40), Head: rng.Int64N(80)}
+		for i := range c.Layer {
+			c.Layer[i] = rng.Int64N(25) // zeros and ties included
+		}
+		if rng.IntN(2) == 0 {
+			c.LastLayer = make([]int64, L)
+			for i, x := range c.Layer {
+				c.LastLayer[i] = x * 3 / 4
+			}
+		}
+		P := 1 + rng.IntN(L)
+		var fits func(lo, hi, s int) bool
+		if rng.IntN(2) == 0 {
+			caps := make([]int, P)
+			caps[0] = 1 + rng.IntN(L)
+			for s := 1; s < P-1; s++ {
+				caps[s] = caps[s-1] + rng.IntN(3)
+			}
+			caps[P-1] = 1 + rng.IntN(L)
+			fits = func(lo, hi, s int) bool { return hi-lo <= caps[s] }
+		}
+		got, err := SplitFits(c, P, fits)
+		want, werr := splitDP(c, P, fits)
+		if (err == nil) != (werr == nil) || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Fatalf("%+v P=%d (limits %v): split %v, %v; the dynamic programme gives %v, %v", c, P, fits != nil, got, err, want, werr)
+		}
+	}
+}
+
+// TestSplitMatchesDPOnModels: on real shapes and memory budgets (the fits
+// NewFor builds from stageMemory) the split is the dynamic programme's.
+func TestSplitMatchesDPOnModels(t *testing.T) {
+	for _, name := range []string{"llama-3.2-1b", "llama-3.1-8b", "llama-3.1-70b"} {
+		cfg := randomConfig(t, name)
+		for _, P := range []int{1, 2, 3, 4, 8} {
+			for _, method := range []string{"lora", "full"} {
+				setup := Setup{Method: method, MicroBatch: 1, SeqLen: 4096, LoRARank: 16}
+				if err := setup.validate(); err != nil {
+					t.Fatal(err)
+				}
+				c := StepCosts(cfg, 4096, method, true)
+				fastest, err := splitDP(c, P, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				peak := int64(0)
+				for s := 0; s < P; s++ {
+					peak = max(peak, setup.stageMemory(cfg, fastest[s], fastest[s+1], s, P, 1).Total())
+				}
+				for _, budget := range []int64{peak, peak - 1, peak * 9 / 10, peak / 2} {
+					fits := func(lo, hi, s int) bool { return setup.stageMemory(cfg, lo, hi, s, P, 1).Total() <= budget }
+					want, err := splitDP(c, P, fits)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got, _, err := splitFor(cfg, P, P, 4096, method, Workload{Budget: budget, Setup: setup})
+					if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+						t.Errorf("%s %s P=%d budget %s: split %v, %v; the dynamic programme gives %v", name, method, P, FormatBytes(budget), got, err, want)
+					}
+				}
+			}
+		}
+	}
+}

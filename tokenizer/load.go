@@ -26,12 +26,21 @@ const (
 
 // Load reads a Hugging Face tokenizer.json and, when present beside it,
 // tokenizer_config.json (BOS/EOS, add_bos_token, chat template, tokenizer class).
+// path may also be a directory holding tokenizer.json, as a model directory
+// does: every command accepts either.
 func Load(path string) (*Tokenizer, error) {
 	return LoadWithOptions(path, Options{})
 }
 
 // LoadWithOptions is Load with options.
 func LoadWithOptions(path string, opts Options) (*Tokenizer, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		dir := path
+		path = filepath.Join(dir, "tokenizer.json")
+		if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("tokenizer: directory %s holds no tokenizer.json: give a tokenizer.json or a directory with one", dir)
+		}
+	}
 	data, err := readBounded(path, maxFileBytes)
 	if err != nil {
 		return nil, err

@@ -116,11 +116,22 @@ func (t *Tokenizer) Encode(text string, addSpecial bool) []int {
 	return ids
 }
 
-// encodeWord appends the ids of one pre-token, through the cache.
+// encodeWord appends the ids of one pre-token, piece by piece (bpe.pieceEnd)
+// where the model allows it.
 func (t *Tokenizer) encodeWord(w string, ids []int) []int {
-	if w == "" {
-		return ids
+	for w != "" {
+		n := len(w)
+		if !t.byteInput {
+			n = t.model.pieceEnd(w)
+		}
+		ids = t.encodePiece(w[:n], ids)
+		w = w[n:]
 	}
+	return ids
+}
+
+// encodePiece appends the ids of one piece of a pre-token, through the cache.
+func (t *Tokenizer) encodePiece(w string, ids []int) []int {
 	if cached, ok := t.cache.get(w); ok {
 		for _, id := range cached {
 			ids = append(ids, int(id))

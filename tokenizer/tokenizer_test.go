@@ -461,3 +461,19 @@ func BenchmarkEncodeLlama3(b *testing.B) {
 		}
 	})
 }
+
+// TestLoadDirectory: a directory holding tokenizer.json loads as the file
+// does, as every command's -tokenizer accepts either.
+func TestLoadDirectory(t *testing.T) {
+	file := loadShared(t, stories260K)
+	dir, err := Load(filepath.Dir(stories260K))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := "Once upon a time"; !slices.Equal(dir.Encode(s, true), file.Encode(s, true)) {
+		t.Error("the directory's tokenizer encodes differently from its tokenizer.json")
+	}
+	if _, err := Load(t.TempDir()); err == nil || !strings.Contains(err.Error(), "tokenizer.json") {
+		t.Errorf("a directory without tokenizer.json: %v", err)
+	}
+}

@@ -23,7 +23,7 @@ func (t *trainer) evaluate() (float64, int, error) {
 func EvalExamples(m *model.Model, examples []data.TokenExample, maxT, B int) (float64, int, error) {
 	var lossSum float64
 	var count int
-	err := evalRows(examples, maxT, B, func(r *data.Rows) error {
+	cut, err := evalRows(examples, maxT, B, func(r *data.Rows) error {
 		ls, n, err := m.Forward(batchOf(r, 0))
 		if err != nil {
 			return fmt.Errorf("eval: %w", err)
@@ -34,13 +34,14 @@ func EvalExamples(m *model.Model, examples []data.TokenExample, maxT, B int) (fl
 	if err != nil {
 		return 0, 0, err
 	}
-	return meanLoss(lossSum, count)
+	return meanLoss(lossSum, count, cut, maxT)
 }
 
 // evalRows lays examples out for evaluation, each in a row of its own (so nothing
 // depends on how they are batched), B rows at a time, as long as the batch's
 // longest example (at most maxT when maxT > 0), and calls each on every batch.
-func evalRows(examples []data.TokenExample, maxT, B int, each func(*data.Rows) error) error {
+// It returns how many scored labels the cut to maxT dropped.
+func evalRows(examples []data.TokenExample, maxT, B int, each func(*data.Rows) error) (cut int, err error) {
 	for i := 0; i < len(examples); {
 		end := min(i+B, len(examples))
 		T := 2
@@ -53,22 +54,32 @@ func evalRows(examples []data.TokenExample, maxT, B int, each func(*data.Rows) e
 		p := data.Packer{T: T}
 		r, used, err := p.Fill(examples[i:end], end-i)
 		if err != nil {
-			return err
+			return cut, err
 		}
+		cut += p.CutLabels
 		i += used
 		if err := each(r); err != nil {
-			return err
+			return cut, err
 		}
 	}
-	return nil
+	return cut, nil
 }
 
-// meanLoss is the mean of a loss summed over count scored labels.
-func meanLoss(sum float64, count int) (float64, int, error) {
-	if count == 0 {
+// meanLoss is the mean of a loss summed over count scored labels; cut more
+// were dropped by cutting examples to maxT tokens. A mean that is not finite
+// is an error: it means broken weights, and JSON cannot hold it.
+func meanLoss(sum float64, count, cut, maxT int) (float64, int, error) {
+	switch {
+	case count == 0 && cut > 0:
+		return 0, 0, fmt.Errorf("eval: every scored label lies past data.seq_len %d and was cut off (%d labels): raise -seq or shorten the examples", maxT, cut)
+	case count == 0:
 		return 0, 0, errors.New("eval: every label is masked (-100): there is nothing to score")
 	}
-	return sum / float64(count), count, nil
+	loss := sum / float64(count)
+	if !finite(loss) {
+		return 0, 0, fmt.Errorf("eval: the loss over %d tokens is %v, not a number: the model's (or the adapter's) weights hold NaN or Inf values, or the forward pass overflowed", count, loss)
+	}
+	return loss, count, nil
 }
 
 // showSamples prints the model's greedy answers to a few fixed prompts.
@@ -137,7 +148,7 @@ func (t *trainer) evalPipeline(examples []data.TokenExample) (float64, int, erro
 	wire := newStageWire(d, t.m)
 	var lossSum float64
 	var count int
-	err := evalRows(mine, t.cfg.Data.SeqLen, t.cfg.Train.MicroBatch, func(r *data.Rows) error {
+	cut, err := evalRows(mine, t.cfg.Data.SeqLen, t.cfg.Train.MicroBatch, func(r *data.Rows) error {
 		if !d.first() {
 			in := make([]float32, r.B*r.T*C)
 			if err := wire.recv(in, d.me.Prev()); err != nil {
@@ -170,9 +181,12 @@ func (t *trainer) evalPipeline(examples []data.TokenExample) (float64, int, erro
 	if err != nil {
 		return 0, 0, err
 	}
-	sums := []float64{lossSum, float64(count)}
+	if !d.last() {
+		cut = 0 // the last stages count what they score
+	}
+	sums := []float64{lossSum, float64(count), float64(cut)}
 	if err := d.AllReduce(sums); err != nil {
 		return 0, 0, fmt.Errorf("eval: %w", err)
 	}
-	return meanLoss(sums[0], int(sums[1]))
+	return meanLoss(sums[0], int(sums[1]), int(sums[2]), t.cfg.Data.SeqLen)
 }

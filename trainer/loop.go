@@ -22,6 +22,15 @@ type Result struct {
 	Tokens      int     // tokens processed, padding included
 	BestEval    float64 // lowest eval loss seen during the loop (+Inf if none)
 	Stopped     bool    // a signal ended the loop early
+	// FirstMean and LastMean are the mean training loss of the first and of
+	// the last MeanSteps steps this process ran (at most ten, at most half
+	// of them; 0 without steps): one step's loss is noisy, so the summary
+	// compares these.
+	FirstMean, LastMean float64
+	MeanSteps           int
+	// Truncated counts the examples the steps drew that were longer than
+	// data.seq_len and cut to it.
+	Truncated int
 	// Compute, Bubble and Comm split the time of every step after the first
 	// (which pays for warm-up), and Wall is their steps' total: what
 	// `train bench pipeline` reports.
@@ -39,6 +48,7 @@ func (t *trainer) loop() (Result, error) {
 	defer prog.finish()
 	t.m.SetTraining(true)
 	bad := 0
+	var losses []float64 // of every step this process ran, for FirstMean and LastMean
 	lastSave, lastSaveTime := t.startStep, time.Now()
 	res.Steps = t.startStep
 	// checkpoint saves after step (1-based) and notes the time.
@@ -60,7 +70,7 @@ func (t *trainer) loop() (Result, error) {
 		// token count that normalises the loss is known everywhere without talking;
 		// replica d runs micro-batches [d*M, (d+1)*M).
 		M, D := cfg.GradAccum, t.dist.plan.Replicas
-		total, stepTokens := 0, 0
+		total, stepTokens, cutBefore := 0, 0, t.packer.CutLabels
 		var mine []microBatch
 		for i := 0; i < M*D; i++ {
 			r, err := t.nextRows()
@@ -72,6 +82,11 @@ func (t *trainer) loop() (Result, error) {
 			if i/M == t.dist.me.Replica {
 				mine = append(mine, microBatch{rows: r, seed: uint64(t.cfg.Seed)<<32 ^ uint64(step*M*D+i)})
 			}
+		}
+		res.Truncated = t.packer.Truncated
+		if cut := t.packer.CutLabels - cutBefore; total == 0 && cut > 0 {
+			return res, fmt.Errorf("step %d: every label of the step that is not -100 was cut off: its examples are longer than data.seq_len %d and their scored tokens (a completion, an assistant turn) lie past it (%d of %d examples are longer, the longest %d tokens); raise -seq or shorten the prompts",
+				step+1, t.cfg.Data.SeqLen, t.long.count, len(t.train)+len(t.eval), t.long.longest)
 		}
 		if total == 0 {
 			return res, fmt.Errorf("step %d: every label of the step is masked (-100): nothing to learn from; check the data's labels", step+1)
@@ -133,6 +148,8 @@ func (t *trainer) loop() (Result, error) {
 			res.First = loss
 		}
 		res.Last, res.Steps = loss, step+1
+		losses = append(losses, loss)
+		res.FirstMean, res.LastMean, res.MeanSteps = endMeans(losses)
 		tps := float64(stepTokens) / time.Since(stepStart).Seconds()
 		prog.step(step+1, loss, lr, tps)
 		if err := t.writeMetric(map[string]any{"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
@@ -151,7 +168,7 @@ func (t *trainer) loop() (Result, error) {
 			"step_s", time.Since(stepStart).Seconds(), "compute_s", times.compute.Seconds(),
 			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(),
 			"bytes_sent", times.sent, "bytes_received", times.received, "recomputed_forwards", times.recomputed, "heap_bytes", host.HeapBytes(),
-			"rss_bytes", rss, "cpu_s", cpu}
+			"rss_bytes", rss, "cpu_s", cpu, "truncated_examples", t.packer.Truncated}
 		t.log.Info("step", append(fields, t.gpuUtil()...)...)
 		if budget := host.AvailableMemory() + rss; !t.warnedMemory && budget > 0 && rss > budget*9/10 {
 			t.warnedMemory = true
@@ -187,6 +204,20 @@ func (t *trainer) loop() (Result, error) {
 		return res, checkpoint(res.Steps)
 	}
 	return res, nil
+}
+
+// endMeans is the mean of the first and of the last k losses, k at most ten
+// and at most half of them (so the two do not overlap), and k.
+func endMeans(losses []float64) (first, last float64, k int) {
+	k = min(10, len(losses)/2)
+	if k == 0 {
+		k = len(losses) // one step: first and last are the same
+	}
+	for i := 0; i < k; i++ {
+		first += losses[i]
+		last += losses[len(losses)-k+i]
+	}
+	return first / float64(k), last / float64(k), k
 }
 
 // nextRows lays out the next micro-batch from the shuffled training order.

@@ -8,6 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -71,15 +72,20 @@ type trainer struct {
 	out     io.Writer // human progress lines
 	metrics *os.File  // metrics.jsonl
 	log     *rankLog  // RUN/logs/rank-NNNNN.jsonl
+
+	// long counts the examples of train and eval longer than data.seq_len.
+	long longExamples
 }
 
 // Run is one rank's whole training job as cfg describes: it opens the device,
-// joins the other ranks the launcher (or launch's flags) names, plans the
-// run, trains (RunOn) and leaves the collective session. Progress and the
-// summary go to stdout and stderr on rank 0; every rank writes its rank log
-// in the run directory. A cancelled ctx stops the run after the current step
-// with a checkpoint: a nil error, Result.Stopped set. When this rank fails,
-// the job is aborted so that every other rank stops naming it.
+// checks every input that can be checked cheaply (preflight), joins the other
+// ranks the launcher (or launch's flags) names, plans the run, trains (RunOn)
+// and leaves the collective session. Progress and the summary go to stdout and
+// stderr on rank 0; every rank writes its rank log in the run directory. A
+// cancelled ctx stops the run after the current step with a checkpoint: a nil
+// error, Result.Stopped set; cancelled during start-up, before any step, Run
+// returns at once with an error saying so. When this rank fails, the job is
+// aborted so that every other rank stops naming it.
 func Run(ctx context.Context, cfg config.Config, launch *collective.Flags, stdout, stderr io.Writer) (res Result, err error) {
 	// Fail on a missing device before connecting to anyone.
 	be, err := device.Open(cfg.Device, 0)
@@ -102,22 +108,124 @@ func Run(ctx context.Context, cfg config.Config, launch *collective.Flags, stdou
 	if err != nil {
 		return res, err
 	}
-	d, err := Join(ctx, cfg, launch, &mc, gpuBytes, compute)
+	pre, err := preflight(ctx, cfg, mc)
 	if err != nil {
 		return res, err
+	}
+	d, err := Join(ctx, cfg, launch, &mc, gpuBytes, compute)
+	if err != nil {
+		return res, startErr(ctx, "joining the other ranks", err)
 	}
 	defer func() {
 		if cerr := d.Close(err); err == nil && cerr != nil {
 			err = fmt.Errorf("closing the collectives: %w", cerr)
 		}
 	}()
-	return RunOn(ctx, cfg, mc, d, stdout, stderr)
+	return runOn(ctx, cfg, mc, d, pre, stdout, stderr)
 }
 
-// RunOn runs a whole training job on a joined world: set-up, the loop,
-// evaluation, samples and outputs. It returns what the loop measured. The
-// world outlives it: `train bench pipeline` runs several jobs on one.
-func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, stdout, stderr io.Writer) (res Result, err error) {
+// RunOn runs a whole training job on a joined world: the checks of preflight,
+// set-up, the loop, evaluation, samples and outputs. It returns what the loop
+// measured. The world outlives it: `train bench pipeline` runs several jobs on
+// one.
+func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, stdout, stderr io.Writer) (Result, error) {
+	pre, err := preflight(ctx, cfg, mc)
+	if err != nil {
+		return Result{}, err
+	}
+	return runOn(ctx, cfg, mc, d, pre, stdout, stderr)
+}
+
+// checked is what preflight read on the way: the tokenizer (nil when the data
+// needs none).
+type checked struct {
+	tok *tokenizer.Tokenizer
+}
+
+// preflight checks, in about a second, every input that can fail without
+// building anything, so that a mistake is reported before the run connects,
+// plans, reads the data or builds weights (minutes and tens of GB for a large
+// model): the method, the sequence length against the model's context, the
+// model's tensors against config.json (headers only), the tokenizer, the
+// first line of each data file, that the run directory is writable and that
+// a checkpoint to resume from exists.
+func preflight(ctx context.Context, cfg config.Config, mc model.Config) (*checked, error) {
+	if !MethodAvailable(cfg.Train.Method) {
+		return nil, errors.New("train.method qlora is not yet available in this build (its 4-bit NF4 base weights are not implemented): use -method lora")
+	}
+	if mc.MaxPositions > 0 && cfg.Data.SeqLen > mc.MaxPositions && !cfg.Data.AllowLongSeq {
+		return nil, fmt.Errorf("data.seq_len %d is longer than the model's context of %d tokens (max_position_embeddings of %s): positions past it were never trained; use -seq %d or less, or -allow-long-seq (data.allow_long_seq) to train past it on purpose",
+			cfg.Data.SeqLen, mc.MaxPositions, cfg.Model, mc.MaxPositions)
+	}
+	if err := model.CheckSourceTensors(cfg.Model, mc); err != nil {
+		return nil, err
+	}
+	tok, err := LoadTokenizer(cfg, mc)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDataFiles(cfg, formatter(cfg, mc, tok)); err != nil {
+		return nil, err
+	}
+	if err := checkRunDir(cfg); err != nil {
+		return nil, err
+	}
+	if r := cfg.Ckpt.Resume; r != "" && r != "latest" {
+		if _, err := os.Stat(r); err != nil {
+			return nil, fmt.Errorf("ckpt.resume: %w", err)
+		}
+	}
+	if err := interrupted(ctx, "checking the inputs"); err != nil {
+		return nil, err
+	}
+	return &checked{tok: tok}, nil
+}
+
+// checkRunDir writes a file where the run will write (its directory when it
+// exists, else the folder it will be made in, runs/ by default), so that an
+// unwritable place fails before the model is loaded, not after. It makes no
+// run directory: choosePlace decides which one the run takes.
+func checkRunDir(cfg config.Config) error {
+	dir := cfg.RunDir
+	if dir == "" {
+		dir = cfg.RunDirOrDefault()
+	}
+	probe := dir
+	if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+		probe = filepath.Dir(dir)
+		if err := os.MkdirAll(probe, 0o755); err != nil {
+			return fmt.Errorf("run dir: %w", err)
+		}
+	}
+	f, err := os.CreateTemp(probe, ".write-check-")
+	if err != nil {
+		return fmt.Errorf("run dir %s is not writable: %w", dir, err)
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+// interrupted is the error of a start-up that a signal (ctx) stopped during
+// phase, or nil while ctx is live. Nothing has been trained then, so there is
+// nothing to checkpoint: the run ends at once, as the user asked.
+func interrupted(ctx context.Context, phase string) error {
+	if ctx.Err() == nil {
+		return nil
+	}
+	return fmt.Errorf("interrupted while %s, before training began: nothing was trained or saved (%w)", phase, ctx.Err())
+}
+
+// startErr is err from a phase of start-up, or the interruption when ctx was
+// cancelled meanwhile (the phase then failed because of it).
+func startErr(ctx context.Context, phase string, err error) error {
+	if ierr := interrupted(ctx, phase); ierr != nil {
+		return ierr
+	}
+	return err
+}
+
+// runOn is RunOn once preflight has passed.
+func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pre *checked, stdout, stderr io.Writer) (res Result, err error) {
 	start := time.Now()
 	be, err := device.Open(cfg.Device, d.localRank)
 	if err != nil {
@@ -147,18 +255,19 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	if err := checkFits(cfg, &mc, d, be, compute, stderr); err != nil {
 		return res, err
 	}
+	if mc.MaxPositions > 0 && cfg.Data.SeqLen > mc.MaxPositions {
+		fmt.Fprintf(stderr, "train: warning: data.seq_len %d is past the model's max_position_embeddings %d (data.allow_long_seq)\n", cfg.Data.SeqLen, mc.MaxPositions)
+	}
+	// The data before the weights: it is the cheaper of the two to find wrong.
+	task, trainSet, evalSet, err := loadTrainingData(ctx, cfg, mc, pre.tok, stderr)
+	if err != nil {
+		return res, startErr(ctx, "reading the data", err)
+	}
+	long := countLong(cfg.Data.SeqLen, trainSet, evalSet)
 	// Each rank loads only the tensors of its own stage.
-	w, base, err := model.LoadSourceStage(cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
+	w, base, err := model.LoadSourceStage(ctx, cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
 	if err != nil {
-		return res, err
-	}
-	tok, err := LoadTokenizer(cfg, w.Config)
-	if err != nil {
-		return res, err
-	}
-	task, trainSet, evalSet, err := loadTrainingData(cfg, w.Config, tok, stderr)
-	if err != nil {
-		return res, err
+		return res, startErr(ctx, "loading the weights", err)
 	}
 	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Compute: compute}
 	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
@@ -171,7 +280,10 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	}
 	defer m.Close()
 
-	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, dist: d, train: trainSet, eval: evalSet, out: stderr, tok: tok, base: base, pending: notes,
+	if err := interrupted(ctx, "building the model"); err != nil {
+		return res, err
+	}
+	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, dist: d, train: trainSet, eval: evalSet, out: stderr, tok: pre.tok, long: long, base: base, pending: notes,
 		packer: data.Packer{T: cfg.Data.SeqLen, Pack: cfg.Data.Pack, PadID: 0},
 		adam:   optim.AdamW{Beta1: cfg.Train.Beta1, Beta2: cfg.Train.Beta2, Eps: cfg.Train.Eps, WeightDecay: cfg.Train.WeightDecay},
 		sched: optim.Schedule{Peak: cfg.Train.LR, MinRatio: cfg.Train.MinLRRatio, Warmup: cfg.Train.WarmupSteps,
@@ -194,7 +306,7 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	t.rng = rand.New(t.pcg)
 	if dir := place.Resume; dir != "" {
 		if t.startStep, err = t.restore(dir); err != nil {
-			return res, err
+			return res, startErr(ctx, "restoring the checkpoint", err)
 		}
 		if err := t.opt.restored(); err != nil {
 			return res, fmt.Errorf("resume: %w", err)
@@ -222,7 +334,8 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	optPlace, nccl := t.opt.where()
 	startAttrs := []any{"world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
 		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
-		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", optPlace, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes()}
+		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", optPlace, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes(),
+		"long_examples", long.count, "longest_example", long.longest, "seq_len", cfg.Data.SeqLen}
 	if d.plan.World > 1 {
 		startAttrs = append(startAttrs, "job_token", d.launch.TokenSource, "comm_timeout_s", d.launch.Timeout.Seconds(), "comm_timeout_from", d.launch.TimeoutSource)
 	}
@@ -262,8 +375,15 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 			defer t.util.close()
 		}
 	}
-	fmt.Fprintf(stderr, "train: %s on %s in %v, %s, %s trainable values on rank 0, %d training and %d eval examples, run dir %s\n",
-		cfg.Model, be.Name(), opts.Compute, cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cfg.RunDir)
+	if err := interrupted(ctx, "setting up"); err != nil {
+		return res, err
+	}
+	cut := ""
+	if long.count > 0 {
+		cut = fmt.Sprintf(" (%d longer than data.seq_len %d, cut to it; the longest has %d tokens)", long.count, cfg.Data.SeqLen, long.longest)
+	}
+	fmt.Fprintf(stderr, "train: %s on %s in %v, %s, %s trainable values on rank 0, %d training and %d eval examples%s, run dir %s\n",
+		cfg.Model, be.Name(), opts.Compute, cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cut, cfg.RunDir)
 	if d.plan.World > 1 {
 		fmt.Fprint(stderr, d.plan.String())
 	}
@@ -287,7 +407,6 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 			return res, err
 		}
 	}
-	best := min(evalLoss, res.BestEval)
 	if samples && d.IsRoot() && !res.Stopped {
 		if err := t.showSamples(task, "after training", stdout); err != nil {
 			return res, err
@@ -301,10 +420,43 @@ func RunOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, st
 	if res.Stopped {
 		fmt.Fprintf(stdout, "stopped by signal after step %d of %d; checkpoint written: continue with -resume\n", res.Steps, cfg.Train.Steps)
 	}
-	fmt.Fprintf(stdout, "done: %d steps, %s tokens in %s; train loss %.4f -> %.4f; eval loss %.4f over %d tokens (best %.4f)\n",
-		res.Steps, model.HumanCount(int64(res.Tokens)), elapsed.Round(time.Second), res.First, res.Last, evalLoss, evalTokens, best)
+	fmt.Fprintf(stdout, "done: %d steps, %s tokens in %s; %s; %s%s\n", res.Steps, model.HumanCount(int64(res.Tokens)), elapsed.Round(time.Second),
+		trainLossSummary(res), evalSummary(res, evalLoss, evalTokens), truncationSummary(res, cfg.Data.SeqLen))
 	fmt.Fprintf(stdout, "outputs: %s (metrics.jsonl, config.toml%s)\n", cfg.RunDir, saved)
 	return res, nil
+}
+
+// trainLossSummary compares the training loss at the start and the end of
+// the steps this process ran, each the mean of up to ten steps, as one
+// step's loss is noisy.
+func trainLossSummary(res Result) string {
+	switch res.MeanSteps {
+	case 0:
+		return fmt.Sprintf("train loss %.4f -> %.4f", res.First, res.Last)
+	case 1:
+		return fmt.Sprintf("train loss %.4f -> %.4f (first and last step)", res.FirstMean, res.LastMean)
+	}
+	return fmt.Sprintf("train loss %.4f -> %.4f (means of the first and last %d steps)", res.FirstMean, res.LastMean, res.MeanSteps)
+}
+
+// evalSummary is the final evaluation, or why there was none: a stopped run
+// skips it.
+func evalSummary(res Result, loss float64, tokens int) string {
+	if !res.Stopped {
+		return fmt.Sprintf("eval loss %.4f over %d tokens (best %.4f)", loss, tokens, min(loss, res.BestEval))
+	}
+	if math.IsInf(res.BestEval, 1) {
+		return "final evaluation skipped (stopped by a signal)"
+	}
+	return fmt.Sprintf("final evaluation skipped (stopped by a signal); best eval loss during the run %.4f", res.BestEval)
+}
+
+// truncationSummary counts the examples the steps cut to the sequence length.
+func truncationSummary(res Result, seqLen int) string {
+	if res.Truncated == 0 {
+		return ""
+	}
+	return fmt.Sprintf("; %d examples drawn were cut to data.seq_len %d", res.Truncated, seqLen)
 }
 
 // reportMemory logs what the model and the device optimizer hold on the device,
@@ -375,15 +527,29 @@ func (t *trainer) gpuUtil() []any {
 	return []any{"gpu_util_pct", math.Round(gpu), "gpu_mem_util_pct", math.Round(mem)}
 }
 
+// MethodAvailable reports whether this build can train with method: qlora's
+// 4-bit base weights are not implemented yet. train plan estimates every
+// method, and says so where it would offer one that Run refuses.
+func MethodAvailable(method string) bool { return method != "qlora" }
+
+// Unavailable says what a suggested change (flags such as "-pp 2 -method
+// qlora") asks for that this build cannot train, or "" when all of it can run.
+func Unavailable(change string) string {
+	f := strings.Fields(change)
+	for i := 0; i+1 < len(f); i++ {
+		if f[i] == "-method" && !MethodAvailable(f[i+1]) {
+			return f[i+1] + " is not yet available in this build"
+		}
+	}
+	return ""
+}
+
 // newAdapter returns the LoRA adapter a run trains (nil in full fine-tuning): a
 // fresh one, or the saved adapter lora.init_adapter names, whose hyper-parameters
 // must be this run's.
 func newAdapter(cfg config.Config, mc *model.Config) (*model.LoRA, error) {
-	switch cfg.Train.Method {
-	case "full":
-		return nil, nil
-	case "qlora":
-		return nil, errors.New("train.method qlora keeps 4-bit NF4 base weights on a GPU, which this build's CPU backend cannot; use -method lora on the CPU")
+	if cfg.Train.Method == "full" {
+		return nil, nil // preflight refused the methods this build cannot train
 	}
 	l, err := model.NewLoRA(mc, model.LoRAConfig{
 		Rank: cfg.LoRA.Rank, Alpha: cfg.LoRA.Alpha, Dropout: cfg.LoRA.Dropout,

@@ -3,9 +3,13 @@ package trainer
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -46,29 +50,74 @@ func TestRunTwoSteps(t *testing.T) {
 	}
 }
 
-// TestRunStopsWhenCancelled: a cancelled context (what SIGINT, SIGTERM and
-// SIGUSR1 do in the command) ends the run after its current step with a
-// checkpoint and the outputs, and no error.
+// cancelOnStep is stderr that cancels the run's context when the first
+// step's progress line arrives, as a signal during training would.
+type cancelOnStep struct {
+	bytes.Buffer
+	cancel context.CancelFunc
+}
+
+func (w *cancelOnStep) Write(p []byte) (int, error) {
+	if bytes.HasPrefix(p, []byte("step ")) {
+		w.cancel()
+	}
+	return w.Buffer.Write(p)
+}
+
+// TestRunStopsWhenCancelled: a context cancelled during training (what SIGINT,
+// SIGTERM and SIGUSR1 do in the command) ends the run after its current step
+// with a checkpoint and the outputs, and no error; the summary says the final
+// evaluation was skipped rather than printing NaN.
 func TestRunStopsWhenCancelled(t *testing.T) {
 	cfg := testConfig(t, func(c *config.Config) { c.Train.Steps = 1000 })
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	var out, errOut bytes.Buffer
-	res, err := Run(ctx, cfg, nil, &out, &errOut)
+	defer cancel()
+	var out bytes.Buffer
+	errOut := &cancelOnStep{cancel: cancel}
+	res, err := Run(ctx, cfg, nil, &out, errOut)
 	if err != nil {
 		t.Fatalf("run: %v\n%s", err, errOut.String())
 	}
-	if !res.Stopped || res.Steps != 1 {
-		t.Errorf("result %+v: want stopped after step 1", res)
+	// Step 1's line cancels; step 2 sees it and is the last.
+	if !res.Stopped || res.Steps != 2 {
+		t.Errorf("result %+v: want stopped after step 2", res)
 	}
-	if !strings.Contains(out.String(), "stopped by signal after step 1") {
+	if !strings.Contains(out.String(), "stopped by signal after step 2") {
 		t.Errorf("stdout lacks the stop message:\n%s", out.String())
 	}
-	if info, err := ckpt.Latest(cfg.RunDir); err != nil || info.Step != 1 {
-		t.Errorf("checkpoint after the stop: %+v, %v; want step 1", info, err)
+	if !strings.Contains(out.String(), "final evaluation skipped (stopped by a signal)") || strings.Contains(out.String(), "NaN") {
+		t.Errorf("the summary should say the evaluation was skipped, without NaN:\n%s", out.String())
+	}
+	if info, err := ckpt.Latest(cfg.RunDir); err != nil || info.Step != 2 {
+		t.Errorf("checkpoint after the stop: %+v, %v; want step 2", info, err)
 	}
 	if _, err := os.Stat(filepath.Join(cfg.RunDir, "model", "model.safetensors")); err != nil {
 		t.Errorf("outputs not written after the stop: %v", err)
+	}
+}
+
+// TestRunInterruptedDuringStartUp: a signal before the first step ends the
+// run at once with an error saying so, with nothing trained or checkpointed:
+// here Llama 3.1 8B's 31 GB of random weights are never built.
+func TestRunInterruptedDuringStartUp(t *testing.T) {
+	cfg := testConfig(t, func(c *config.Config) { c.Model, c.Train.Method, c.Train.Steps = "random:llama-3.1-8b", "lora", 2 })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	res, err := Run(ctx, cfg, nil, io.Discard, io.Discard)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "interrupted while") || !strings.Contains(err.Error(), "nothing was trained") || !errors.Is(err, context.Canceled) {
+		t.Fatalf("want an error saying start-up was interrupted, got %v", err)
+	}
+	if res.Steps != 0 {
+		t.Errorf("%d steps ran", res.Steps)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<30 {
+		t.Errorf("the interrupted start-up allocated %d MB: it built the model", grew>>20)
+	}
+	if _, err := ckpt.Latest(cfg.RunDir); err == nil {
+		t.Error("an interrupted start-up wrote a checkpoint")
 	}
 }
 
@@ -290,5 +339,160 @@ func TestResumeCarriesTokensAndSchedule(t *testing.T) {
 	_, _, stderr = mustRun(t, c)
 	if !strings.Contains(stderr, "had train.steps 6 and this one has 12") {
 		t.Errorf("resuming with another train.steps said nothing of the schedule:\n%s", stderr)
+	}
+}
+
+// TestRunChecksInputsFirst: every input that can be checked cheaply is
+// checked before anything expensive starts: each mistake below fails with
+// its own message before Llama 3.1 8B's 31 GB of random weights are built
+// (the allocations say so).
+func TestRunChecksInputsFirst(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.jsonl")
+	os.WriteFile(bad, []byte("{\"input_ids\": \"x\"}\n"), 0o644)
+	text := filepath.Join(dir, "text.jsonl")
+	os.WriteFile(text, []byte("{\"text\": \"Once upon a time\"}\n"), 0o644)
+	good := filepath.Join(dir, "good.jsonl")
+	os.WriteFile(good, []byte("{\"input_ids\": [1, 2, 3]}\n"), 0o644)
+	notDir := filepath.Join(dir, "file")
+	os.WriteFile(notDir, nil, 0o644)
+	for _, tc := range []struct {
+		edit func(c *config.Config)
+		want string
+	}{
+		{func(c *config.Config) { c.Tokenizer = dir }, "tokenizer.json"},
+		{func(c *config.Config) { c.Data.Train = filepath.Join(dir, "missing.jsonl") }, "missing.jsonl"},
+		{func(c *config.Config) { c.Data.Train = bad }, "bad.jsonl:1:"},
+		{func(c *config.Config) { c.Data.Train, c.Data.Eval = good, bad }, "data.eval: " + bad + ":1:"},
+		{func(c *config.Config) { c.Data.Train = text }, "needs a tokenizer"},
+		{func(c *config.Config) { c.RunDir = filepath.Join(notDir, "run") }, "run dir"},
+		{func(c *config.Config) { c.Train.Method = "qlora" }, "qlora"},
+		{func(c *config.Config) { c.Ckpt.Resume = filepath.Join(dir, "no-checkpoint") }, "ckpt.resume"},
+	} {
+		cfg := testConfig(t, func(c *config.Config) {
+			c.Model, c.Train.Method, c.Train.Steps = "random:llama-3.1-8b", "lora", 2
+			tc.edit(c)
+		})
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, _, stderr, err := run(t, cfg)
+		runtime.ReadMemStats(&after)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("want an error containing %q, got %v\n%s", tc.want, err, stderr)
+		}
+		if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<30 {
+			t.Errorf("%q: %d MB allocated before the error: the model was built first", tc.want, grew>>20)
+		}
+	}
+}
+
+// TestRunTokenizerDirectory: -tokenizer takes a directory holding
+// tokenizer.json, as train export does.
+func TestRunTokenizerDirectory(t *testing.T) {
+	cfg := storiesConfig(t, "lora", 2, func(c *config.Config) { c.Tokenizer = storiesDir })
+	if res, _, _ := mustRun(t, cfg); res.Steps != 2 {
+		t.Errorf("%d steps, want 2", res.Steps)
+	}
+}
+
+// TestRunRefusesSeqPastContext: a sequence length beyond the model's
+// max_position_embeddings (stories260K: 512) is refused, naming the limit and
+// the override; with data.allow_long_seq it trains, with a warning.
+func TestRunRefusesSeqPastContext(t *testing.T) {
+	cfg := storiesConfig(t, "lora", 1, func(c *config.Config) { c.Data.SeqLen, c.Train.MicroBatch = 1024, 1 })
+	_, _, _, err := run(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "max_position_embeddings") || !strings.Contains(err.Error(), "-allow-long-seq") || !strings.Contains(err.Error(), "512") {
+		t.Fatalf("want a refusal naming max_position_embeddings 512 and -allow-long-seq, got %v", err)
+	}
+	cfg.Data.AllowLongSeq = true
+	_, _, stderr := mustRun(t, cfg)
+	if !strings.Contains(stderr, "past the model's max_position_embeddings 512") {
+		t.Errorf("no warning with data.allow_long_seq:\n%s", stderr)
+	}
+}
+
+// TestRunRefusesMismatchedTensors: a config.json whose tensors are not those
+// of the weights beside it (here stories260K's weights under a valid but huge
+// config: hidden 131072, 1024 layers) fails before planning, naming the
+// tensor, where it used to spend ten minutes planning first.
+func TestRunRefusesMismatchedTensors(t *testing.T) {
+	requireStories(t)
+	dir := t.TempDir()
+	weights, err := os.ReadFile(filepath.Join(storiesDir, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "model.safetensors"), weights, 0o644)
+	os.WriteFile(filepath.Join(dir, "config.json"), []byte(`{"architectures": ["LlamaForCausalLM"], "model_type": "llama",
+		"hidden_size": 131072, "intermediate_size": 458752, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+		"num_key_value_heads": 128, "vocab_size": 512, "max_position_embeddings": 8192, "tie_word_embeddings": true}`), 0o644)
+	cfg := testConfig(t, func(c *config.Config) { c.Model, c.Train.Method, c.Train.Steps = dir, "lora", 1 })
+	_, _, _, err = run(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "model.embed_tokens.weight has shape [512 64], but config.json implies [512 131072]") ||
+		!strings.Contains(err.Error(), "train check") {
+		t.Fatalf("want an error naming the mis-shaped tensor, got %v", err)
+	}
+}
+
+// TestRunCountsTruncation: examples longer than data.seq_len are counted in
+// the start-up line, the rank log (at start and in every step) and the
+// summary.
+func TestRunCountsTruncation(t *testing.T) {
+	cfg := storiesConfig(t, "lora", 3, func(c *config.Config) { c.Data.SeqLen = 16 })
+	res, stdout, stderr := mustRun(t, cfg)
+	if !strings.Contains(stderr, "longer than data.seq_len 16, cut to it; the longest has") {
+		t.Errorf("the start-up line does not count the long examples:\n%s", stderr)
+	}
+	if res.Truncated == 0 || !strings.Contains(stdout, fmt.Sprintf("; %d examples drawn were cut to data.seq_len 16", res.Truncated)) {
+		t.Errorf("the summary does not count the %d cut examples:\n%s", res.Truncated, stdout)
+	}
+	log, err := os.ReadFile(filepath.Join(cfg.RunDir, "logs", "rank-00000.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), `"long_examples":`) || strings.Contains(string(log), `"long_examples":0`) ||
+		!strings.Contains(string(log), fmt.Sprintf(`"truncated_examples":%d`, res.Truncated)) {
+		t.Errorf("the rank log does not count the long and cut examples:\n%s", log)
+	}
+}
+
+// TestRunNamesTruncationWhenAllCut: prompt/completion data whose prompts are
+// longer than data.seq_len leaves a step (or the evaluation) nothing to
+// score; the error says that truncation cut the completions off, not that
+// the labels are masked.
+func TestRunNamesTruncationWhenAllCut(t *testing.T) {
+	requireStories(t)
+	path := filepath.Join(t.TempDir(), "pc.jsonl")
+	var lines []string
+	for i := 0; i < 8; i++ {
+		lines = append(lines, fmt.Sprintf(`{"prompt": "%s", "completion": " The end %d."}`, strings.Repeat("Once upon a time there was a girl. ", 8), i))
+	}
+	os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o644)
+	cfg := storiesConfig(t, "lora", 2, func(c *config.Config) { c.Data.Train = path })
+	_, _, _, err := run(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "was cut off") || !strings.Contains(err.Error(), "data.seq_len 64") || !strings.Contains(err.Error(), "raise -seq") {
+		t.Fatalf("want an error naming truncation, got %v", err)
+	}
+	// The same data as the evaluation set: training runs, the evaluation says why it has nothing to score.
+	cfg = storiesConfig(t, "lora", 2, func(c *config.Config) { c.Data.Eval = path })
+	_, _, _, err = run(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "every scored label lies past data.seq_len 64 and was cut off") {
+		t.Fatalf("want the evaluation to name truncation, got %v", err)
+	}
+}
+
+// TestRunSummaryMeans: the summary compares the mean loss of the first and
+// the last steps (up to ten, at most half the run), not two single steps.
+func TestRunSummaryMeans(t *testing.T) {
+	cfg := testConfig(t, func(c *config.Config) { c.Train.Steps = 8 })
+	res, stdout, _ := mustRun(t, cfg)
+	losses := metricValues(t, cfg.RunDir, "loss")
+	first := (losses[1] + losses[2] + losses[3] + losses[4]) / 4
+	last := (losses[5] + losses[6] + losses[7] + losses[8]) / 4
+	if res.MeanSteps != 4 || math.Abs(res.FirstMean-first) > 1e-12 || math.Abs(res.LastMean-last) > 1e-12 {
+		t.Errorf("means %v -> %v over %d steps; the metrics give %v -> %v over 4", res.FirstMean, res.LastMean, res.MeanSteps, first, last)
+	}
+	if want := fmt.Sprintf("train loss %.4f -> %.4f (means of the first and last 4 steps)", first, last); !strings.Contains(stdout, want) {
+		t.Errorf("summary lacks %q:\n%s", want, stdout)
 	}
 }

@@ -73,20 +73,30 @@ func newAttnProblem(rng *rand.Rand, dt ops.DType, B, T, H, KVH, D, segLen int) *
 // AttentionForward then AttentionBackward, and downloads out, lse, dq, dk, dv.
 func (pr *attnProblem) run(t *testing.T, be ops.Backend, dt ops.DType) map[string][]float64 {
 	t.Helper()
+	res, err := pr.compute(be, dt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// compute is run returning its error (for goroutines other than the test's).
+func (pr *attnProblem) compute(be ops.Backend, dt ops.DType) (map[string][]float64, error) {
 	var bufs []ops.Buf
 	defer func() {
 		for _, x := range bufs {
 			be.Free(x)
 		}
 	}()
+	var err error
 	put := func(dt ops.DType, v []float32) ops.Buf {
-		x, err := be.Alloc(dt, len(v))
-		if err != nil {
-			t.Fatal(err)
+		x, e := be.Alloc(dt, len(v))
+		if e == nil {
+			bufs = append(bufs, x)
+			e = be.Upload(x, v)
 		}
-		bufs = append(bufs, x)
-		if err := be.Upload(x, v); err != nil {
-			t.Fatal(err)
+		if err == nil {
+			err = e
 		}
 		return x
 	}
@@ -97,16 +107,14 @@ func (pr *attnProblem) run(t *testing.T, be ops.Backend, dt ops.DType) map[strin
 	}
 	out, lse := put(dt, nans(B*T*H*D)), put(ops.F32, nans(B*H*T))
 	var seg ops.Buf
-	if pr.seg != nil {
-		x, err := be.Alloc(ops.I32, len(pr.seg))
-		if err != nil {
-			t.Fatal(err)
+	if pr.seg != nil && err == nil {
+		if seg, err = be.Alloc(ops.I32, len(pr.seg)); err == nil {
+			bufs = append(bufs, seg)
+			err = be.UploadInt(seg, pr.seg)
 		}
-		bufs = append(bufs, x)
-		if err := be.UploadInt(x, pr.seg); err != nil {
-			t.Fatal(err)
-		}
-		seg = x
+	}
+	if err != nil {
+		return nil, err
 	}
 	be.AttentionForward(out, lse, in["q"], in["k"], in["v"], seg, B, T, H, KVH, D)
 	be.AttentionBackward(in["dq"], in["dk"], in["dv"], in["dout"], in["q"], in["k"], in["v"], lse, seg, B, T, H, KVH, D)
@@ -114,11 +122,11 @@ func (pr *attnProblem) run(t *testing.T, be ops.Backend, dt ops.DType) map[strin
 	for name, x := range map[string]ops.Buf{"out": out, "lse": lse, "dq": in["dq"], "dk": in["dk"], "dv": in["dv"]} {
 		v := make([]float64, x.Len())
 		if err := be.Download64(v, x); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		res[name] = v
 	}
-	return res
+	return res, nil
 }
 
 // compareAttn fails t where an output of got differs from want by more than
@@ -299,13 +307,17 @@ func TestAttentionFlash(t *testing.T) {
 	be := gpu(t)
 	cases := flashCases()
 	probs := make([]*attnProblem, len(cases))
-	refs := make([]chan map[string][]float64, len(cases))
+	type ref struct {
+		vals map[string][]float64
+		err  error
+	}
+	refs := make([]chan ref, len(cases))
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for i, c := range cases {
 		probs[i] = newFlashProblem(rand.New(rand.NewPCG(uint64(21+i), uint64(c.T))), c)
-		refs[i] = make(chan map[string][]float64, 1)
+		refs[i] = make(chan ref, 1)
 	}
 	for i := len(cases) - 1; i >= 0; i-- { // the largest (last) first
 		wg.Add(1)
@@ -313,7 +325,8 @@ func TestAttentionFlash(t *testing.T) {
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			refs[i] <- probs[i].run(t, ops.NewCPU64(), ops.F32)
+			vals, err := probs[i].compute(ops.NewCPU64(), ops.F32)
+			refs[i] <- ref{vals, err}
 		}()
 	}
 	fb := flashAttn{be}
@@ -330,8 +343,12 @@ func TestAttentionFlash(t *testing.T) {
 				}
 			}
 		}
-		want := <-refs[i]
-		worst := ""
+		r := <-refs[i]
+		if r.err != nil {
+			t.Fatalf("%v: CPU reference: %v", c, r.err)
+		}
+		want := r.vals
+		errs := ""
 		for _, name := range []string{"out", "lse", "dq", "dk", "dv"} {
 			if c.T == 1 && (name == "dq" || name == "dk") {
 				// One key per row: softmax's gradient is zero; the flash
@@ -346,9 +363,9 @@ func TestAttentionFlash(t *testing.T) {
 				t.Errorf("%v %s: relative L2 error %.3g (bar 1e-2), worst element %.3g of the largest (bar 5e-2)",
 					c, name, rel, el)
 			}
-			worst += fmt.Sprintf(" %s %.1e", name, rel)
+			errs += fmt.Sprintf(" %s %.1e", name, rel)
 		}
-		t.Logf("%v: relative L2%s", c, worst)
+		t.Logf("%v: error%s", c, errs)
 	}
 }
 

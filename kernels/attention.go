@@ -8,7 +8,10 @@ import (
 
 // Training attention as cuBLAS GEMMs ("math" attention, as PyTorch's SDPA
 // without flash), so that its FLOPs run on the tensor cores; the kernels of
-// attention.cu only do the row work between the GEMMs (mask, softmax, dS).
+// attention.cu only do the row work between the GEMMs (mask, softmax, dS). It
+// serves float32 data and head dims other than 64 and 128; bf16 at those head
+// dims takes flash attention (flash_attention.go), and AttentionForwardGEMM /
+// AttentionBackwardGEMM stay callable for tests and benchmarks.
 //
 // Per batch row b, chunk of query rows [t0,t1) and group index g (query head
 // h = kvh*rep + g reads key/value head kvh, rep = H/KVH), one strided-batched
@@ -88,11 +91,16 @@ func planAttention(T, KVH, D int, dt ops.DType, limit int64) attnPlan {
 }
 
 // AttentionWorkspaceBytes is the device memory that AttentionForward and
-// AttentionBackward keep beside the caller's buffers for a batch of rows of T
-// tokens (B does not matter: rows run one after another), for memory plans.
-func AttentionWorkspaceBytes(T, KVH, D int, dt ops.DType) int64 {
-	if T <= 0 || KVH <= 0 || D <= 0 {
+// AttentionBackward keep beside the caller's buffers for B rows of T tokens,
+// for memory plans: flash attention's delta (B×H×T floats) where it applies
+// (AttentionKernel), else the GEMM attention's plan (B does not matter there:
+// rows run one after another).
+func AttentionWorkspaceBytes(B, T, H, KVH, D int, dt ops.DType) int64 {
+	if B <= 0 || T <= 0 || H <= 0 || KVH <= 0 || D <= 0 {
 		return 0
+	}
+	if AttentionKernel(dt, D) == "flash" {
+		return flashWorkspaceBytes(B, T, H)
 	}
 	return planAttention(T, KVH, D, dt, attnWorkspaceLimit).bytes
 }
@@ -289,46 +297,71 @@ func (b *Backend) attnShape(op string, B, T, H, KVH, D int) bool {
 	return b.attnDims(op, H, KVH, D, 0)
 }
 
-// AttentionForward: see ops.Backend, and the top of this file for how.
-func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
-	const op = "AttentionForward"
-	if !b.attnShape(op, B, T, H, KVH, D) {
-		return
-	}
-	N := B * T
-	o, l := b.data(out, N*H*D, op, "out"), b.f(lse, B*H*T, op, "lse")
-	qv, kv, vv := b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
-	sg := b.i(seg, N, op, "seg", true)
-	b.same(op, out, q, k, v)
-	if b.err != nil || N == 0 {
-		return
-	}
-	a := b.newAttn(op, q.DType(), sg, B, T, H, KVH, D)
-	if a == nil {
-		return
-	}
-	b.run(op, func(d *device) error { return a.forward(d, o, l, qv, kv, vv) })
+// attnPtrs are a training attention call's device pointers (0 for a nil seg).
+type attnPtrs struct {
+	out, lse, q, k, v, seg uint64
+	dq, dk, dv, dout       uint64 // backward
 }
 
-// AttentionBackward: dq, dk, dv += the gradients (ops.Backend); see the top of
-// this file for how.
-func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
-	const op = "AttentionBackward"
+// attnForwardArgs checks AttentionForward's arguments as ops.CPU does (sizes,
+// f32 lse, one data type) and returns the pointers; false after a recorded
+// error or when there is nothing to do (B*T == 0).
+func (b *Backend) attnForwardArgs(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) (attnPtrs, bool) {
+	const op = "AttentionForward"
+	var p attnPtrs
 	if !b.attnShape(op, B, T, H, KVH, D) {
-		return
+		return p, false
 	}
 	N := B * T
-	dqv, dkv, dvv := b.data(dq, N*H*D, op, "dq"), b.data(dk, N*KVH*D, op, "dk"), b.data(dv, N*KVH*D, op, "dv")
-	do, l := b.data(dout, N*H*D, op, "dout"), b.f(lse, B*H*T, op, "lse")
-	qv, kv, vv := b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
-	sg := b.i(seg, N, op, "seg", true)
+	p.out, p.lse = b.data(out, N*H*D, op, "out"), b.f(lse, B*H*T, op, "lse")
+	p.q, p.k, p.v = b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
+	p.seg = b.i(seg, N, op, "seg", true)
+	b.same(op, out, q, k, v)
+	return p, b.err == nil && N > 0
+}
+
+// attnBackwardArgs is attnForwardArgs for AttentionBackward (no out).
+func (b *Backend) attnBackwardArgs(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) (attnPtrs, bool) {
+	const op = "AttentionBackward"
+	var p attnPtrs
+	if !b.attnShape(op, B, T, H, KVH, D) {
+		return p, false
+	}
+	N := B * T
+	p.dq, p.dk, p.dv = b.data(dq, N*H*D, op, "dq"), b.data(dk, N*KVH*D, op, "dk"), b.data(dv, N*KVH*D, op, "dv")
+	p.dout, p.lse = b.data(dout, N*H*D, op, "dout"), b.f(lse, B*H*T, op, "lse")
+	p.q, p.k, p.v = b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
+	p.seg = b.i(seg, N, op, "seg", true)
 	b.same(op, dq, dk, dv, dout, q, k, v)
-	if b.err != nil || N == 0 {
+	return p, b.err == nil && N > 0
+}
+
+// AttentionForwardGEMM is AttentionForward (ops.Backend) by the GEMM
+// attention, for any data type and head dim; see the top of this file for how.
+func (b *Backend) AttentionForwardGEMM(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
+	p, ok := b.attnForwardArgs(out, lse, q, k, v, seg, B, T, H, KVH, D)
+	if !ok {
 		return
 	}
-	a := b.newAttn(op, q.DType(), sg, B, T, H, KVH, D)
+	a := b.newAttn("AttentionForward", q.DType(), p.seg, B, T, H, KVH, D)
 	if a == nil {
 		return
 	}
-	b.run(op, func(d *device) error { return a.backward(d, dqv, dkv, dvv, do, qv, kv, vv, l) })
+	b.run("AttentionForward", func(d *device) error { return a.forward(d, p.out, p.lse, p.q, p.k, p.v) })
+}
+
+// AttentionBackwardGEMM is AttentionBackward (ops.Backend) by the GEMM
+// attention: dq, dk, dv += the gradients; see the top of this file for how.
+func (b *Backend) AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	p, ok := b.attnBackwardArgs(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+	if !ok {
+		return
+	}
+	a := b.newAttn("AttentionBackward", q.DType(), p.seg, B, T, H, KVH, D)
+	if a == nil {
+		return
+	}
+	b.run("AttentionBackward", func(d *device) error {
+		return a.backward(d, p.dq, p.dk, p.dv, p.dout, p.q, p.k, p.v, p.lse)
+	})
 }

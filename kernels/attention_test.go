@@ -4,11 +4,36 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
+	"sync"
 	"testing"
 	"time"
 
 	"train/ops"
 )
+
+// gemmAttn and flashAttn are the Backend with its training attention pinned to
+// one implementation (AttentionForward and AttentionBackward otherwise choose
+// by data type and head dim).
+type gemmAttn struct{ *Backend }
+
+func (g gemmAttn) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
+	g.AttentionForwardGEMM(out, lse, q, k, v, seg, B, T, H, KVH, D)
+}
+
+func (g gemmAttn) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	g.AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+}
+
+type flashAttn struct{ *Backend }
+
+func (f flashAttn) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
+	f.AttentionForwardFlash(out, lse, q, k, v, seg, B, T, H, KVH, D)
+}
+
+func (f flashAttn) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	f.AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+}
 
 // attnProblem is one training attention's inputs, held on the host: q, k, v,
 // dout, and the initial dq, dk, dv (the backward adds to them). For BF16 runs
@@ -48,20 +73,30 @@ func newAttnProblem(rng *rand.Rand, dt ops.DType, B, T, H, KVH, D, segLen int) *
 // AttentionForward then AttentionBackward, and downloads out, lse, dq, dk, dv.
 func (pr *attnProblem) run(t *testing.T, be ops.Backend, dt ops.DType) map[string][]float64 {
 	t.Helper()
+	res, err := pr.compute(be, dt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+// compute is run returning its error (for goroutines other than the test's).
+func (pr *attnProblem) compute(be ops.Backend, dt ops.DType) (map[string][]float64, error) {
 	var bufs []ops.Buf
 	defer func() {
 		for _, x := range bufs {
 			be.Free(x)
 		}
 	}()
+	var err error
 	put := func(dt ops.DType, v []float32) ops.Buf {
-		x, err := be.Alloc(dt, len(v))
-		if err != nil {
-			t.Fatal(err)
+		x, e := be.Alloc(dt, len(v))
+		if e == nil {
+			bufs = append(bufs, x)
+			e = be.Upload(x, v)
 		}
-		bufs = append(bufs, x)
-		if err := be.Upload(x, v); err != nil {
-			t.Fatal(err)
+		if err == nil {
+			err = e
 		}
 		return x
 	}
@@ -72,16 +107,14 @@ func (pr *attnProblem) run(t *testing.T, be ops.Backend, dt ops.DType) map[strin
 	}
 	out, lse := put(dt, nans(B*T*H*D)), put(ops.F32, nans(B*H*T))
 	var seg ops.Buf
-	if pr.seg != nil {
-		x, err := be.Alloc(ops.I32, len(pr.seg))
-		if err != nil {
-			t.Fatal(err)
+	if pr.seg != nil && err == nil {
+		if seg, err = be.Alloc(ops.I32, len(pr.seg)); err == nil {
+			bufs = append(bufs, seg)
+			err = be.UploadInt(seg, pr.seg)
 		}
-		bufs = append(bufs, x)
-		if err := be.UploadInt(x, pr.seg); err != nil {
-			t.Fatal(err)
-		}
-		seg = x
+	}
+	if err != nil {
+		return nil, err
 	}
 	be.AttentionForward(out, lse, in["q"], in["k"], in["v"], seg, B, T, H, KVH, D)
 	be.AttentionBackward(in["dq"], in["dk"], in["dv"], in["dout"], in["q"], in["k"], in["v"], lse, seg, B, T, H, KVH, D)
@@ -89,11 +122,11 @@ func (pr *attnProblem) run(t *testing.T, be ops.Backend, dt ops.DType) map[strin
 	for name, x := range map[string]ops.Buf{"out": out, "lse": lse, "dq": in["dq"], "dk": in["dk"], "dv": in["dv"]} {
 		v := make([]float64, x.Len())
 		if err := be.Download64(v, x); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		res[name] = v
 	}
-	return res
+	return res, nil
 }
 
 // compareAttn fails t where an output of got differs from want by more than
@@ -107,7 +140,8 @@ func compareAttn(t *testing.T, what string, got, want map[string][]float64, tol 
 	}
 }
 
-// TestAttentionGEMM holds the GEMM attention to the float64 CPU reference at
+// TestAttentionGEMM holds the GEMM attention (pinned: bf16 at D 64 and 128
+// would take flash attention) to the float64 CPU reference at
 // shapes larger and odder than opstest's: T 300 (a partial last tile), D 128
 // and 64, GQA 4:1, no GQA, one token, with and without segments, in float32
 // (1e-5) and mixed precision (bf16 data, 2e-2).
@@ -125,7 +159,7 @@ func TestAttentionGEMM(t *testing.T) {
 				for _, segLen := range []int{0, 37} {
 					pr := newAttnProblem(rng, c.dt, s.B, s.T, s.H, s.KVH, s.D, segLen)
 					what := fmt.Sprintf("B %d T %d H %d KVH %d D %d seg %d", s.B, s.T, s.H, s.KVH, s.D, segLen)
-					compareAttn(t, what, pr.run(t, be, c.dt), pr.run(t, ref, ops.F32), c.tol)
+					compareAttn(t, what, pr.run(t, gemmAttn{be}, c.dt), pr.run(t, ref, ops.F32), c.tol)
 				}
 			}
 		})
@@ -143,7 +177,8 @@ func TestAttentionChunks(t *testing.T) {
 		tol float64
 	}{{ops.F32, 1e-5}, {ops.BF16, 2e-2}} {
 		t.Run(c.dt.String(), func(t *testing.T) {
-			be := gpu(t)
+			b := gpu(t)
+			be := gemmAttn{b}
 			if rows := planAttention(T, KVH, D, c.dt, attnWorkspaceLimit).rows; rows != T {
 				t.Fatalf("default plan: %d rows per chunk, want all %d", rows, T)
 			}
@@ -154,9 +189,9 @@ func TestAttentionChunks(t *testing.T) {
 			}
 			for _, segLen := range []int{0, 37} {
 				pr := newAttnProblem(rand.New(rand.NewPCG(15, uint64(segLen))), c.dt, B, T, H, KVH, D, segLen)
-				be.attnLimit = 0
+				b.attnLimit = 0
 				one := pr.run(t, be, c.dt)
-				be.attnLimit = limit
+				b.attnLimit = limit
 				chunked, again := pr.run(t, be, c.dt), pr.run(t, be, c.dt)
 				what := fmt.Sprintf("seg %d: 5 chunks vs 1", segLen)
 				compareAttn(t, what, chunked, one, c.tol/10)
@@ -174,18 +209,211 @@ func TestAttentionChunks(t *testing.T) {
 	}
 }
 
-// TestAttentionTiming logs the attention's speed at the Llama-3.1-70B shape
-// (H 64, KVH 8, D 128), batch 1, bf16, T 2048 and 8192: ms per call and
-// TFLOP/s counting the causal half (forward 4·T²/2·D·H, backward 2.5 times
-// that). It asserts nothing about time. Skipped with -short.
+// flashCase is one shape of TestAttentionFlash; acc: the gradients start at
+// random values (checks that the backward adds), else at zero (so the
+// comparison measures the gradients themselves, not bf16's rounding of a
+// larger sum).
+type flashCase struct {
+	B, T, H, KVH, D, segLen int
+	acc                     bool
+}
+
+func (c flashCase) String() string {
+	s := fmt.Sprintf("B %d T %d H %d KVH %d D %d seg %d", c.B, c.T, c.H, c.KVH, c.D, c.segLen)
+	if c.acc {
+		s += " acc"
+	}
+	return s
+}
+
+// flashCases: T in {1, 17, 128, 1000, 4096} x D in {64, 128} x GQA ratio in
+// {1, 4, 8} x without and with segments (about 2T/5 long: the second starts
+// mid-tile and crosses into the next batch row), plus short segments (37
+// tokens: several per tile) and accumulation into nonzero gradients. Two batch
+// rows and two key/value heads up to T 1000; one row of one key/value head
+// (ratio 1: two) at 4096, where the CPU reference dominates the test's time.
+func flashCases() []flashCase {
+	var cs []flashCase
+	for _, T := range []int{1, 17, 128, 1000, 4096} {
+		for _, D := range []int{64, 128} {
+			for _, r := range []int{1, 4, 8} {
+				B, KVH := 2, 2
+				if T == 4096 {
+					B = 1
+					if r > 1 {
+						KVH = 1
+					}
+				}
+				for _, segLen := range []int{0, 2*T/5 + 3} {
+					cs = append(cs, flashCase{B: B, T: T, H: r * KVH, KVH: KVH, D: D, segLen: segLen})
+				}
+			}
+			if T == 128 || T == 1000 {
+				cs = append(cs, flashCase{B: 2, T: T, H: 8, KVH: 2, D: D, segLen: 37},
+					flashCase{B: 2, T: T, H: 8, KVH: 2, D: D, segLen: 37, acc: true})
+			}
+		}
+	}
+	return cs
+}
+
+// newFlashProblem is newAttnProblem with q three times larger (peaked rows:
+// the online softmax's rescaling matters) and the gradients zero unless c.acc.
+func newFlashProblem(rng *rand.Rand, c flashCase) *attnProblem {
+	pr := newAttnProblem(rng, ops.BF16, c.B, c.T, c.H, c.KVH, c.D, c.segLen)
+	for i, x := range pr.vals["q"] {
+		pr.vals["q"][i] = ops.RoundBF16(3 * x)
+	}
+	if !c.acc {
+		for _, name := range []string{"dq", "dk", "dv"} {
+			clear(pr.vals[name])
+		}
+	}
+	return pr
+}
+
+// worstElement is max |got-want| over max |want| (NaN if got has one): a
+// wrong row or tile that relative L2 over a large tensor would dilute.
+func worstElement(got, want []float64) float64 {
+	var d, m float64
+	for i := range want {
+		if math.IsNaN(got[i]) {
+			return math.NaN()
+		}
+		d, m = max(d, math.Abs(got[i]-want[i])), max(m, math.Abs(want[i]))
+	}
+	return d / max(m, 1e-300)
+}
+
+// maxAbs is the largest |x| (NaN if x has one).
+func maxAbs(x []float64) float64 {
+	var m float64
+	for _, v := range x {
+		if math.IsNaN(v) {
+			return v
+		}
+		m = max(m, math.Abs(v))
+	}
+	return m
+}
+
+// TestAttentionFlash holds the flash kernels (pinned) to the float64 CPU
+// reference on fresh random bf16 inputs (out and lse poisoned with NaN):
+// relative L2 within 1e-2 for out, lse, dq, dk and dv, and no element off by
+// more than 5e-2 of the tensor's largest. The first case also runs twice:
+// the same bits (deterministic). The references run concurrently on the CPU
+// ahead of the GPU.
+func TestAttentionFlash(t *testing.T) {
+	be := gpu(t)
+	cases := flashCases()
+	probs := make([]*attnProblem, len(cases))
+	type ref struct {
+		vals map[string][]float64
+		err  error
+	}
+	refs := make([]chan ref, len(cases))
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i, c := range cases {
+		probs[i] = newFlashProblem(rand.New(rand.NewPCG(uint64(21+i), uint64(c.T))), c)
+		refs[i] = make(chan ref, 1)
+	}
+	for i := len(cases) - 1; i >= 0; i-- { // the largest (last) first
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			vals, err := probs[i].compute(ops.NewCPU64(), ops.F32)
+			refs[i] <- ref{vals, err}
+		}()
+	}
+	fb := flashAttn{be}
+	for i, c := range cases {
+		got := probs[i].run(t, fb, ops.BF16)
+		if i == 0 {
+			again := probs[i].run(t, fb, ops.BF16)
+			for name, v := range got {
+				for j := range v {
+					if math.Float64bits(v[j]) != math.Float64bits(again[name][j]) {
+						t.Errorf("%v: %s[%d] is %v, then %v: not deterministic", c, name, j, v[j], again[name][j])
+						break
+					}
+				}
+			}
+		}
+		r := <-refs[i]
+		if r.err != nil {
+			t.Fatalf("%v: CPU reference: %v", c, r.err)
+		}
+		want := r.vals
+		errs := ""
+		for _, name := range []string{"out", "lse", "dq", "dk", "dv"} {
+			if c.T == 1 && (name == "dq" || name == "dk") {
+				// One key per row: softmax's gradient is zero; the flash
+				// backward's is rounding (its delta is dout·out, as FA2's).
+				if m, bar := maxAbs(got[name]), 1e-2*maxAbs(want["dv"]); !(m <= bar) {
+					t.Errorf("%v %s: largest element %.3g, want ~0 (at most 1e-2 of dv's largest: %.3g)", c, name, m, bar)
+				}
+				continue
+			}
+			rel, el := relL2(got[name], want[name]), worstElement(got[name], want[name])
+			if !(rel <= 1e-2) || !(el <= 5e-2) {
+				t.Errorf("%v %s: relative L2 error %.3g (bar 1e-2), worst element %.3g of the largest (bar 5e-2)",
+					c, name, rel, el)
+			}
+			errs += fmt.Sprintf(" %s %.1e", name, rel)
+		}
+		t.Logf("%v: error%s", c, errs)
+	}
+}
+
+// TestAttentionKernel: the choice between flash and GEMM attention.
+func TestAttentionKernel(t *testing.T) {
+	for _, c := range []struct {
+		dt   ops.DType
+		D    int
+		want string
+	}{{ops.BF16, 128, "flash"}, {ops.BF16, 64, "flash"}, {ops.BF16, 80, "gemm"}, {ops.F32, 128, "gemm"}} {
+		if got := AttentionKernel(c.dt, c.D); got != c.want {
+			t.Errorf("AttentionKernel(%v, %d) = %q, want %q", c.dt, c.D, got, c.want)
+		}
+	}
+	if flashTakes(ops.BF16, 128, 32, 256, 4096+8) {
+		t.Error("flashTakes accepts a buffer that is not 16-byte aligned")
+	}
+	if got, want := AttentionWorkspaceBytes(2, 8192, 32, 8, 128, ops.BF16), int64(4*2*32*8192); got != want {
+		t.Errorf("flash workspace %d bytes, want %d (delta)", got, want)
+	}
+	if got, want := AttentionWorkspaceBytes(1, 300, 8, 2, 128, ops.F32), planAttention(300, 2, 128, ops.F32, attnWorkspaceLimit).bytes; got != want {
+		t.Errorf("GEMM workspace %d bytes, want the plan's %d", got, want)
+	}
+}
+
+// attnTiming is one line of TestAttentionTiming: ms per call and TFLOP/s.
+type attnTiming struct {
+	T                      int
+	path                   string
+	fwd, bwd, fwdTF, bwdTF float64
+}
+
+// both is forward+backward TFLOP/s: 3.5 forward units over the two times.
+func both(r attnTiming) float64 { return 3.5 * r.fwdTF * r.fwd / (r.fwd + r.bwd) }
+
+// TestAttentionTiming logs the speed of the flash and the GEMM attention at the
+// Llama-3.1-8B shape (H 32, KVH 8, D 128), batch 1, bf16, T 2048, 8192 and
+// 32768: ms per call and TFLOP/s of causal work (forward 4·T²/2·D·H, backward
+// 2.5 times that). It asserts nothing about time. Skipped with -short.
 func TestAttentionTiming(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing skipped in -short mode")
 	}
 	be := gpu(t)
-	B, H, KVH, D := 1, 64, 8, 128
+	B, H, KVH, D := 1, 32, 8, 128
 	rng := rand.New(rand.NewPCG(17, 18))
-	for _, T := range []int{2048, 8192} {
+	var rows []attnTiming
+	for _, T := range []int{2048, 8192, 32768} {
 		N := B * T
 		var bufs []ops.Buf
 		alloc := func(dt ops.DType, n int, random bool) ops.Buf {
@@ -202,6 +430,8 @@ func TestAttentionTiming(t *testing.T) {
 				if err := be.Upload(x, v); err != nil {
 					t.Fatal(err)
 				}
+			} else {
+				be.Zero(x, n)
 			}
 			return x
 		}
@@ -209,8 +439,6 @@ func TestAttentionTiming(t *testing.T) {
 			alloc(ops.BF16, N*H*D, true)
 		out, lse := alloc(ops.BF16, N*H*D, false), alloc(ops.F32, B*H*T, false)
 		dq, dk, dv := alloc(ops.BF16, N*H*D, false), alloc(ops.BF16, N*KVH*D, false), alloc(ops.BF16, N*KVH*D, false)
-		fwd := func() { be.AttentionForward(out, lse, q, k, v, nil, B, T, H, KVH, D) }
-		bwd := func() { be.AttentionBackward(dq, dk, dv, dout, q, k, v, lse, nil, B, T, H, KVH, D) }
 		timeIt := func(f func(), reps int) time.Duration {
 			if err := be.Sync(); err != nil {
 				t.Fatal(err)
@@ -224,17 +452,31 @@ func TestAttentionTiming(t *testing.T) {
 			}
 			return time.Since(start) / time.Duration(reps)
 		}
-		timeIt(func() { fwd(); bwd() }, 1) // warm up: workspace, cuBLAS heuristics
-		tf, tb := timeIt(fwd, 5), timeIt(bwd, 5)
 		flops := 4 * float64(T) * float64(T) / 2 * float64(D) * float64(H) * float64(B)
-		pl := planAttention(T, KVH, D, ops.BF16, attnWorkspaceLimit)
-		t.Logf("attention bf16 B %d T %d H %d KVH %d D %d: forward %.2f ms (%.0f TFLOP/s), backward %.2f ms (%.0f TFLOP/s); "+
-			"%d rows per chunk, %d chunks, workspace %.0f MiB", B, T, H, KVH, D,
-			ms(tf), flops/tf.Seconds()/1e12, ms(tb), 2.5*flops/tb.Seconds()/1e12,
-			pl.rows, (T+pl.rows-1)/pl.rows, float64(pl.bytes)/(1<<20))
+		reps := max(2, 16*8192*8192/(T*T))
+		for _, path := range []string{"flash", "gemm"} {
+			var a ops.Backend = flashAttn{be}
+			if path == "gemm" {
+				a = gemmAttn{be}
+			}
+			fwd := func() { a.AttentionForward(out, lse, q, k, v, nil, B, T, H, KVH, D) }
+			bwd := func() { a.AttentionBackward(dq, dk, dv, dout, q, k, v, lse, nil, B, T, H, KVH, D) }
+			timeIt(func() { fwd(); bwd() }, 1) // warm up: workspace, module functions, cuBLAS heuristics
+			tf, tb := timeIt(fwd, reps), timeIt(bwd, reps)
+			r := attnTiming{T, path, ms(tf), ms(tb), flops / tf.Seconds() / 1e12, 2.5 * flops / tb.Seconds() / 1e12}
+			rows = append(rows, r)
+			t.Logf("attention %s bf16 B %d T %d H %d KVH %d D %d: forward %.2f ms (%.0f TFLOP/s), backward %.2f ms "+
+				"(%.0f TFLOP/s), forward+backward %.0f TFLOP/s", path, B, T, H, KVH, D, r.fwd, r.fwdTF, r.bwd, r.bwdTF,
+				both(r))
+		}
 		for _, x := range bufs {
 			be.Free(x)
 		}
+	}
+	t.Logf("attention bf16, H %d KVH %d D %d, TFLOP/s of causal work (forward, backward, forward+backward):", H, KVH, D)
+	for i := 0; i+1 < len(rows); i += 2 {
+		f, g := rows[i], rows[i+1]
+		t.Logf("  T %5d  flash %4.0f %4.0f %4.0f  gemm %4.0f %4.0f %4.0f", f.T, f.fwdTF, f.bwdTF, both(f), g.fwdTF, g.bwdTF, both(g))
 	}
 }
 

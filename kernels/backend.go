@@ -24,15 +24,18 @@
 //     kernel go to a small device error word that Sync reads.
 //   - Matmuls: float32 through cublasSgemm (default math mode: no TF32);
 //     bfloat16 a and b through cublasGemmEx computing in float32, into a
-//     float32 or bfloat16 out. Training attention is strided-batched GEMMs of
-//     the same kinds around row kernels (attention.go). Everything else runs
-//     in the kernels. Results are deterministic: no atomics (but the error
-//     word); reductions in a fixed order.
+//     float32 or bfloat16 out. Training attention is FlashAttention-2 on the
+//     tensor cores for bf16 at head dims 64 and 128 (flash_attention.go), and
+//     strided-batched GEMMs of the same kinds around row kernels otherwise
+//     (attention.go). Everything else runs in the kernels. Results are
+//     deterministic: no atomics (but the error word); reductions in a fixed
+//     order.
 //   - Workspaces outside the caller's memory plan, grown on demand and freed by
-//     Close: SumSquares' partial sums (scratch) and the attention's score
-//     matrices (at most 256 MiB whatever T, AttentionWorkspaceBytes).
+//     Close: SumSquares' partial sums (scratch) and the attention's workspace
+//     (flash: delta, B×H×T floats; GEMM: score matrices, at most 256 MiB
+//     whatever T; AttentionWorkspaceBytes).
 //
-// Later work (kernels/NOTES.md): flash-style attention, cuBLASLt.
+// Later work (kernels/NOTES.md): wgmma attention, cuBLASLt.
 package kernels
 
 import (
@@ -66,9 +69,10 @@ type Backend struct {
 	errWord  uint64 // device int32[4]: code, row, value, limit (see common.cuh)
 	scratch  uint64 // SumSquares' partial sums; grown on demand
 	scratchB int64  // its size in bytes
-	// The training attention's workspace (attention.go): score matrices of
-	// one chunk and bf16 backward's accumulators, grown on demand to
-	// planAttention's size. attnLimit replaces attnWorkspaceLimit when not 0
+	// The training attention's workspace: flash attention's delta
+	// (flash_attention.go), or the GEMM attention's score matrices of one
+	// chunk and bf16 backward's accumulators (attention.go, planAttention),
+	// grown on demand. attnLimit replaces attnWorkspaceLimit when not 0
 	// (tests force small chunks with it).
 	attnWS    uint64
 	attnWSB   int64

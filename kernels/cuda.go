@@ -50,6 +50,8 @@ static CUresult (*p_cuModuleUnload)(CUmodule);
 static CUresult (*p_cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
 static CUresult (*p_cuLaunchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
 	unsigned, CUstream, void**, void**);
+// cuFuncSetAttribute; the attribute (CUfunction_attribute) is a C int.
+static CUresult (*p_cuFuncSetAttribute)(CUfunction, int, int);
 static CUresult (*p_cuStreamCreate)(CUstream*, unsigned);
 static CUresult (*p_cuStreamDestroy)(CUstream);
 static CUresult (*p_cuStreamSynchronize)(CUstream);
@@ -107,6 +109,7 @@ static const char* tr_load_cuda(void* lib) {
 	SYM(lib, p_cuModuleUnload, "cuModuleUnload")
 	SYM(lib, p_cuModuleGetFunction, "cuModuleGetFunction")
 	SYM(lib, p_cuLaunchKernel, "cuLaunchKernel")
+	SYM(lib, p_cuFuncSetAttribute, "cuFuncSetAttribute")
 	SYM(lib, p_cuStreamCreate, "cuStreamCreate")
 	SYM(lib, p_cuStreamDestroy, "cuStreamDestroy_v2")
 	SYM(lib, p_cuStreamSynchronize, "cuStreamSynchronize")
@@ -200,6 +203,17 @@ static CUresult tr_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, u
 	if (nargs > 24) return 1; // CUDA_ERROR_INVALID_VALUE
 	for (int i = 0; i < nargs; i++) params[i] = &args[i];
 	return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, s, params, NULL);
+}
+
+// tr_func_smem lets f take smem bytes of dynamic shared memory
+// (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8; more than 48 KiB needs
+// it) and asks for the largest shared-memory carveout
+// (CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT = 9, 100 percent), so
+// that several such blocks fit a multiprocessor.
+static CUresult tr_func_smem(CUfunction f, int smem) {
+	CUresult r = p_cuFuncSetAttribute(f, 8, smem);
+	if (r != 0) return r;
+	return p_cuFuncSetAttribute(f, 9, 100);
 }
 
 static cublasStatus_t tr_cublasCreate(cublasHandle_t* h) { return p_cublasCreate(h); }
@@ -375,6 +389,7 @@ type device struct {
 	driver  int
 	blasVer int
 	funcs   map[string]C.CUfunction
+	smem    map[C.CUfunction]int // dynamic shared memory each function was allowed (launchSmem)
 }
 
 // deviceCount initialises the driver and returns how many GPUs it sees (after
@@ -414,7 +429,7 @@ func openDevice(ord int, fatbin []byte) (*device, error) {
 	if ord < 0 || ord >= int(n) {
 		return nil, fmt.Errorf("GPU %d asked for, the driver sees %d", ord, int(n))
 	}
-	d := &device{ord: ord, funcs: map[string]C.CUfunction{}}
+	d := &device{ord: ord, funcs: map[string]C.CUfunction{}, smem: map[C.CUfunction]int{}}
 	if err := cuErr("cuDeviceGet", C.tr_cuDeviceGet(&d.dev, C.int(ord))); err != nil {
 		return nil, err
 	}
@@ -504,15 +519,28 @@ func (d *device) fn(name string) (C.CUfunction, error) {
 // launch runs kernel name on the stream over grid x block threads; args are
 // packed one per 8-byte slot (see arg).
 func (d *device) launch(name string, grid, block [3]int, args []uint64) error {
+	return d.launchSmem(name, grid, block, 0, args)
+}
+
+// launchSmem is launch with smem bytes of dynamic shared memory per block; the
+// first launch of a function with more than it was allowed raises its limit
+// (cuFuncSetAttribute).
+func (d *device) launchSmem(name string, grid, block [3]int, smem int, args []uint64) error {
 	f, err := d.fn(name)
 	if err != nil {
 		return err
+	}
+	if smem > d.smem[f] {
+		if err := cuErr("cuFuncSetAttribute "+name, C.tr_func_smem(f, C.int(smem))); err != nil {
+			return err
+		}
+		d.smem[f] = smem
 	}
 	if len(args) == 0 {
 		args = []uint64{0}
 	}
 	return cuErr("cuLaunchKernel "+name, C.tr_launch(f, C.uint(grid[0]), C.uint(grid[1]), C.uint(grid[2]),
-		C.uint(block[0]), C.uint(block[1]), C.uint(block[2]), 0, d.stream, (*C.uint64_t)(unsafe.Pointer(&args[0])), C.int(len(args))))
+		C.uint(block[0]), C.uint(block[1]), C.uint(block[2]), C.uint(smem), d.stream, (*C.uint64_t)(unsafe.Pointer(&args[0])), C.int(len(args))))
 }
 
 func (d *device) memInfo() (free, total int64, err error) {

@@ -42,4 +42,7 @@ func (d *device) sgemm(bool, bool, int, int, int, float32, uint64, int, uint64, 
 func (d *device) gemmEx(bool, bool, int, int, int, float32, uint64, int, uint64, int, ops.DType, float32, uint64, ops.DType, int) error {
 	return errNoCgo
 }
+func (d *device) launchSmem(string, [3]int, [3]int, int, []uint64) error {
+	return errNoCgo
+}
 func libPaths() (cuda, cublas, cublasLt string) { return "", "", "" }

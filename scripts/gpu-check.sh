@@ -79,7 +79,7 @@ if want kernels; then
   gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
   (cd kernels && timeout 480 ../.dev/bin/kernels.test -test.v -test.timeout 470s) >"$out/kernels.log" 2>&1
   table+=("kernels tests on $gpu: rc=$?")
-  while IFS= read -r line; do table+=("  $line"); done < <(grep -E -e '^(--- |ok|FAIL|PASS)' -e 'loss gpu|worst|relative L2|driver' "$out/kernels.log" | grep -v -- '--- PASS: TestOps/' | head -40)
+  while IFS= read -r line; do table+=("  $line"); done < <(grep -E -e '^(--- |ok|FAIL|PASS)' -e 'loss gpu|worst|relative L2|driver|TFLOP/s of causal|T +[0-9]+ +flash' "$out/kernels.log" | grep -v -- '--- PASS: TestOps/' | head -40)
 fi
 
 # 6. The trainer end to end on the GPU against the CPU (float32): 50 steps of stories260K, LoRA and

@@ -1,0 +1,219 @@
+package kernels
+
+import (
+	"math"
+
+	"train/ops"
+)
+
+// Training attention as FlashAttention-2 (flash_attention.cu): the scores stay
+// on chip, the forward saves lse, the backward recomputes P from it. It takes
+// bf16 data with head dim 64 or 128 (16-byte aligned buffers, at most 65535
+// heads); AttentionForward and AttentionBackward use it for those and the GEMM
+// attention (attention.go) for everything else, silently: the choice is a
+// function of the data type, D and the buffers' alignment (AttentionKernel
+// names it), so a model takes one path for every layer and every step.
+//
+//	forward:  flash_fwd_dD                              -> out, lse
+//	backward: flash_delta_dD  delta = rowsum(dout∘out), out recomputed from lse
+//	          flash_bwd_dq_dD   dq += ...   (query-tile major)
+//	          flash_bwd_dkdv_dD dk, dv += ... (key-tile major, all heads of the group)
+//
+// The backward's workspace is delta, B×H×T floats, in the Backend's attention
+// workspace (attnWS). Deterministic: every output element is summed by one
+// thread in a fixed order; no atomics.
+
+const (
+	flashThreads = 128 // every flash kernel: 4 warps
+	flashFwdRows = 128 // query rows per block of flash_fwd and flash_delta
+	flashBwdRows = 64  // query rows per flash_bwd_dq block, keys per flash_bwd_dkdv block
+	maxGridYZ    = 65535
+)
+
+// flashSmem is the dynamic shared memory of a flash kernel at head dim D, in
+// bytes, as laid out at the top of each kernel in flash_attention.cu: forward
+// Q[128], K[64], V[64] tiles and 64 key segments; dq Q, dout[64], K, V[2][64]
+// and 2×64 segments; dk/dv K, V[64], Q, dout[2][64] and 2×64 each of lse,
+// delta, segments. D 128: 64.3, 96.5 and 97.5 KiB.
+func flashSmem(kernel string, D int) int {
+	switch kernel {
+	case "flash_fwd", "flash_delta":
+		return (flashFwdRows+2*64)*D*2 + 64*4
+	case "flash_bwd_dq":
+		return 6*flashBwdRows*D*2 + 2*flashBwdRows*4
+	default: // flash_bwd_dkdv
+		return 6*flashBwdRows*D*2 + 3*2*flashBwdRows*4
+	}
+}
+
+// flashTakes reports whether the flash kernels take a call with data type dt,
+// head dim D, H query heads and these device pointers (16-byte aligned, for
+// cp.async).
+func flashTakes(dt ops.DType, D, H int, ptrs ...uint64) bool {
+	if dt != ops.BF16 || (D != 64 && D != 128) || H > maxGridYZ {
+		return false
+	}
+	for _, p := range ptrs {
+		if p%16 != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// AttentionKernel names the training attention AttentionForward and
+// AttentionBackward run for data of type dt and head dim D: "flash" or "gemm"
+// (a buffer that is not 16-byte aligned also takes "gemm").
+func AttentionKernel(dt ops.DType, D int) string {
+	if flashTakes(dt, D, 1) {
+		return "flash"
+	}
+	return "gemm"
+}
+
+// bufPtr is x's device pointer, 0 for nil or a foreign buffer (the op's
+// checks report those).
+func bufPtr(x ops.Buf) uint64 {
+	if p, ok := x.(*buf); ok {
+		return p.ptr
+	}
+	return 0
+}
+
+// AttentionForward: see ops.Backend. Flash attention where it applies
+// (flashTakes), the GEMM attention otherwise.
+func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
+	if flashTakes(dtypeOf(q, ops.F32), D, H, bufPtr(out), bufPtr(q), bufPtr(k), bufPtr(v)) {
+		b.AttentionForwardFlash(out, lse, q, k, v, seg, B, T, H, KVH, D)
+		return
+	}
+	b.AttentionForwardGEMM(out, lse, q, k, v, seg, B, T, H, KVH, D)
+}
+
+// AttentionBackward: dq, dk, dv += the gradients (ops.Backend). Flash attention
+// where it applies, the GEMM attention otherwise; either recomputes from lse
+// whatever forward saved it (both save the same lse).
+func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	if flashTakes(dtypeOf(q, ops.F32), D, H, bufPtr(dq), bufPtr(dk), bufPtr(dv), bufPtr(dout), bufPtr(q), bufPtr(k), bufPtr(v)) {
+		b.AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+		return
+	}
+	b.AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+}
+
+// flash is one flash-attention call: shape, scales and the pointers' batch
+// strides in bytes, for launches over at most maxGridYZ batch rows each.
+type flash struct {
+	B, T, H, KVH, D int
+	scale, sl2      float32 // 1/sqrt(D), and times log2(e) (the kernels' base-2 softmax)
+	q, kv, stat     uint64  // bytes per batch row: q/out/dout/dq, k/v/dk/dv, lse/delta
+	seg             uint64  // 0: no segments
+}
+
+func newFlash(seg uint64, B, T, H, KVH, D int) *flash {
+	scale := 1 / math.Sqrt(float64(D))
+	return &flash{B: B, T: T, H: H, KVH: KVH, D: D, scale: float32(scale), sl2: float32(scale * math.Log2E),
+		q: uint64(2 * T * H * D), kv: uint64(2 * T * KVH * D), stat: uint64(4 * H * T), seg: seg}
+}
+
+// kernel launches kernel name (suffix _dD added) with one block of
+// flashThreads per (row tile, head, batch row): rows is the tile height, heads
+// the grid's y. args builds the arguments of batch rows [b0, b0+nb): the
+// pointers moved by b0 rows (see at).
+func (f *flash) kernel(d *device, name string, rows, heads int, args func(b0 int) []uint64) error {
+	kernel := name + "_d64"
+	if f.D == 128 {
+		kernel = name + "_d128"
+	}
+	smem := flashSmem(name, f.D)
+	for b0 := 0; b0 < f.B; b0 += maxGridYZ {
+		nb := min(f.B-b0, maxGridYZ)
+		grid := [3]int{(f.T + rows - 1) / rows, heads, nb}
+		if err := d.launchSmem(kernel, grid, [3]int{flashThreads, 1, 1}, smem, args(b0)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// at is pointer p moved by b0 batch rows of stride bytes each (0 stays 0).
+func at(p uint64, b0 int, stride uint64) uint64 {
+	if p == 0 {
+		return 0
+	}
+	return p + uint64(b0)*stride
+}
+
+// forward: out, lse from q, k, v.
+func (f *flash) forward(d *device, out, lse, q, k, v uint64) error {
+	rep := f.H / f.KVH
+	return f.kernel(d, "flash_fwd", flashFwdRows, f.H, func(b0 int) []uint64 {
+		return []uint64{at(out, b0, f.q), at(lse, b0, f.stat), at(q, b0, f.q), at(k, b0, f.kv), at(v, b0, f.kv),
+			at(f.seg, b0, uint64(4*f.T)), aI(f.T), aI(f.H), aI(rep), aF(f.sl2)}
+	})
+}
+
+// backward: delta into the workspace ws, then dq, then dk and dv.
+func (f *flash) backward(d *device, ws, dq, dk, dv, dout, q, k, v, lse uint64) error {
+	rep := f.H / f.KVH
+	seg := func(b0 int) uint64 { return at(f.seg, b0, uint64(4*f.T)) }
+	err := f.kernel(d, "flash_delta", flashFwdRows, f.H, func(b0 int) []uint64 {
+		return []uint64{at(ws, b0, f.stat), at(lse, b0, f.stat), at(q, b0, f.q), at(k, b0, f.kv), at(v, b0, f.kv),
+			at(dout, b0, f.q), seg(b0), aI(f.T), aI(f.H), aI(rep), aF(f.sl2)}
+	})
+	if err != nil {
+		return err
+	}
+	err = f.kernel(d, "flash_bwd_dq", flashBwdRows, f.H, func(b0 int) []uint64 {
+		return []uint64{at(dq, b0, f.q), at(q, b0, f.q), at(k, b0, f.kv), at(v, b0, f.kv), at(dout, b0, f.q),
+			at(lse, b0, f.stat), at(ws, b0, f.stat), seg(b0), aI(f.T), aI(f.H), aI(rep), aF(f.scale), aF(f.sl2)}
+	})
+	if err != nil {
+		return err
+	}
+	return f.kernel(d, "flash_bwd_dkdv", flashBwdRows, f.KVH, func(b0 int) []uint64 {
+		return []uint64{at(dk, b0, f.kv), at(dv, b0, f.kv), at(q, b0, f.q), at(k, b0, f.kv), at(v, b0, f.kv),
+			at(dout, b0, f.q), at(lse, b0, f.stat), at(ws, b0, f.stat), seg(b0), aI(f.T), aI(f.H), aI(rep),
+			aF(f.scale), aF(f.sl2)}
+	})
+}
+
+// flashCheck records an error when the flash kernels cannot take the call.
+func (b *Backend) flashCheck(op string, dt ops.DType, D, H int, ptrs ...uint64) bool {
+	if b.err == nil && !flashTakes(dt, D, H, ptrs...) {
+		b.fail("%s: flash attention takes bf16 data, head dim 64 or 128, at most %d heads and 16-byte aligned "+
+			"buffers (have %v, head dim %d, %d heads)", op, maxGridYZ, dt, D, H)
+	}
+	return b.err == nil
+}
+
+// AttentionForwardFlash is AttentionForward by the flash kernels; an error
+// where they cannot take the call (flashTakes).
+func (b *Backend) AttentionForwardFlash(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
+	const op = "AttentionForward"
+	p, ok := b.attnForwardArgs(out, lse, q, k, v, seg, B, T, H, KVH, D)
+	if !ok || !b.flashCheck(op, q.DType(), D, H, p.out, p.q, p.k, p.v) {
+		return
+	}
+	f := newFlash(p.seg, B, T, H, KVH, D)
+	b.run(op, func(d *device) error { return f.forward(d, p.out, p.lse, p.q, p.k, p.v) })
+}
+
+// AttentionBackwardFlash is AttentionBackward by the flash kernels; an error
+// where they cannot take the call (flashTakes).
+func (b *Backend) AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	const op = "AttentionBackward"
+	p, ok := b.attnBackwardArgs(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+	if !ok || !b.flashCheck(op, q.DType(), D, H, p.dq, p.dk, p.dv, p.dout, p.q, p.k, p.v) {
+		return
+	}
+	ws := b.grow(op, &b.attnWS, &b.attnWSB, flashWorkspaceBytes(B, T, H))
+	if b.err != nil {
+		return
+	}
+	f := newFlash(p.seg, B, T, H, KVH, D)
+	b.run(op, func(d *device) error { return f.backward(d, ws, p.dq, p.dk, p.dv, p.dout, p.q, p.k, p.v, p.lse) })
+}
+
+// flashWorkspaceBytes is the flash backward's workspace: delta, B×H×T floats.
+func flashWorkspaceBytes(B, T, H int) int64 { return alignBytes(4 * int64(B) * int64(H) * int64(T)) }

@@ -2,6 +2,7 @@ package model
 
 import (
 	"fmt"
+	"math"
 
 	"train/ops"
 )
@@ -72,8 +73,11 @@ func (m *Model) Plan(B, T int) error {
 	}
 	c := &m.cfg
 	N, C, Q, KV, I, V := B*T, c.HiddenSize, c.QDim(), c.KVDim(), c.IntermediateSize, c.VocabSize
-	if N > 1<<31/max(C, Q, I) {
-		return fmt.Errorf("model: batch [%d, %d] too large for this model", B, T)
+	// Kernels take the dimensions as 32-bit ints but index elements in 64
+	// bits, so a buffer may hold more than 2^31 values (70B: [N, 28672] past
+	// 74,898 tokens); the token count itself must fit an int32.
+	if N > math.MaxInt32 {
+		return fmt.Errorf("model: batch [%d, %d] has more than 2^31 tokens", B, T)
 	}
 	m.freePlan(m.acts)
 	m.acts, m.slots[m.cur] = nil, nil

@@ -2,6 +2,7 @@ package model
 
 import (
 	"math"
+	"strings"
 	"testing"
 
 	"train/ops"
@@ -72,5 +73,16 @@ func TestHeadChunksEqualWhole(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestPlanTokenLimit: a batch may hold buffers of more than 2^31 values (the
+// kernels index in 64 bits), but not more than 2^31-1 tokens, which the
+// kernels take as 32-bit dimensions; the refusal comes before any allocation.
+func TestPlanTokenLimit(t *testing.T) {
+	cfg := ltConfig(true)
+	m := ltModel(t, ops.NewCPU(), ltWeights(cfg, 1), Options{})
+	if err := m.Plan(1<<16, 1<<15+1); err == nil || !strings.Contains(err.Error(), "more than 2^31 tokens") {
+		t.Fatalf("a batch of 2^31 + 2^16 tokens: %v, want the token limit", err)
 	}
 }

@@ -3,7 +3,6 @@ package main
 import (
 	"io"
 	"os"
-	"path/filepath"
 
 	"train/tokenizer"
 )
@@ -32,11 +31,7 @@ Example:
 	if *path == "" {
 		return usagef("-tokenizer is required (a tokenizer.json or a directory holding one)")
 	}
-	p := *path
-	if st, err := os.Stat(p); err == nil && st.IsDir() {
-		p = filepath.Join(p, "tokenizer.json")
-	}
-	tok, err := tokenizer.Load(p)
+	tok, err := tokenizer.Load(*path) // a directory means its tokenizer.json
 	if err != nil {
 		return err
 	}

@@ -10,8 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
 
 	"train/data"
@@ -48,10 +46,7 @@ func Run(o Options, stdout, stderr io.Writer) error {
 	if tokPath == "" {
 		tokPath = o.Model
 	}
-	if st, err := os.Stat(tokPath); err == nil && st.IsDir() {
-		tokPath = filepath.Join(tokPath, "tokenizer.json")
-	}
-	tok, err := tokenizer.Load(tokPath)
+	tok, err := tokenizer.Load(tokPath) // a directory means its tokenizer.json
 	if err != nil {
 		return err
 	}

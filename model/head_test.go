@@ -22,6 +22,7 @@ func TestHeadChunksEqualWhole(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		ltGiveB(lora)
 		for _, c := range []struct {
 			name string
 			lora *LoRA

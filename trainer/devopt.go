@@ -10,7 +10,6 @@ import (
 	"train/model"
 	"train/ops"
 	"train/optim"
-	"train/shard"
 )
 
 // deviceOptimizer runs the optimizer where the model is: AdamW's moments live on
@@ -25,15 +24,16 @@ import (
 type deviceOptimizer struct {
 	be    ops.Backend
 	model *model.Model
-	dist  *World
-	flat  *flatParams
-	adam  *optim.AdamW
-	nccl  *kernels.NCCL // sums the replicas' gradients on their GPUs; nil with one replica
-	views []flatView    // every trainable tensor, as flatParams lists them
-	state ops.Buf       // F32: both moments of every tensor, end to end
-	m, v  []ops.Buf     // per view
-	norm  ops.Buf       // F32 [1]: the squared gradient norm
-	fresh bool          // moments are zero: no update has run yet
+	// replicas is how many replicas nccl sums over (the traffic counted in the step's times).
+	replicas int
+	flat     *flatParams
+	adam     *optim.AdamW
+	nccl     *kernels.NCCL // sums the replicas' gradients on their GPUs; nil with one replica
+	views    []flatView    // every trainable tensor, as flatParams lists them
+	state    ops.Buf       // F32: both moments of every tensor, end to end
+	m, v     []ops.Buf     // per view
+	norm     ops.Buf       // F32 [1]: the squared gradient norm
+	fresh    bool          // moments are zero: no update has run yet
 	// normSq receives the norm: its own allocation, since cgo refuses a
 	// pointer into memory that also holds Go pointers (this struct).
 	normSq []float32
@@ -73,8 +73,8 @@ func optimizerPlacement(be ops.Backend, d *World, warn io.Writer) (onDevice bool
 	return onDevice, nccl, nil
 }
 
-func newDeviceOptimizer(be ops.Backend, m *model.Model, d *World, f *flatParams, adam *optim.AdamW, nccl *kernels.NCCL) (*deviceOptimizer, error) {
-	o := &deviceOptimizer{be: be, model: m, dist: d, flat: f, adam: adam, nccl: nccl, views: f.views, fresh: true, normSq: make([]float32, 1)}
+func newDeviceOptimizer(be ops.Backend, m *model.Model, replicas int, f *flatParams, adam *optim.AdamW, nccl *kernels.NCCL) (*deviceOptimizer, error) {
+	o := &deviceOptimizer{be: be, model: m, replicas: replicas, flat: f, adam: adam, nccl: nccl, views: f.views, fresh: true, normSq: make([]float32, 1)}
 	o.m, o.v = make([]ops.Buf, len(f.views)), make([]ops.Buf, len(f.views))
 	var plan ops.Plan
 	for i, v := range f.views {
@@ -224,7 +224,7 @@ func (o *deviceOptimizer) reduceGradsNCCL(times *stepTimes) error {
 	}
 	return timed(&times.comm, func() error {
 		g := o.model.GradBuffer()
-		times.ring(g.Len(), o.dist.plan.Replicas, 2)
+		times.ring(g.Len(), o.replicas, 2)
 		if err := o.nccl.AllReduce(g, g.Len(), kernels.NCCLSum); err != nil {
 			return fmt.Errorf("gradient all-reduce (NCCL): %w", err)
 		}
@@ -240,7 +240,7 @@ func (o *deviceOptimizer) reduceGradsNCCL(times *stepTimes) error {
 // times as a GPU run's update.
 type DeviceAdamW struct {
 	o    *deviceOptimizer
-	adam optim.AdamW
+	adam optim.AdamW // the update's settings and step count, which o reads
 }
 
 // NewDeviceAdamW allocates the moments of m's trainable tensors on be.
@@ -249,16 +249,16 @@ func NewDeviceAdamW(be ops.Backend, m *model.Model, adam optim.AdamW) (*DeviceAd
 	if err != nil {
 		return nil, err
 	}
-	o, err := newDeviceOptimizer(be, m, &World{plan: &shard.Plan{Stages: 1, Replicas: 1}}, f, nil, nil)
-	if err != nil {
+	a := &DeviceAdamW{adam: adam}
+	if a.o, err = newDeviceOptimizer(be, m, 1, f, &a.adam, nil); err != nil {
 		return nil, err
 	}
-	return &DeviceAdamW{o: o, adam: adam}, nil
+	return a, nil
 }
 
 // Step applies one AdamW update at lr with the gradients scaled by clip
 // (after the model's FinishGrads).
-func (a *DeviceAdamW) Step(lr, clip float64) { a.o.step(&a.adam, lr, clip) }
+func (a *DeviceAdamW) Step(lr, clip float64) { a.o.step(a.o.adam, lr, clip) }
 
 // Bytes is the device memory of the moments.
 func (a *DeviceAdamW) Bytes() int64 { return a.o.deviceBytes() }

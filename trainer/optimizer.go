@@ -51,7 +51,7 @@ func newOptimizer(be ops.Backend, m *model.Model, d *World, f *flatParams, adam 
 		return nil, err
 	}
 	if onDevice {
-		o, err := newDeviceOptimizer(be, m, d, f, adam, nccl)
+		o, err := newDeviceOptimizer(be, m, d.plan.Replicas, f, adam, nccl)
 		if err != nil && nccl != nil {
 			nccl.Close()
 		}

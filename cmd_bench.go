@@ -80,7 +80,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 	modelName := fs.String("model", "random:tiny", "model: random:NAME ("+strings.Join(model.RandomModelNames(), ", ")+") or a Hugging Face directory")
 	layers := fs.Int("layers", 0, "decoder layers (0 = the model's own); random models take any count")
 	part := fs.String("part", "model", "what runs: model (embedding, layers, norm, head and loss) or layers (the decoder layers only)")
-	method := fs.String("method", "full", "full (every weight trained) or lora")
+	method := fs.String("method", "full", "full (every weight trained), lora, or qlora (LoRA on 4-bit NF4 base weights)")
 	loraRank := fs.Int("lora-rank", 16, "LoRA rank r (-method lora), on all seven projections")
 	loraAlpha := fs.Float64("lora-alpha", 32, "LoRA alpha (-method lora)")
 	seq := fs.Int("seq", 256, "tokens per sequence T")
@@ -103,8 +103,8 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 	if *part != "model" && *part != "layers" {
 		return usagef("-part %q: want model or layers", *part)
 	}
-	if *method != "full" && *method != "lora" {
-		return usagef("-method %q: want full or lora", *method)
+	if *method != "full" && *method != "lora" && *method != "qlora" {
+		return usagef("-method %q: want full, lora or qlora", *method)
 	}
 	if *deviceName != "cpu" && *deviceName != "cuda" && *deviceName != "auto" {
 		return usagef("-device %q: want cpu, cuda or auto", *deviceName)
@@ -118,7 +118,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		return usagef("-seq %d: the loss needs at least 2 tokens per sequence (a next token to predict)", *seq)
 	case *steps < 1 || *warmup < 0:
 		return usagef("-steps %d -warmup %d: need at least one timed step and no negative warm-up", *steps, *warmup)
-	case *method == "lora" && *loraRank < 1:
+	case *method != "full" && *loraRank < 1:
 		return usagef("-lora-rank %d: must be at least 1", *loraRank)
 	}
 	cfg, err := model.SourceConfig(*modelName)

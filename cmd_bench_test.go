@@ -59,7 +59,7 @@ func TestBenchModelErrors(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"-method", "qlora"}, `-method "qlora": want full or lora`},
+		{[]string{"-method", "adapter"}, `-method "adapter": want full, lora or qlora`},
 		{[]string{"-precision", "fp16"}, `-precision "fp16": want fp32 or bf16`},
 		{[]string{"-part", "head"}, `-part "head"`},
 		{[]string{"-device", "tpu"}, `-device "tpu"`},

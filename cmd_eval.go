@@ -22,6 +22,7 @@ train reads ({"text"}, {"prompt", "completion"}, {"messages"}), tokenized and
 masked exactly as in training.`, stderr)
 	modelDir := fs.String("model", "", "Hugging Face model directory, or random:NAME")
 	adapter := fs.String("adapter", "", "LoRA adapter directory in peft format (adapter_config.json + adapter_model.safetensors)")
+	quantize := fs.String("quantize", "", "nf4: hold the base weights in 4-bit NF4 as a QLoRA run does (evaluate a QLoRA adapter as it was trained); default: as stored")
 	dataPath := fs.String("data", "", "JSONL file of examples")
 	tokPath := fs.String("tokenizer", "", "tokenizer.json (or a directory holding one) for text data; default: the model directory's own")
 	promptLoss := fs.Bool("prompt-loss", false, "also score prompt tokens, as data.prompt_loss does in training")
@@ -45,7 +46,7 @@ masked exactly as in training.`, stderr)
 		return usagef("%v", err)
 	}
 	res, err := eval.Run(eval.Options{
-		Model: *modelDir, ModelSeed: *seed, Adapter: *adapter, Tokenizer: *tokPath,
+		Model: *modelDir, ModelSeed: *seed, Adapter: *adapter, Quantize: *quantize, Tokenizer: *tokPath,
 		Data: *dataPath, PromptLoss: *promptLoss, AllowLong: *allowLong, Batch: *batch,
 		Device: *deviceName, Precision: *precision,
 	})

@@ -41,6 +41,7 @@ Examples:
 	var so model.SamplerOptions
 	fs.StringVar(&o.Model, "model", "", "Hugging Face model directory, or random:NAME")
 	fs.StringVar(&o.Adapter, "adapter", "", "LoRA adapter directory in peft format (adapter_config.json + adapter_model.safetensors)")
+	fs.StringVar(&o.Quantize, "quantize", "", "nf4: hold the base weights in 4-bit NF4 as a QLoRA run does (generate with a QLoRA adapter as it was trained); default: as stored")
 	fs.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer.json, or a directory holding one (default: the model directory's)")
 	fs.StringVar(&o.Prompt, "prompt", "", `the text to continue, or "-" to read it from stdin; empty starts from BOS alone`)
 	fs.BoolVar(&o.Chat, "chat", false, "apply the Llama 3 chat template: the prompt is a user message")

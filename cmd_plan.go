@@ -10,7 +10,6 @@ import (
 
 	"train/model"
 	"train/shard"
-	"train/trainer"
 )
 
 // runPlan prints how a run would be spread over its ranks and what each rank
@@ -74,10 +73,11 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	if err != nil {
 		return err
 	}
-	setup := func(m string) shard.Setup {
-		return shard.Setup{Method: m, MicroBatch: *batch, SeqLen: *seq, MicroBatches: *accum,
+	setupAt := func(m string, T int) shard.Setup {
+		return shard.Setup{Method: m, MicroBatch: *batch, SeqLen: T, MicroBatches: *accum,
 			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt}
 	}
+	setup := func(m string) shard.Setup { return setupAt(m, *seq) }
 	// The split balances -method's costs, among the splits that fit -gpu-mem.
 	plan, err := shard.NewFor(&cfg, *np, *pp, shard.Workload{SeqLen: *seq, Method: *method, Budget: budget, Setup: setup(*method)})
 	if err != nil {
@@ -118,11 +118,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 		e := ests[m]
 		peak := e.Peak()
 		if e.Fits(budget) {
-			note := ""
-			if !trainer.MethodAvailable(m) {
-				note = " (" + m + " is not yet available in this build)"
-			}
-			fmt.Fprintf(stdout, "%-5s fits: the largest rank (stage %d) needs %s of %s%s\n", m, peak.Stage, shard.FormatBytes(peak.Total()), shard.FormatBytes(budget), note)
+			fmt.Fprintf(stdout, "%-5s fits: the largest rank (stage %d) needs %s of %s\n", m, peak.Stage, shard.FormatBytes(peak.Total()), shard.FormatBytes(budget))
 			continue
 		}
 		fmt.Fprintf(stdout, "%-5s does not fit: stage %d needs %s of %s\n", m, peak.Stage, shard.FormatBytes(peak.Total()), shard.FormatBytes(budget))
@@ -134,13 +130,24 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 			fmt.Fprintf(stdout, "      nothing tried fits (more stages or GPUs, smaller micro-batch, checkpointing, ZeRO-1, QLoRA)\n")
 		}
 		for _, s := range sugg {
-			note := ""
-			if why := trainer.Unavailable(s.Change); why != "" {
-				note = "; " + why
-			}
-			fmt.Fprintf(stdout, "      would fit with %s (%d rank%s, largest %s%s)\n", s.Change, s.World, map[bool]string{true: "", false: "s"}[s.World == 1], shard.FormatBytes(s.Estimate.Peak().Total()), note)
+			fmt.Fprintf(stdout, "      would fit with %s (%d rank%s, largest %s)\n", s.Change, s.World, map[bool]string{true: "", false: "s"}[s.World == 1], shard.FormatBytes(s.Estimate.Peak().Total()))
 		}
 	}
+
+	fmt.Fprintf(stdout, "\nlargest sequence that fits this layout at micro-batch %d:", *batch)
+	for i, m := range shard.Methods {
+		sep := ","
+		if i == 0 {
+			sep = ""
+		}
+		T := largestSeq(&cfg, plan, budget, func(T int) shard.Setup { return setupAt(m, T) })
+		if T == 0 {
+			fmt.Fprintf(stdout, "%s %s none", sep, m)
+		} else {
+			fmt.Fprintf(stdout, "%s %s %d tokens", sep, m, T)
+		}
+	}
+	fmt.Fprintln(stdout)
 
 	fmt.Fprintf(stdout, "\n%s breakdown per rank (every replica of a stage alike):\n", *method)
 	fmt.Fprint(stdout, ests[*method])
@@ -174,4 +181,30 @@ func parseByteSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q: want a positive number with a unit: B, KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024)", s)
 	}
 	return int64(v * mult), nil
+}
+
+// largestSeq is the longest sequence (to a multiple of 256 past 256 tokens,
+// up to 4M) whose estimate fits budget on every rank of plan, or 0 when not
+// even one token does: the estimates grow with T, so a bisection finds it.
+func largestSeq(cfg *model.Config, plan *shard.Plan, budget int64, setup func(T int) shard.Setup) int {
+	fits := func(T int) bool {
+		e, err := shard.EstimateMemory(cfg, plan, setup(T))
+		return err == nil && e.Fits(budget)
+	}
+	lo, hi := 0, 1<<22 // fits(lo) (or lo is 0), !fits(hi) unless hi fits
+	if fits(hi) {
+		return hi
+	}
+	for hi-lo > 1 {
+		mid := (lo + hi) / 2
+		if fits(mid) {
+			lo = mid
+		} else {
+			hi = mid
+		}
+	}
+	if lo > 256 {
+		lo -= lo % 256
+	}
+	return lo
 }

@@ -110,21 +110,11 @@ func TestPlanSuggestionMatchesTable(t *testing.T) {
 	}
 }
 
-// TestPlanSaysQLoRAUnavailable: qlora is estimated, but wherever train plan
-// offers it, it says this build cannot train it yet.
-func TestPlanSaysQLoRAUnavailable(t *testing.T) {
+// TestPlanOffersQLoRA: qlora is estimated and offered like the other methods.
+func TestPlanOffersQLoRA(t *testing.T) {
 	out, _ := runPlanOut(t, "-model", "random:llama-3.1-8b", "-np", "1", "-method", "full")
-	n := 0
-	for _, line := range strings.Split(out, "\n") {
-		if strings.Contains(line, "-method qlora") || strings.HasPrefix(line, "qlora fits") {
-			n++
-			if !strings.Contains(line, "qlora is not yet available in this build") {
-				t.Errorf("line offers qlora without saying it is not available: %q", line)
-			}
-		}
-	}
-	if n != 2 {
-		t.Errorf("%d lines offer qlora, want 2 (it fits; full would fit with it):\n%s", n, out)
+	if !strings.Contains(out, "qlora fits") || !strings.Contains(out, "-method qlora") || strings.Contains(out, "not yet available") {
+		t.Errorf("plan does not offer qlora plainly:\n%s", out)
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"train/model"
 	"train/ops"
 	"train/optim"
+	"train/quant"
 	"train/trainer"
 )
 
@@ -25,9 +26,9 @@ type ModelOptions struct {
 	Model      string  // random:NAME or a Hugging Face directory
 	Layers     int     // decoder layers timed
 	Part       string  // "model" (embedding, layers, norm, head and loss) or "layers" (the decoder layers alone)
-	Method     string  // "full" (every weight trained) or "lora"
-	LoRARank   int     // r, on all seven projections (Method "lora")
-	LoRAAlpha  float64 // Method "lora"
+	Method     string  // "full" (every weight trained), "lora" or "qlora" (LoRA on 4-bit NF4 base weights)
+	LoRARank   int     // r, on all seven projections (methods lora and qlora)
+	LoRAAlpha  float64 // methods lora and qlora
 	Seq        int     // tokens per sequence T
 	Batch      int     // sequences per step B
 	Steps      int     // timed steps
@@ -72,7 +73,7 @@ func newDeviceAdamW(m *model.Model, be ops.Backend) (optimizer, error) {
 // Model is `train bench model`: it times training steps of one model on one
 // device and prints the result to stdout as scripts/bench-peer.py prints
 // PyTorch's, so that scripts/gpu-check.sh can set the two side by side. The
-// model being built is reported on stderr. With Method "lora" each step ends
+// model being built is reported on stderr. With LoRA and QLoRA each step ends
 // with the training run's own AdamW on the device (trainer.DeviceAdamW: F32
 // moments allocated once, the bf16 compute copies rewritten by the update),
 // without clipping, as the PyTorch case has none.
@@ -96,16 +97,21 @@ func Model(opts ModelOptions, stdout, stderr io.Writer) error {
 	mem := newMemProbe(be)
 
 	fmt.Fprintf(stderr, "bench model: building %s layers [%d,%d) of %d on %s\n", opts.Model, lo, hi, cfg.NumLayers, be.Name())
-	w, _, err := model.LoadSourceStage(context.Background(), opts.Model, cfg, opts.Seed, lo, hi, lo == 0, hi == cfg.NumLayers)
+	w, err := model.LoadSourceStage(context.Background(), opts.Model, cfg, opts.Seed, lo, hi, lo == 0, hi == cfg.NumLayers)
 	if err != nil {
 		return err
 	}
+	defer w.Close()
 	mopts := model.Options{Lo: lo, Hi: hi, Checkpoint: opts.Checkpoint, Compute: compute}
-	if opts.Method == "lora" {
+	adapted := opts.Method != "full"
+	if adapted {
 		mopts.LoRA, err = model.NewLoRA(&w.Config, model.LoRAConfig{Rank: opts.LoRARank, Alpha: opts.LoRAAlpha}, uint64(opts.Seed))
 		if err != nil {
 			return err
 		}
+	}
+	if opts.Method == "qlora" {
+		mopts.NF4 = &quant.Options{BlockSize: quant.DefaultBlockSize, DoubleQuant: true}
 	}
 	m, err := model.NewModel(be, w, mopts)
 	if err != nil {
@@ -115,7 +121,7 @@ func Model(opts ModelOptions, stdout, stderr io.Writer) error {
 
 	run := &modelRun{be: be, m: m, B: opts.Batch, T: opts.Seq, layersOnly: opts.Part == "layers", mem: mem}
 	defer run.free()
-	if opts.Method == "lora" {
+	if adapted {
 		newOpt := opts.newOptimizer
 		if newOpt == nil {
 			newOpt = newDeviceAdamW
@@ -162,8 +168,9 @@ func Model(opts ModelOptions, stdout, stderr io.Writer) error {
 		FLOPsPerStep: stepFLOPs(mc, n, opts.Batch, opts.Seq),
 		PeakGiB:      float64(mem.peak) / (1 << 30),
 		Memory:       mem.what(),
+		HostPeakGiB:  float64(host.PeakRSS()) / (1 << 30),
 	}
-	if opts.Method == "lora" {
+	if adapted {
 		res.LoRARank = opts.LoRARank
 	}
 	if !run.layersOnly {
@@ -204,7 +211,8 @@ type modelResult struct {
 	TFLOPs       float64  `json:"tflops"`
 	FLOPsPerStep float64  `json:"flops_per_step"`
 	PeakGiB      float64  `json:"peak_gib"`
-	Memory       string   `json:"memory"` // what peak_gib measures
+	Memory       string   `json:"memory"`        // what peak_gib measures
+	HostPeakGiB  float64  `json:"host_peak_gib"` // the process's peak resident host memory
 	Loss         *float64 `json:"loss,omitempty"`
 }
 
@@ -214,8 +222,11 @@ func (r modelResult) print(w io.Writer, c model.Config) {
 		what = fmt.Sprint(r.Layers) + " decoder layers only (hidden states in, output gradient given)"
 	}
 	method := "full fine-tuning (forward + backward)"
-	if r.Method == "lora" {
+	switch r.Method {
+	case "lora":
 		method = fmt.Sprintf("LoRA r=%d (forward + backward + AdamW)", r.LoRARank)
+	case "qlora":
+		method = fmt.Sprintf("QLoRA r=%d on 4-bit NF4 base weights (forward + backward + AdamW)", r.LoRARank)
 	}
 	ckpt := ""
 	if r.Checkpoint {
@@ -227,8 +238,8 @@ func (r modelResult) print(w io.Writer, c model.Config) {
 	}
 	fmt.Fprintf(w, "bench model: %s: %s, %s, %s%s, batch %d x %d tokens, on %s\n",
 		r.Model, what, method, r.Precision, ckpt, r.Batch, r.Seq, on)
-	fmt.Fprintf(w, "%d timed steps after %d warm-up: %.1f ms/step, %.0f tokens/s, %.4g TFLOP/s, peak %.2f GiB (%s)",
-		r.Steps, r.Warmup, r.StepMS, r.TokensPerS, r.TFLOPs, r.PeakGiB, r.Memory)
+	fmt.Fprintf(w, "%d timed steps after %d warm-up: %.1f ms/step, %.0f tokens/s, %.4g TFLOP/s, peak %.2f GiB (%s), host peak RSS %.2f GiB",
+		r.Steps, r.Warmup, r.StepMS, r.TokensPerS, r.TFLOPs, r.PeakGiB, r.Memory, r.HostPeakGiB)
 	if r.Loss != nil {
 		fmt.Fprintf(w, ", last loss %.4f", *r.Loss)
 	}

@@ -23,6 +23,7 @@ type Options struct {
 	Model     string // Hugging Face model directory, or random:NAME
 	ModelSeed int64  // seed of a random:NAME model's weights
 	Adapter   string // LoRA adapter directory in peft format; "" for none
+	Quantize  string // "nf4": the base weights in 4 bits, as a QLoRA run holds them; "" as stored
 	Tokenizer string // tokenizer.json for text data; "" for the model directory's own
 
 	Data       string // JSONL file of examples
@@ -72,6 +73,14 @@ func Run(o Options) (Result, error) {
 			return Result{}, err
 		}
 	}
+	if opt.NF4, err = model.QuantizeFlag(o.Quantize, o.Model); err != nil {
+		return Result{}, err
+	}
+	if opt.NF4 != nil && opt.LoRA == nil {
+		if opt.LoRA, err = model.IdentityLoRA(&mc); err != nil {
+			return Result{}, err
+		}
+	}
 	be, err := device.Open(o.Device, 0)
 	if err != nil {
 		return Result{}, err
@@ -80,10 +89,11 @@ func Run(o Options) (Result, error) {
 	if opt.Compute, err = device.ComputeType(o.Precision, be); err != nil {
 		return Result{}, err
 	}
-	w, err := model.LoadSource(o.Model, o.ModelSeed)
+	w, err := model.LoadSourceStage(context.Background(), o.Model, mc, o.ModelSeed, 0, mc.NumLayers, true, true)
 	if err != nil {
 		return Result{}, err
 	}
+	defer w.Close()
 	m, err := model.NewModel(be, w, opt)
 	if err != nil {
 		return Result{}, err

@@ -7,6 +7,7 @@
 package generate
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ type Options struct {
 	Model     string // Hugging Face model directory, or random:NAME
 	ModelSeed int64  // seed of a random:NAME model's weights
 	Adapter   string // LoRA adapter directory in peft format; "" for none
+	Quantize  string // "nf4": the base weights in 4 bits, as a QLoRA run holds them; "" as stored
 	Tokenizer string // tokenizer.json, or a directory holding one; "" for the model directory's
 
 	Prompt string // the text to continue; with Chat, the user's message
@@ -55,11 +57,15 @@ func Run(o Options, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer device.Close(be)
-	w, err := model.LoadSource(o.Model, o.ModelSeed)
+	cfg, err := model.SourceConfig(o.Model)
 	if err != nil {
 		return err
 	}
-	cfg := w.Config
+	w, err := model.LoadSourceStage(context.Background(), o.Model, cfg, o.ModelSeed, 0, cfg.NumLayers, true, true)
+	if err != nil {
+		return err
+	}
+	defer w.Close()
 	if n := tok.VocabSize(); n > cfg.VocabSize {
 		return fmt.Errorf("tokenizer %s has %d tokens, more than the model's vocabulary of %d: is it this model's tokenizer?", tokPath, n, cfg.VocabSize)
 	}
@@ -76,6 +82,14 @@ func Run(o Options, stdout, stderr io.Writer) error {
 	}
 	if o.Adapter != "" {
 		if opt.LoRA, err = peft.Read(o.Adapter, cfg); err != nil {
+			return err
+		}
+	}
+	if opt.NF4, err = model.QuantizeFlag(o.Quantize, o.Model); err != nil {
+		return err
+	}
+	if opt.NF4 != nil && opt.LoRA == nil {
+		if opt.LoRA, err = model.IdentityLoRA(&cfg); err != nil {
 			return err
 		}
 	}

@@ -81,3 +81,13 @@ func Name() string {
 	}
 	return h
 }
+
+// PeakRSS is the most resident memory this process has held so far (the
+// kernel's maxrss), 0 when the kernel does not say.
+func PeakRSS() int64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return int64(ru.Maxrss) * 1024 // kilobytes on Linux
+}

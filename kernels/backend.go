@@ -10,7 +10,8 @@
 //     thread (thread.go), which owns the context; Close ends it.
 //   - A Buf is a device pointer, a length and a dtype; views (Slice) offset the
 //     pointer. F32 is float32 and I32 int32 (4 bytes), BF16 bfloat16 (2 bytes,
-//     converted on the host by Upload and Download, to nearest even).
+//     converted on the host by Upload and Download, to nearest even), U8 bytes
+//     (UploadBytes, DownloadBytes: NF4 weights' packed codes, nf4.go).
 //   - Mixed precision (ops.Backend's "Float types"): every kernel exists for
 //     float and bfloat16 data (kernels/*.cu: name_f32, name_bf16), loads to
 //     float, computes in float and rounds once on store. The wrapper picks the
@@ -222,19 +223,25 @@ func elemSize(dt ops.DType) int {
 		return 4
 	case ops.BF16:
 		return 2
+	case ops.U8:
+		return 1
 	}
 	return 0
 }
 
 // zero sets n elements of type dt at p to zero (all bits zero in every type).
 func zero(d *device, p uint64, dt ops.DType, n int) error {
-	if elemSize(dt) == 2 {
+	switch elemSize(dt) {
+	case 1:
+		return d.memset8(p, 0, n)
+	case 2:
 		return d.memset16(p, 0, n)
 	}
 	return d.memset32(p, 0, n)
 }
 
-// Alloc returns a zeroed buffer of n elements of type dt (F32, I32 or BF16).
+// Alloc returns a zeroed buffer of n elements of type dt (F32, I32, BF16 or
+// U8).
 func (b *Backend) Alloc(dt ops.DType, n int) (ops.Buf, error) {
 	if n < 0 || elemSize(dt) == 0 {
 		return nil, fmt.Errorf("kernels: alloc of %d elements of %v", n, dt)
@@ -282,17 +289,14 @@ func (b *Backend) Free(x ops.Buf) {
 // Upload copies host values into an F32 buffer, or into a BF16 one rounded to
 // nearest even on the host (ops.ToBF16).
 func (b *Backend) Upload(dst ops.Buf, src []float32) error {
-	if len(src) == 0 {
-		return b.upload(dst, dtypeOf(dst, ops.F32), nil, 0, "values")
-	}
 	if dtypeOf(dst, ops.F32) == ops.BF16 {
 		h := make([]uint16, len(src))
 		for i, v := range src {
 			h[i] = ops.ToBF16(v)
 		}
-		return b.upload(dst, ops.BF16, unsafe.Pointer(&h[0]), len(h), "values")
+		return b.upload(dst, ops.BF16, hostBytes(h), len(h), "values")
 	}
-	return b.upload(dst, ops.F32, unsafe.Pointer(&src[0]), len(src), "values")
+	return b.upload(dst, ops.F32, hostBytes(src), len(src), "values")
 }
 
 // dtypeOf is x's dtype when it is BF16, else def: the type a float transfer
@@ -306,14 +310,20 @@ func dtypeOf(x ops.Buf, def ops.DType) ops.DType {
 
 // UploadInt copies host values into an I32 buffer.
 func (b *Backend) UploadInt(dst ops.Buf, src []int32) error {
-	if len(src) == 0 {
-		return b.upload(dst, ops.I32, nil, 0, "ints")
-	}
-	return b.upload(dst, ops.I32, unsafe.Pointer(&src[0]), len(src), "ints")
+	return b.upload(dst, ops.I32, hostBytes(src), len(src), "ints")
 }
 
-// upload copies n host elements of type dt at src into dst, a buffer of type dt.
-func (b *Backend) upload(dst ops.Buf, dt ops.DType, src unsafe.Pointer, n int, what string) error {
+// hostBytes is the memory of v as bytes, for device.upload and download.
+func hostBytes[E byte | uint16 | int32 | float32](v []E) []byte {
+	if len(v) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), len(v)*int(unsafe.Sizeof(v[0])))
+}
+
+// upload copies n host elements of type dt, the bytes src, into dst, a buffer
+// of type dt.
+func (b *Backend) upload(dst ops.Buf, dt ops.DType, src []byte, n int, what string) error {
 	d, ok := dst.(*buf)
 	if !ok || d.dt != dt {
 		return fmt.Errorf("kernels: upload of %s into %s", what, describe(dst))
@@ -324,7 +334,7 @@ func (b *Backend) upload(dst ops.Buf, dt ops.DType, src unsafe.Pointer, n int, w
 	if n == 0 {
 		return nil
 	}
-	err := b.call(func(dv *device) error { return dv.upload(d.ptr, src, elemSize(dt)*n) })
+	err := b.call(func(dv *device) error { return dv.upload(d.ptr, src) })
 	if err != nil {
 		return fmt.Errorf("kernels: upload: %w", err)
 	}
@@ -350,12 +360,12 @@ func (b *Backend) Download(dst []float32, src ops.Buf) error {
 	var err error
 	if s.dt == ops.BF16 {
 		h := make([]uint16, len(dst))
-		err = b.call(func(dv *device) error { return dv.download(unsafe.Pointer(&h[0]), s.ptr, 2*len(h)) })
+		err = b.call(func(dv *device) error { return dv.download(hostBytes(h), s.ptr) })
 		for i, v := range h {
 			dst[i] = ops.FromBF16(v)
 		}
 	} else {
-		err = b.call(func(dv *device) error { return dv.download(unsafe.Pointer(&dst[0]), s.ptr, 4*len(dst)) })
+		err = b.call(func(dv *device) error { return dv.download(hostBytes(dst), s.ptr) })
 	}
 	if err != nil {
 		return fmt.Errorf("kernels: download: %w", err)
@@ -385,7 +395,7 @@ func (b *Backend) Sync() error {
 		return fmt.Errorf("kernels: backend used after Close")
 	}
 	var word [4]int32
-	err := b.call(func(d *device) error { return d.download(unsafe.Pointer(&word[0]), b.errWord, 16) })
+	err := b.call(func(d *device) error { return d.download(hostBytes(word[:]), b.errWord) })
 	if err != nil {
 		b.fail("%w", err)
 		return b.err

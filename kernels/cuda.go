@@ -45,6 +45,7 @@ static CUresult (*p_cuMemcpyDtoHAsync)(void*, CUdeviceptr, size_t, CUstream);
 static CUresult (*p_cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
 static CUresult (*p_cuMemsetD32Async)(CUdeviceptr, unsigned, size_t, CUstream);
 static CUresult (*p_cuMemsetD16Async)(CUdeviceptr, unsigned short, size_t, CUstream);
+static CUresult (*p_cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
 static CUresult (*p_cuModuleLoadData)(CUmodule*, const void*);
 static CUresult (*p_cuModuleUnload)(CUmodule);
 static CUresult (*p_cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
@@ -105,6 +106,7 @@ static const char* tr_load_cuda(void* lib) {
 	SYM(lib, p_cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2")
 	SYM(lib, p_cuMemsetD32Async, "cuMemsetD32Async")
 	SYM(lib, p_cuMemsetD16Async, "cuMemsetD16Async")
+	SYM(lib, p_cuMemsetD8Async, "cuMemsetD8Async")
 	SYM(lib, p_cuModuleLoadData, "cuModuleLoadData")
 	SYM(lib, p_cuModuleUnload, "cuModuleUnload")
 	SYM(lib, p_cuModuleGetFunction, "cuModuleGetFunction")
@@ -181,6 +183,7 @@ static CUresult tr_cuMemcpyDtoHAsync(void* d, CUdeviceptr s, size_t n, CUstream 
 static CUresult tr_cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st) { return p_cuMemcpyDtoDAsync(d, s, n, st); }
 static CUresult tr_cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream st) { return p_cuMemsetD32Async(d, v, n, st); }
 static CUresult tr_cuMemsetD16Async(CUdeviceptr d, unsigned short v, size_t n, CUstream st) { return p_cuMemsetD16Async(d, v, n, st); }
+static CUresult tr_cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream st) { return p_cuMemsetD8Async(d, v, n, st); }
 static CUresult tr_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuModuleLoadData(m, img); }
 static CUresult tr_cuModuleUnload(CUmodule m) { return p_cuModuleUnload(m); }
 static CUresult tr_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) { return p_cuModuleGetFunction(f, m, name); }
@@ -564,22 +567,26 @@ func (d *device) sync() error {
 }
 
 // upload copies host bytes to the device and waits, so src may be reused.
-func (d *device) upload(dst uint64, src unsafe.Pointer, bytes int) error {
-	if bytes == 0 {
+// The bytes go to C as &src[0] of a []byte, so that cgo's pointer check looks
+// at the slice's elements (bytes: no pointers) and not at the whole heap
+// object they lie in, which may hold pointers (an array field of a struct).
+func (d *device) upload(dst uint64, src []byte) error {
+	if len(src) == 0 {
 		return nil
 	}
-	if err := cuErr("cuMemcpyHtoDAsync", C.tr_cuMemcpyHtoDAsync(C.CUdeviceptr(dst), src, C.size_t(bytes), d.stream)); err != nil {
+	if err := cuErr("cuMemcpyHtoDAsync", C.tr_cuMemcpyHtoDAsync(C.CUdeviceptr(dst), unsafe.Pointer(&src[0]), C.size_t(len(src)), d.stream)); err != nil {
 		return err
 	}
 	return d.sync()
 }
 
-// download waits for the stream and copies device bytes to the host.
-func (d *device) download(dst unsafe.Pointer, src uint64, bytes int) error {
-	if bytes == 0 {
+// download waits for the stream and copies device bytes to the host (dst as
+// upload's src).
+func (d *device) download(dst []byte, src uint64) error {
+	if len(dst) == 0 {
 		return d.sync()
 	}
-	if err := cuErr("cuMemcpyDtoHAsync", C.tr_cuMemcpyDtoHAsync(dst, C.CUdeviceptr(src), C.size_t(bytes), d.stream)); err != nil {
+	if err := cuErr("cuMemcpyDtoHAsync", C.tr_cuMemcpyDtoHAsync(unsafe.Pointer(&dst[0]), C.CUdeviceptr(src), C.size_t(len(dst)), d.stream)); err != nil {
 		return err
 	}
 	return d.sync()
@@ -595,6 +602,10 @@ func (d *device) memset32(dst uint64, v uint32, n int) error {
 
 func (d *device) memset16(dst uint64, v uint16, n int) error {
 	return cuErr("cuMemsetD16Async", C.tr_cuMemsetD16Async(C.CUdeviceptr(dst), C.ushort(v), C.size_t(n), d.stream))
+}
+
+func (d *device) memset8(dst uint64, v uint8, n int) error {
+	return cuErr("cuMemsetD8Async", C.tr_cuMemsetD8Async(C.CUdeviceptr(dst), C.uchar(v), C.size_t(n), d.stream))
 }
 
 // sgemm is column-major cublasSgemm: C[m,n] = alpha op(A) op(B) + beta C.

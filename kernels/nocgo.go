@@ -4,7 +4,6 @@ package kernels
 
 import (
 	"errors"
-	"unsafe"
 
 	"train/ops"
 )
@@ -31,11 +30,12 @@ func (d *device) memInfo() (int64, int64, error)                { return 0, 0, e
 func (d *device) alloc(int) (uint64, error)                     { return 0, errNoCgo }
 func (d *device) free(uint64) error                             { return errNoCgo }
 func (d *device) sync() error                                   { return errNoCgo }
-func (d *device) upload(uint64, unsafe.Pointer, int) error      { return errNoCgo }
-func (d *device) download(unsafe.Pointer, uint64, int) error    { return errNoCgo }
+func (d *device) upload(uint64, []byte) error                   { return errNoCgo }
+func (d *device) download([]byte, uint64) error                 { return errNoCgo }
 func (d *device) copy(uint64, uint64, int) error                { return errNoCgo }
 func (d *device) memset32(uint64, uint32, int) error            { return errNoCgo }
 func (d *device) memset16(uint64, uint16, int) error            { return errNoCgo }
+func (d *device) memset8(uint64, uint8, int) error              { return errNoCgo }
 func (d *device) sgemm(bool, bool, int, int, int, float32, uint64, int, uint64, int, float32, uint64, int) error {
 	return errNoCgo
 }

@@ -20,7 +20,7 @@ const (
 	sumsqBlocks = 1024
 )
 
-// Zero sets the first n elements of x (F32, BF16 or I32) to zero.
+// Zero sets the first n elements of x (F32, BF16, I32 or U8) to zero.
 func (b *Backend) Zero(x ops.Buf, n int) {
 	dt := ops.F32
 	if x != nil && elemSize(x.DType()) != 0 {

@@ -113,19 +113,27 @@ func (c *Config) ParamCount() int64 {
 // BF16Bytes is the size of every weight in bfloat16.
 func (c *Config) BF16Bytes() int64 { return 2 * c.ParamCount() }
 
-// NF4Bytes estimates the size of the weights as QLoRA holds them, by this
-// convention: the seven linear projections of each layer in 4-bit NF4 (half a byte
-// per weight) with one float32 absmax per block of NF4BlockSize weights (no double
-// quantization); the embedding, lm_head and norms in bfloat16, as QLoRA leaves them.
+// NF4Bytes is the size of the weights as QLoRA holds them: the seven linear
+// projections of each layer in 4-bit NF4 with double-quantized scales
+// (NF4LinearBytes), the embedding, lm_head and norms in bfloat16, as QLoRA
+// leaves them.
 func (c *Config) NF4Bytes() int64 {
 	var linear int64
 	for _, s := range Linears {
 		out, in := c.LinearShape(s)
-		n := int64(out) * int64(in)
-		linear += (n+1)/2 + 4*((n+NF4BlockSize-1)/NF4BlockSize)
+		linear += NF4LinearBytes(int64(out) * int64(in))
 	}
 	other := c.ParamCount() - int64(c.NumLayers)*(c.LayerParams()-2*int64(c.HiddenSize))
 	return int64(c.NumLayers)*linear + 2*other
+}
+
+// NF4LinearBytes is what a weight of n values takes in 4-bit NF4 as train
+// holds it by default (bitsandbytes' QLoRA layout, double quantization): half
+// a byte per weight, one byte per block of NF4BlockSize weights, a float32
+// per 256 blocks and the 256-entry 8-bit map. About 4.13 bits per weight.
+func NF4LinearBytes(n int64) int64 {
+	blocks := (n + NF4BlockSize - 1) / NF4BlockSize
+	return (n+1)/2 + blocks + 4*((blocks+255)/256) + 4*256
 }
 
 // Report is what Check found out about a model.
@@ -212,10 +220,6 @@ func Check(model string) (*Report, error) {
 		checkTensors(r, m, cfg)
 		m.Close()
 	}
-	if r.QuantizedWeights > 0 {
-		r.Incompatibilities = append(r.Incompatibilities, "training from pre-quantized bitsandbytes 4-bit weights is not supported yet: "+
-			"train reads and checks them, but loads F32, BF16 and F16 weights only; use the model's original checkpoint")
-	}
 	checkTokenizer(r, model, cfg)
 	return r, nil
 }
@@ -285,11 +289,16 @@ func checkTensors(r *Report, m *ModelDir, cfg Config) {
 // shape, of a dtype train cannot read, quantized ones that cannot be read,
 // and unexpected (ignored) tensors. r, when not nil, is the report of `train
 // check`, which also counts the bitsandbytes 4-bit weights and the memory the
-// weights take; without it (a run's check before planning) a quantized weight
-// is one train cannot load yet.
+// weights take.
 func tensorProblems(m *ModelDir, cfg Config, r *Report) (missing, shaped, dtyped, quantized, extra []string) {
 	expected := map[string]bool{}
 	src := m.QuantSource()
+	var qc *quant.Config
+	if r != nil {
+		qc = r.Quantization
+	} else {
+		qc, _ = quant.LoadConfig(m.Dir) // an unreadable config.json has failed before this
+	}
 	for _, spec := range cfg.ExpectedTensors() {
 		expected[spec.Name] = true
 		t, _, ok := m.Tensor(spec.Name)
@@ -299,15 +308,15 @@ func tensorProblems(m *ModelDir, cfg Config, r *Report) (missing, shaped, dtyped
 		case quant.IsQuantized(src, spec.Name):
 			qs, err := quant.ReadQuantState(src, spec.Name)
 			switch {
-			case r == nil:
-				dtyped = append(dtyped, fmt.Sprintf("tensor %s is stored quantized by bitsandbytes (4-bit): training from pre-quantized weights is not available in this build", spec.Name))
-			case r.Quantization == nil:
+			case qc == nil:
 				quantized = append(quantized, fmt.Sprintf("tensor %s is stored quantized by bitsandbytes, but config.json has no quantization_config", spec.Name))
 			case err != nil:
 				quantized = append(quantized, err.Error())
 			case !slices.Equal(qs.Shape, spec.Shape):
 				shaped = append(shaped, fmt.Sprintf("tensor %s (bitsandbytes 4-bit) has shape %v, but config.json implies %v", spec.Name, qs.Shape, spec.Shape))
-			default:
+			case qc.Supported() != nil:
+				quantized = append(quantized, fmt.Sprintf("tensor %s: %v", spec.Name, qc.Supported()))
+			case r != nil:
 				r.QuantizedWeights++
 				r.MemoryBytes += quant.StoredBytes(src, spec.Name)
 			}
@@ -449,14 +458,14 @@ func (r *Report) WriteText(w io.Writer) error {
 	line("tied embeddings", "%s", yesNo(r.TiedEmbeddings))
 	line("parameters", "%s (%s)", groupDigits(r.Parameters), HumanCount(r.Parameters))
 	line("bf16 weights", "%s", formatByteSize(r.BF16Bytes))
-	line("nf4 weights", "%s (linear layers 4-bit NF4, one fp32 absmax per %d weights; embeddings, lm_head, norms bf16)",
+	line("nf4 weights", "%s (linear layers 4-bit NF4 in blocks of %d, double-quantized scales; embeddings, lm_head, norms bf16)",
 		formatByteSize(r.NF4Bytes), NF4BlockSize)
 	switch r.Format {
 	case "hf":
 		line("format", "plain Hugging Face checkpoint, not quantized: %s as bf16, %s as NF4 (QLoRA)",
 			formatByteSize(r.BF16Bytes), formatByteSize(r.NF4Bytes))
 	case "bnb-4bit":
-		line("format", "bitsandbytes 4-bit checkpoint (%s): %d of %d linear weights quantized, %s in memory as stored (4-bit codes and their scales; other tensors bf16)",
+		line("format", "bitsandbytes 4-bit checkpoint (%s): %d of %d linear weights quantized, %s in memory as stored (4-bit codes and their scales; other tensors bf16); -method qlora trains on it as stored, lora dequantizes it to bf16",
 			strings.TrimPrefix(r.Quantization.String(), "bitsandbytes 4-bit "), r.QuantizedWeights, len(Linears)*r.Layers, formatByteSize(r.MemoryBytes))
 	case "quantized":
 		line("format", "quantized checkpoint (%s)", r.Quantization)

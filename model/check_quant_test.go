@@ -96,7 +96,7 @@ func TestCheckFormat(t *testing.T) {
 	if r.Format != "bnb-4bit" || r.QuantizedWeights != n || r.MemoryBytes != mem {
 		t.Errorf("bnb-4bit checkpoint: format %q, %d quantized (want %d), %d bytes (want %d)", r.Format, r.QuantizedWeights, n, r.MemoryBytes, mem)
 	}
-	if len(r.Incompatibilities) != 1 || !strings.Contains(r.Incompatibilities[0], "training from pre-quantized bitsandbytes 4-bit weights is not supported yet") {
+	if !r.Compatible() {
 		t.Errorf("bnb-4bit incompatibilities: %q", r.Incompatibilities)
 	}
 	for _, w := range r.Warnings {
@@ -164,7 +164,7 @@ func TestCheckBnbFixture(t *testing.T) {
 	}
 	r, err := Check(dir)
 	mustOK(t, err)
-	if r.Format != "bnb-4bit" || r.QuantizedWeights != 7 || r.Quantization == nil || !r.Quantization.DoubleQuant || len(r.Incompatibilities) != 1 {
+	if r.Format != "bnb-4bit" || r.QuantizedWeights != 7 || r.Quantization == nil || !r.Quantization.DoubleQuant || len(r.Incompatibilities) != 0 {
 		t.Errorf("fixture: format %q, %d quantized, %+v, %q", r.Format, r.QuantizedWeights, r.Quantization, r.Incompatibilities)
 	}
 }

@@ -253,7 +253,8 @@ func TestWeightSizes(t *testing.T) {
 	}
 	linear := int64(32) * (4096*4096*2 + 1024*4096*2 + 3*14336*4096)
 	other := int64(8030261248) - linear
-	if want := linear/2 + 4*linear/64 + 2*other; c.NF4Bytes() != want {
+	// Per weight: 4 bits, 8 bits per 64, 32 bits per 64*256; and a 1 KiB map per tensor.
+	if want := linear/2 + linear/64 + 4*linear/(64*256) + 32*7*1024 + 2*other; c.NF4Bytes() != want {
 		t.Errorf("nf4 %d, want %d", c.NF4Bytes(), want)
 	}
 }

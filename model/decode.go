@@ -235,7 +235,7 @@ func (d *Decoder) linear(l, j int, y, x ops.Buf, T int) {
 	m, be := d.m, d.m.be
 	sl := m.layers[l]
 	out, in := m.cfg.LinearShape(Linears[j])
-	be.MatmulNT(y, x, sl.lin[j].W, T, out, in, 1, 0)
+	be.MatmulNT(y, x, m.weight(l, j), T, out, in, 1, 0)
 	if lp := sl.lora[j]; lp != nil {
 		r := m.lora.Rank
 		be.MatmulNT(d.h, x, lp.A.W, T, r, in, 1, 0)

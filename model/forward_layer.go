@@ -80,7 +80,7 @@ func (m *Model) linearForward(l, j int, y, x, h ops.Buf) {
 	sl := m.layers[l-m.lo]
 	out, in := m.cfg.LinearShape(Linears[j])
 	if y != nil {
-		be.MatmulNT(y, x, sl.lin[j].W, N, out, in, 1, 0)
+		be.MatmulNT(y, x, m.weight(l, j), N, out, in, 1, 0)
 	}
 	lp := sl.lora[j]
 	if lp == nil {
@@ -106,7 +106,7 @@ func (m *Model) linearBackward(l, j int, dx, dy, x, h ops.Buf, acc bool) {
 	if acc {
 		beta = 1
 	}
-	be.MatmulNN(dx, dy, w.W, N, in, out, 1, beta)
+	be.MatmulNN(dx, dy, m.weight(l, j), N, in, out, 1, beta)
 	if w.Grad != nil {
 		be.MatmulTN(w.Grad, dy, x, out, in, N, 1, 1)
 	}
@@ -125,6 +125,19 @@ func (m *Model) linearBackward(l, j int, dx, dy, x, h ops.Buf, acc bool) {
 	be.MatmulNN(p.dxd, p.dh, lp.A.W, N, in, r, 1, 0)
 	be.Dropout(p.dxd, p.dxd, N*in, float32(m.lora.Dropout), m.dropoutSeed(l, j))
 	be.Add(dx, dx, p.dxd, N*in)
+}
+
+// weight is projection j of layer l as the passes read it: its W, or for a
+// 4-bit weight (QLoRA) the weight dequantized into the workspace that every
+// layer shares, valid until the next call.
+func (m *Model) weight(l, j int) ops.Buf {
+	p := m.layers[l-m.lo].lin[j]
+	if p.NF4 == nil {
+		return p.W
+	}
+	w := m.deq.Slice(0, p.size())
+	m.be.DequantNF4(w, *p.NF4)
+	return w
 }
 
 // loraInput returns the LoRA branch's input: x, or in training with dropout

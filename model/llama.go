@@ -3,8 +3,10 @@ package model
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"train/ops"
+	"train/quant"
 )
 
 // Model runs the forward and backward passes of layers [Lo,Hi) of a Llama on an
@@ -38,7 +40,10 @@ type Model struct {
 	lora      *LoRAConfig // nil in full fine-tuning
 	loraScale float32
 
-	compute  ops.DType // weights and activations: F32 or BF16
+	compute  ops.DType      // weights and activations: F32 or BF16
+	nf4      *quant.Options // QLoRA's 4-bit base weights, or nil
+	quantBuf ops.Buf        // U8: every 4-bit weight's codes
+	deq      ops.Buf        // the compute-type workspace 4-bit weights are dequantized into
 	params   []*Param
 	byName   map[string]*Param
 	paramBuf ops.Buf // F32 values: every tensor, or in BF16 only the trainable masters
@@ -96,6 +101,15 @@ type Options struct {
 	// [tokens, vocab] buffer exists (4 GiB at 16k tokens of Llama 3 in bf16).
 	// 0 is DefaultHeadChunk.
 	HeadChunk int
+	// NF4, with LoRA, holds the frozen weights of the seven projections in
+	// 4-bit NF4 (QLoRA) with these options (block size, double
+	// quantization): quantized at upload, tensor by tensor, on the backend,
+	// or uploaded as stored from a bitsandbytes 4-bit checkpoint, whose
+	// layout must then be these options'. Before each use a weight is
+	// dequantized into one workspace shared by every layer; the backward
+	// dequantizes again instead of keeping a copy. Embeddings, norms and the
+	// head stay in the compute type, as peft with bitsandbytes leaves them.
+	NF4 *quant.Options
 }
 
 // HeadChunkElems is the logits the default chunk of the head holds: 2^27
@@ -120,9 +134,14 @@ type Param struct {
 	// trainable tensor's BF16 copy, refreshed from Value by RefreshCompute.
 	W    ops.Buf
 	Grad ops.Buf // the F32 gradient; nil when frozen
+	// NF4 is a frozen projection held in 4 bits (Options.NF4); its Value and
+	// W are nil.
+	NF4 *ops.NF4
 
 	host      []float32 // the weights until uploaded
 	trainable bool
+	layer     int    // the decoder layer the tensor belongs to, or -1
+	short     string // its short name in the layer ("q_proj", "input_layernorm")
 }
 
 // Batch is one micro-batch of B sequences of T tokens, row-major [B, T].
@@ -217,38 +236,54 @@ func NewModel(be ops.Backend, w *Weights, opt Options) (*Model, error) {
 		}
 		m.lora, m.loraScale = &lc, float32(lc.Scale())
 	}
+	if opt.NF4 != nil {
+		if full {
+			return nil, errors.New("model: 4-bit NF4 base weights (QLoRA) need a LoRA adapter: full fine-tuning trains the weights themselves")
+		}
+		o := *opt.NF4
+		if o.BlockSize == 0 {
+			o.BlockSize = quant.DefaultBlockSize
+		}
+		if o.BlockSize < 32 || o.BlockSize > 4096 || o.BlockSize&(o.BlockSize-1) != 0 {
+			return nil, fmt.Errorf("model: NF4 block size %d is not one of bitsandbytes' (32, 64, ..., 4096)", o.BlockSize)
+		}
+		m.nf4 = &o
+	}
 	if err := m.addParams(w, opt.LoRA); err != nil {
 		return nil, err
 	}
-	if err := m.allocParams(); err != nil {
+	if err := m.allocParams(w); err != nil {
+		m.Close()
 		return nil, err
 	}
 	return m, nil
 }
 
-// addParams lists the stage's tensors in checkpoint order, checking each shape.
+// addParams lists the stage's tensors in checkpoint order, checking the
+// shape of each tensor held on the host. A lazily loaded stage's layers are
+// checked as they load (upload).
 func (m *Model) addParams(w *Weights, lora *LoRA) error {
 	cfg := &m.cfg
 	h, V := cfg.HiddenSize, cfg.VocabSize
 	full := lora == nil
+	lazy := w.load != nil || w.random != nil
 	var err error
+	// stored marks a projection that comes as stored in 4 bits at upload.
+	stored := false
 	add := func(name string, host []float32, trainable bool, shape ...int) *Param {
 		if err != nil {
 			return nil
 		}
-		n := 1
-		for _, d := range shape {
-			n *= d
-		}
-		if host == nil {
+		p := &Param{Name: name, Shape: shape, host: host, trainable: trainable, layer: -1}
+		if host == nil && !stored && !lazy {
 			err = fmt.Errorf("model: weights lack %s %v", name, shape)
 			return nil
 		}
-		if len(host) != n {
-			err = fmt.Errorf("model: %s has %d values, want %v = %d", name, len(host), shape, n)
-			return nil
+		if host != nil {
+			if err = checkHostLen(p, host); err != nil {
+				return nil
+			}
 		}
-		p := &Param{Name: name, Shape: shape, host: host, trainable: trainable}
 		m.params = append(m.params, p)
 		m.byName[name] = p
 		return p
@@ -258,16 +293,31 @@ func (m *Model) addParams(w *Weights, lora *LoRA) error {
 	}
 	for l := m.lo; l < m.hi; l++ {
 		wl := w.Layers[l]
-		if wl == nil {
+		if wl == nil && !lazy {
 			return fmt.Errorf("model: weights lack layer %d", l)
 		}
+		if wl == nil {
+			wl = &Layer{}
+		}
 		sl := &stageLayer{}
-		sl.attnNorm = add(LayerTensorName(l, "input_layernorm"), wl.AttnNorm, full, h)
+		inLayer := func(p *Param, short string) *Param {
+			if p != nil {
+				p.layer, p.short = l, short
+			}
+			return p
+		}
+		sl.attnNorm = inLayer(add(LayerTensorName(l, "input_layernorm"), wl.AttnNorm, full, h), "input_layernorm")
 		for j, s := range Linears {
 			out, in := cfg.LinearShape(s)
-			sl.lin[j] = add(LayerTensorName(l, s), *wl.Linear(s), full, out, in)
+			host := *wl.Linear(s)
+			stored = host == nil && wl.Quantized[s] != nil && m.nf4 != nil // uploaded as stored
+			if host == nil && wl.Quantized[s] != nil && m.nf4 == nil && err == nil {
+				host, err = m.hostDequantized(wl.Quantized[s], LayerTensorName(l, s))
+			}
+			sl.lin[j] = inLayer(add(LayerTensorName(l, s), host, full, out, in), s)
+			stored = false
 		}
-		sl.mlpNorm = add(LayerTensorName(l, "post_attention_layernorm"), wl.MLPNorm, full, h)
+		sl.mlpNorm = inLayer(add(LayerTensorName(l, "post_attention_layernorm"), wl.MLPNorm, full, h), "post_attention_layernorm")
 		if lora != nil {
 			r := lora.Config.Rank
 			for j, s := range Linears {
@@ -295,14 +345,48 @@ func (m *Model) addParams(w *Weights, lora *LoRA) error {
 	return err
 }
 
+// checkHostLen checks that host holds exactly p's shape.
+func checkHostLen(p *Param, host []float32) error {
+	if len(host) != p.size() {
+		return fmt.Errorf("model: %s has %d values, want %v = %d", p.Name, len(host), p.Shape, p.size())
+	}
+	return nil
+}
+
+// hostDequantized expands a weight stored in 4 bits to float32 on the host,
+// for a model that does not keep it in 4 bits (LoRA or full fine-tuning,
+// evaluation): the numbers bitsandbytes' dequantize_4bit gives.
+func (m *Model) hostDequantized(q *quant.NF4, name string) ([]float32, error) {
+	v := make([]float32, q.Len())
+	if err := q.Dequantize(v); err != nil {
+		return nil, fmt.Errorf("model: %s: %w", name, err)
+	}
+	return v, nil
+}
+
+// quantized reports whether p is held in 4 bits.
+func (m *Model) quantized(p *Param) bool {
+	if m.nf4 == nil || p.layer < 0 || p.trainable {
+		return false
+	}
+	return slices.Contains(Linears, p.short)
+}
+
 // allocParams places the parameters in one allocation per type and every
 // gradient in another, and uploads the values. In F32 every tensor has one F32
 // copy. In BF16 every tensor has a BF16 copy (W) and a trainable one also an
-// F32 master (Value), so the optimizer updates full-precision values.
-func (m *Model) allocParams() error {
-	var vp, wp, gp ops.Plan
+// F32 master (Value), so the optimizer updates full-precision values. A 4-bit
+// weight (QLoRA) has its codes in a U8 allocation and its scales among the F32
+// values, and the compute-type workspace it is dequantized into is sized for
+// the largest. The layers of a lazily loaded stage are read one at a time.
+func (m *Model) allocParams(w *Weights) error {
+	var vp, wp, gp, qp ops.Plan
+	maxQ := 0
 	for _, p := range m.params {
 		switch {
+		case m.quantized(p):
+			p.NF4 = m.planNF4(&vp, &qp, p.size())
+			maxQ = max(maxQ, p.size())
 		case m.compute == ops.F32:
 			vp.Add(&p.Value, p.size())
 		case p.trainable:
@@ -330,17 +414,45 @@ func (m *Model) allocParams() error {
 	if m.gradBuf, err = gp.Alloc(m.be, ops.F32); err != nil {
 		return fmt.Errorf("model: gradients: %w", err)
 	}
+	if maxQ > 0 {
+		if m.quantBuf, err = qp.Alloc(m.be, ops.U8); err != nil {
+			return fmt.Errorf("model: 4-bit weights: %w", err)
+		}
+		if m.deq, err = m.be.Alloc(m.compute, maxQ); err != nil {
+			return fmt.Errorf("model: the 4-bit weights' %v workspace: %w", m.compute, err)
+		}
+	}
+	up := &uploader{m: m, w: w, cur: -1}
+	defer up.free()
 	for _, p := range m.params {
 		if p.W == nil {
 			p.W = p.Value
 		}
-		if err := m.be.Upload(p.Value, p.host); err != nil {
-			return fmt.Errorf("model: upload %s: %w", p.Name, err)
+		if err := up.upload(p); err != nil {
+			return err
 		}
 		p.host = nil // the caller's slice; not kept
 	}
 	m.RefreshCompute()
-	return nil
+	return m.be.Sync()
+}
+
+// planNF4 reserves a 4-bit weight of n values: its codes in qp, its scales
+// (float32 absmaxes, or with double quantization one byte per block in qp and
+// the absmax2s and the 8-bit map in vp).
+func (m *Model) planNF4(vp, qp *ops.Plan, n int) *ops.NF4 {
+	w := &ops.NF4{N: n, BlockSize: m.nf4.BlockSize}
+	blocks := w.Blocks()
+	qp.Add(&w.Packed, (n+1)/2)
+	if !m.nf4.DoubleQuant {
+		vp.Add(&w.Absmax, blocks)
+		return w
+	}
+	w.NestedBlock = quant.NestedBlockSize
+	qp.Add(&w.Codes, blocks)
+	vp.Add(&w.Absmax2, (blocks+w.NestedBlock-1)/w.NestedBlock)
+	vp.Add(&w.Map, 256)
+	return w
 }
 
 // Compute is the type of the model's weights and activations.
@@ -747,8 +859,13 @@ func (m *Model) Value(name string) ([]float32, error) {
 	if p == nil {
 		return nil, fmt.Errorf("model: no tensor %q in layers [%d,%d)", name, m.lo, m.hi)
 	}
+	src := p.Value
+	if p.NF4 != nil {
+		src = m.deq.Slice(0, p.size())
+		m.be.DequantNF4(src, *p.NF4)
+	}
 	v := make([]float32, p.size())
-	if err := m.be.Download(v, p.Value); err != nil {
+	if err := m.be.Download(v, src); err != nil {
 		return nil, fmt.Errorf("model: %s: %w", name, err)
 	}
 	return v, nil
@@ -763,6 +880,9 @@ func (m *Model) SetValue(name string, v []float32) error {
 	}
 	if len(v) != p.size() {
 		return fmt.Errorf("model: %s has %d values, want %v", name, len(v), p.Shape)
+	}
+	if p.NF4 != nil {
+		return fmt.Errorf("model: %s is held in 4-bit NF4: its values cannot be set", name)
 	}
 	for _, a := range m.slots { // the saved activations no longer match the weights
 		if a != nil {
@@ -805,10 +925,10 @@ func (m *Model) LoRATensors() (map[string][]float32, error) {
 // Close frees the model's device memory.
 func (m *Model) Close() {
 	m.freeActs()
-	for _, b := range []ops.Buf{m.paramBuf, m.workBuf, m.gradBuf, m.ropeBuf} {
+	for _, b := range []ops.Buf{m.paramBuf, m.workBuf, m.gradBuf, m.ropeBuf, m.quantBuf, m.deq} {
 		if b != nil {
 			m.be.Free(b)
 		}
 	}
-	m.paramBuf, m.gradBuf, m.ropeBuf = nil, nil, nil
+	m.paramBuf, m.workBuf, m.gradBuf, m.ropeBuf, m.quantBuf, m.deq = nil, nil, nil, nil, nil, nil
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -224,62 +225,139 @@ func (m *ModelDir) LoadWeights(cfg Config, lo, hi int, withEmbed, withHead bool)
 // tensor it read (Base), computed as the tensors were read, and stops between
 // tensors once ctx is cancelled (with ctx's error).
 func (m *ModelDir) LoadWeightsBase(ctx context.Context, cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, Base, error) {
-	var base Base
-	if lo < 0 || hi > cfg.NumLayers || lo > hi {
-		return nil, base, fmt.Errorf("%s: layer range [%d,%d) is outside the model's %d layers", m.Dir, lo, hi, cfg.NumLayers)
+	r, err := m.newStageReader(ctx, cfg, lo, hi)
+	if err != nil {
+		return nil, Base{}, err
 	}
 	w := &Weights{Config: cfg, Layers: make([]*Layer, cfg.NumLayers)}
-	h := cfg.HiddenSize
-	read := func(dst *[]float32, name string, shape ...int) error {
-		data, id, err := m.readExpected(name, shape)
-		if err != nil {
-			return err
-		}
-		*dst = data
-		base.Tensors = append(base.Tensors, id)
-		return nil
-	}
-	if withEmbed || (withHead && cfg.TieEmbeddings) {
-		if err := read(&w.Embed, "model.embed_tokens.weight", cfg.VocabSize, h); err != nil {
-			return nil, base, err
-		}
+	if err := r.readEnds(w, withEmbed, withHead); err != nil {
+		return nil, r.base, err
 	}
 	for i := lo; i < hi; i++ {
-		if err := ctx.Err(); err != nil {
-			return nil, base, err
+		if w.Layers[i], err = r.readLayer(i); err != nil {
+			return nil, r.base, err
 		}
-		l := &Layer{}
-		if err := read(&l.AttnNorm, LayerTensorName(i, "input_layernorm"), h); err != nil {
-			return nil, base, err
-		}
-		if err := read(&l.MLPNorm, LayerTensorName(i, "post_attention_layernorm"), h); err != nil {
-			return nil, base, err
-		}
-		for _, s := range Linears {
-			if err := ctx.Err(); err != nil {
-				return nil, base, err
-			}
-			out, in := cfg.LinearShape(s)
-			if err := read(l.Linear(s), LayerTensorName(i, s), out, in); err != nil {
-				return nil, base, err
-			}
-		}
-		w.Layers[i] = l
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, base, err
+	return w, r.base, nil
+}
+
+// lazyWeights returns the weights of a stage as LoadWeightsBase does, but with
+// the layers read only when NewModel uploads them (one at a time, each dropped
+// once on the device). The embedding and head are read now. The Weights keep
+// m open until their Close.
+func (m *ModelDir) lazyWeights(ctx context.Context, cfg Config, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
+	r, err := m.newStageReader(ctx, cfg, lo, hi)
+	if err != nil {
+		return nil, err
+	}
+	w := &Weights{Config: cfg, Layers: make([]*Layer, cfg.NumLayers), base: &r.base, closer: m.Close}
+	if err := r.readEnds(w, withEmbed, withHead); err != nil {
+		return nil, err
+	}
+	w.load = func(i int) (*Layer, error) {
+		if i < lo || i >= hi {
+			return nil, fmt.Errorf("%s: layer %d is outside the stage's layers [%d,%d)", m.Dir, i, lo, hi)
+		}
+		return r.readLayer(i)
+	}
+	return w, nil
+}
+
+// stageReader reads the tensors of one stage, recording the identity of each.
+type stageReader struct {
+	ctx  context.Context
+	m    *ModelDir
+	cfg  Config
+	qc   *quant.Config // config.json's quantization_config; nil for a plain checkpoint
+	base Base
+}
+
+func (m *ModelDir) newStageReader(ctx context.Context, cfg Config, lo, hi int) (*stageReader, error) {
+	if lo < 0 || hi > cfg.NumLayers || lo > hi {
+		return nil, fmt.Errorf("%s: layer range [%d,%d) is outside the model's %d layers", m.Dir, lo, hi, cfg.NumLayers)
+	}
+	r := &stageReader{ctx: ctx, m: m, cfg: cfg}
+	qc, err := quant.LoadConfig(m.Dir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	r.qc = qc
+	return r, nil
+}
+
+func (r *stageReader) read(dst *[]float32, name string, shape ...int) error {
+	if err := r.ctx.Err(); err != nil {
+		return err
+	}
+	data, id, err := r.m.readExpected(name, shape)
+	if err != nil {
+		return err
+	}
+	*dst = data
+	r.base.Tensors = append(r.base.Tensors, id)
+	return nil
+}
+
+// readEnds reads the embedding and the final norm and head as the stage needs.
+func (r *stageReader) readEnds(w *Weights, withEmbed, withHead bool) error {
+	cfg, h := &r.cfg, r.cfg.HiddenSize
+	if withEmbed || (withHead && cfg.TieEmbeddings) {
+		if err := r.read(&w.Embed, "model.embed_tokens.weight", cfg.VocabSize, h); err != nil {
+			return err
+		}
 	}
 	if withHead {
-		if err := read(&w.FinalNorm, "model.norm.weight", h); err != nil {
-			return nil, base, err
+		if err := r.read(&w.FinalNorm, "model.norm.weight", h); err != nil {
+			return err
 		}
 		if !cfg.TieEmbeddings {
-			if err := read(&w.LMHead, "lm_head.weight", cfg.VocabSize, h); err != nil {
-				return nil, base, err
+			if err := r.read(&w.LMHead, "lm_head.weight", cfg.VocabSize, h); err != nil {
+				return err
 			}
 		}
 	}
-	return w, base, nil
+	return nil
+}
+
+// readLayer reads decoder layer i: its norms and projections, each in float32,
+// or a projection stored by bitsandbytes in 4 bits as it is stored (its
+// identity is the CRC-32C of its packed codes).
+func (r *stageReader) readLayer(i int) (*Layer, error) {
+	h := r.cfg.HiddenSize
+	l := &Layer{}
+	if err := r.read(&l.AttnNorm, LayerTensorName(i, "input_layernorm"), h); err != nil {
+		return nil, err
+	}
+	if err := r.read(&l.MLPNorm, LayerTensorName(i, "post_attention_layernorm"), h); err != nil {
+		return nil, err
+	}
+	src := r.m.QuantSource()
+	for _, s := range Linears {
+		out, in := r.cfg.LinearShape(s)
+		name := LayerTensorName(i, s)
+		if !quant.IsQuantized(src, name) {
+			if err := r.read(l.Linear(s), name, out, in); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if err := r.ctx.Err(); err != nil {
+			return nil, err
+		}
+		q, err := quant.ReadWeight(r.qc, src, name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", r.m.Dir, err)
+		}
+		if !slices.Equal(q.Shape, []int{out, in}) {
+			return nil, fmt.Errorf("%s: tensor %s has shape %v, but config.json implies %v", r.m.Dir, name, q.Shape, []int{out, in})
+		}
+		if l.Quantized == nil {
+			l.Quantized = map[string]*quant.NF4{}
+		}
+		l.Quantized[s] = q
+		r.base.Tensors = append(r.base.Tensors, BaseTensor{Name: name, Shape: q.Shape, DType: "NF4", CRC32C: crc32.Checksum(q.Packed, crc32.MakeTable(crc32.Castagnoli))})
+	}
+	return l, nil
 }
 
 // LoadWeights opens the model directory dir, loads the part of the weights named as

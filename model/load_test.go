@@ -398,10 +398,10 @@ func TestLoadSourceStageCancelled(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, name := range []string{dir, "random:tiny"} {
-		if _, _, err := LoadSourceStage(ctx, name, cfg, 1, 0, cfg.NumLayers, true, true); !errors.Is(err, context.Canceled) {
+		if _, err := LoadSourceStage(ctx, name, cfg, 1, 0, cfg.NumLayers, true, true); !errors.Is(err, context.Canceled) {
 			t.Errorf("%s with a cancelled context: %v, want context.Canceled", name, err)
 		}
-		if _, _, err := LoadSourceStage(context.Background(), name, cfg, 1, 0, cfg.NumLayers, true, true); err != nil {
+		if _, err := LoadSourceStage(context.Background(), name, cfg, 1, 0, cfg.NumLayers, true, true); err != nil {
 			t.Errorf("%s: %v", name, err)
 		}
 	}

@@ -11,7 +11,9 @@ type MemoryPart struct {
 // Memory lists the device memory the model holds, by part: the weights (in
 // mixed precision the bf16 copies and the float32 masters of trainable
 // tensors apart), the gradients, the activations of the current batch shape
-// (after Plan or a Forward) and the rope tables.
+// (after Plan or a Forward) and the rope tables. With QLoRA the 4-bit
+// weights' codes, their scales and the workspace they are dequantized into
+// are parts of their own.
 func (m *Model) Memory() []MemoryPart {
 	var parts []MemoryPart
 	add := func(name string, bufs ...ops.Buf) {
@@ -23,12 +25,24 @@ func (m *Model) Memory() []MemoryPart {
 			parts = append(parts, MemoryPart{name, n})
 		}
 	}
+	var codes, scales int64 // of the 4-bit weights; their F32 scales sit in paramBuf
+	for _, p := range m.params {
+		if q := p.NF4; q != nil {
+			codes += ops.Bytes(q.Packed)
+			scales += ops.Bytes(q.Absmax) + ops.Bytes(q.Codes) + ops.Bytes(q.Absmax2) + ops.Bytes(q.Map)
+		}
+	}
+	f32Scales := scales - (ops.Bytes(m.quantBuf) - codes)
+	if codes > 0 {
+		parts = append(parts, MemoryPart{"4-bit NF4 weights", codes}, MemoryPart{"NF4 scales", scales})
+	}
 	if m.compute == ops.F32 {
-		add("weights (f32)", m.paramBuf)
+		parts = append(parts, MemoryPart{"weights (f32)", ops.Bytes(m.paramBuf) - f32Scales})
 	} else {
 		add("weights ("+m.compute.String()+")", m.workBuf)
-		add("trainable f32 masters", m.paramBuf)
+		parts = append(parts, MemoryPart{"trainable f32 masters", ops.Bytes(m.paramBuf) - f32Scales})
 	}
+	add("NF4 dequantization workspace ("+m.compute.String()+")", m.deq)
 	add("gradients (f32)", m.gradBuf)
 	var acts []ops.Buf
 	for _, p := range m.slots {

@@ -14,11 +14,11 @@ import (
 	"context"
 	"fmt"
 	"hash/fnv"
-	"math"
 	"runtime"
 	"sort"
 	"strings"
 	"sync"
+	"train/ops"
 )
 
 // RandomPrefix marks a -model value that names a random architecture.
@@ -173,6 +173,18 @@ func randomWeights(ctx context.Context, cfg Config, seed uint64, lo, hi int, wit
 	return w, nil
 }
 
+// randomSource draws a lazily built random model's tensors on the backend:
+// the same values RandomWeights computes on the host (Backend.FillNormal).
+type randomSource struct{ seed uint64 }
+
+// deviceRandomWeights returns random weights that hold nothing on the host:
+// NewModel draws each tensor of its stage where it lives, so a 70B model
+// needs no 282 GB of host memory.
+func deviceRandomWeights(cfg Config, name string, seed int64) *Weights {
+	return &Weights{Config: cfg, Layers: make([]*Layer, cfg.NumLayers), random: &randomSource{uint64(seed)},
+		base: &Base{Random: name, Seed: seed}}
+}
+
 // randomJob is one tensor to fill from the generator keyed by key.
 type randomJob struct {
 	key  uint64
@@ -195,7 +207,7 @@ func fillRandomJobs(ctx context.Context, jobs []randomJob) error {
 		go func() {
 			defer wg.Done()
 			for s := range work {
-				fillNormal(jobs[s.job].data[s.lo:s.hi], jobs[s.job].key, s.lo)
+				ops.FillNormalHost(jobs[s.job].data[s.lo:s.hi], jobs[s.job].key, s.lo, randomInitStd)
 			}
 		}()
 	}
@@ -220,33 +232,7 @@ feed:
 func randomTensorKey(seed uint64, name string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(name))
-	return randomSplitmix64(seed ^ randomSplitmix64(h.Sum64()))
-}
-
-// randomSplitmix64 is the finaliser of Steele, Lea and Flood's SplitMix64: a bijective
-// mix whose outputs on consecutive counters pass BigCrush.
-func randomSplitmix64(x uint64) uint64 {
-	x += 0x9e3779b97f4a7c15
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
-	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
-	return x ^ (x >> 31)
-}
-
-// fillNormal writes N(0, randomInitStd²) values for elements [first, first+len(dst))
-// of the tensor keyed by key; first must be even. Element pair (2j, 2j+1) is the
-// Box-Muller transform of the uniforms from counters 2j and 2j+1.
-func fillNormal(dst []float32, key uint64, first int) {
-	for i := 0; i < len(dst); i += 2 {
-		j := uint64(first + i)
-		u1 := (float64(randomSplitmix64(key+j)>>11) + 1) / (1 << 53) // (0, 1]: log is finite
-		u2 := float64(randomSplitmix64(key+j+1)>>11) / (1 << 53)
-		r := math.Sqrt(-2*math.Log(u1)) * randomInitStd
-		s, c := math.Sincos(2 * math.Pi * u2)
-		dst[i] = float32(r * c)
-		if i+1 < len(dst) {
-			dst[i+1] = float32(r * s)
-		}
-	}
+	return ops.Splitmix64(seed ^ ops.Splitmix64(h.Sum64()))
 }
 
 // formatByteSize prints a byte count in binary units.

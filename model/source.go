@@ -2,10 +2,13 @@ package model
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 
 	"train/host"
+	"train/quant"
 )
 
 // A model source is what a user names with -model: a Hugging Face directory or
@@ -28,28 +31,34 @@ func SourceConfig(name string) (Config, error) {
 	return cfg, nil
 }
 
-// LoadSourceStage returns the weights one pipeline stage needs, reading (or
-// drawing) nothing else: layers [lo, hi), the embedding when withEmbed, the
-// final norm and head when withHead, and the identity of what it loaded
-// (Base). Random weights come from seed and are refused when they would not
-// fit the host's available memory. A cancelled ctx stops it between tensors
-// (pieces of a tensor for random weights) with ctx's error: loading a large
-// model takes minutes, and a signal must not wait for it.
-func LoadSourceStage(ctx context.Context, name string, cfg Config, seed int64, lo, hi int, withEmbed, withHead bool) (*Weights, Base, error) {
+// LoadSourceStage returns the weights one pipeline stage needs, to give to
+// NewModel, reading (or drawing) nothing else: layers [lo, hi), the embedding
+// when withEmbed, the final norm and head when withHead. The layers are read
+// one at a time as NewModel uploads them, and random weights are drawn on the
+// backend, so the host never holds the model (Weights.Base is the identity of
+// what was read, complete once NewModel returns; Close closes the files). A
+// cancelled ctx stops the reading between tensors with ctx's error: loading a
+// large model takes minutes, and a signal must not wait for it.
+func LoadSourceStage(ctx context.Context, name string, cfg Config, seed int64, lo, hi int, withEmbed, withHead bool) (*Weights, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if IsRandomModel(name) {
-		w, err := randomWeights(ctx, cfg, uint64(seed), lo, hi, withEmbed, withHead, host.AvailableMemory())
-		return w, Base{Random: name, Seed: seed}, err
+		if lo < 0 || hi > cfg.NumLayers || lo > hi {
+			return nil, fmt.Errorf("random weights: layer range [%d,%d) is outside the model's %d layers", lo, hi, cfg.NumLayers)
+		}
+		return deviceRandomWeights(cfg, name, seed), nil
 	}
 	m, err := OpenModelDir(name)
 	if err != nil {
-		return nil, Base{}, fmt.Errorf("model %s: %w", name, err)
+		return nil, fmt.Errorf("model %s: %w", name, err)
 	}
-	defer m.Close()
-	w, base, err := m.LoadWeightsBase(ctx, cfg, lo, hi, withEmbed, withHead)
+	w, err := m.lazyWeights(ctx, cfg, lo, hi, withEmbed, withHead)
 	if err != nil {
-		return nil, Base{}, fmt.Errorf("model %s: %w", name, err)
+		m.Close()
+		return nil, fmt.Errorf("model %s: %w", name, err)
 	}
-	return w, base, nil
+	return w, nil
 }
 
 // CheckSourceTensors checks, from the safetensors headers alone (no weights
@@ -98,4 +107,49 @@ func LoadSource(name string, seed int64) (*Weights, error) {
 		return nil, fmt.Errorf("model %s: %w", name, err)
 	}
 	return w, nil
+}
+
+// NF4Layout is how a model named by a -model value is held in 4 bits (QLoRA,
+// -quantize nf4): a bitsandbytes 4-bit checkpoint's own layout (stored is
+// true: its weights are uploaded as stored), else bitsandbytes' QLoRA
+// default, blocks of 64 with double quantization, quantized at load. A
+// quantization train does not support is refused by name.
+func NF4Layout(name string) (layout *quant.Options, stored bool, err error) {
+	layout = &quant.Options{BlockSize: quant.DefaultBlockSize, DoubleQuant: true}
+	if IsRandomModel(name) {
+		return layout, false, nil
+	}
+	qc, err := quant.LoadConfig(name)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && qc == nil) {
+		return layout, false, nil
+	}
+	if err == nil {
+		err = qc.Supported()
+	}
+	if err != nil {
+		return nil, false, fmt.Errorf("model %s: %w", name, err)
+	}
+	layout.DoubleQuant = qc.DoubleQuant
+	return layout, true, nil
+}
+
+// QuantizeFlag reads a -quantize value for evaluation and generation: ""
+// (weights as stored, a 4-bit checkpoint dequantized) or "nf4" (the base
+// weights held as a QLoRA run holds them, NF4Layout).
+func QuantizeFlag(value, modelName string) (*quant.Options, error) {
+	switch value {
+	case "":
+		return nil, nil
+	case "nf4":
+		layout, _, err := NF4Layout(modelName)
+		return layout, err
+	}
+	return nil, fmt.Errorf("-quantize %q: want nf4, or nothing for the weights as stored", value)
+}
+
+// IdentityLoRA is an adapter that changes nothing (rank 1, B = 0): what a
+// model with 4-bit base weights and no adapter of its own carries, since
+// NewModel holds base weights in 4 bits only under an adapter.
+func IdentityLoRA(cfg *Config) (*LoRA, error) {
+	return NewLoRA(cfg, LoRAConfig{Rank: 1, Alpha: 1}, 0)
 }

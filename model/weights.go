@@ -1,6 +1,10 @@
 package model
 
-import "fmt"
+import (
+	"fmt"
+
+	"train/quant"
+)
 
 // Linear names the seven projections of a decoder layer, in the order peft and
 // transformers list them. They are also the LoRA target names.
@@ -18,6 +22,10 @@ type Layer struct {
 	Gate     []float32 // mlp.gate_proj.weight [intermediate, hidden]
 	Up       []float32 // mlp.up_proj.weight [intermediate, hidden]
 	Down     []float32 // mlp.down_proj.weight [hidden, intermediate]
+	// Quantized holds, by short name ("q_proj"), projections stored in 4-bit
+	// NF4 by bitsandbytes (a *-bnb-4bit checkpoint); their float32 field is
+	// nil. A QLoRA model uploads them as they are; any other dequantizes them.
+	Quantized map[string]*quant.NF4
 }
 
 // Weights is the part of a model one process holds. A pipeline stage holds only
@@ -30,6 +38,44 @@ type Weights struct {
 	Layers    []*Layer  // len = Config.NumLayers
 	FinalNorm []float32 // model.norm.weight [hidden]
 	LMHead    []float32 // lm_head.weight [vocab, hidden]; nil when tied
+
+	// A lazily loaded model (LoadSourceStage) holds no layer on the host:
+	// NewModel asks load for each layer of its stage as it uploads it and
+	// keeps nothing, so the host holds one layer at a time whatever the
+	// model's size. With random set the tensors are not on the host at all:
+	// the backend draws them (Backend.FillNormal) where they live.
+	load   func(layer int) (*Layer, error)
+	random *randomSource
+	base   *Base        // the identity of what was read, growing as layers load
+	closer func() error // closes the files load reads
+}
+
+// Base is the identity of the weights read so far: for a lazily loaded model
+// it is complete once NewModel has loaded the stage.
+func (w *Weights) Base() Base {
+	if w.base == nil {
+		return Base{}
+	}
+	return *w.base
+}
+
+// Close releases the files a lazily loaded model reads from; it does nothing
+// for weights held in memory.
+func (w *Weights) Close() error {
+	if w.closer == nil {
+		return nil
+	}
+	err := w.closer()
+	w.closer = nil
+	return err
+}
+
+// layer returns layer i: the one held, or the one load reads.
+func (w *Weights) layer(i int) (*Layer, error) {
+	if l := w.Layers[i]; l != nil || w.load == nil {
+		return l, nil
+	}
+	return w.load(i)
 }
 
 // TensorSpec is one tensor the model expects, by its Hugging Face name.
@@ -107,4 +153,53 @@ func (c *Config) ExpectedTensors() []TensorSpec {
 		specs = append(specs, TensorSpec{"lm_head.weight", []int{c.VocabSize, h}})
 	}
 	return specs
+}
+
+// Dequantize replaces every projection w holds in 4 bits (Layer.Quantized)
+// with its float32 dequantization, for code that reads the weights on the
+// host (merging an adapter, export).
+func (w *Weights) Dequantize() error {
+	for i, l := range w.Layers {
+		if l == nil {
+			continue
+		}
+		for s, q := range l.Quantized {
+			v := make([]float32, q.Len())
+			if err := q.Dequantize(v); err != nil {
+				return fmt.Errorf("model: %s: %w", LayerTensorName(i, s), err)
+			}
+			*l.Linear(s) = v
+		}
+		l.Quantized = nil
+	}
+	return nil
+}
+
+// RoundTripNF4 replaces every projection with what 4-bit NF4 under opt gives
+// back for it: the base a QLoRA run computed with, into which its adapter
+// merges. Projections already held in 4 bits are dequantized as stored.
+func (w *Weights) RoundTripNF4(opt quant.Options) error {
+	if err := w.Dequantize(); err != nil {
+		return err
+	}
+	for i, l := range w.Layers {
+		if l == nil {
+			continue
+		}
+		for _, s := range Linears {
+			p := l.Linear(s)
+			if *p == nil {
+				continue
+			}
+			out, in := w.Config.LinearShape(s)
+			q, err := quant.Quantize(LayerTensorName(i, s), *p, []int{out, in}, opt)
+			if err != nil {
+				return err
+			}
+			if err := q.Dequantize(*p); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

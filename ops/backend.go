@@ -16,12 +16,18 @@ const (
 	// float32, rounding on every store; the CPU backend keeps its float type
 	// rounded to bfloat16 after every write, so it is the devices' twin.
 	BF16
+	// U8 holds bytes: the packed 4-bit codes and 8-bit scale codes of NF4
+	// weights.
+	U8
 )
 
 // Size is the bytes of one element.
 func (d DType) Size() int {
-	if d == BF16 {
+	switch d {
+	case BF16:
 		return 2
+	case U8:
+		return 1
 	}
 	return 4
 }
@@ -42,6 +48,8 @@ func (d DType) String() string {
 		return "i32"
 	case BF16:
 		return "bf16"
+	case U8:
+		return "u8"
 	}
 	return fmt.Sprintf("DType(%d)", int(d))
 }
@@ -87,6 +95,11 @@ type Backend interface {
 	Upload(dst Buf, src []float32) error
 	// UploadInt copies host values into an I32 buffer (len(src) <= dst.Len()).
 	UploadInt(dst Buf, src []int32) error
+	// UploadBytes copies host bytes into a U8 buffer (len(src) <= dst.Len()).
+	UploadBytes(dst Buf, src []byte) error
+	// DownloadBytes waits for pending work and copies the first len(dst)
+	// bytes of a U8 buffer to the host, returning the first recorded op error.
+	DownloadBytes(dst []byte, src Buf) error
 	// Download waits for pending work and copies the first len(dst) values of
 	// an F32 or BF16 buffer to the host. It returns the first recorded op error.
 	Download(dst []float32, src Buf) error
@@ -180,6 +193,23 @@ type Backend interface {
 	// same seed to a gradient is its backward, and a recomputation reproduces
 	// it. out may be x. p == 0 copies.
 	Dropout(out, x Buf, n int, p float32, seed uint64)
+
+	// DequantNF4 writes the N weights of w into out (F32 or the compute
+	// type): out[i] = NF4Code[code of i] x the absmax of its block, one
+	// float32 product rounded once; with double quantization the absmax is
+	// rebuilt on the fly (NF4Scale). QLoRA calls it before each use of a
+	// frozen 4-bit weight, into one workspace shared by every layer.
+	DequantNF4(out Buf, w NF4)
+	// QuantizeNF4 codes the n F32 values of x in blocks of blockSize (even)
+	// into packed (U8, (n+1)/2 bytes, element 2j in the high nibble) and
+	// absmax (F32, one per block), exactly as QuantizeNF4Block does.
+	QuantizeNF4(packed, absmax, x Buf, n, blockSize int)
+	// FillNormal writes the first n values of the normal generator keyed by
+	// key (FillNormalHost from element 0) into out, F32 or BF16 (rounded from
+	// the float32 value): random weights drawn where they are used, with no
+	// host copy. A device's float64 log and sincos may differ from Go's in the
+	// last bit, so a rare value may differ from the host's by one float32 ulp.
+	FillNormal(out Buf, n int, key uint64, std float64)
 
 	// SumSquares: out[0] += sum of x[i]^2 over n elements of an F32 or BF16 x,
 	// accumulated in float64 in a fixed order, out F32 (a gradient's share of

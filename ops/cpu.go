@@ -35,16 +35,20 @@ func (c *CPU[T]) Name() string {
 	return "cpu-f32"
 }
 
-// cpuBuf is a CPU buffer or view: exactly one of f and i is set.
+// cpuBuf is a CPU buffer or view: exactly one of f, i and u is set.
 type cpuBuf[T Float] struct {
 	f  []T
 	i  []int32
+	u  []byte
 	dt DType
 }
 
 func (b *cpuBuf[T]) Len() int {
-	if b.dt == I32 {
+	switch b.dt {
+	case I32:
 		return len(b.i)
+	case U8:
+		return len(b.u)
 	}
 	return len(b.f)
 }
@@ -52,8 +56,11 @@ func (b *cpuBuf[T]) Len() int {
 func (b *cpuBuf[T]) DType() DType { return b.dt }
 
 func (b *cpuBuf[T]) Slice(off, n int) Buf {
-	if b.dt == I32 {
+	switch b.dt {
+	case I32:
 		return &cpuBuf[T]{i: b.i[off : off+n : off+n], dt: I32}
+	case U8:
+		return &cpuBuf[T]{u: b.u[off : off+n : off+n], dt: U8}
 	}
 	return &cpuBuf[T]{f: b.f[off : off+n : off+n], dt: b.dt}
 }
@@ -68,6 +75,8 @@ func (c *CPU[T]) Alloc(dt DType, n int) (Buf, error) {
 		return &cpuBuf[T]{f: make([]T, n), dt: dt}, nil
 	case I32:
 		return &cpuBuf[T]{i: make([]int32, n), dt: I32}, nil
+	case U8:
+		return &cpuBuf[T]{u: make([]byte, n), dt: U8}, nil
 	}
 	return nil, fmt.Errorf("ops: alloc of unknown dtype %v", dt)
 }

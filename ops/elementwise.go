@@ -10,6 +10,12 @@ func (c *CPU[T]) Zero(b Buf, n int) {
 		}
 		return
 	}
+	if cb, ok := b.(*cpuBuf[T]); ok && cb.dt == U8 {
+		if u := c.bytes(b, n, "Zero", "b"); u != nil {
+			clear(u)
+		}
+		return
+	}
 	if x := c.f(b, n, "Zero", "b"); x != nil {
 		clear(x)
 	}
@@ -19,6 +25,13 @@ func (c *CPU[T]) Zero(b Buf, n int) {
 func (c *CPU[T]) Copy(dst, src Buf, n int) {
 	if cb, ok := src.(*cpuBuf[T]); ok && cb.dt == I32 {
 		d, s := c.i(dst, n, "Copy", "dst", false), c.i(src, n, "Copy", "src", false)
+		if c.err == nil {
+			copy(d, s)
+		}
+		return
+	}
+	if cb, ok := src.(*cpuBuf[T]); ok && cb.dt == U8 {
+		d, s := c.bytes(dst, n, "Copy", "dst"), c.bytes(src, n, "Copy", "src")
 		if c.err == nil {
 			copy(d, s)
 		}

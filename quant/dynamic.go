@@ -4,6 +4,7 @@ import (
 	"math"
 	"slices"
 	"sync"
+	"train/ops"
 )
 
 // DynamicMap is bitsandbytes' signed dynamic 8-bit map, the code book of the
@@ -169,7 +170,12 @@ func meanF32(v []float32) float32 {
 func (nq *Nested) absmaxes() []float32 {
 	out := make([]float32, len(nq.Codes))
 	for i, c := range nq.Codes {
-		out[i] = float32(nq.Map[c]*nq.Absmax[i/nq.BlockSize]) + nq.Offset
+		out[i] = ops.NF4Scale(nq.Map[c], nq.Absmax[i/nq.BlockSize], nq.Offset)
 	}
 	return out
 }
+
+// DoubleQuantize quantizes the float32 absmaxes of an NF4 tensor to 8 bits as
+// Quantize does with Options.DoubleQuant (for absmaxes computed elsewhere, such
+// as by a GPU's QuantizeNF4).
+func DoubleQuantize(absmax []float32) *Nested { return doubleQuantize(absmax) }

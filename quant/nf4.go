@@ -19,32 +19,13 @@ const DefaultBlockSize = 64
 // quantization (quantize_4bit passes 256 to quantize_blockwise).
 const NestedBlockSize = 256
 
-// NF4Code is the NF4 code book: code q stands for NF4Code[q] x absmax. These are
-// bitsandbytes' values (get_4bit_type("nf4"), the CUDA kernel's lookup table),
-// quantiles of N(0, 1) scaled to [-1, 1] with an exact 0 at code 7.
-var NF4Code = [16]float32{
-	-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
-	-0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
-	0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-	0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-}
+// NF4Code is the NF4 code book: code q stands for NF4Code[q] x absmax
+// (ops.NF4Code, where the backends' dequantization reads it).
+var NF4Code = ops.NF4Code
 
 // nf4Thresholds are the decision points of bitsandbytes' CUDA quantizer
-// (dQuantizeNF4): decimal literals, written as the float64 midpoints between
-// neighbouring NF4Code entries, with an f suffix, so the compiler rounds each
-// decimal straight to float32, as Go does with these constants. A normalized
-// weight above threshold i gets a code above i. Four of the float64 midpoints
-// (thresholds 0, 8, 12, 14) lie exactly halfway between two float32 values, and
-// there the decimal's last digit picks the neighbour: rounding through float64
-// (torch.tensor of the Python floats), or the float32 midpoint (a+b)/2 that
-// bitsandbytes' pure-PyTorch backend computes, picks the other one. The CUDA
-// kernel made the checkpoints people download, so its constants are used.
-var nf4Thresholds = [15]float32{
-	-0.8480964004993439, -0.6106329262256622, -0.4599952697753906, -0.33967943489551544,
-	-0.23460740596055984, -0.13791173323988914, -0.045525018125772476, 0.03979014977812767,
-	0.1202552504837513, 0.2035212516784668, 0.2920137718319893, 0.3893125355243683,
-	0.5016634166240692, 0.6427869200706482, 0.8614784181118011,
-}
+// (ops.NF4Thresholds says why these literals).
+var nf4Thresholds = ops.NF4Thresholds
 
 // nf4IndexRef is the code of a normalized weight x = w x (1/absmax): the number
 // of thresholds x lies strictly above. A value on a threshold takes the lower
@@ -59,25 +40,9 @@ func nf4IndexRef(x float32) byte {
 	return q
 }
 
-// nf4Index is nf4IndexRef by binary search over the sorted thresholds: four
-// comparisons, the shape of dQuantizeNF4's decision tree. Each step halves the
-// range [q, q+width) the count can lie in.
-func nf4Index(x float32) byte {
-	q := 0
-	if x > nf4Thresholds[7] {
-		q = 8
-	}
-	if x > nf4Thresholds[q+3] {
-		q += 4
-	}
-	if x > nf4Thresholds[q+1] {
-		q += 2
-	}
-	if x > nf4Thresholds[q] {
-		q++
-	}
-	return byte(q)
-}
+// nf4Index is the code of a normalized weight (ops.NF4Index: a binary search
+// over the thresholds, which the tests hold to nf4IndexRef).
+func nf4Index(x float32) byte { return ops.NF4Index(x) }
 
 // Options choose how Quantize quantizes. The zero value is bitsandbytes'
 // quantize_4bit default: blocks of 64, no double quantization.
@@ -173,27 +138,9 @@ func Quantize(name string, w []float32, shape []int, opt Options) (*NF4, error) 
 	return q, nil
 }
 
-// quantizeBlock codes one block of weights into out (two per byte) and returns
-// its absmax. The order of operations is the CUDA kernel's: absmax = max |w|,
-// inv = 1/absmax in float32, code = nf4Index(w x inv). An all-zero block has
-// inv = +Inf and every w x inv is NaN: code 0, as the kernel stores it. An odd
-// block ends with the code of the kernel's zero padding in the last low nibble.
-func quantizeBlock(w []float32, out []byte) float32 {
-	var absmax float32
-	for _, v := range w {
-		absmax = max(absmax, abs32(v))
-	}
-	inv := 1 / absmax
-	for j := 0; j < len(w); j += 2 {
-		var pad float32
-		lo := nf4Index(pad * inv)
-		if j+1 < len(w) {
-			lo = nf4Index(w[j+1] * inv)
-		}
-		out[j/2] = nf4Index(w[j]*inv)<<4 | lo
-	}
-	return absmax
-}
+// quantizeBlock codes one block of weights into out and returns its absmax
+// (ops.QuantizeNF4Block, which a backend's QuantizeNF4 equals bit for bit).
+func quantizeBlock(w []float32, out []byte) float32 { return ops.QuantizeNF4Block(w, out) }
 
 // Scales returns the absmax of every block: Absmax itself, or rebuilt from the
 // nested 8-bit codes as bitsandbytes' dequantize_4bit rebuilds them

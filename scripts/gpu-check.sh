@@ -8,7 +8,7 @@
 #   scripts/gpu-check.sh OUTDIR [SECTIONS]   # on the GPU machine, from the repository root
 #
 # SECTIONS is a comma-separated subset of fixtures,tokenizer,collective,pipeline,kernels,train,bench,
-# long, scale (default: all but long and scale). The train section makes its data (.dev/stories.jsonl)
+# long, qlora, scale (default: all but long, qlora and scale). The train section makes its data (.dev/stories.jsonl)
 # itself. Writes full logs to OUTDIR and prints a short table last.
 set -uo pipefail
 out="${1:?usage: $0 OUTDIR [SECTIONS]}"
@@ -82,8 +82,8 @@ if want kernels; then
   while IFS= read -r line; do table+=("  $line"); done < <(grep -E -e '^(--- |ok|FAIL|PASS)' -e 'loss gpu|worst|relative L2|driver|TFLOP/s of causal|T +[0-9]+ +flash' "$out/kernels.log" | grep -v -- '--- PASS: TestOps/' | head -40)
 fi
 
-# 6. The trainer end to end on the GPU against the CPU (float32): 50 steps of stories260K, LoRA and
-# full fine-tuning. The GPU in float32 must give the CPU's per-step losses (to ~1e-5) and in bf16
+# 6. The trainer end to end on the GPU against the CPU (float32): 50 steps of stories260K, LoRA,
+# QLoRA (4-bit NF4 base weights) and full fine-tuning (TRAIN_METHODS picks some). The GPU in float32 must give the CPU's per-step losses (to ~1e-5) and in bf16
 # track them within 2%. On a machine with 2 GPUs, under mpirun: data parallel (D=2, gradients summed
 # by NCCL on the device) and pipeline parallel (P=2) against one GPU with the same global batch.
 if want train; then
@@ -124,7 +124,7 @@ print(f"{label} ({len(a)} steps, worst per-step loss rel. difference to {ref.rsp
 PY
 )")
   }
-  for method in lora full; do
+  for method in ${TRAIN_METHODS:-lora qlora full}; do
     for v in cpu:fp32 cuda:fp32 cuda:bf16; do
       dev=${v%%:*} prec=${v##*:} run="$out/train-$method-${dev}-$prec"
       .dev/bin/train "${stories[@]}" -method $method -device $dev -precision $prec -run "$run" >"$run.log" 2>&1
@@ -253,6 +253,47 @@ if want long; then
     bench_row "long 8b-lora T=$T" "$base-ours.log" "$base-torch.log"
   done
   table+=("long section: $((SECONDS - long_start)) s; logs long-*.log")
+fi
+
+# 7c. QLoRA (not in the default sections): the 8B shape, QLoRA r=16 beside our bf16 LoRA in the same
+# run at T=2048 and 8192 (tokens/s, device and host peaks), then the 70B shape (80 layers, 4-bit
+# base weights built on the device) at T=4096 and each of QLORA_T (default 16384 24576), one timed
+# step each (after one warm-up at T=4096 only). Each command is capped at QLORA_TIMEOUT seconds (default 240).
+if want qlora; then
+  qlora_start=$SECONDS
+  qt=${QLORA_TIMEOUT:-240}
+  # qlora_row LABEL LOG: one summary line from a bench model JSON line.
+  qlora_row() {
+    table+=("$(python3 - "$@" <<'PY'
+import json, sys
+label, path = sys.argv[1:3]
+r = None
+for l in open(path, errors="replace").read().splitlines():
+    if l.startswith("{"):
+        r = json.loads(l)
+if r is None:
+    tail = [l for l in open(path, errors="replace").read().splitlines() if l.strip()]
+    print(f"{label}: FAILED ({(tail[-1] if tail else 'no output')[:160]})")
+else:
+    print(f"{label}: {r['tokens_per_s']:.0f} tok/s, {r['step_ms']:.0f} ms/step, device peak {r['peak_gib']:.2f} GiB, host peak RSS {r['host_peak_gib']:.2f} GiB")
+PY
+)")
+  }
+  for T in 2048 8192; do
+    for method in lora qlora; do
+      log="$out/qlora-8b-$method-T$T.log"
+      timeout "$qt" .dev/bin/train bench model -model random:llama-3.1-8b -method $method -lora-rank 16 -checkpoint \
+        -steps 3 -warmup 1 -seq "$T" -device cuda -precision bf16 -json >"$log" 2>&1
+      qlora_row "qlora-section 8b $method T=$T" "$log"
+    done
+  done
+  for T in 4096 ${QLORA_T:-16384 24576}; do
+    log="$out/qlora-70b-T$T.log"
+    timeout "$qt" .dev/bin/train bench model -model random:llama-3.1-70b -method qlora -lora-rank 16 -checkpoint \
+      -steps 1 -warmup $(( T > 4096 ? 0 : 1 )) -seq "$T" -device cuda -precision bf16 -json >"$log" 2>&1
+    qlora_row "qlora-section 70b qlora T=$T" "$log"
+  done
+  table+=("qlora section: $((SECONDS - qlora_start)) s; logs qlora-*.log")
 fi
 
 # 8. Parallel training at the scale of the machine (issue 8's run): Llama-3.1-70B shape with random

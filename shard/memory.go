@@ -21,8 +21,10 @@ import (
 // its LoRA parameters (Σ over layers and targets of r*(in+out)), D replicas:
 //
 //	weights      lora, full: 2*n_w (bf16)
-//	             qlora: each linear n/2 + 4*ceil(n/64) (NF4 + fp32 absmax per
-//	             block, model.NF4Bytes' convention), the rest 2 per weight
+//	             qlora: each linear model.NF4LinearBytes(n) (NF4, double-
+//	             quantized scales), the rest 2 per weight; the bf16
+//	             workspace the largest linear is dequantized into counts as
+//	             activations (scratch)
 //	master       full: 4*n_w (fp32)        lora, qlora: 4*n_a
 //	grads        full: 4*n_w (fp32)        lora, qlora: 4*n_a
 //	optimizer    AdamW m and v: 8*n_w (full) or 8*n_a, divided by D with ZeRO-1
@@ -170,7 +172,7 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 	L := int64(hi - lo)
 	nW := cfg.HostBytes(lo, hi, embed, head) / 4
 	m := Memory{Stage: stage, Reserve: Reserve}
-	var trained int64
+	var trained, dequant int64
 	switch s.Method {
 	case "full":
 		m.Weights = 2 * nW
@@ -178,14 +180,16 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 	case "lora", "qlora":
 		m.Weights = 2 * nW
 		if s.Method == "qlora" {
-			var lin, nf4 int64
+			var lin, nf4, maxLin int64
 			for _, name := range model.Linears {
 				out, in := cfg.LinearShape(name)
 				n := int64(out) * int64(in)
 				lin += n
-				nf4 += (n+1)/2 + 4*((n+model.NF4BlockSize-1)/model.NF4BlockSize)
+				nf4 += model.NF4LinearBytes(n)
+				maxLin = max(maxLin, n)
 			}
 			m.Weights = 2*(nW-L*lin) + L*nf4
+			dequant = 2 * maxLin
 		}
 		for _, name := range targets {
 			out, in := cfg.LinearShape(name)
@@ -201,7 +205,7 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 	if s.MicroBatches > 0 {
 		m.InFlight = min(m.InFlight, s.MicroBatches)
 	}
-	m.Activations = activationBytes(cfg, s, targets, L, m.InFlight)
+	m.Activations = activationBytes(cfg, s, targets, L, m.InFlight) + dequant
 	if head {
 		N, V := int64(s.MicroBatch)*int64(s.SeqLen), int64(cfg.VocabSize)
 		chunk := min(N, max(1, model.HeadChunkElems/V))

@@ -290,7 +290,9 @@ func (t *trainer) checkBase(r *ckpt.Reader) error {
 
 // LoadCheckpointModel returns the model a checkpoint of a run holds: the base
 // model it names (or modelPath when given) with, for a full fine-tune, every
-// trained tensor replaced by the checkpoint's, or for LoRA the adapter.
+// trained tensor replaced by the checkpoint's, or for LoRA the adapter. For
+// QLoRA the base is its NF4 round trip, the weights the adapter was trained
+// on, so a merged export is the dequantized base plus the adapter.
 func LoadCheckpointModel(dir, modelPath string) (*model.Weights, *model.LoRA, string, error) {
 	if info, err := ckpt.Latest(dir); err == nil {
 		dir = info.Dir // a run directory: its newest complete checkpoint
@@ -317,13 +319,26 @@ func LoadCheckpointModel(dir, modelPath string) (*model.Weights, *model.LoRA, st
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("base model %s (named by the checkpoint): %w", modelPath, err)
 	}
+	// A QLoRA run computed with the NF4 round trip of its base: that is what
+	// its adapter belongs to. Any other run's base is dequantized if stored in 4 bits.
+	qcfg := cfg
+	qcfg.Model = modelPath
+	nf4, err := NF4Options(qcfg)
+	if err == nil && nf4 != nil {
+		err = w.RoundTripNF4(*nf4)
+	} else if err == nil {
+		err = w.Dequantize()
+	}
+	if err != nil {
+		return nil, nil, "", fmt.Errorf("base model %s (named by the checkpoint): %w", modelPath, err)
+	}
 	read := func(name string, dst []float32) error {
 		if _, ok := r.Lookup(ckptParam + name); !ok {
 			return fmt.Errorf("%s holds no %s", dir, name)
 		}
 		return r.ReadF32(ckptParam+name, 0, int64(len(dst)), dst)
 	}
-	if cfg.Train.Method == "lora" {
+	if cfg.Train.Method != "full" {
 		l, err := model.NewLoRA(&w.Config, model.LoRAConfig{Rank: cfg.LoRA.Rank, Alpha: cfg.LoRA.Alpha,
 			Dropout: cfg.LoRA.Dropout, RSLoRA: cfg.LoRA.RSLoRA, Targets: cfg.LoRA.Targets}, 0)
 		if err != nil {

@@ -68,7 +68,7 @@ func (t *trainer) saveOutputs(w *model.Weights) (string, error) {
 	if err != nil || !t.dist.IsRoot() {
 		return "", err
 	}
-	if t.cfg.Train.Method != "lora" {
+	if t.cfg.Train.Method == "full" {
 		return t.saveModel(w, ts)
 	}
 	l, err := model.NewLoRA(&w.Config, model.LoRAConfig{Rank: t.cfg.LoRA.Rank, Alpha: t.cfg.LoRA.Alpha,

@@ -2,7 +2,6 @@ package trainer
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -23,6 +22,7 @@ import (
 	"train/model"
 	"train/ops"
 	"train/optim"
+	"train/quant"
 	"train/shard"
 	"train/tokenizer"
 )
@@ -150,8 +150,8 @@ type checked struct {
 // first line of each data file, that the run directory is writable and that
 // a checkpoint to resume from exists.
 func preflight(ctx context.Context, cfg config.Config, mc model.Config) (*checked, error) {
-	if !MethodAvailable(cfg.Train.Method) {
-		return nil, errors.New("train.method qlora is not yet available in this build (its 4-bit NF4 base weights are not implemented): use -method lora")
+	if _, err := NF4Options(cfg); err != nil {
+		return nil, err
 	}
 	if mc.MaxPositions > 0 && cfg.Data.SeqLen > mc.MaxPositions && !cfg.Data.AllowLongSeq {
 		return nil, fmt.Errorf("data.seq_len %d is longer than the model's context of %d tokens (max_position_embeddings of %s): positions past it were never trained; use -seq %d or less, or -allow-long-seq (data.allow_long_seq) to train past it on purpose",
@@ -265,20 +265,25 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 	}
 	long := countLong(cfg.Data.SeqLen, trainSet, evalSet)
 	// Each rank loads only the tensors of its own stage.
-	w, base, err := model.LoadSourceStage(ctx, cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
+	w, err := model.LoadSourceStage(ctx, cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
 	if err != nil {
 		return res, startErr(ctx, "loading the weights", err)
 	}
+	defer w.Close()
 	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Compute: compute}
 	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
+		return res, err
+	}
+	if opts.NF4, err = NF4Options(cfg); err != nil {
 		return res, err
 	}
 	opts.Lo, opts.Hi = d.me.Lo, d.me.Hi
 	m, err := model.NewModel(be, w, opts)
 	if err != nil {
-		return res, err
+		return res, startErr(ctx, "loading the weights", err)
 	}
 	defer m.Close()
+	base := w.Base()
 
 	if err := interrupted(ctx, "building the model"); err != nil {
 		return res, err
@@ -527,21 +532,20 @@ func (t *trainer) gpuUtil() []any {
 	return []any{"gpu_util_pct", math.Round(gpu), "gpu_mem_util_pct", math.Round(mem)}
 }
 
-// MethodAvailable reports whether this build can train with method: qlora's
-// 4-bit base weights are not implemented yet. train plan estimates every
-// method, and says so where it would offer one that Run refuses.
-func MethodAvailable(method string) bool { return method != "qlora" }
-
-// Unavailable says what a suggested change (flags such as "-pp 2 -method
-// qlora") asks for that this build cannot train, or "" when all of it can run.
-func Unavailable(change string) string {
-	f := strings.Fields(change)
-	for i := 0; i+1 < len(f); i++ {
-		if f[i] == "-method" && !MethodAvailable(f[i+1]) {
-			return f[i+1] + " is not yet available in this build"
-		}
+// NF4Options is how a run holds its base weights in 4 bits: nil unless
+// train.method is qlora, then model.NF4Layout's. A bitsandbytes 4-bit
+// checkpoint cannot be fully fine-tuned: its weights are frozen codes.
+func NF4Options(cfg config.Config) (*quant.Options, error) {
+	layout, stored, err := model.NF4Layout(cfg.Model)
+	switch {
+	case err != nil:
+		return nil, err
+	case stored && cfg.Train.Method == "full":
+		return nil, fmt.Errorf("model %s is a bitsandbytes 4-bit checkpoint: its base weights are frozen 4-bit codes, so it cannot be fully fine-tuned; use -method qlora (trains adapters on the 4-bit weights as stored) or -method lora", cfg.Model)
+	case cfg.Train.Method != "qlora":
+		return nil, nil
 	}
-	return ""
+	return layout, nil
 }
 
 // newAdapter returns the LoRA adapter a run trains (nil in full fine-tuning): a

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -17,6 +18,7 @@ import (
 	"train/config"
 	"train/host"
 	"train/model"
+	"train/quant"
 )
 
 // TestRunTwoSteps trains random:tiny for two steps through the library, as a
@@ -136,7 +138,6 @@ func TestRunErrors(t *testing.T) {
 		{func(c *config.Config) { c.Data.Train = bad }, "bad.jsonl:2:"},
 		{func(c *config.Config) { c.Data.Train = filepath.Join(dir, "missing.jsonl") }, "missing.jsonl"},
 		{func(c *config.Config) { c.Model = "random:nope" }, "random:nope"},
-		{func(c *config.Config) { c.Train.Method = "qlora" }, "qlora"},
 		{func(c *config.Config) { c.Device = "cuda" }, "GPU"},
 	} {
 		cfg := testConfig(t, func(c *config.Config) { c.Train.Steps = 2; tc.edit(c) })
@@ -222,11 +223,12 @@ func TestDeviceOptimizer(t *testing.T) {
 
 // TestResumeBitwise: 20 steps straight, and the same run resumed from its
 // checkpoint after step 10 into another directory, give bitwise the same losses
-// for steps 11-20 and byte for byte the same trained outputs, for LoRA with
-// dropout and for full fine-tuning.
+// for steps 11-20 and byte for byte the same trained outputs, for LoRA and
+// QLoRA with dropout and for full fine-tuning.
 func TestResumeBitwise(t *testing.T) {
 	for _, tc := range []struct{ method, output string }{
 		{"lora", "adapter/adapter_model.safetensors"},
+		{"qlora", "adapter/adapter_model.safetensors"},
 		{"full", "model/model.safetensors"},
 	} {
 		t.Run(tc.method, func(t *testing.T) {
@@ -366,7 +368,6 @@ func TestRunChecksInputsFirst(t *testing.T) {
 		{func(c *config.Config) { c.Data.Train, c.Data.Eval = good, bad }, "data.eval: " + bad + ":1:"},
 		{func(c *config.Config) { c.Data.Train = text }, "needs a tokenizer"},
 		{func(c *config.Config) { c.RunDir = filepath.Join(notDir, "run") }, "run dir"},
-		{func(c *config.Config) { c.Train.Method = "qlora" }, "qlora"},
 		{func(c *config.Config) { c.Ckpt.Resume = filepath.Join(dir, "no-checkpoint") }, "ckpt.resume"},
 	} {
 		cfg := testConfig(t, func(c *config.Config) {
@@ -494,5 +495,53 @@ func TestRunSummaryMeans(t *testing.T) {
 	}
 	if want := fmt.Sprintf("train loss %.4f -> %.4f (means of the first and last 4 steps)", first, last); !strings.Contains(stdout, want) {
 		t.Errorf("summary lacks %q:\n%s", want, stdout)
+	}
+}
+
+// TestQLoRALearnsLikeLoRA: a QLoRA fine-tune of stories260K (its projections
+// in 4-bit NF4, quantized at load) learns like the LoRA one: its final loss
+// (the mean of the last 5 steps) is within 5% of LoRA's and below its first
+// step's. The rank log names the 4-bit weights.
+func TestQLoRALearnsLikeLoRA(t *testing.T) {
+	const steps = 30
+	lora := storiesConfig(t, "lora", steps, nil)
+	qlora := storiesConfig(t, "qlora", steps, func(c *config.Config) { c.Ckpt.Every = steps })
+	mustRun(t, lora)
+	_, _, stderr := mustRun(t, qlora)
+	final := func(l map[int]float64) float64 {
+		var s float64
+		for i := steps - 4; i <= steps; i++ {
+			s += l[i]
+		}
+		return s / 5
+	}
+	ll, lq := metricValues(t, lora.RunDir, "loss"), metricValues(t, qlora.RunDir, "loss")
+	fl, fq := final(ll), final(lq)
+	if !(math.Abs(fq-fl) <= 0.05*fl) || !(fq < lq[1]) {
+		t.Errorf("final loss %.4f with QLoRA (first step %.4f), %.4f with LoRA: want within 5%% of it and learning", fq, lq[1], fl)
+	}
+	if !strings.Contains(stderr, "4-bit NF4") {
+		t.Errorf("the run does not say its base weights are 4-bit:\n%s", stderr)
+	}
+	// What export merges the adapter into: the base as the run computed with
+	// it, the NF4 round trip of each projection.
+	w, l, _, err := LoadCheckpointModel(qlora.RunDir, "")
+	if err != nil || l == nil {
+		t.Fatalf("checkpoint model: %v (adapter %v)", err, l != nil)
+	}
+	base, err := model.LoadSource(storiesDir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := quant.Quantize("q", base.Layers[3].Down, nil, quant.Options{DoubleQuant: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]float32, q.Len())
+	if err := q.Dequantize(want); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(w.Layers[3].Down, want) || slices.Equal(want, base.Layers[3].Down) {
+		t.Errorf("the checkpoint's base is not the NF4 round trip of the model's")
 	}
 }

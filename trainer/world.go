@@ -200,9 +200,6 @@ func checkFits(cfg config.Config, mc *model.Config, d *World, be ops.Backend, co
 		msg += "; what would fit:"
 		for _, s := range sugg {
 			msg += "\n  " + s.Change
-			if why := Unavailable(s.Change); why != "" {
-				msg += " (" + why + ")"
-			}
 		}
 	} else {
 		msg += "; try more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora"

@@ -91,6 +91,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 	gpu := fs.Int("gpu", -1, "GPU ordinal; -1 takes the launcher's local rank, as training does (0 without a launcher)")
 	precision := fs.String("precision", "fp32", "compute type: fp32, or bf16 (mixed precision: F32 master weights and gradients of trained tensors)")
 	checkpoint := fs.Bool("checkpoint", false, "activation checkpointing: keep each layer's input, recompute the layer in backward")
+	offload := fs.Bool("offload", false, "with -checkpoint, keep those layer inputs in host memory")
 	seed := fs.Int64("seed", 1, "seed of the random weights, token ids and hidden states")
 	asJSON := fs.Bool("json", false, "print one JSON object on one line instead of text")
 	if err := parseFlags(fs, args); err != nil {
@@ -118,6 +119,8 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		return usagef("-seq %d: the loss needs at least 2 tokens per sequence (a next token to predict)", *seq)
 	case *steps < 1 || *warmup < 0:
 		return usagef("-steps %d -warmup %d: need at least one timed step and no negative warm-up", *steps, *warmup)
+	case *offload && !*checkpoint:
+		return usagef("-offload needs -checkpoint: the layer inputs it keeps are what goes to host memory")
 	case *method != "full" && *loraRank < 1:
 		return usagef("-lora-rank %d: must be at least 1", *loraRank)
 	}
@@ -129,7 +132,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		Model: *modelName, Layers: cfg.NumLayers, Part: *part, Method: *method,
 		LoRARank: *loraRank, LoRAAlpha: *loraAlpha, Seq: *seq, Batch: *batch,
 		Steps: *steps, Warmup: *warmup, Device: *deviceName, GPU: *gpu,
-		Precision: *precision, Checkpoint: *checkpoint, Seed: *seed, JSON: *asJSON,
+		Precision: *precision, Checkpoint: *checkpoint, Offload: *offload, Seed: *seed, JSON: *asJSON,
 	}
 	if *layers > 0 {
 		opts.Layers = *layers

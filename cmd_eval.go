@@ -18,7 +18,7 @@ Prints one JSON object: "loss", the mean cross-entropy over every label that is 
 -100 across the whole file, and "tokens", how many labels counted. A line is
 {"input_ids": [...], "labels": [...]} (labels default to input_ids and are aligned
 with them as transformers expects: position t predicts labels[t+1]), or any format
-train reads ({"text"}, {"prompt", "completion"}, {"messages"}), tokenized and
+train reads ({"text"}, {"prompt", "completion"}, {"messages"}, ShareGPT, Alpaca), tokenized and
 masked exactly as in training.`, stderr)
 	modelDir := fs.String("model", "", "Hugging Face model directory, or random:NAME")
 	adapter := fs.String("adapter", "", "LoRA adapter directory in peft format (adapter_config.json + adapter_model.safetensors)")

@@ -40,6 +40,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	rank := fs.Int("lora-rank", 16, "LoRA rank r (all seven projections get adapters)")
 	zero1 := fs.Bool("zero1", false, "partition optimizer state across the data-parallel replicas")
 	ckpt := fs.Bool("activation-checkpointing", false, "keep only each layer's input; recompute in backward")
+	offload := fs.Bool("offload-activations", false, "with -activation-checkpointing, keep those layer inputs in host memory (counted apart)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -61,6 +62,8 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 		return usagef("-grad-accum %d must not be negative", *accum)
 	case *rank < 1:
 		return usagef("-lora-rank %d must be at least 1", *rank)
+	case *offload && !*ckpt:
+		return usagef("-offload-activations needs -activation-checkpointing")
 	}
 	found := false
 	for _, m := range shard.Methods {
@@ -75,7 +78,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	}
 	setupAt := func(m string, T int) shard.Setup {
 		return shard.Setup{Method: m, MicroBatch: *batch, SeqLen: T, MicroBatches: *accum,
-			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt}
+			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt, Offload: *offload, ActBytes: 2}
 	}
 	setup := func(m string) shard.Setup { return setupAt(m, *seq) }
 	// The split balances -method's costs, among the splits that fit -gpu-mem.
@@ -97,6 +100,9 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	}
 	if *ckpt {
 		opts = append(opts, "activation checkpointing")
+	}
+	if *offload {
+		opts = append(opts, "layer inputs offloaded to host memory")
 	}
 	if len(opts) == 0 {
 		opts = append(opts, "no ZeRO-1, no activation checkpointing")
@@ -148,6 +154,13 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 		}
 	}
 	fmt.Fprintln(stdout)
+	if *offload {
+		var most int64
+		for _, s := range plan.StageInfo {
+			most = max(most, shard.OffloadBytes(&cfg, setup(*method), s.Hi-s.Lo, 1))
+		}
+		fmt.Fprintf(stdout, "host memory for the offloaded layer inputs: %s on the largest stage's rank (not in the table)\n", shard.FormatBytes(most))
+	}
 
 	fmt.Fprintf(stdout, "\n%s breakdown per rank (every replica of a stage alike):\n", *method)
 	fmt.Fprint(stdout, ests[*method])

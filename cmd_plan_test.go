@@ -134,3 +134,34 @@ func TestPlanThousandLayers(t *testing.T) {
 		t.Errorf("%d methods say nothing tried fits, want all 3:\n%s", n, out)
 	}
 }
+
+// TestPlanOffload: with the layer inputs offloaded, train plan counts their
+// host memory apart, fits where keeping them does not, and finds a largest
+// sequence more than twice as long; offload needs checkpointing.
+func TestPlanOffload(t *testing.T) {
+	largest := func(out string) int {
+		var n int
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "largest sequence") {
+				fmt.Sscanf(line[strings.Index(line, "qlora ")+len("qlora "):], "%d", &n)
+			}
+		}
+		return n
+	}
+	args := []string{"-model", "random:llama-3.1-70b", "-method", "qlora", "-gpu-mem", "75GiB", "-activation-checkpointing", "-seq", "32768"}
+	plain, _ := runPlanOut(t, args...) // qlora at 32768 does not fit 75 GiB: an error, and the table
+
+	off, err := runPlanOut(t, append(args, "-offload-activations")...)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, off)
+	}
+	if !strings.Contains(off, "host memory for the offloaded layer inputs: 39.5 GiB") {
+		t.Errorf("no host memory line for 79 layer inputs of 32768 tokens:\n%s", off)
+	}
+	if a, b := largest(plain), largest(off); !(a > 0 && b > 2*a) {
+		t.Errorf("largest qlora sequence %d without offload, %d with: want more than twice as long", a, b)
+	}
+	if _, err := runPlanOut(t, "-model", "random:tiny", "-offload-activations"); err == nil || !strings.Contains(err.Error(), "needs -activation-checkpointing") {
+		t.Errorf("offload without checkpointing: %v", err)
+	}
+}

@@ -132,7 +132,7 @@ func runLosses(t *testing.T, run string) (losses []float64, eval float64) {
 func trainedTensors(t *testing.T, run, method string) map[string][]float32 {
 	t.Helper()
 	path := filepath.Join(run, "model", "model.safetensors")
-	if method == "lora" {
+	if method != "full" {
 		path = filepath.Join(run, "adapter", "adapter_model.safetensors")
 	}
 	f, err := safetensors.Open(path)
@@ -154,7 +154,7 @@ func trainedTensors(t *testing.T, run, method string) map[string][]float32 {
 // TestParallelEquivalence trains stories260K (5 layers, tied embeddings) for 20
 // steps on one process and on every parallel layout, under mpirun: data-parallel
 // (D=2, D=4), pipeline (P=2, P=5), both (P=2 x D=2), and ZeRO-1, for LoRA and full
-// fine-tuning. The global batch is the same in each (grad_accum x D = 4), so every
+// fine-tuning, and QLoRA on P=2 x D=2 with ZeRO-1. The global batch is the same in each (grad_accum x D = 4), so every
 // per-step loss, the final eval loss and every trained tensor must match the
 // single process within 1e-5 relative.
 func TestParallelEquivalence(t *testing.T) {
@@ -180,7 +180,7 @@ func TestParallelEquivalence(t *testing.T) {
 		{"P2-keep", 2, "-pp 2 -grad-accum 4 -keep-activations", false},
 		{"P5-keep", 5, "-pp 5 -grad-accum 4 -keep-activations", true},
 	}
-	for _, method := range []string{"lora", "full"} {
+	for _, method := range []string{"lora", "full", "qlora"} {
 		t.Run(method, func(t *testing.T) {
 			common := fmt.Sprintf("-model %s -data %s -eval-data %s -method %s -steps 20 -lr 5e-3 -warmup 2 -batch 1 -seq 64 -lora-rank 4 -log-every 100 -timeout 120",
 				storiesDir, data, evalData, method)
@@ -194,6 +194,9 @@ func TestParallelEquivalence(t *testing.T) {
 			for _, l := range layouts {
 				if method == "full" && !l.full {
 					continue
+				}
+				if method == "qlora" && l.name != "P2xD2-zero1" {
+					continue // each stage quantizes its own layers: one layout with stages and replicas shows it
 				}
 				t.Run(l.name, func(t *testing.T) {
 					run := filepath.Join(dir, method+"-"+l.name)
@@ -228,7 +231,15 @@ func TestParallelEquivalence(t *testing.T) {
 						for i, v := range want {
 							want64[i] = float64(v)
 						}
-						if rel := relL2(got[name], want64); rel > 1e-5 {
+						// QLoRA's adapters sit on the NF4 round trip of the base; the same
+						// summation-order noise (step 1 is bitwise equal: each stage
+						// quantizes its layers as one process does) grows a little
+						// more in some of them over 20 Adam steps.
+						tol := 1e-5
+						if method == "qlora" {
+							tol = 1e-4
+						}
+						if rel := relL2(got[name], want64); rel > tol {
 							t.Errorf("%s: relative L2 difference %.2g from the single process", name, rel)
 						}
 					}

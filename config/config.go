@@ -131,6 +131,9 @@ type Train struct {
 	MaxGradNorm float64 `toml:"max_grad_norm"`
 	// ActivationCheckpointing keeps only each layer's input and recomputes in backward.
 	ActivationCheckpointing bool `toml:"activation_checkpointing"`
+	// OffloadActivations, with ActivationCheckpointing, keeps the saved layer
+	// inputs in host memory instead of on the GPU.
+	OffloadActivations bool `toml:"offload_activations"`
 	// LogEvery steps, a progress line.
 	LogEvery int `toml:"log_every"`
 	// EvalEvery steps, an evaluation; 0 evaluates only at the end.
@@ -318,6 +321,8 @@ func (c *Config) Validate() error {
 		return bad("train.micro_batch", "%d must be at least 1", c.Train.MicroBatch)
 	case c.Train.GradAccum < 1:
 		return bad("train.grad_accum", "%d must be at least 1", c.Train.GradAccum)
+	case c.Train.OffloadActivations && !c.Train.ActivationCheckpointing:
+		return bad("train.offload_activations", "needs train.activation_checkpointing (-activation-checkpointing): the layer inputs it keeps are what offload moves to the host")
 	case !finite(c.Train.LR) || c.Train.LR < 0 || c.Train.LR > 10:
 		return bad("train.lr", "%v is outside [0, 10]", c.Train.LR)
 	case !finite(c.Train.MinLRRatio) || c.Train.MinLRRatio < 0 || c.Train.MinLRRatio > 1:

@@ -52,6 +52,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	f(&c.Train.WeightDecay, "weight-decay", "train.weight_decay", "AdamW weight decay")
 	f(&c.Train.MaxGradNorm, "max-grad-norm", "train.max_grad_norm", "clip the global gradient norm; 0 is off")
 	b(&c.Train.ActivationCheckpointing, "activation-checkpointing", "train.activation_checkpointing", "recompute each layer in backward to save memory")
+	b(&c.Train.OffloadActivations, "offload-activations", "train.offload_activations", "with -activation-checkpointing, keep the saved layer inputs in (pinned) host memory instead of on the GPU: long contexts on big models")
 	i(&c.Train.LogEvery, "log-every", "train.log_every", "steps between progress lines")
 	i(&c.Train.EvalEvery, "eval-every", "train.eval_every", "steps between evaluations; 0: only at the end")
 

@@ -29,6 +29,8 @@ type Tokenizer interface {
 //	{"text": "..."}                                  BOS text EOS, every token scored
 //	{"prompt": "...", "completion": "..."}           BOS prompt completion EOS, completion and EOS scored
 //	{"messages": [{"role": "...", "content": "..."}]} the Llama 3 chat template, assistant turns scored
+//	{"conversations": [{"from": "human", "value": "..."}, ...]}  ShareGPT: the same, roles renamed
+//	{"instruction": "...", "input": "...", "output": "..."}     Alpaca: see alpaca
 //	{"input_ids": [...], "labels": [...]}            as given (labels default to input_ids)
 //
 // With PromptLoss every token is scored. The format is chosen by the keys present.
@@ -50,12 +52,16 @@ func (f *Formatter) Example(line []byte) (TokenExample, error) {
 		return parseTokenLine(line, f.Vocab)
 	case has("messages"):
 		return f.chat(keys)
+	case has("conversations"):
+		return f.shareGPT(keys)
+	case has("instruction") || has("output"):
+		return f.alpaca(keys)
 	case has("prompt") || has("completion"):
 		return f.promptCompletion(keys)
 	case has("text"):
 		return f.text(keys)
 	}
-	return TokenExample{}, errors.New(`no known format: want "text", "prompt"+"completion", "messages" or "input_ids"`)
+	return TokenExample{}, errors.New(`no known format: want "text", "prompt"+"completion", "messages", "conversations" (ShareGPT), "instruction"+"output" (Alpaca) or "input_ids"`)
 }
 
 func (f *Formatter) needTok() error {
@@ -195,16 +201,30 @@ func (f *Formatter) chat(keys map[string]json.RawMessage) (TokenExample, error) 
 	if err := f.needTok(); err != nil {
 		return TokenExample{}, err
 	}
-	var msgs []struct {
-		Role    *string `json:"role"`
-		Content *string `json:"content"`
-	}
+	var msgs []message
 	if err := json.Unmarshal(keys["messages"], &msgs); err != nil {
 		return TokenExample{}, errors.New(`"messages" must be a list of {"role": "...", "content": "..."}`)
 	}
 	if len(msgs) == 0 {
 		return TokenExample{}, errors.New(`"messages" is empty`)
 	}
+	for i, m := range msgs {
+		if m.Role == nil || m.Content == nil {
+			return TokenExample{}, fmt.Errorf("messages[%d] needs both \"role\" and \"content\"", i)
+		}
+	}
+	return f.chatMessages(msgs, "messages")
+}
+
+// message is one turn of a chat: both fields are set.
+type message struct {
+	Role    *string `json:"role"`
+	Content *string `json:"content"`
+}
+
+// chatMessages renders checked messages with the Llama 3 chat template (what
+// names the list in errors).
+func (f *Formatter) chatMessages(msgs []message, what string) (TokenExample, error) {
 	sp, err := llama3Specials(f.Tok)
 	if err != nil {
 		return TokenExample{}, err
@@ -214,13 +234,10 @@ func (f *Formatter) chat(keys map[string]json.RawMessage) (TokenExample, error) 
 	nl := f.Tok.Encode("\n\n", false)
 	assistant := 0
 	for i, m := range msgs {
-		if m.Role == nil || m.Content == nil {
-			return TokenExample{}, fmt.Errorf("messages[%d] needs both \"role\" and \"content\"", i)
-		}
 		switch *m.Role {
 		case "system", "user", "assistant", "ipython", "tool":
 		default:
-			return TokenExample{}, fmt.Errorf("messages[%d]: role %q is not one of system, user, assistant, tool, ipython", i, *m.Role)
+			return TokenExample{}, fmt.Errorf("%s[%d]: role %q is not one of system, user, assistant, tool, ipython", what, i, *m.Role)
 		}
 		scored := *m.Role == "assistant"
 		if scored {
@@ -242,6 +259,112 @@ func (f *Formatter) chat(keys map[string]json.RawMessage) (TokenExample, error) 
 	if assistant == 0 && !f.PromptLoss {
 		return TokenExample{}, errors.New("no assistant message: nothing would be trained on (set data.prompt_loss to train on every token)")
 	}
+	return b.done(f.Vocab)
+}
+
+// shareGPT reads a ShareGPT conversation, {"conversations": [{"from":
+// "human"|"gpt"|"system", "value": "..."}]} (also "user", "assistant" and
+// "tool" as from), as the same messages with peft/axolotl's role names, and
+// renders it with the chat template: the replies of "gpt" are scored.
+func (f *Formatter) shareGPT(keys map[string]json.RawMessage) (TokenExample, error) {
+	if err := onlyKeys(keys, "conversations"); err != nil {
+		return TokenExample{}, err
+	}
+	if err := f.needTok(); err != nil {
+		return TokenExample{}, err
+	}
+	var turns []struct {
+		From  *string `json:"from"`
+		Value *string `json:"value"`
+	}
+	if err := json.Unmarshal(keys["conversations"], &turns); err != nil {
+		return TokenExample{}, errors.New(`"conversations" must be a list of {"from": "human"|"gpt"|"system", "value": "..."}`)
+	}
+	if len(turns) == 0 {
+		return TokenExample{}, errors.New(`"conversations" is empty`)
+	}
+	roles := map[string]string{"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system", "tool": "tool"}
+	msgs := make([]message, len(turns))
+	for i, t := range turns {
+		if t.From == nil || t.Value == nil {
+			return TokenExample{}, fmt.Errorf("conversations[%d] needs both \"from\" and \"value\"", i)
+		}
+		role, ok := roles[*t.From]
+		if !ok {
+			return TokenExample{}, fmt.Errorf("conversations[%d]: from %q is not one of human, gpt, system (or user, assistant, tool)", i, *t.From)
+		}
+		msgs[i] = message{Role: &role, Content: t.Value}
+	}
+	return f.chatMessages(msgs, "conversations")
+}
+
+// Alpaca's prompt template (Stanford Alpaca), for tokenizers without a chat
+// template: the input paragraph only when the example has one.
+const (
+	alpacaWithInput = "Below is an instruction that describes a task, paired with an input that provides further context. " +
+		"Write a response that appropriately completes the request.\n\n### Instruction:\n%s\n\n### Input:\n%s\n\n### Response:\n"
+	alpacaNoInput = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n" +
+		"### Instruction:\n%s\n\n### Response:\n"
+)
+
+// alpaca reads an Alpaca example, {"instruction": "...", "input": "...",
+// "output": "..."} (input optional, and an optional "system"). With a Llama 3
+// chat tokenizer it is a chat: [system,] user = instruction (then a blank line
+// and the input when there is one), assistant = output. Otherwise it is
+// prompt/completion with Stanford Alpaca's template as the prompt
+// (alpacaWithInput, alpacaNoInput). Only the output (and EOS or <|eot_id|>)
+// is scored unless PromptLoss.
+func (f *Formatter) alpaca(keys map[string]json.RawMessage) (TokenExample, error) {
+	if err := onlyKeys(keys, "instruction", "input", "output", "system"); err != nil {
+		return TokenExample{}, err
+	}
+	if err := f.needTok(); err != nil {
+		return TokenExample{}, err
+	}
+	get := func(k string, optional bool) (string, error) {
+		if _, ok := keys[k]; !ok && optional {
+			return "", nil
+		}
+		return stringField(keys, k)
+	}
+	var fields [4]string
+	for i, k := range []string{"instruction", "input", "output", "system"} {
+		var err error
+		if fields[i], err = get(k, k == "input" || k == "system"); err != nil {
+			return TokenExample{}, err
+		}
+	}
+	instruction, input, output, system := fields[0], fields[1], fields[2], fields[3]
+	if _, err := llama3Specials(f.Tok); err == nil {
+		user := instruction
+		if strings.TrimSpace(input) != "" {
+			user += "\n\n" + input
+		}
+		roles := []string{"user", "assistant"}
+		contents := []string{user, output}
+		if system != "" {
+			roles, contents = append([]string{"system"}, roles...), append([]string{system}, contents...)
+		}
+		msgs := make([]message, len(roles))
+		for i := range roles {
+			msgs[i] = message{Role: &roles[i], Content: &contents[i]}
+		}
+		return f.chatMessages(msgs, "alpaca")
+	}
+	prompt := fmt.Sprintf(alpacaNoInput, instruction)
+	if strings.TrimSpace(input) != "" {
+		prompt = fmt.Sprintf(alpacaWithInput, instruction, input)
+	}
+	if system != "" {
+		prompt = system + "\n\n" + prompt
+	}
+	pIDs, cIDs := f.Tok.Encode(prompt, false), f.Tok.Encode(output, false)
+	b := &exBuilder{promptLoss: f.PromptLoss}
+	b.grow(len(pIDs) + len(cIDs) + 2)
+	b.addSpecial(f.Tok.BOS(), false)
+	b.add(pIDs, false)
+	b.add(cIDs, true)
+	b.addSpecial(f.Tok.EOS(), true)
 	return b.done(f.Vocab)
 }
 

@@ -3,6 +3,7 @@ package data
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -46,6 +47,17 @@ func TestFormats(t *testing.T) {
 		{`{"messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}]}`,
 			"##user#\n\nhi##assistant#\n\nyo#", "_________________________yo#"},
 		{`{"input_ids": [1, 2], "labels": [-100, 2]}`, "\x01\x02", "_\x02"},
+		// A system turn, then the conversation.
+		{`{"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}`,
+			"##system#\n\nbe brief##user#\n\nhi##assistant#\n\nyo#", "*yo#"},
+		// ShareGPT: the same messages under other names.
+		{`{"conversations": [{"from": "system", "value": "be brief"}, {"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}`,
+			"##system#\n\nbe brief##user#\n\nhi##assistant#\n\nyo#", "*yo#"},
+		// Alpaca with a chat tokenizer: user = instruction, a blank line, the input.
+		{`{"instruction": "add", "input": "2 2", "output": "4"}`,
+			"##user#\n\nadd\n\n2 2##assistant#\n\n4#", "*4#"},
+		{`{"instruction": "say hi", "output": "hi", "system": "s"}`,
+			"##system#\n\ns##user#\n\nsay hi##assistant#\n\nhi#", "*hi#"},
 	}
 	for _, tc := range cases {
 		ex, err := f.Example([]byte(tc.line))
@@ -63,8 +75,26 @@ func TestFormats(t *testing.T) {
 		if ids.String() != tc.ids {
 			t.Errorf("%s: ids %q, want %q", tc.line, ids.String(), tc.ids)
 		}
+		if rest, ok := strings.CutPrefix(tc.scored, "*"); ok { // "*" stands for every unscored token before rest
+			tc.scored = strings.Repeat("_", len(tc.ids)-len(rest)) + rest
+		}
 		if got := scoredText(ex); got != tc.scored {
 			t.Errorf("%s: scored %q, want %q", tc.line, got, tc.scored)
+		}
+	}
+	// Alpaca without a chat template: Stanford Alpaca's prompt, the output scored.
+	plain := &Formatter{Tok: byteTok{noChat: true}, Vocab: 400}
+	for _, tc := range []struct{ line, prompt string }{
+		{`{"instruction": "add", "input": "2 2", "output": "4"}`, fmt.Sprintf(alpacaWithInput, "add", "2 2")},
+		{`{"instruction": "add", "input": " ", "output": "4"}`, fmt.Sprintf(alpacaNoInput, "add")},
+	} {
+		ex, err := plain.Example([]byte(tc.line))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.line, err)
+		}
+		want := strings.Repeat("_", 1+len(tc.prompt)) + "4#"
+		if got := scoredText(ex); got != want || len(ex.InputIDs) != len(want) || ex.InputIDs[1] != int(tc.prompt[0]) {
+			t.Errorf("%s without a chat template: scored %q, want %q", tc.line, got, want)
 		}
 	}
 	pl := &Formatter{Tok: byteTok{}, Vocab: 400, PromptLoss: true}
@@ -87,6 +117,12 @@ func TestFormatErrors(t *testing.T) {
 		{`{"messages": [{"role": "user"}]}`, `needs both "role" and "content"`},
 		{`{"messages": [{"role": "robot", "content": "x"}]}`, `role "robot"`},
 		{`{"messages": [{"role": "user", "content": "x"}]}`, "no assistant message"},
+		{`{"conversations": [{"from": "bot", "value": "x"}]}`, `from "bot" is not one of human, gpt, system`},
+		{`{"conversations": [{"from": "gpt"}]}`, `conversations[0] needs both "from" and "value"`},
+		{`{"conversations": {}}`, `"conversations" must be a list`},
+		{`{"instruction": "x"}`, `missing "output"`},
+		{`{"instruction": "x", "output": "y", "history": []}`, `unexpected key "history"`},
+		{`{"instruction": 1, "output": "y"}`, `"instruction" must be a string`},
 	} {
 		if _, err := f.Example([]byte(tc.line)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want %q", tc.line, err, tc.want)

@@ -202,7 +202,8 @@ type buf struct {
 	ptr  uint64
 	n    int
 	dt   ops.DType
-	base bool // returned by Alloc (Free takes only these)
+	base bool // returned by Alloc or AllocHost (Free takes only these)
+	host bool // page-locked host memory (AllocHost): only Copy moves it
 }
 
 func (x *buf) Len() int         { return x.n }
@@ -212,7 +213,7 @@ func (x *buf) Slice(off, n int) ops.Buf {
 	if off < 0 || n < 0 || off+n > x.n {
 		panic(fmt.Sprintf("kernels: view [%d:%d] of a buffer of %d", off, off+n, x.n))
 	}
-	return &buf{ptr: x.ptr + uint64(elemSize(x.dt)*off), n: n, dt: x.dt}
+	return &buf{ptr: x.ptr + uint64(elemSize(x.dt)*off), n: n, dt: x.dt, host: x.host}
 }
 
 // elemSize is the size in bytes of an element of type dt, 0 for an unknown
@@ -263,6 +264,29 @@ func (b *Backend) Alloc(dt ops.DType, n int) (ops.Buf, error) {
 	return x, nil
 }
 
+// AllocHost returns a buffer of n elements of type dt in page-locked host
+// memory, mapped for the device: Copy moves data between it and device
+// buffers on the stream (at PCIe speed) and no other op takes it. It holds
+// what does not fit on the device, such as offloaded activations.
+func (b *Backend) AllocHost(dt ops.DType, n int) (ops.Buf, error) {
+	if n < 0 || elemSize(dt) == 0 {
+		return nil, fmt.Errorf("kernels: host alloc of %d elements of %v", n, dt)
+	}
+	x := &buf{n: n, dt: dt, base: true, host: true}
+	if n == 0 {
+		return x, nil
+	}
+	err := b.call(func(d *device) error {
+		var e error
+		x.ptr, e = d.allocHost(elemSize(dt) * n)
+		return e
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kernels: host alloc of %d %v: %w", n, dt, err)
+	}
+	return x, nil
+}
+
 // Free waits for pending work and releases an allocation. Freeing a view or a
 // foreign buffer records an error.
 func (b *Backend) Free(x ops.Buf) {
@@ -277,6 +301,9 @@ func (b *Backend) Free(x ops.Buf) {
 	err := b.call(func(dv *device) error {
 		if e := dv.sync(); e != nil {
 			return e
+		}
+		if d.host {
+			return dv.freeHost(d.ptr)
 		}
 		return dv.free(d.ptr)
 	})

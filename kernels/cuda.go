@@ -43,6 +43,10 @@ static CUresult (*p_cuMemFree)(CUdeviceptr);
 static CUresult (*p_cuMemcpyHtoDAsync)(CUdeviceptr, const void*, size_t, CUstream);
 static CUresult (*p_cuMemcpyDtoHAsync)(void*, CUdeviceptr, size_t, CUstream);
 static CUresult (*p_cuMemcpyDtoDAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+static CUresult (*p_cuMemcpyAsync)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+static CUresult (*p_cuMemHostAlloc)(void**, size_t, unsigned);
+static CUresult (*p_cuMemFreeHost)(void*);
+static CUresult (*p_cuMemHostGetDevicePointer)(CUdeviceptr*, void*, unsigned);
 static CUresult (*p_cuMemsetD32Async)(CUdeviceptr, unsigned, size_t, CUstream);
 static CUresult (*p_cuMemsetD16Async)(CUdeviceptr, unsigned short, size_t, CUstream);
 static CUresult (*p_cuMemsetD8Async)(CUdeviceptr, unsigned char, size_t, CUstream);
@@ -104,6 +108,10 @@ static const char* tr_load_cuda(void* lib) {
 	SYM(lib, p_cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2")
 	SYM(lib, p_cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2")
 	SYM(lib, p_cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2")
+	SYM(lib, p_cuMemcpyAsync, "cuMemcpyAsync")
+	SYM(lib, p_cuMemHostAlloc, "cuMemHostAlloc")
+	SYM(lib, p_cuMemFreeHost, "cuMemFreeHost")
+	SYM(lib, p_cuMemHostGetDevicePointer, "cuMemHostGetDevicePointer_v2")
 	SYM(lib, p_cuMemsetD32Async, "cuMemsetD32Async")
 	SYM(lib, p_cuMemsetD16Async, "cuMemsetD16Async")
 	SYM(lib, p_cuMemsetD8Async, "cuMemsetD8Async")
@@ -181,6 +189,20 @@ static CUresult tr_cuMemFree(CUdeviceptr p) { return p_cuMemFree(p); }
 static CUresult tr_cuMemcpyHtoDAsync(CUdeviceptr d, const void* s, size_t n, CUstream st) { return p_cuMemcpyHtoDAsync(d, s, n, st); }
 static CUresult tr_cuMemcpyDtoHAsync(void* d, CUdeviceptr s, size_t n, CUstream st) { return p_cuMemcpyDtoHAsync(d, s, n, st); }
 static CUresult tr_cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st) { return p_cuMemcpyDtoDAsync(d, s, n, st); }
+static CUresult tr_cuMemcpyAsync(CUdeviceptr d, CUdeviceptr s, size_t n, CUstream st) { return p_cuMemcpyAsync(d, s, n, st); }
+// Page-locked host memory, mapped into the device's address space
+// (CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP), at its device address.
+static CUresult tr_cuMemHostAlloc(CUdeviceptr* dp, size_t n) {
+	void* h = NULL;
+	CUresult r = p_cuMemHostAlloc(&h, n, 0x01 | 0x02);
+	if (r != 0) return r;
+	r = p_cuMemHostGetDevicePointer(dp, h, 0);
+	if (r != 0) p_cuMemFreeHost(h);
+	return r;
+}
+// With unified addressing a mapped host buffer's device address is its host
+// address.
+static CUresult tr_cuMemFreeHost(CUdeviceptr p) { return p_cuMemFreeHost((void*)(uintptr_t)p); }
 static CUresult tr_cuMemsetD32Async(CUdeviceptr d, unsigned v, size_t n, CUstream st) { return p_cuMemsetD32Async(d, v, n, st); }
 static CUresult tr_cuMemsetD16Async(CUdeviceptr d, unsigned short v, size_t n, CUstream st) { return p_cuMemsetD16Async(d, v, n, st); }
 static CUresult tr_cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream st) { return p_cuMemsetD8Async(d, v, n, st); }
@@ -561,6 +583,26 @@ func (d *device) alloc(bytes int) (uint64, error) {
 }
 
 func (d *device) free(p uint64) error { return cuErr("cuMemFree", C.tr_cuMemFree(C.CUdeviceptr(p))) }
+
+// allocHost returns page-locked host memory mapped for the device, by its
+// device address (the same as its host address under unified addressing).
+func (d *device) allocHost(bytes int) (uint64, error) {
+	var p C.CUdeviceptr
+	if err := cuErr(fmt.Sprintf("cuMemHostAlloc(%d bytes)", bytes), C.tr_cuMemHostAlloc(&p, C.size_t(bytes))); err != nil {
+		return 0, err
+	}
+	return uint64(p), nil
+}
+
+func (d *device) freeHost(p uint64) error {
+	return cuErr("cuMemFreeHost", C.tr_cuMemFreeHost(C.CUdeviceptr(p)))
+}
+
+// copyAny is copy between any two of device and mapped host memory, on the
+// stream: the driver tells the directions apart by the addresses.
+func (d *device) copyAny(dst, src uint64, bytes int) error {
+	return cuErr("cuMemcpyAsync", C.tr_cuMemcpyAsync(C.CUdeviceptr(dst), C.CUdeviceptr(src), C.size_t(bytes), d.stream))
+}
 
 func (d *device) sync() error {
 	return cuErr("cuStreamSynchronize", C.tr_cuStreamSynchronize(d.stream))

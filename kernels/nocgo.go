@@ -29,6 +29,9 @@ func (d *device) launch(string, [3]int, [3]int, []uint64) error { return errNoCg
 func (d *device) memInfo() (int64, int64, error)                { return 0, 0, errNoCgo }
 func (d *device) alloc(int) (uint64, error)                     { return 0, errNoCgo }
 func (d *device) free(uint64) error                             { return errNoCgo }
+func (d *device) allocHost(int) (uint64, error)                 { return 0, errNoCgo }
+func (d *device) freeHost(uint64) error                         { return errNoCgo }
+func (d *device) copyAny(uint64, uint64, int) error             { return errNoCgo }
 func (d *device) sync() error                                   { return errNoCgo }
 func (d *device) upload(uint64, []byte) error                   { return errNoCgo }
 func (d *device) download([]byte, uint64) error                 { return errNoCgo }

@@ -43,6 +43,10 @@ func (b *Backend) Copy(dst, src ops.Buf, n int) {
 	if b.err != nil || n == 0 || s == o {
 		return
 	}
+	if hostBuf(src) || hostBuf(dst) {
+		b.run("Copy", func(d *device) error { return d.copyAny(o, s, elemSize(dt)*n) })
+		return
+	}
 	b.run("Copy", func(d *device) error { return d.copy(o, s, elemSize(dt)*n) })
 }
 
@@ -354,4 +358,10 @@ func (b *Backend) AdamW(value, grad, m, v, work ops.Buf, n int, s ops.AdamWStep)
 	}
 	b.launch1(op, kname("adamw", work), n, ewBlock, pv, g, mv, vv, wv, aL(n),
 		aF(s.B1), aF(s.B2), aF(s.Decay), aF(s.GradScale), aD(s.StepSize), aD(s.SqrtBC2), aD(s.Eps))
+}
+
+// hostBuf reports whether x lies in page-locked host memory (AllocHost).
+func hostBuf(x ops.Buf) bool {
+	d, ok := x.(*buf)
+	return ok && d.host
 }

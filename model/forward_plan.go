@@ -27,7 +27,11 @@ type actPlan struct {
 	ids, targets, pos, seg ops.Buf // [N] int32
 
 	// resid[i] is the input of layer lo+i, and resid[hi-lo] the stage output.
+	// With offload the inputs of layers after the first are views of host,
+	// and the layers read and write work instead.
 	resid []ops.Buf // [N, C] each
+	host  ops.Buf   // host memory holding resid[1:hi-lo] (Options.Offload), or nil
+	work  [2]ops.Buf
 	// layers holds the saved activations of every layer, or with
 	// checkpointing one set reused by each layer's recomputation.
 	layers []*layerActs
@@ -86,9 +90,17 @@ func (m *Model) Plan(B, T int) error {
 	for _, b := range []*ops.Buf{&p.ids, &p.targets, &p.pos, &p.seg} {
 		ip.Add(b, N)
 	}
-	p.resid = make([]ops.Buf, m.hi-m.lo+1)
+	L := m.hi - m.lo
+	p.resid = make([]ops.Buf, L+1)
+	offload := m.offload && L > 1
 	for i := range p.resid {
-		fp.Add(&p.resid[i], N*C)
+		if !offload || i == 0 || i == L {
+			fp.Add(&p.resid[i], N*C)
+		}
+	}
+	if offload {
+		fp.Add(&p.work[0], N*C)
+		fp.Add(&p.work[1], N*C)
 	}
 	sets := m.hi - m.lo
 	if m.checkpoint {
@@ -156,6 +168,15 @@ func (m *Model) Plan(B, T int) error {
 		m.be.Free(p.sbuf)
 		return fmt.Errorf("model: activations for batch [%d, %d]: %w", B, T, err)
 	}
+	if offload {
+		if p.host, err = m.be.AllocHost(m.compute, (L-1)*N*C); err != nil {
+			m.freePlan(p)
+			return fmt.Errorf("model: host memory for %d offloaded layer inputs of batch [%d, %d]: %w", L-1, B, T, err)
+		}
+		for i := 1; i < L; i++ {
+			p.resid[i] = p.host.Slice((i-1)*N*C, N*C)
+		}
+	}
 	m.acts, m.slots[m.cur] = p, p
 	return nil
 }
@@ -191,11 +212,32 @@ func (m *Model) UseSlot(i int) error {
 }
 
 func (m *Model) freePlan(p *actPlan) {
-	if p != nil {
-		m.be.Free(p.fbuf)
-		m.be.Free(p.sbuf)
-		m.be.Free(p.ibuf)
+	if p == nil {
+		return
 	}
+	for _, b := range []ops.Buf{p.fbuf, p.sbuf, p.ibuf, p.host} {
+		if b != nil {
+			m.be.Free(b)
+		}
+	}
+}
+
+// layerIO is where layer l reads its input and writes its output: resid, or
+// with offload (two device buffers taking turns) work, but for the stage's
+// own input and output.
+func (p *actPlan) layerIO(m *Model, l int) (x, out ops.Buf) {
+	i := l - m.lo
+	x, out = p.resid[i], p.resid[i+1]
+	if p.host == nil {
+		return x, out
+	}
+	if i > 0 {
+		x = p.work[i%2]
+	}
+	if i+1 < len(p.resid)-1 {
+		out = p.work[(i+1)%2]
+	}
+	return x, out
 }
 
 // freeActs frees every slot's activations.

@@ -34,7 +34,8 @@ type Model struct {
 	first      bool // runs the embedding
 	last       bool // runs the head and the loss
 	checkpoint bool
-	headChunk  int // Options.HeadChunk
+	offload    bool // Options.Offload
+	headChunk  int  // Options.HeadChunk
 	training   bool
 
 	lora      *LoRAConfig // nil in full fine-tuning
@@ -92,6 +93,12 @@ type Options struct {
 	// Checkpoint keeps only each layer's input during forward and recomputes
 	// the layer in backward; the gradients are bitwise the same as without.
 	Checkpoint bool
+	// Offload, with Checkpoint, keeps those layer inputs in host memory
+	// (Backend.AllocHost): each is copied out after the layer before it runs
+	// and back before its backward, so the device holds two whatever the
+	// layer count (70B at 65k tokens: 80 x 1 GiB). The gradients are bitwise
+	// the same; the copies cross PCIe on the compute stream.
+	Offload bool
 	// Compute is the type of weights and activations: ops.F32 (the zero
 	// value), or ops.BF16 for mixed precision, where trainable tensors keep an
 	// F32 master copy and F32 gradients and everything else is bfloat16.
@@ -220,9 +227,12 @@ func NewModel(be ops.Backend, w *Weights, opt Options) (*Model, error) {
 	if opt.Compute != ops.F32 && opt.Compute != ops.BF16 {
 		return nil, fmt.Errorf("model: compute type %v: want f32 or bf16", opt.Compute)
 	}
+	if opt.Offload && !opt.Checkpoint {
+		return nil, errors.New("model: offloading layer inputs to host memory needs activation checkpointing (the inputs are all it keeps)")
+	}
 	m := &Model{
 		be: be, cfg: cfg, lo: lo, hi: hi, first: lo == 0, last: hi == cfg.NumLayers,
-		checkpoint: opt.Checkpoint, headChunk: opt.HeadChunk, invFreq: inv, byName: map[string]*Param{}, compute: opt.Compute,
+		checkpoint: opt.Checkpoint, offload: opt.Offload, headChunk: opt.HeadChunk, invFreq: inv, byName: map[string]*Param{}, compute: opt.Compute,
 		slots: make([]*actPlan, 1),
 	}
 	full := opt.LoRA == nil
@@ -543,7 +553,11 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 		be.EmbeddingForward(p.resid[0], p.ids, m.embed.W, N, C, V)
 	}
 	for l := m.lo; l < m.hi; l++ {
-		m.layerForward(l, p.layer(m, l), p.resid[l-m.lo], p.resid[l-m.lo+1], false)
+		x, out := p.layerIO(m, l)
+		m.layerForward(l, p.layer(m, l), x, out, false)
+		if p.host != nil && l+1 < m.hi {
+			be.Copy(p.resid[l+1-m.lo], out, N*C) // the next layer's input, saved on the host
+		}
 	}
 	if !m.last {
 		if err := be.Sync(); err != nil {
@@ -605,10 +619,14 @@ func (m *Model) Backward(scale float32) error {
 	}
 	for l := m.hi - 1; l >= m.lo; l-- {
 		a := p.layer(m, l)
-		if m.checkpoint {
-			m.layerForward(l, a, p.resid[l-m.lo], p.resid[l-m.lo+1], true)
+		x, out := p.layerIO(m, l)
+		if p.host != nil && l > m.lo {
+			be.Copy(x, p.resid[l-m.lo], N*C) // the layer's input, back from the host
 		}
-		m.layerBackward(l, a, p.resid[l-m.lo])
+		if m.checkpoint {
+			m.layerForward(l, a, x, out, true)
+		}
+		m.layerBackward(l, a, x)
 		if m.layerDone != nil {
 			if err := m.be.Sync(); err != nil {
 				return fmt.Errorf("model: backward: %w", err)

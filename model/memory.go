@@ -6,6 +6,7 @@ import "train/ops"
 type MemoryPart struct {
 	Name  string
 	Bytes int64
+	Host  bool // in host memory (offloaded activations), not on the device
 }
 
 // Memory lists the device memory the model holds, by part: the weights (in
@@ -22,7 +23,7 @@ func (m *Model) Memory() []MemoryPart {
 			n += ops.Bytes(b)
 		}
 		if n > 0 {
-			parts = append(parts, MemoryPart{name, n})
+			parts = append(parts, MemoryPart{Name: name, Bytes: n})
 		}
 	}
 	var codes, scales int64 // of the 4-bit weights; their F32 scales sit in paramBuf
@@ -34,13 +35,13 @@ func (m *Model) Memory() []MemoryPart {
 	}
 	f32Scales := scales - (ops.Bytes(m.quantBuf) - codes)
 	if codes > 0 {
-		parts = append(parts, MemoryPart{"4-bit NF4 weights", codes}, MemoryPart{"NF4 scales", scales})
+		parts = append(parts, MemoryPart{Name: "4-bit NF4 weights", Bytes: codes}, MemoryPart{Name: "NF4 scales", Bytes: scales})
 	}
 	if m.compute == ops.F32 {
-		parts = append(parts, MemoryPart{"weights (f32)", ops.Bytes(m.paramBuf) - f32Scales})
+		parts = append(parts, MemoryPart{Name: "weights (f32)", Bytes: ops.Bytes(m.paramBuf) - f32Scales})
 	} else {
 		add("weights ("+m.compute.String()+")", m.workBuf)
-		parts = append(parts, MemoryPart{"trainable f32 masters", ops.Bytes(m.paramBuf) - f32Scales})
+		parts = append(parts, MemoryPart{Name: "trainable f32 masters", Bytes: ops.Bytes(m.paramBuf) - f32Scales})
 	}
 	add("NF4 dequantization workspace ("+m.compute.String()+")", m.deq)
 	add("gradients (f32)", m.gradBuf)
@@ -52,6 +53,15 @@ func (m *Model) Memory() []MemoryPart {
 	}
 	add("activations", acts...)
 	add("rope tables", m.ropeBuf)
+	var host int64
+	for _, p := range m.slots {
+		if p != nil {
+			host += ops.Bytes(p.host)
+		}
+	}
+	if host > 0 {
+		parts = append(parts, MemoryPart{Name: "offloaded layer inputs", Bytes: host, Host: true})
+	}
 	return parts
 }
 

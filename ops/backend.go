@@ -88,7 +88,13 @@ type Backend interface {
 
 	// Alloc returns a zeroed buffer of n elements of type dt.
 	Alloc(dt DType, n int) (Buf, error)
-	// Free releases a buffer returned by Alloc. Views of it become invalid.
+	// AllocHost returns a buffer of n elements of type dt in the host's
+	// memory (page-locked on a GPU), for data that does not fit on the
+	// device: Copy moves it to and from device buffers, in launch order, and
+	// no other op takes it. On the CPU it is Alloc.
+	AllocHost(dt DType, n int) (Buf, error)
+	// Free releases a buffer returned by Alloc or AllocHost. Views of it
+	// become invalid.
 	Free(b Buf)
 	// Upload copies host values into an F32 buffer, or a BF16 one rounding to
 	// nearest even (len(src) <= dst.Len()).

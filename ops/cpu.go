@@ -81,6 +81,9 @@ func (c *CPU[T]) Alloc(dt DType, n int) (Buf, error) {
 	return nil, fmt.Errorf("ops: alloc of unknown dtype %v", dt)
 }
 
+// AllocHost is Alloc: the CPU's memory is the host's.
+func (c *CPU[T]) AllocHost(dt DType, n int) (Buf, error) { return c.Alloc(dt, n) }
+
 // Free drops the reference; the garbage collector does the rest.
 func (c *CPU[T]) Free(b Buf) {}
 

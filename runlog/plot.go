@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -56,14 +57,14 @@ func WritePlot(w io.Writer, s Series, format, title string) error {
 		return err
 	}
 	tpsP.X.Label.Text = "step"
-	// One step range for every panel, so that they line up.
-	lo, hi := math.Inf(1), math.Inf(-1)
-	for _, p := range []*plot.Plot{lossP, lrP, tpsP} {
-		lo, hi = math.Min(lo, p.X.Min), math.Max(hi, p.X.Max)
-	}
+	// One step range for every panel, so that they line up, with a margin
+	// so that a point on the first or last step (a final eval) is not drawn
+	// on the frame.
+	lo, hi := stepRange([]*plot.Plot{lossP, lrP, tpsP})
 	plots := [][]*plot.Plot{{lossP}, {lrP}, {tpsP}}
 	for _, row := range plots {
 		row[0].X.Min, row[0].X.Max = lo, hi
+		row[0].X.Tick.Marker = stepTicks{}
 	}
 	dc := draw.New(c)
 	// Paint the background once: vgimg starts transparent.
@@ -120,6 +121,49 @@ func PlotRun(run, path string, w io.Writer) error {
 	return err
 }
 
+// stepRange is the step range the panels share: every panel's, widened by 3%
+// of its width (at least half a step) on each side.
+func stepRange(ps []*plot.Plot) (lo, hi float64) {
+	lo, hi = math.Inf(1), math.Inf(-1)
+	for _, p := range ps {
+		lo, hi = math.Min(lo, p.X.Min), math.Max(hi, p.X.Max)
+	}
+	pad := math.Max(0.5, 0.03*(hi-lo))
+	return lo - pad, hi + pad
+}
+
+// stepTicks labels the step axis at 5 to 10 round steps (1, 2 or 5 times a
+// power of ten apart), with unlabelled minor ticks between them; gonum's
+// default labels as few as three.
+type stepTicks struct{}
+
+func (stepTicks) Ticks(min, max float64) []plot.Tick {
+	if !(max > min) {
+		return []plot.Tick{{Value: min, Label: strconv.FormatFloat(min, 'f', -1, 64)}}
+	}
+	span := max - min
+	step := math.Pow(10, math.Floor(math.Log10(span/5)))
+	for _, m := range []float64{1, 2, 5, 10} {
+		if span/(step*m) <= 10 {
+			step *= m
+			break
+		}
+	}
+	step = math.Max(step, 1) // steps are whole
+	var ticks []plot.Tick
+	minor := step / 5
+	if step < 5 {
+		minor = 0
+	}
+	for v := math.Ceil(min/step) * step; v <= max; v += step {
+		ticks = append(ticks, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', -1, 64)})
+		for k := 1.0; minor > 0 && k < 5 && v+k*minor <= max; k++ {
+			ticks = append(ticks, plot.Tick{Value: v + k*minor})
+		}
+	}
+	return ticks
+}
+
 type curve struct {
 	name   string
 	pts    []Point
@@ -159,6 +203,9 @@ func panel(title, ylabel string, curves []curve) (*plot.Plot, error) {
 				return nil, fmt.Errorf("plot %s: %w", ylabel, err)
 			}
 			sc.Color, sc.Shape, sc.Radius = c.col, draw.CircleGlyph{}, vg.Points(3)
+			if len(xys) == 1 {
+				sc.Radius = vg.Points(5) // a lone point (one eval) must be seen
+			}
 			p.Add(sc)
 		}
 		if c.name != "" {

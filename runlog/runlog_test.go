@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gonum.org/v1/plot"
 )
 
 var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -600,5 +602,28 @@ func TestStoppedRankIsTheCause(t *testing.T) {
 		if f.CausedBy == nil || *f.CausedBy != 2 {
 			t.Errorf("rank %d caused by %v, want rank 2", f.Rank, f.CausedBy)
 		}
+	}
+}
+
+// TestStepAxis: the step axis labels 5 to 10 round steps for any run length,
+// and the shared range leaves a margin, so a lone final eval point is drawn
+// inside the frame.
+func TestStepAxis(t *testing.T) {
+	for _, span := range []float64{3, 20, 100, 999, 5000, 123456} {
+		var labels []float64
+		for _, tk := range (stepTicks{}).Ticks(1, span) {
+			if tk.Label != "" {
+				labels = append(labels, tk.Value)
+			}
+		}
+		if min(5, int(span)) > len(labels) || len(labels) > 10 {
+			t.Errorf("steps 1..%v: %d labelled ticks %v, want 5 to 10", span, len(labels), labels)
+		}
+	}
+	p := plot.New()
+	p.X.Min, p.X.Max = 1, 100
+	lo, hi := stepRange([]*plot.Plot{p})
+	if !(lo < 1 && hi > 100) {
+		t.Errorf("step range [%v, %v] has no margin around [1, 100]", lo, hi)
 	}
 }

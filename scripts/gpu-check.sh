@@ -256,9 +256,11 @@ if want long; then
 fi
 
 # 7c. QLoRA (not in the default sections): the 8B shape, QLoRA r=16 beside our bf16 LoRA in the same
-# run at T=2048 and 8192 (tokens/s, device and host peaks), then the 70B shape (80 layers, 4-bit
-# base weights built on the device) at T=4096 and each of QLORA_T (default 16384 24576), one timed
-# step each (after one warm-up at T=4096 only). Each command is capped at QLORA_TIMEOUT seconds (default 240).
+# run at T=2048 and 8192 (tokens/s, device and host peaks; QLORA_8B=0 skips them), then the 70B
+# shape (80 layers, 4-bit base weights built on the device) at T=4096 and each of QLORA_T (default
+# 16384 24576), and with the layer inputs offloaded to host memory at each of QLORA_OFFLOAD_T
+# (default 32768 49152): one timed step each (after one warm-up at T=4096 only). Each command is
+# capped at QLORA_TIMEOUT seconds (default 240).
 if want qlora; then
   qlora_start=$SECONDS
   qt=${QLORA_TIMEOUT:-240}
@@ -279,7 +281,7 @@ else:
 PY
 )")
   }
-  for T in 2048 8192; do
+  for T in $( [ "${QLORA_8B:-1}" = 0 ] || echo 2048 8192 ); do
     for method in lora qlora; do
       log="$out/qlora-8b-$method-T$T.log"
       timeout "$qt" .dev/bin/train bench model -model random:llama-3.1-8b -method $method -lora-rank 16 -checkpoint \
@@ -287,11 +289,13 @@ PY
       qlora_row "qlora-section 8b $method T=$T" "$log"
     done
   done
-  for T in 4096 ${QLORA_T:-16384 24576}; do
-    log="$out/qlora-70b-T$T.log"
-    timeout "$qt" .dev/bin/train bench model -model random:llama-3.1-70b -method qlora -lora-rank 16 -checkpoint \
+  for T in 4096 ${QLORA_T-16384 24576} ${QLORA_OFFLOAD_T-32768 49152}; do
+    off=(); tag=""
+    [[ " ${QLORA_OFFLOAD_T-32768 49152} " == *" $T "* ]] && off=(-offload) tag="-offload"
+    log="$out/qlora-70b-T$T$tag.log"
+    timeout "$qt" .dev/bin/train bench model -model random:llama-3.1-70b -method qlora -lora-rank 16 -checkpoint "${off[@]}" \
       -steps 1 -warmup $(( T > 4096 ? 0 : 1 )) -seq "$T" -device cuda -precision bf16 -json >"$log" 2>&1
-    qlora_row "qlora-section 70b qlora T=$T" "$log"
+    qlora_row "qlora-section 70b qlora T=$T${off:+ offload}" "$log"
   done
   table+=("qlora section: $((SECONDS - qlora_start)) s; logs qlora-*.log")
 fi

@@ -65,6 +65,7 @@ type Setup struct {
 	LoRATargets  []string // projections with adapters; nil means all seven
 	Zero1        bool     // optimizer state split across the D replicas
 	Checkpoint   bool     // activation checkpointing
+	Offload      bool     // with Checkpoint, the layer inputs in host memory (model.Options.Offload)
 	// KeepActivations keeps every in-flight micro-batch's activations
 	// instead of recomputing them from the stage input (parallel.keep_activations).
 	KeepActivations bool
@@ -233,7 +234,8 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 // flight holds only its stage input (C). With KeepActivations every micro-batch
 // in flight keeps its own set (and its own scratch). Without checkpointing a
 // set is all of the above for every layer; with checkpointing each layer's
-// input (C) and, once, the layer being recomputed. Add one layer's backward
+// input (C) and, once, the layer being recomputed; with Offload the inputs
+// live in host memory and the device holds two (OffloadBytes counts the host's). Add one layer's backward
 // scratch (dresid, dln: 2C; datt, dq: 2Q; dk, dv: 2KV; dact, dgate, dup: 3I)
 // and the stage's input, output and input-gradient buffers (3C) per set.
 func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFlight int) int64 {
@@ -252,6 +254,9 @@ func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFl
 		return int64(inFlight) * (L*perLayer + scratch)
 	}
 	inputs := int64(max(inFlight-1, 0)) * N * a * C
+	if s.Checkpoint && s.Offload {
+		return min(L, 2)*N*a*C + perLayer + inputs + scratch // two device buffers take turns
+	}
 	if s.Checkpoint {
 		return L*N*a*C + perLayer + inputs + scratch
 	}
@@ -496,4 +501,15 @@ func sharesFlag(a, b string) bool {
 		}
 	}
 	return false
+}
+
+// OffloadBytes is the host memory a rank's offloaded layer inputs take
+// (Setup.Offload): every layer's but the stage's first, for each micro-batch
+// in flight.
+func OffloadBytes(cfg *model.Config, s Setup, layers, inFlight int) int64 {
+	if !s.Offload || !s.Checkpoint || layers < 2 {
+		return 0
+	}
+	N := int64(s.MicroBatch) * int64(s.SeqLen)
+	return int64(max(inFlight, 1)) * int64(layers-1) * N * int64(s.ActBytes) * int64(cfg.HiddenSize)
 }

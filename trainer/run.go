@@ -270,7 +270,7 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 		return res, startErr(ctx, "loading the weights", err)
 	}
 	defer w.Close()
-	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Compute: compute}
+	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Offload: cfg.Train.OffloadActivations, Compute: compute}
 	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
 		return res, err
 	}
@@ -474,13 +474,17 @@ func (t *trainer) reportMemory(stderr io.Writer) {
 	var total int64
 	var fields []any
 	var words []string
+	note := ""
 	for _, p := range parts {
-		total += p.Bytes
 		fields = append(fields, logKey(p.Name)+"_bytes", p.Bytes)
+		if p.Host {
+			note += fmt.Sprintf("; %s %s in host memory", p.Name, shard.FormatBytes(p.Bytes))
+			continue
+		}
+		total += p.Bytes
 		words = append(words, p.Name+" "+shard.FormatBytes(p.Bytes))
 	}
 	t.log.Info("memory", append(fields, "total_bytes", total)...)
-	note := ""
 	if place, _ := t.opt.where(); device.IsGPU(t.be) && place == "host" {
 		note = " (the optimizer state is on the host)"
 	}

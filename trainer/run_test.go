@@ -545,3 +545,29 @@ func TestQLoRALearnsLikeLoRA(t *testing.T) {
 		t.Errorf("the checkpoint's base is not the NF4 round trip of the model's")
 	}
 }
+
+// TestOffloadActivationsRun: a run with its layer inputs offloaded to host
+// memory gives bitwise the losses of the same run with them on the device;
+// the config refuses offload without checkpointing.
+func TestOffloadActivationsRun(t *testing.T) {
+	a := storiesConfig(t, "qlora", 4, func(c *config.Config) { c.Train.ActivationCheckpointing = true })
+	b := storiesConfig(t, "qlora", 4, func(c *config.Config) {
+		c.Train.ActivationCheckpointing, c.Train.OffloadActivations = true, true
+	})
+	mustRun(t, a)
+	_, _, stderr := mustRun(t, b)
+	la, lb := metricValues(t, a.RunDir, "loss"), metricValues(t, b.RunDir, "loss")
+	for s := 1; s <= 4; s++ {
+		if la[s] != lb[s] || la[s] == 0 {
+			t.Errorf("step %d: loss %v offloaded, %v not", s, lb[s], la[s])
+		}
+	}
+	if !strings.Contains(stderr, "offloaded layer inputs") {
+		t.Errorf("the memory report does not show the offloaded inputs:\n%s", stderr)
+	}
+	c := config.Default()
+	c.Train.OffloadActivations = true
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "train.offload_activations") {
+		t.Errorf("offload without checkpointing: %v", err)
+	}
+}

@@ -167,20 +167,22 @@ func (d *World) AllReduce(vals []float64) error {
 // shard's, with the CPU's sizes: float32 activations, and float32 base weights
 // held twice while the model is built (the loaded tensors and the backend's copy).
 //
-// On a GPU the host holds the stage's float32 weights as loaded (twice the
-// estimate's bf16) and the optimizer's host mirror; the device's share is
-// compared with the GPU's free memory, and a plan that looks too large is
-// warned about (the estimate is not exact there; an allocation that fails
-// names itself).
+// On a GPU the host holds, while loading, one float32 layer and the stage's
+// embedding and head (layers are read one at a time), then the optimizer's
+// host mirror and any offloaded layer inputs; the device's share is compared
+// with the GPU's free memory, and a plan that looks too large is warned about
+// (the estimate is not exact there; an allocation that fails names itself).
 func checkFits(cfg config.Config, mc *model.Config, d *World, be ops.Backend, compute ops.DType, warn io.Writer) error {
-	est, err := shard.EstimateMemory(mc, d.plan, memorySetup(cfg, d.zero1, compute))
+	setup := memorySetup(cfg, d.zero1, compute)
+	est, err := shard.EstimateMemory(mc, d.plan, setup)
 	if err != nil {
 		return err
 	}
 	m := est.Ranks[d.rank()]
 	need := m.Total() + 3*m.Weights // bf16 in the estimate; float32, twice, here
 	if g, ok := be.(device.GPU); ok {
-		need = 2*m.Weights + m.Master + m.Grads + m.Optimizer
+		loading := 4*mc.LayerParams() + mc.HostBytes(d.me.Lo, d.me.Lo, d.me.Embed, d.me.Head)
+		need = loading + m.Master + m.Grads + m.Optimizer + shard.OffloadBytes(mc, setup, d.me.Hi-d.me.Lo, 1)
 		if in, err := g.Info(); err == nil && m.Total() > in.FreeMem {
 			fmt.Fprintf(warn, "train: warning: rank %d (stage %d) may need about %s of GPU memory and GPU %d has %s free; if it runs out: more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora\n",
 				d.rank(), d.me.Stage, shard.FormatBytes(m.Total()), in.Ordinal, shard.FormatBytes(in.FreeMem))
@@ -211,7 +213,7 @@ func checkFits(cfg config.Config, mc *model.Config, d *World, be ops.Backend, co
 func memorySetup(cfg config.Config, zero1 bool, compute ops.DType) shard.Setup {
 	setup := shard.Setup{Method: cfg.Train.Method, MicroBatch: cfg.Train.MicroBatch, SeqLen: cfg.Data.SeqLen,
 		MicroBatches: cfg.Train.GradAccum, LoRARank: cfg.LoRA.Rank, LoRATargets: cfg.LoRA.Targets,
-		Zero1: zero1, Checkpoint: cfg.Train.ActivationCheckpointing, ActBytes: compute.Size(),
+		Zero1: zero1, Checkpoint: cfg.Train.ActivationCheckpointing, Offload: cfg.Train.OffloadActivations, ActBytes: compute.Size(),
 		KeepActivations: cfg.Parallel.KeepActivations && cfg.Parallel.PP > 1}
 	if cfg.Train.Method != "lora" && cfg.Train.Method != "qlora" {
 		setup.LoRATargets = nil

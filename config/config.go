@@ -22,6 +22,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"train/collective"
+	"train/data"
 )
 
 // Config is everything a run needs to know. The zero value is not useful; start from
@@ -102,6 +103,9 @@ type Data struct {
 	PromptLoss bool `toml:"prompt_loss"`
 	// SkipBadLines turns a malformed data line into a counted warning.
 	SkipBadLines bool `toml:"skip_bad_lines"`
+	// Columns renames a dataset's keys (JSONL) or columns (Parquet) to the
+	// ones the formats read: "ours=theirs,...", e.g. "instruction=question,output=answer".
+	Columns string `toml:"columns"`
 }
 
 // Train is the optimisation.
@@ -321,6 +325,8 @@ func (c *Config) Validate() error {
 		return bad("train.micro_batch", "%d must be at least 1", c.Train.MicroBatch)
 	case c.Train.GradAccum < 1:
 		return bad("train.grad_accum", "%d must be at least 1", c.Train.GradAccum)
+	case badColumns(c.Data.Columns) != nil:
+		return bad("data.columns", "%v", badColumns(c.Data.Columns))
 	case c.Train.OffloadActivations && !c.Train.ActivationCheckpointing:
 		return bad("train.offload_activations", "needs train.activation_checkpointing (-activation-checkpointing): the layer inputs it keeps are what offload moves to the host")
 	case !finite(c.Train.LR) || c.Train.LR < 0 || c.Train.LR > 10:
@@ -409,4 +415,10 @@ func oneOf(s string, options ...string) bool {
 		}
 	}
 	return false
+}
+
+// badColumns checks a data.columns value (data.ParseColumns says why not).
+func badColumns(s string) error {
+	_, err := data.ParseColumns(s)
+	return err
 }

@@ -161,3 +161,25 @@ func TestRunDirFlags(t *testing.T) {
 		t.Errorf("-overwrite alone: %v", err)
 	}
 }
+
+// TestValidateDataColumnsAndOffload: data.columns must name the formats'
+// keys, and offload needs checkpointing; each error names its key.
+func TestValidateDataColumnsAndOffload(t *testing.T) {
+	c := Default()
+	c.Data.Columns = "question=instruction"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "data.columns") {
+		t.Errorf("bad data.columns: %v", err)
+	}
+	c.Data.Columns = "instruction=question"
+	if err := c.Validate(); err != nil {
+		t.Errorf("good data.columns: %v", err)
+	}
+	c.Train.OffloadActivations = true
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "train.offload_activations") {
+		t.Errorf("offload without checkpointing: %v", err)
+	}
+	c.Train.ActivationCheckpointing = true
+	if err := c.Validate(); err != nil {
+		t.Errorf("offload with checkpointing: %v", err)
+	}
+}

@@ -2,13 +2,11 @@ package data
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 )
@@ -38,6 +36,48 @@ type Formatter struct {
 	Tok        Tokenizer // nil allows only the input_ids format
 	Vocab      int       // ids must be below it
 	PromptLoss bool
+	// Columns renames a record's keys before its format is chosen: ours ->
+	// theirs (ParseColumns), for datasets whose columns have other names.
+	Columns map[string]string
+}
+
+// formatKeys are the keys the formats read, the names data.columns may give.
+var formatKeys = []string{"text", "prompt", "completion", "messages", "conversations", "instruction", "input", "output", "system", "input_ids", "labels"}
+
+// columnsRead is every key a record may carry for f: the formats' keys and
+// the dataset's names that Columns renames to them.
+func (f *Formatter) columnsRead() map[string]bool {
+	keep := map[string]bool{}
+	for _, k := range formatKeys {
+		keep[k] = true
+	}
+	for _, theirs := range f.Columns {
+		keep[theirs] = true
+	}
+	return keep
+}
+
+// ParseColumns reads a data.columns value, "ours=theirs,...": each ours one of
+// the formats' keys, at most once, and each theirs not empty. "" is none.
+func ParseColumns(s string) (map[string]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	m := map[string]string{}
+	for _, pair := range strings.Split(s, ",") {
+		ours, theirs, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		ours, theirs = strings.TrimSpace(ours), strings.TrimSpace(theirs)
+		switch {
+		case !ok || theirs == "":
+			return nil, fmt.Errorf("%q: want ours=theirs, e.g. instruction=question", pair)
+		case !slices.Contains(formatKeys, ours):
+			return nil, fmt.Errorf("%q: %s is not a key the formats read (%s)", pair, ours, strings.Join(formatKeys, ", "))
+		case m[ours] != "":
+			return nil, fmt.Errorf("%s is renamed twice", ours)
+		}
+		m[ours] = theirs
+	}
+	return m, nil
 }
 
 // Example parses and tokenizes one line.
@@ -45,6 +85,18 @@ func (f *Formatter) Example(line []byte) (TokenExample, error) {
 	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(line, &keys); err != nil {
 		return TokenExample{}, fmt.Errorf("not a JSON object: %w", err)
+	}
+	if len(f.Columns) > 0 {
+		renamed := false
+		for ours, theirs := range f.Columns {
+			if v, ok := keys[theirs]; ok && theirs != ours {
+				delete(keys, theirs)
+				keys[ours], renamed = v, true
+			}
+		}
+		if renamed {
+			line, _ = json.Marshal(keys) // the token format parses the line itself
+		}
 	}
 	has := func(k string) bool { _, ok := keys[k]; return ok }
 	switch {
@@ -385,83 +437,98 @@ func llama3Specials(tok Tokenizer) (chatSpecials, error) {
 	return sp, nil
 }
 
-// ReadExamples reads a JSONL file of examples in any supported format. A malformed
-// line is an error naming file:line, or with skipBad a counted skip. A cancelled
-// ctx stops it between lines with ctx's error: tokenizing a large file takes a
-// while, and a signal must not wait for it.
+// ReadExamples reads a dataset of examples in any supported format: a JSONL
+// or Parquet file, a directory of them or a glob (DataFiles). A malformed
+// record is an error naming file:line (file:row N in Parquet), or with
+// skipBad a counted skip. A cancelled ctx stops it between records with ctx's
+// error: tokenizing a large dataset takes a while, and a signal must not wait
+// for it.
 func ReadExamples(ctx context.Context, path string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
-	file, err := os.Open(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	defer file.Close()
-	return readExamples(ctx, file, path, f, skipBad)
+	c := &collector{ctx: ctx, f: f, skipBad: skipBad}
+	return c.finish(path, eachRecord(path, f.columnsRead(), c.add))
 }
 
-// CheckFirstLine opens a JSONL file and formats its first non-blank line, so
-// that a missing file, a file of the wrong format or data that needs a
-// tokenizer it lacks fails before anything expensive starts; the whole file
-// is read later. With f nil it only opens the file. An empty file passes here
-// (ReadExamples names it).
+// CheckFirstLine opens a dataset (every file of a directory or glob) and
+// formats its first record, so that a missing file, a file of the wrong
+// format or data that needs a tokenizer it lacks fails before anything
+// expensive starts; the whole dataset is read later. With f nil it only opens
+// the files. An empty file passes here (ReadExamples names it).
 func CheckFirstLine(path string, f *Formatter) error {
-	file, err := os.Open(path)
+	files, err := DataFiles(path)
 	if err != nil {
 		return err
 	}
-	defer file.Close()
-	if f == nil {
-		return nil
-	}
-	br := bufio.NewReaderSize(file, 1<<16)
-	for lineNo := 1; ; lineNo++ {
-		line, rerr := readLine(br)
-		if rerr != nil && rerr != io.EOF {
-			return fmt.Errorf("%s:%d: %w", path, lineNo, rerr)
+	for i, file := range files {
+		var keep map[string]bool
+		if f != nil {
+			keep = f.columnsRead()
 		}
-		if t := bytes.TrimSpace(line); len(t) > 0 {
-			if _, err := f.Example(t); err != nil {
-				return fmt.Errorf("%s:%d: %w", path, lineNo, err)
+		r, err := openRecords(file, keep)
+		if err != nil {
+			return err
+		}
+		if i == 0 && f != nil {
+			rec, where, err := r.next()
+			switch {
+			case errors.Is(err, io.EOF):
+			case err != nil:
+				r.Close()
+				return fmt.Errorf("%s: %w", where, err)
+			default:
+				if _, err := f.Example(rec); err != nil {
+					r.Close()
+					return fmt.Errorf("%s: %w", where, err)
+				}
 			}
-			return nil
 		}
-		if rerr == io.EOF {
-			return nil
-		}
+		r.Close()
 	}
+	return nil
 }
 
+// readExamples is ReadExamples over JSON Lines from r (name for errors).
 func readExamples(ctx context.Context, r io.Reader, name string, f *Formatter, skipBad bool) (examples []TokenExample, skipped int, err error) {
-	br := bufio.NewReaderSize(r, 1<<16)
-	for lineNo := 1; ; lineNo++ {
-		if err := ctx.Err(); err != nil {
-			return nil, skipped, err
-		}
-		line, rerr := readLine(br)
-		if rerr != nil && rerr != io.EOF {
-			return nil, skipped, fmt.Errorf("%s:%d: %w", name, lineNo, rerr)
-		}
-		if t := bytes.TrimSpace(line); len(t) > 0 {
-			ex, perr := f.Example(t)
-			switch {
-			case perr != nil && skipBad:
-				skipped++
-			case perr != nil:
-				return nil, skipped, fmt.Errorf("%s:%d: %w", name, lineNo, perr)
-			default:
-				examples = append(examples, ex)
-			}
-		}
-		if rerr == io.EOF {
-			break
-		}
+	c := &collector{ctx: ctx, f: f, skipBad: skipBad}
+	return c.finish(name, drain(&jsonlRecords{br: bufio.NewReaderSize(r, 1<<16), path: name}, c.add))
+}
+
+// collector formats records into examples, counting malformed ones when it
+// skips them.
+type collector struct {
+	ctx      context.Context
+	f        *Formatter
+	skipBad  bool
+	examples []TokenExample
+	skipped  int
+}
+
+func (c *collector) add(rec []byte, where string) error {
+	if err := c.ctx.Err(); err != nil {
+		return err
 	}
-	if len(examples) == 0 {
-		if skipped > 0 {
-			return nil, skipped, fmt.Errorf("%s: all %d lines were malformed", name, skipped)
+	ex, err := c.f.Example(rec)
+	switch {
+	case err != nil && c.skipBad:
+		c.skipped++
+	case err != nil:
+		return fmt.Errorf("%s: %w", where, err)
+	default:
+		c.examples = append(c.examples, ex)
+	}
+	return nil
+}
+
+func (c *collector) finish(name string, err error) ([]TokenExample, int, error) {
+	if err != nil {
+		return nil, c.skipped, err
+	}
+	if len(c.examples) == 0 {
+		if c.skipped > 0 {
+			return nil, c.skipped, fmt.Errorf("%s: all %d lines were malformed", name, c.skipped)
 		}
 		return nil, 0, fmt.Errorf("%s: no examples (the file is empty)", name)
 	}
-	return examples, skipped, nil
+	return c.examples, c.skipped, nil
 }
 
 // ChatPrompt renders a conversation for generation with the Llama 3 chat template

@@ -77,6 +77,7 @@ func loadTrainingData(ctx context.Context, cfg config.Config, mc model.Config, t
 // vocabulary, with tok for text (nil: token-id data only).
 func formatter(cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer) *data.Formatter {
 	f := &data.Formatter{Vocab: mc.VocabSize, PromptLoss: cfg.Data.PromptLoss}
+	f.Columns, _ = data.ParseColumns(cfg.Data.Columns) // validated with the config
 	if tok != nil {
 		f.Tok = tok
 	}

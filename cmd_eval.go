@@ -12,7 +12,7 @@ import (
 // runEval prints the mean loss of a model (with an optional PEFT LoRA adapter) over
 // a JSONL file of token ids, as one JSON object.
 func runEval(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("eval", `Usage: train eval -model DIR [-adapter DIR] -data FILE.jsonl
+	fs := newFlagSet("eval", `Usage: train eval -model DIR [-adapter DIR] -data FILE.jsonl|FILE.parquet|DIR|GLOB
 
 Prints one JSON object: "loss", the mean cross-entropy over every label that is not
 -100 across the whole file, and "tokens", how many labels counted. A line is
@@ -26,6 +26,7 @@ masked exactly as in training.`, stderr)
 	dataPath := fs.String("data", "", "JSONL file of examples")
 	tokPath := fs.String("tokenizer", "", "tokenizer.json (or a directory holding one) for text data; default: the model directory's own")
 	promptLoss := fs.Bool("prompt-loss", false, "also score prompt tokens, as data.prompt_loss does in training")
+	columns := fs.String("data-columns", "", `rename the dataset's keys or Parquet columns to the formats' ("instruction=question,output=answer")`)
 	allowLong := fs.Bool("allow-long-seq", false, "score examples longer than the model's max_position_embeddings (positions it was never trained on)")
 	batch := fs.Int("batch", 8, "sequences per forward pass (does not change the result)")
 	seed := fs.Int64("seed", 1, "seed of a random:NAME model's weights")
@@ -47,7 +48,7 @@ masked exactly as in training.`, stderr)
 	}
 	res, err := eval.Run(eval.Options{
 		Model: *modelDir, ModelSeed: *seed, Adapter: *adapter, Quantize: *quantize, Tokenizer: *tokPath,
-		Data: *dataPath, PromptLoss: *promptLoss, AllowLong: *allowLong, Batch: *batch,
+		Data: *dataPath, PromptLoss: *promptLoss, Columns: *columns, AllowLong: *allowLong, Batch: *batch,
 		Device: *deviceName, Precision: *precision,
 	})
 	if err != nil {

@@ -28,6 +28,7 @@ type Options struct {
 
 	Data       string // JSONL file of examples
 	PromptLoss bool   // also score prompt tokens, as data.prompt_loss does in training
+	Columns    string // data.columns: "ours=theirs,..." renames the dataset's keys
 	AllowLong  bool   // score examples longer than the model's max_position_embeddings
 	Batch      int    // sequences per forward pass, at least 1
 
@@ -57,6 +58,9 @@ func Run(o Options) (Result, error) {
 		return Result{}, err
 	}
 	f := &data.Formatter{Vocab: mc.VocabSize, PromptLoss: o.PromptLoss}
+	if f.Columns, err = data.ParseColumns(o.Columns); err != nil {
+		return Result{}, fmt.Errorf("-data-columns: %w", err)
+	}
 	if tok != nil {
 		f.Tok = tok // a nil *Tokenizer would be a non-nil interface
 	}

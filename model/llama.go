@@ -278,7 +278,8 @@ func (m *Model) addParams(w *Weights, lora *LoRA) error {
 	full := lora == nil
 	lazy := w.load != nil || w.random != nil
 	var err error
-	// stored marks a projection that comes as stored in 4 bits at upload.
+	// stored marks a projection the layer holds in 4 bits: the uploader
+	// reads it from the layer (as stored, or dequantized).
 	stored := false
 	add := func(name string, host []float32, trainable bool, shape ...int) *Param {
 		if err != nil {
@@ -320,10 +321,7 @@ func (m *Model) addParams(w *Weights, lora *LoRA) error {
 		for j, s := range Linears {
 			out, in := cfg.LinearShape(s)
 			host := *wl.Linear(s)
-			stored = host == nil && wl.Quantized[s] != nil && m.nf4 != nil // uploaded as stored
-			if host == nil && wl.Quantized[s] != nil && m.nf4 == nil && err == nil {
-				host, err = m.hostDequantized(wl.Quantized[s], LayerTensorName(l, s))
-			}
+			stored = host == nil && wl.Quantized[s] != nil
 			sl.lin[j] = inLayer(add(LayerTensorName(l, s), host, full, out, in), s)
 			stored = false
 		}
@@ -361,17 +359,6 @@ func checkHostLen(p *Param, host []float32) error {
 		return fmt.Errorf("model: %s has %d values, want %v = %d", p.Name, len(host), p.Shape, p.size())
 	}
 	return nil
-}
-
-// hostDequantized expands a weight stored in 4 bits to float32 on the host,
-// for a model that does not keep it in 4 bits (LoRA or full fine-tuning,
-// evaluation): the numbers bitsandbytes' dequantize_4bit gives.
-func (m *Model) hostDequantized(q *quant.NF4, name string) ([]float32, error) {
-	v := make([]float32, q.Len())
-	if err := q.Dequantize(v); err != nil {
-		return nil, fmt.Errorf("model: %s: %w", name, err)
-	}
-	return v, nil
 }
 
 // quantized reports whether p is held in 4 bits.

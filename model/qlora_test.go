@@ -176,8 +176,8 @@ func mustOpen(t *testing.T, dir string) *ModelDir {
 // TestBnbCheckpointLoads: a bitsandbytes 4-bit checkpoint (double
 // quantization, bitsandbytes' serialised layout) loads into a QLoRA model as
 // stored, its weights reading back as quant's dequantization of what the file
-// holds, and into a LoRA model dequantized on the host: the two give the same
-// loss. A QLoRA model planned for another layout refuses it by name.
+// holds, and into a LoRA model dequantized on the host, read lazily or held:
+// all give the same loss. A QLoRA model planned for another layout refuses it by name.
 func TestBnbCheckpointLoads(t *testing.T) {
 	cfg, err := RandomConfig("tiny")
 	if err != nil {
@@ -215,10 +215,16 @@ func TestBnbCheckpointLoads(t *testing.T) {
 			t.Fatalf("%s reads back other values than the file's dequantization", name)
 		}
 	}
+	eagerW, _, err := mustOpen(t, dir).LoadWeightsBase(context.Background(), cfg, 0, cfg.NumLayers, true, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eager := ltModel(t, ops.NewCPU(), eagerW, Options{LoRA: lora}) // the layers held, not read lazily
 	lq, _, _ := ltStep(t, q, b)
 	lp, _, _ := ltStep(t, plain, b)
-	if lq != lp {
-		t.Errorf("loss %v from the 4-bit weights, %v from their host dequantization", lq, lp)
+	le, _, _ := ltStep(t, eager, b)
+	if lq != lp || le != lp {
+		t.Errorf("loss %v from the 4-bit weights, %v from their host dequantization (%v from eagerly loaded weights)", lq, lp, le)
 	}
 	if _, err := NewModel(ops.NewCPU(), load(), Options{LoRA: lora, NF4: &quant.Options{}}); err == nil || !strings.Contains(err.Error(), "the checkpoint's weights must share one layout") {
 		t.Errorf("a layout other than the file's: %v", err)

@@ -46,9 +46,9 @@ func (u *uploader) upload(p *Param) error {
 			return err
 		}
 	}
-	if stored != nil && p.NF4 == nil {
+	if stored != nil && p.NF4 == nil { // a model that does not keep it in 4 bits
 		var err error
-		if host, err = m.hostDequantized(stored, p.Name); err != nil {
+		if host, err = dequantized(stored, p.Name); err != nil {
 			return err
 		}
 	}

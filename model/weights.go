@@ -164,15 +164,26 @@ func (w *Weights) Dequantize() error {
 			continue
 		}
 		for s, q := range l.Quantized {
-			v := make([]float32, q.Len())
-			if err := q.Dequantize(v); err != nil {
-				return fmt.Errorf("model: %s: %w", LayerTensorName(i, s), err)
+			v, err := dequantized(q, LayerTensorName(i, s))
+			if err != nil {
+				return err
 			}
 			*l.Linear(s) = v
 		}
 		l.Quantized = nil
 	}
 	return nil
+}
+
+// dequantized expands a weight stored in 4 bits to float32 on the host, for
+// code that does not keep it in 4 bits: the numbers bitsandbytes'
+// dequantize_4bit gives.
+func dequantized(q *quant.NF4, name string) ([]float32, error) {
+	v := make([]float32, q.Len())
+	if err := q.Dequantize(v); err != nil {
+		return nil, fmt.Errorf("model: %s: %w", name, err)
+	}
+	return v, nil
 }
 
 // RoundTripNF4 replaces every projection with what 4-bit NF4 under opt gives

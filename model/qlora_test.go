@@ -239,3 +239,43 @@ func mustConfig(t *testing.T, dir string) *quant.Config {
 	}
 	return qc
 }
+
+// TestRoundTripNF4: a QLoRA base's projections become their NF4 round trip,
+// and ones a checkpoint stores in 4 bits become their stored values, not a
+// second quantization of them.
+func TestRoundTripNF4(t *testing.T) {
+	cfg := ltConfig(false)
+	w := ltWeights(cfg, 41)
+	opt := quant.Options{DoubleQuant: true}
+	want := dequantizedWeights(t, w, opt)
+	// Layer 1's gate is stored in 4 bits (block size 32, no double
+	// quantization: another layout than opt's).
+	stored, err := quant.Quantize("gate", w.Layers[1].Gate, nil, quant.Options{BlockSize: 32})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storedVals := make([]float32, stored.Len())
+	if err := stored.Dequantize(storedVals); err != nil {
+		t.Fatal(err)
+	}
+	w.Layers[1].Gate, w.Layers[1].Quantized = nil, map[string]*quant.NF4{"gate_proj": stored}
+	if err := w.RoundTripNF4(opt); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(w.Layers[1].Gate, storedVals) {
+		t.Errorf("the stored gate_proj was not dequantized as stored")
+	}
+	if w.Layers[1].Quantized != nil {
+		t.Errorf("the 4-bit weights are still held after the round trip")
+	}
+	for i := range w.Layers {
+		for _, s := range Linears {
+			if i == 1 && s == "gate_proj" {
+				continue
+			}
+			if !slices.Equal(*w.Layers[i].Linear(s), *want.Layers[i].Linear(s)) {
+				t.Errorf("layer %d %s is not its NF4 round trip", i, s)
+			}
+		}
+	}
+}

@@ -188,18 +188,16 @@ func dequantized(q *quant.NF4, name string) ([]float32, error) {
 
 // RoundTripNF4 replaces every projection with what 4-bit NF4 under opt gives
 // back for it: the base a QLoRA run computed with, into which its adapter
-// merges. Projections already held in 4 bits are dequantized as stored.
+// merges. Projections already held in 4 bits are dequantized as stored, as
+// a QLoRA run uploads them, not quantized a second time.
 func (w *Weights) RoundTripNF4(opt quant.Options) error {
-	if err := w.Dequantize(); err != nil {
-		return err
-	}
 	for i, l := range w.Layers {
 		if l == nil {
 			continue
 		}
 		for _, s := range Linears {
 			p := l.Linear(s)
-			if *p == nil {
+			if *p == nil || l.Quantized[s] != nil {
 				continue
 			}
 			out, in := w.Config.LinearShape(s)
@@ -212,5 +210,5 @@ func (w *Weights) RoundTripNF4(opt quant.Options) error {
 			}
 		}
 	}
-	return nil
+	return w.Dequantize()
 }

@@ -227,7 +227,13 @@ func (f *Formatter) promptCompletion(keys map[string]json.RawMessage) (TokenExam
 	if err != nil {
 		return TokenExample{}, err
 	}
-	pIDs, cIDs := f.Tok.Encode(p, false), f.Tok.Encode(c, false)
+	return f.promptThenCompletion(p, c)
+}
+
+// promptThenCompletion is BOS prompt completion EOS, the completion and EOS
+// scored (everything with PromptLoss).
+func (f *Formatter) promptThenCompletion(prompt, completion string) (TokenExample, error) {
+	pIDs, cIDs := f.Tok.Encode(prompt, false), f.Tok.Encode(completion, false)
 	b := &exBuilder{promptLoss: f.PromptLoss}
 	b.grow(len(pIDs) + len(cIDs) + 2)
 	b.addSpecial(f.Tok.BOS(), false)
@@ -410,14 +416,7 @@ func (f *Formatter) alpaca(keys map[string]json.RawMessage) (TokenExample, error
 	if system != "" {
 		prompt = system + "\n\n" + prompt
 	}
-	pIDs, cIDs := f.Tok.Encode(prompt, false), f.Tok.Encode(output, false)
-	b := &exBuilder{promptLoss: f.PromptLoss}
-	b.grow(len(pIDs) + len(cIDs) + 2)
-	b.addSpecial(f.Tok.BOS(), false)
-	b.add(pIDs, false)
-	b.add(cIDs, true)
-	b.addSpecial(f.Tok.EOS(), true)
-	return b.done(f.Vocab)
+	return f.promptThenCompletion(prompt, output)
 }
 
 type chatSpecials struct{ start, end, eot int }

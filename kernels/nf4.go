@@ -112,15 +112,12 @@ func pow2Shift(v int) int {
 // checkNF4 is ops' check of an NF4 weight's sizes, and the kernel's limits:
 // block sizes that fit an int32.
 func checkNF4(w *ops.NF4) error {
+	if err := w.Check(); err != nil {
+		return err
+	}
 	switch {
-	case w.N < 0:
-		return fmt.Errorf("%d weights", w.N)
-	case w.BlockSize < 2 || w.BlockSize%2 != 0:
-		return fmt.Errorf("block size %d must be even and positive", w.BlockSize)
 	case w.BlockSize > math.MaxInt32:
 		return fmt.Errorf("block size %d is too large for this kernel", w.BlockSize)
-	case w.Absmax == nil && (w.NestedBlock <= 0 || w.Codes == nil || w.Absmax2 == nil || w.Map == nil):
-		return fmt.Errorf("neither absmax values nor double-quantized codes, absmax2, map and a nested block size")
 	case w.Absmax == nil && w.NestedBlock > math.MaxInt32:
 		return fmt.Errorf("nested block size %d is too large for this kernel", w.NestedBlock)
 	}

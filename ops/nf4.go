@@ -180,8 +180,10 @@ func (c *CPU[T]) bytes(b Buf, n int, op, arg string) []byte {
 	return cb.u[:n:n]
 }
 
-// checkNF4 records an error unless w's sizes are usable.
-func checkNF4(w *NF4) error {
+// Check reports whether w's layout is usable: a count, an even block size,
+// and either absmaxes or every part of double quantization. Backends check it
+// before DequantNF4.
+func (w *NF4) Check() error {
 	switch {
 	case w.N < 0:
 		return fmt.Errorf("%d weights", w.N)
@@ -199,7 +201,7 @@ func checkNF4(w *NF4) error {
 // fly (NF4Scale).
 func (c *CPU[T]) DequantNF4(out Buf, w NF4) {
 	const op = "DequantNF4"
-	if err := checkNF4(&w); err != nil {
+	if err := w.Check(); err != nil {
 		c.fail("%s: %v", op, err)
 		return
 	}

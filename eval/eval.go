@@ -77,13 +77,8 @@ func Run(o Options) (Result, error) {
 			return Result{}, err
 		}
 	}
-	if opt.NF4, err = model.QuantizeFlag(o.Quantize, o.Model); err != nil {
+	if err := model.SetQuantize(&opt, o.Quantize, o.Model, &mc); err != nil {
 		return Result{}, err
-	}
-	if opt.NF4 != nil && opt.LoRA == nil {
-		if opt.LoRA, err = model.IdentityLoRA(&mc); err != nil {
-			return Result{}, err
-		}
 	}
 	be, err := device.Open(o.Device, 0)
 	if err != nil {

@@ -85,13 +85,8 @@ func Run(o Options, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	if opt.NF4, err = model.QuantizeFlag(o.Quantize, o.Model); err != nil {
+	if err := model.SetQuantize(&opt, o.Quantize, o.Model, &cfg); err != nil {
 		return err
-	}
-	if opt.NF4 != nil && opt.LoRA == nil {
-		if opt.LoRA, err = model.IdentityLoRA(&cfg); err != nil {
-			return err
-		}
 	}
 	m, err := model.NewModel(be, w, opt)
 	if err != nil {

@@ -133,23 +133,26 @@ func NF4Layout(name string) (layout *quant.Options, stored bool, err error) {
 	return layout, true, nil
 }
 
-// QuantizeFlag reads a -quantize value for evaluation and generation: ""
-// (weights as stored, a 4-bit checkpoint dequantized) or "nf4" (the base
-// weights held as a QLoRA run holds them, NF4Layout).
-func QuantizeFlag(value, modelName string) (*quant.Options, error) {
+// SetQuantize applies a -quantize value of evaluation and generation to opt:
+// "" keeps the weights as stored (a 4-bit checkpoint dequantized), "nf4"
+// holds the base weights as a QLoRA run holds them (NF4Layout). NewModel
+// keeps base weights in 4 bits only under an adapter, so a model without one
+// gets an adapter that changes nothing (rank 1, B = 0).
+func SetQuantize(opt *Options, value, modelName string, cfg *Config) error {
 	switch value {
 	case "":
-		return nil, nil
+		return nil
 	case "nf4":
-		layout, _, err := NF4Layout(modelName)
-		return layout, err
+	default:
+		return fmt.Errorf("-quantize %q: want nf4, or nothing for the weights as stored", value)
 	}
-	return nil, fmt.Errorf("-quantize %q: want nf4, or nothing for the weights as stored", value)
-}
-
-// IdentityLoRA is an adapter that changes nothing (rank 1, B = 0): what a
-// model with 4-bit base weights and no adapter of its own carries, since
-// NewModel holds base weights in 4 bits only under an adapter.
-func IdentityLoRA(cfg *Config) (*LoRA, error) {
-	return NewLoRA(cfg, LoRAConfig{Rank: 1, Alpha: 1}, 0)
+	layout, _, err := NF4Layout(modelName)
+	if err != nil {
+		return err
+	}
+	opt.NF4 = layout
+	if opt.LoRA == nil {
+		opt.LoRA, err = NewLoRA(cfg, LoRAConfig{Rank: 1, Alpha: 1}, 0)
+	}
+	return err
 }

@@ -78,7 +78,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	}
 	setupAt := func(m string, T int) shard.Setup {
 		return shard.Setup{Method: m, MicroBatch: *batch, SeqLen: T, MicroBatches: *accum,
-			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt, Offload: *offload, ActBytes: 2}
+			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt, Offload: *offload}
 	}
 	setup := func(m string) shard.Setup { return setupAt(m, *seq) }
 	// The split balances -method's costs, among the splits that fit -gpu-mem.
@@ -156,8 +156,8 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	fmt.Fprintln(stdout)
 	if *offload {
 		var most int64
-		for _, s := range plan.StageInfo {
-			most = max(most, shard.OffloadBytes(&cfg, setup(*method), s.Hi-s.Lo, 1))
+		for _, r := range ests[*method].Ranks {
+			most = max(most, r.OffloadHost)
 		}
 		fmt.Fprintf(stdout, "host memory for the offloaded layer inputs: %s on the largest stage's rank (not in the table)\n", shard.FormatBytes(most))
 	}

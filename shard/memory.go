@@ -86,6 +86,9 @@ type Memory struct {
 	Activations int64 `json:"activations"`
 	Logits      int64 `json:"logits"`
 	Reserve     int64 `json:"reserve"`
+	// OffloadHost is the host memory the offloaded layer inputs take
+	// (Setup.Offload), apart from the device's Total.
+	OffloadHost int64 `json:"offload_host"`
 }
 
 // Total is the sum of every kind.
@@ -207,6 +210,15 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 		m.InFlight = min(m.InFlight, s.MicroBatches)
 	}
 	m.Activations = activationBytes(cfg, s, targets, L, m.InFlight) + dequant
+	if s.Offload && s.Checkpoint && L > 1 {
+		// Every layer's input but the stage's first, for each set of
+		// activations held (one, or each micro-batch in flight when kept).
+		sets := int64(1)
+		if s.KeepActivations {
+			sets = int64(m.InFlight)
+		}
+		m.OffloadHost = sets * (L - 1) * int64(s.MicroBatch) * int64(s.SeqLen) * int64(s.ActBytes) * int64(cfg.HiddenSize)
+	}
 	if head {
 		N, V := int64(s.MicroBatch)*int64(s.SeqLen), int64(cfg.VocabSize)
 		chunk := min(N, max(1, model.HeadChunkElems/V))
@@ -235,7 +247,7 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 // in flight keeps its own set (and its own scratch). Without checkpointing a
 // set is all of the above for every layer; with checkpointing each layer's
 // input (C) and, once, the layer being recomputed; with Offload the inputs
-// live in host memory and the device holds two (OffloadBytes counts the host's). Add one layer's backward
+// live in host memory and the device holds two (Memory.OffloadHost counts the host's). Add one layer's backward
 // scratch (dresid, dln: 2C; datt, dq: 2Q; dk, dv: 2KV; dact, dgate, dup: 3I)
 // and the stage's input, output and input-gradient buffers (3C) per set.
 func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFlight int) int64 {
@@ -247,20 +259,21 @@ func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFl
 	}
 	perLayer := N * (a*saved + 4*(2+int64(cfg.NumHeads)))
 	scratch := N * a * (2*C + 2*Q + 2*KV + 3*I + 3*C)
+	inputs := L // layer inputs on the device per set, with checkpointing
+	if s.Offload {
+		inputs = min(L, 2) // two device buffers take turns; the rest are on the host
+	}
 	if s.KeepActivations {
 		if s.Checkpoint {
-			return int64(inFlight) * (L*N*a*C + perLayer + scratch)
+			return int64(inFlight) * (inputs*N*a*C + perLayer + scratch)
 		}
 		return int64(inFlight) * (L*perLayer + scratch)
 	}
-	inputs := int64(max(inFlight-1, 0)) * N * a * C
-	if s.Checkpoint && s.Offload {
-		return min(L, 2)*N*a*C + perLayer + inputs + scratch // two device buffers take turns
-	}
+	others := int64(max(inFlight-1, 0)) * N * a * C // other micro-batches' stage inputs
 	if s.Checkpoint {
-		return L*N*a*C + perLayer + inputs + scratch
+		return inputs*N*a*C + perLayer + others + scratch
 	}
-	return L*perLayer + inputs + scratch
+	return L*perLayer + others + scratch
 }
 
 // FormatBytes prints n in GiB (or MiB below one GiB), as memory tables want.
@@ -501,15 +514,4 @@ func sharesFlag(a, b string) bool {
 		}
 	}
 	return false
-}
-
-// OffloadBytes is the host memory a rank's offloaded layer inputs take
-// (Setup.Offload): every layer's but the stage's first, for each micro-batch
-// in flight.
-func OffloadBytes(cfg *model.Config, s Setup, layers, inFlight int) int64 {
-	if !s.Offload || !s.Checkpoint || layers < 2 {
-		return 0
-	}
-	N := int64(s.MicroBatch) * int64(s.SeqLen)
-	return int64(max(inFlight, 1)) * int64(layers-1) * N * int64(s.ActBytes) * int64(cfg.HiddenSize)
 }

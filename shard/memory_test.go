@@ -268,3 +268,34 @@ func TestSuggestOnAThousandLayers(t *testing.T) {
 	}
 	t.Logf("%s: largest rank %s", s.Change, FormatBytes(s.Estimate.Peak().Total()))
 }
+
+// TestMemoryOffload: offloaded layer inputs leave two of them on the device
+// and put the rest in host memory, apart from the device total: one set per
+// rank, or one per micro-batch in flight when stages keep their activations.
+func TestMemoryOffload(t *testing.T) {
+	cfg := randomConfig(t, "llama-3.1-8b")
+	for _, keep := range []bool{false, true} {
+		s := Setup{Method: "qlora", MicroBatch: 1, SeqLen: 4096, LoRARank: 16, Checkpoint: true, KeepActivations: keep, MicroBatches: 4}
+		on := s
+		on.Offload = true
+		plain, off := estimate(t, cfg, 2, 2, s), estimate(t, cfg, 2, 2, on)
+		for r, m := range off.Ranks {
+			st := off.Plan.StageInfo[m.Stage]
+			L := int64(st.Hi - st.Lo)
+			sets := int64(1)
+			if keep {
+				sets = int64(m.InFlight)
+			}
+			perInput := int64(4096) * 2 * int64(cfg.HiddenSize)
+			if want := sets * (L - 1) * perInput; m.OffloadHost != want {
+				t.Errorf("keep %v rank %d: %d bytes on the host, want %d", keep, r, m.OffloadHost, want)
+			}
+			if want := plain.Ranks[r].Activations - sets*(L-2)*perInput; m.Activations != want {
+				t.Errorf("keep %v rank %d: device activations %d, want %d (two inputs per set left)", keep, r, m.Activations, want)
+			}
+			if plain.Ranks[r].OffloadHost != 0 {
+				t.Errorf("host bytes without offload")
+			}
+		}
+	}
+}

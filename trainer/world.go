@@ -173,8 +173,7 @@ func (d *World) AllReduce(vals []float64) error {
 // with the GPU's free memory, and a plan that looks too large is warned about
 // (the estimate is not exact there; an allocation that fails names itself).
 func checkFits(cfg config.Config, mc *model.Config, d *World, be ops.Backend, compute ops.DType, warn io.Writer) error {
-	setup := memorySetup(cfg, d.zero1, compute)
-	est, err := shard.EstimateMemory(mc, d.plan, setup)
+	est, err := shard.EstimateMemory(mc, d.plan, memorySetup(cfg, d.zero1, compute))
 	if err != nil {
 		return err
 	}
@@ -182,7 +181,7 @@ func checkFits(cfg config.Config, mc *model.Config, d *World, be ops.Backend, co
 	need := m.Total() + 3*m.Weights // bf16 in the estimate; float32, twice, here
 	if g, ok := be.(device.GPU); ok {
 		loading := 4*mc.LayerParams() + mc.HostBytes(d.me.Lo, d.me.Lo, d.me.Embed, d.me.Head)
-		need = loading + m.Master + m.Grads + m.Optimizer + shard.OffloadBytes(mc, setup, d.me.Hi-d.me.Lo, 1)
+		need = loading + m.Master + m.Grads + m.Optimizer + m.OffloadHost
 		if in, err := g.Info(); err == nil && m.Total() > in.FreeMem {
 			fmt.Fprintf(warn, "train: warning: rank %d (stage %d) may need about %s of GPU memory and GPU %d has %s free; if it runs out: more pipeline stages (-pp), -activation-checkpointing, a smaller -batch or -seq, or -lora\n",
 				d.rank(), d.me.Stage, shard.FormatBytes(m.Total()), in.Ordinal, shard.FormatBytes(in.FreeMem))

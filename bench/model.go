@@ -14,7 +14,6 @@ import (
 	"train/model"
 	"train/ops"
 	"train/optim"
-	"train/quant"
 	"train/trainer"
 )
 
@@ -112,7 +111,9 @@ func Model(opts ModelOptions, stdout, stderr io.Writer) error {
 		}
 	}
 	if opts.Method == "qlora" {
-		mopts.NF4 = &quant.Options{BlockSize: quant.DefaultBlockSize, DoubleQuant: true}
+		if mopts.NF4, _, err = model.NF4Layout(opts.Model); err != nil {
+			return fmt.Errorf("bench model: %w", err)
+		}
 	}
 	m, err := model.NewModel(be, w, mopts)
 	if err != nil {

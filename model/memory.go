@@ -26,16 +26,17 @@ func (m *Model) Memory() []MemoryPart {
 			parts = append(parts, MemoryPart{Name: name, Bytes: n})
 		}
 	}
-	var codes, scales int64 // of the 4-bit weights; their F32 scales sit in paramBuf
+	// The 4-bit weights' codes and scales; the F32 scales sit in paramBuf.
+	var codes, scaleCodes, f32Scales int64
 	for _, p := range m.params {
 		if q := p.NF4; q != nil {
 			codes += ops.Bytes(q.Packed)
-			scales += ops.Bytes(q.Absmax) + ops.Bytes(q.Codes) + ops.Bytes(q.Absmax2) + ops.Bytes(q.Map)
+			scaleCodes += ops.Bytes(q.Codes)
+			f32Scales += ops.Bytes(q.Absmax) + ops.Bytes(q.Absmax2) + ops.Bytes(q.Map)
 		}
 	}
-	f32Scales := scales - (ops.Bytes(m.quantBuf) - codes)
 	if codes > 0 {
-		parts = append(parts, MemoryPart{Name: "4-bit NF4 weights", Bytes: codes}, MemoryPart{Name: "NF4 scales", Bytes: scales})
+		parts = append(parts, MemoryPart{Name: "4-bit NF4 weights", Bytes: codes}, MemoryPart{Name: "NF4 scales", Bytes: scaleCodes + f32Scales})
 	}
 	if m.compute == ops.F32 {
 		parts = append(parts, MemoryPart{Name: "weights (f32)", Bytes: ops.Bytes(m.paramBuf) - f32Scales})

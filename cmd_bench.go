@@ -89,7 +89,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 	warmup := fs.Int("warmup", 2, "untimed steps first (kernel loading, allocation, caches)")
 	deviceName := fs.String("device", "auto", "cpu, cuda, or auto (the GPU when there is one)")
 	gpu := fs.Int("gpu", -1, "GPU ordinal; -1 takes the launcher's local rank, as training does (0 without a launcher)")
-	precision := fs.String("precision", "fp32", "compute type: fp32, or bf16 (mixed precision: F32 master weights and gradients of trained tensors)")
+	precision := fs.String("precision", "fp32", "compute type: fp32, bf16 or fp16 (mixed precision: F32 master weights and gradients of trained tensors; fp16 is timed without loss scaling)")
 	checkpoint := fs.Bool("checkpoint", false, "activation checkpointing: keep each layer's input, recompute the layer in backward")
 	offload := fs.Bool("offload", false, "with -checkpoint, keep those layer inputs in host memory")
 	seed := fs.Int64("seed", 1, "seed of the random weights, token ids and hidden states")
@@ -98,8 +98,8 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		return err
 	}
 
-	if *precision != "fp32" && *precision != "bf16" {
-		return usagef("-precision %q: want fp32 or bf16", *precision)
+	if *precision != "fp32" && *precision != "bf16" && *precision != "fp16" {
+		return usagef("-precision %q: want fp32, bf16 or fp16", *precision)
 	}
 	if *part != "model" && *part != "layers" {
 		return usagef("-part %q: want model or layers", *part)

@@ -31,7 +31,7 @@ masked exactly as in training.`, stderr)
 	batch := fs.Int("batch", 8, "sequences per forward pass (does not change the result)")
 	seed := fs.Int64("seed", 1, "seed of a random:NAME model's weights")
 	deviceName := fs.String("device", "cpu", "cpu, cuda or auto")
-	precision := fs.String("precision", "auto", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
+	precision := fs.String("precision", "auto", "auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

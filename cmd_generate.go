@@ -54,7 +54,7 @@ Examples:
 	fs.Uint64Var(&so.Seed, "seed", 1, "seed of the sampling (the same seed gives the same text)")
 	fs.Int64Var(&o.ModelSeed, "model-seed", 1, "seed of a random:NAME model's weights")
 	fs.StringVar(&o.Device, "device", "cpu", "cpu, cuda or auto")
-	fs.StringVar(&o.Precision, "precision", "auto", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
+	fs.StringVar(&o.Precision, "precision", "auto", "auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

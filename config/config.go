@@ -37,8 +37,10 @@ type Config struct {
 	// Device is "cpu", "cuda", or "auto" (the GPU when there is one).
 	Device string `toml:"device"`
 	// Precision is the type of weights and activations: "fp32", "bf16" (mixed
-	// precision: float32 master weights, optimizer state and losses), or
-	// "auto": bf16 on a GPU, fp32 on the CPU (where bf16 is only emulated).
+	// precision: float32 master weights, optimizer state and losses), "fp16"
+	// (the same with half precision and dynamic loss scaling, for GPUs
+	// without bf16), or "auto": bf16 on a GPU that has it, fp16 on older GPUs,
+	// fp32 on the CPU (where both are only emulated).
 	Precision string `toml:"precision"`
 	// RunDir holds logs, the effective config and checkpoints; empty means
 	// runs/<model name>-<method>.
@@ -133,6 +135,9 @@ type Train struct {
 	Eps         float64 `toml:"eps"`
 	// MaxGradNorm clips the global gradient norm; 0 turns clipping off.
 	MaxGradNorm float64 `toml:"max_grad_norm"`
+	// LossScaleWindow is how many clean steps in a row double the loss scale
+	// of fp16 training (dynamic loss scaling; an overflow halves it at once).
+	LossScaleWindow int `toml:"loss_scale_window"`
 	// ActivationCheckpointing keeps only each layer's input and recomputes in backward.
 	ActivationCheckpointing bool `toml:"activation_checkpointing"`
 	// OffloadActivations, with ActivationCheckpointing, keeps the saved layer
@@ -193,20 +198,21 @@ func Default() Config {
 			Pack:         true,
 		},
 		Train: Train{
-			Method:      "full",
-			Steps:       300,
-			MicroBatch:  8,
-			GradAccum:   1,
-			LR:          1e-2,
-			MinLRRatio:  0.1,
-			WarmupSteps: 10,
-			Schedule:    "cosine",
-			WeightDecay: 0.0,
-			Beta1:       0.9,
-			Beta2:       0.999,
-			Eps:         1e-8,
-			MaxGradNorm: 1.0,
-			LogEvery:    25,
+			Method:          "full",
+			Steps:           300,
+			MicroBatch:      8,
+			GradAccum:       1,
+			LR:              1e-2,
+			MinLRRatio:      0.1,
+			WarmupSteps:     10,
+			Schedule:        "cosine",
+			WeightDecay:     0.0,
+			Beta1:           0.9,
+			Beta2:           0.999,
+			Eps:             1e-8,
+			MaxGradNorm:     1.0,
+			LogEvery:        25,
+			LossScaleWindow: 2000,
 		},
 		LoRA: LoRA{
 			Rank:    16,
@@ -311,8 +317,8 @@ func (c *Config) Validate() error {
 		return bad("model", "must name a Hugging Face model directory or random:NAME")
 	case !oneOf(c.Device, "cpu", "cuda", "auto"):
 		return bad("device", "%q is not one of cpu, cuda, auto", c.Device)
-	case !oneOf(c.Precision, "auto", "fp32", "bf16"):
-		return bad("precision", "%q is not one of auto, fp32, bf16", c.Precision)
+	case !oneOf(c.Precision, "auto", "fp32", "bf16", "fp16"):
+		return bad("precision", "%q is not one of auto, fp32, bf16, fp16", c.Precision)
 	case !finite(c.Data.EvalFraction) || c.Data.EvalFraction < 0 || c.Data.EvalFraction >= 1:
 		return bad("data.eval_fraction", "%v is outside [0, 1)", c.Data.EvalFraction)
 	case c.Data.SeqLen < 2 || c.Data.SeqLen > 1<<20:
@@ -347,6 +353,8 @@ func (c *Config) Validate() error {
 		return bad("train.eps", "%v is outside (0, 1]", c.Train.Eps)
 	case !finite(c.Train.MaxGradNorm) || c.Train.MaxGradNorm < 0:
 		return bad("train.max_grad_norm", "%v must be 0 (off) or positive", c.Train.MaxGradNorm)
+	case c.Train.LossScaleWindow < 1:
+		return bad("train.loss_scale_window", "%d must be at least 1", c.Train.LossScaleWindow)
 	case c.Train.LogEvery < 1:
 		return bad("train.log_every", "%d must be at least 1", c.Train.LogEvery)
 	case c.Train.EvalEvery < 0:

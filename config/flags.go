@@ -18,7 +18,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	s(&c.Model, "model", "model", "Hugging Face model directory, or random:NAME (random:tiny, random:llama-3.2-1b, random:llama-3.1-8b, random:llama-3.1-70b)")
 	s(&c.Tokenizer, "tokenizer", "tokenizer", "tokenizer.json or a directory holding one; empty: the model directory's own")
 	s(&c.Device, "device", "device", "cpu, cuda or auto")
-	s(&c.Precision, "precision", "precision", "auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16")
+	s(&c.Precision, "precision", "precision", "auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16")
 	s(&c.RunDir, "run", "run_dir", "directory for logs, the effective config and checkpoints; default runs/<model>-<method>, or its next free name runs/<model>-<method>-N when another run used it")
 	fs.Int64Var(&c.Seed, "seed", c.Seed, "seed for initialisation, dropout and data order (seed)")
 
@@ -52,6 +52,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	s(&c.Train.Schedule, "schedule", "train.schedule", "cosine, linear or constant after warm-up")
 	f(&c.Train.WeightDecay, "weight-decay", "train.weight_decay", "AdamW weight decay")
 	f(&c.Train.MaxGradNorm, "max-grad-norm", "train.max_grad_norm", "clip the global gradient norm; 0 is off")
+	i(&c.Train.LossScaleWindow, "loss-scale-window", "train.loss_scale_window", "fp16: clean steps in a row that double the loss scale (an overflow halves it)")
 	b(&c.Train.ActivationCheckpointing, "activation-checkpointing", "train.activation_checkpointing", "recompute each layer in backward to save memory")
 	b(&c.Train.OffloadActivations, "offload-activations", "train.offload_activations", "with -activation-checkpointing, keep the saved layer inputs in (pinned) host memory instead of on the GPU: long contexts on big models")
 	i(&c.Train.LogEvery, "log-every", "train.log_every", "steps between progress lines")

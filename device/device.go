@@ -60,21 +60,48 @@ func IsGPU(be ops.Backend) bool {
 }
 
 // ComputeType is the model's compute type for a precision setting on be:
-// "auto" is bf16 on a GPU and fp32 on the CPU, where bf16 is an emulation for
-// tests (correct, but slower than fp32).
+// "auto" is bf16 on a GPU that has it (compute capability 8.0 and later), fp16
+// on older GPUs (V100, T4), and fp32 on the CPU, where bf16 and fp16 are
+// emulations for tests (correct, but slower than fp32). bf16 on a GPU without
+// it is refused, naming fp16.
 func ComputeType(precision string, be ops.Backend) (ops.DType, error) {
+	bf16 := true
+	if g, ok := be.(interface{ HasBF16() bool }); ok {
+		bf16 = g.HasBF16()
+	}
 	switch precision {
 	case "fp32":
 		return ops.F32, nil
 	case "bf16":
+		if !bf16 {
+			return ops.F32, fmt.Errorf("precision bf16: %s has no bfloat16 (it needs compute capability 8.0 or later); use -precision fp16 (or auto, which picks it)", gpuName(be))
+		}
 		return ops.BF16, nil
+	case "fp16":
+		return ops.F16, nil
 	case "auto", "":
 		if IsGPU(be) {
-			return ops.BF16, nil
+			if bf16 {
+				return ops.BF16, nil
+			}
+			return ops.F16, nil
 		}
 		return ops.F32, nil
 	}
-	return ops.F32, fmt.Errorf("precision %q is not one of auto, fp32, bf16", precision)
+	return ops.F32, fmt.Errorf("precision %q is not one of auto, fp32, bf16, fp16", precision)
+}
+
+// gpuName is the GPU's name and compute capability for messages.
+func gpuName(be ops.Backend) string {
+	g, ok := be.(GPU)
+	if !ok {
+		return "this device"
+	}
+	in, err := g.Info()
+	if err != nil {
+		return "this GPU"
+	}
+	return fmt.Sprintf("this GPU (%s, compute capability %d.%d)", in.Name, in.Capability/10, in.Capability%10)
 }
 
 // Close releases a device that holds resources (a GPU context and the

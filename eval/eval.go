@@ -33,7 +33,7 @@ type Options struct {
 	Batch      int    // sequences per forward pass, at least 1
 
 	Device    string // cpu, cuda or auto
-	Precision string // auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16
+	Precision string // auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16
 }
 
 // Result is what Run measured.

@@ -37,7 +37,7 @@ type Options struct {
 	Sampler   *model.Sampler // how to pick each token; nil is greedy
 
 	Device    string // cpu, cuda or auto
-	Precision string // auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16
+	Precision string // auto (bf16 on a GPU that has it, else fp16; fp32 on the CPU), fp32, bf16 or fp16
 }
 
 // Run loads the tokenizer, the model and the adapter, continues the prompt

@@ -70,7 +70,7 @@ __device__ __forceinline__ void attention_forward_t(E* out, float* lse, const E*
   }
   if (lse != nullptr && lane == 0) lse[bh * Tq + i] = m + logf(sum);
 }
-TR_KERNEL_F32_BF16(attention_forward,
+TR_KERNEL_FLOATS(attention_forward,
                    (T * out, float* lse, const T* q, const T* k, const T* v, const int* seg, int B, int Tq, int Tk,
                     int S, int H, int KVH, int D),
                    (out, lse, q, k, v, seg, B, Tq, Tk, S, H, KVH, D))
@@ -119,7 +119,7 @@ __device__ __forceinline__ void attention_softmax_t(E* P, float* lse, const floa
     prow[s] = fromf<E>(p);
   }
 }
-TR_KERNEL_F32_BF16(attention_softmax,
+TR_KERNEL_FLOATS(attention_softmax,
                    (T * P, float* lse, const float* S, const int* seg, int b, int T_, int H, int rep, int g, int t0,
                     int Tc, int Nk, int ld, float scale),
                    (P, lse, S, seg, b, T_, H, rep, g, t0, Tc, Nk, ld, scale))
@@ -159,7 +159,7 @@ __device__ __forceinline__ void attention_softmax_backward_t(E* P, E* dS, const 
     dsrow[s] = fromf<E>(ds);
   }
 }
-TR_KERNEL_F32_BF16(attention_softmax_backward,
+TR_KERNEL_FLOATS(attention_softmax_backward,
                    (T * P, T* dS, const float* S, const float* dP, const float* lse, const int* seg, int b, int T_,
                     int H, int rep, int g, int t0, int Tc, int Nk, int ld, float scale),
                    (P, dS, S, dP, lse, seg, b, T_, H, rep, g, t0, Tc, Nk, ld, scale))
@@ -172,4 +172,4 @@ __device__ __forceinline__ void attention_add_acc_t(E* x, const float* acc, long
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) x[i] = fromf<E>(tof(x[i]) + acc[i]);
 }
-TR_KERNEL_F32_BF16(attention_add_acc, (T * x, const float* acc, long long n), (x, acc, n))
+TR_KERNEL_FLOATS(attention_add_acc, (T * x, const float* acc, long long n), (x, acc, n))

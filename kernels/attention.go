@@ -84,7 +84,7 @@ func planAttention(T, KVH, D int, dt ops.DType, limit int64) attnPlan {
 	p.ds = p.p + alignBytes(e*mat)
 	p.acc = p.ds + alignBytes(e*mat)
 	p.bytes = p.acc
-	if dt == ops.BF16 {
+	if dt.IsHalf() {
 		p.bytes += 2 * 4 * int64(T) * int64(KVH) * int64(D)
 	}
 	return p
@@ -206,10 +206,13 @@ func (a *attn) rowKernel(d *device, kernel string, c chunk, args ...uint64) erro
 	return d.launch(kernel+dtSuffix(a.dt), [3]int{c.rows, a.KVH, 1}, [3]int{attnRowBlock, 1, 1}, args)
 }
 
-// dtSuffix is the kernel name suffix of data type dt (see TR_KERNEL_F32_BF16).
+// dtSuffix is the kernel name suffix of data type dt (see TR_KERNEL_FLOATS).
 func dtSuffix(dt ops.DType) string {
-	if dt == ops.BF16 {
+	switch dt {
+	case ops.BF16:
 		return "_bf16"
+	case ops.F16:
+		return "_f16"
 	}
 	return "_f32"
 }
@@ -238,7 +241,7 @@ func (a *attn) forward(d *device, out, lse, q, k, v uint64) error {
 
 // backward: for each step, S = Q·Kᵀ and dP = dout·Vᵀ; P and dS by
 // attention_softmax_backward; dq += dS·K, dk += dSᵀ·Q, dv += Pᵀ·dout. F32 adds
-// into dk and dv directly; BF16 into the float accumulators of the batch row
+// into dk and dv directly; BF16 and F16 into the float accumulators of the batch row
 // (zeroed first), added into dk and dv after the row's last step.
 func (a *attn) backward(d *device, dq, dk, dv, dout, q, k, v, lse uint64) error {
 	D, pl := a.D, a.plan
@@ -246,7 +249,7 @@ func (a *attn) backward(d *device, dq, dk, dv, dout, q, k, v, lse uint64) error 
 	accK, accV := a.ws+uint64(pl.acc), a.ws+uint64(pl.acc)+uint64(4*n)
 	for b := 0; b < a.B; b++ {
 		gk, gv := a.kv(dk, b), a.kv(dv, b)
-		if a.dt == ops.BF16 {
+		if a.dt.IsHalf() {
 			gk, gv = rm{accK, ops.F32, a.KVH * D, D}, rm{accV, ops.F32, a.KVH * D, D}
 			if err := d.memset32(accK, 0, 2*n); err != nil {
 				return err
@@ -276,10 +279,10 @@ func (a *attn) backward(d *device, dq, dk, dv, dout, q, k, v, lse uint64) error 
 		if err != nil {
 			return err
 		}
-		if a.dt == ops.BF16 {
+		if a.dt.IsHalf() {
 			grid := [3]int{(n + ewBlock - 1) / ewBlock, 1, 1}
 			for _, x := range [][2]uint64{{a.kv(dk, b).p, accK}, {a.kv(dv, b).p, accV}} {
-				if err := d.launch("attention_add_acc_bf16", grid, [3]int{ewBlock, 1, 1}, []uint64{x[0], x[1], aL(n)}); err != nil {
+				if err := d.launch("attention_add_acc"+dtSuffix(a.dt), grid, [3]int{ewBlock, 1, 1}, []uint64{x[0], x[1], aL(n)}); err != nil {
 					return err
 				}
 			}

@@ -298,7 +298,7 @@ func maxAbs(x []float64) float64 {
 }
 
 // TestAttentionFlash holds the flash kernels (pinned) to the float64 CPU
-// reference on fresh random bf16 inputs (out and lse poisoned with NaN):
+// reference on fresh random bf16 and f16 inputs (out and lse poisoned with NaN):
 // relative L2 within 1e-2 for out, lse, dq, dk and dv, and no element off by
 // more than 5e-2 of the tensor's largest. The first case also runs twice:
 // the same bits (deterministic). The references run concurrently on the CPU
@@ -331,42 +331,49 @@ func TestAttentionFlash(t *testing.T) {
 	}
 	fb := flashAttn{be}
 	for i, c := range cases {
-		got := probs[i].run(t, fb, ops.BF16)
-		if i == 0 {
-			again := probs[i].run(t, fb, ops.BF16)
-			for name, v := range got {
-				for j := range v {
-					if math.Float64bits(v[j]) != math.Float64bits(again[name][j]) {
-						t.Errorf("%v: %s[%d] is %v, then %v: not deterministic", c, name, j, v[j], again[name][j])
-						break
-					}
-				}
-			}
-		}
 		r := <-refs[i]
 		if r.err != nil {
 			t.Fatalf("%v: CPU reference: %v", c, r.err)
 		}
-		want := r.vals
-		errs := ""
-		for _, name := range []string{"out", "lse", "dq", "dk", "dv"} {
-			if c.T == 1 && (name == "dq" || name == "dk") {
-				// One key per row: softmax's gradient is zero; the flash
-				// backward's is rounding (its delta is dout·out, as FA2's).
-				if m, bar := maxAbs(got[name]), 1e-2*maxAbs(want["dv"]); !(m <= bar) {
-					t.Errorf("%v %s: largest element %.3g, want ~0 (at most 1e-2 of dv's largest: %.3g)", c, name, m, bar)
-				}
-				continue
-			}
-			rel, el := relL2(got[name], want[name]), worstElement(got[name], want[name])
-			if !(rel <= 1e-2) || !(el <= 5e-2) {
-				t.Errorf("%v %s: relative L2 error %.3g (bar 1e-2), worst element %.3g of the largest (bar 5e-2)",
-					c, name, rel, el)
-			}
-			errs += fmt.Sprintf(" %s %.1e", name, rel)
+		for _, dt := range []ops.DType{ops.BF16, ops.F16} {
+			checkFlash(t, fb, probs[i], c, dt, r.vals, i == 0)
 		}
-		t.Logf("%v: error%s", c, errs)
 	}
+}
+
+// checkFlash runs one flash case in data type dt against the reference want;
+// twice when deterministic, comparing the bits.
+func checkFlash(t *testing.T, fb flashAttn, pr *attnProblem, c flashCase, dt ops.DType, want map[string][]float64, deterministic bool) {
+	got := pr.run(t, fb, dt)
+	if deterministic {
+		again := pr.run(t, fb, dt)
+		for name, v := range got {
+			for j := range v {
+				if math.Float64bits(v[j]) != math.Float64bits(again[name][j]) {
+					t.Errorf("%v %v: %s[%d] is %v, then %v: not deterministic", c, dt, name, j, v[j], again[name][j])
+					break
+				}
+			}
+		}
+	}
+	errs := ""
+	for _, name := range []string{"out", "lse", "dq", "dk", "dv"} {
+		if c.T == 1 && (name == "dq" || name == "dk") {
+			// One key per row: softmax's gradient is zero; the flash
+			// backward's is rounding (its delta is dout·out, as FA2's).
+			if m, bar := maxAbs(got[name]), 1e-2*maxAbs(want["dv"]); !(m <= bar) {
+				t.Errorf("%v %s: largest element %.3g, want ~0 (at most 1e-2 of dv's largest: %.3g)", c, name, m, bar)
+			}
+			continue
+		}
+		rel, el := relL2(got[name], want[name]), worstElement(got[name], want[name])
+		if !(rel <= 1e-2) || !(el <= 5e-2) {
+			t.Errorf("%v %v %s: relative L2 error %.3g (bar 1e-2), worst element %.3g of the largest (bar 5e-2)",
+				c, dt, name, rel, el)
+		}
+		errs += fmt.Sprintf(" %s %.1e", name, rel)
+	}
+	t.Logf("%v %v: error%s", c, dt, errs)
 }
 
 // TestAttentionKernel: the choice between flash and GEMM attention.
@@ -375,13 +382,16 @@ func TestAttentionKernel(t *testing.T) {
 		dt   ops.DType
 		D    int
 		want string
-	}{{ops.BF16, 128, "flash"}, {ops.BF16, 64, "flash"}, {ops.BF16, 80, "gemm"}, {ops.F32, 128, "gemm"}} {
+	}{{ops.BF16, 128, "flash"}, {ops.BF16, 64, "flash"}, {ops.F16, 128, "flash"}, {ops.BF16, 80, "gemm"}, {ops.F32, 128, "gemm"}} {
 		if got := AttentionKernel(c.dt, c.D); got != c.want {
 			t.Errorf("AttentionKernel(%v, %d) = %q, want %q", c.dt, c.D, got, c.want)
 		}
 	}
-	if flashTakes(ops.BF16, 128, 32, 256, 4096+8) {
+	if flashTakes(90, ops.BF16, 128, 32, 256, 4096+8) {
 		t.Error("flashTakes accepts a buffer that is not 16-byte aligned")
+	}
+	if flashTakes(75, ops.F16, 128, 32, 256, 4096) || !flashTakes(80, ops.F16, 128, 32, 256, 4096) {
+		t.Error("flashTakes should need compute capability 8.0 exactly")
 	}
 	if got, want := AttentionWorkspaceBytes(2, 8192, 32, 8, 128, ops.BF16), int64(4*2*32*8192); got != want {
 		t.Errorf("flash workspace %d bytes, want %d (delta)", got, want)

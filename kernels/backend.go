@@ -83,8 +83,11 @@ type Backend struct {
 
 // Info describes the device and the libraries a Backend runs on.
 type Info struct {
-	Name           string // the GPU, e.g. "NVIDIA H100 80GB HBM3"
-	Ordinal        int
+	Name    string // the GPU, e.g. "NVIDIA H100 80GB HBM3"
+	Ordinal int
+	// Capability is the compute capability as major*10 + minor: 90 for an
+	// H100 or H200, 75 for a T4, 70 for a V100.
+	Capability     int
 	Driver, CUBLAS int // versions, e.g. 13000 and 130000
 	// The files loaded: libcuda, libcublas and the libcublasLt beside it
 	// (paths where the dynamic linker tells them; "" for cuBLASLt when it
@@ -180,7 +183,7 @@ func (b *Backend) Close() error {
 
 // Info reports the device, library versions and memory.
 func (b *Backend) Info() (Info, error) {
-	in := Info{Name: b.dev.name, Ordinal: b.dev.ord, Driver: b.dev.driver, CUBLAS: b.dev.blasVer}
+	in := Info{Name: b.dev.name, Ordinal: b.dev.ord, Capability: b.dev.cc, Driver: b.dev.driver, CUBLAS: b.dev.blasVer}
 	in.LibCUDA, in.CUBLASL, in.CUBLASLt = libPaths()
 	err := b.call(func(d *device) error {
 		var e error
@@ -192,6 +195,11 @@ func (b *Backend) Info() (Info, error) {
 	}
 	return in, nil
 }
+
+// HasBF16 reports whether the GPU computes on bfloat16 natively (tensor cores
+// and cuBLAS' bf16 GEMMs: compute capability 8.0, Ampere, and later). Older
+// GPUs train in F16 with loss scaling instead.
+func (b *Backend) HasBF16() bool { return b.dev.cc >= minFlashCC }
 
 // Name reports "cuda"; the storage type (F32 or BF16) is the model's choice,
 // logged beside it as the precision.
@@ -222,7 +230,7 @@ func elemSize(dt ops.DType) int {
 	switch dt {
 	case ops.F32, ops.I32:
 		return 4
-	case ops.BF16:
+	case ops.BF16, ops.F16:
 		return 2
 	case ops.U8:
 		return 1
@@ -241,8 +249,8 @@ func zero(d *device, p uint64, dt ops.DType, n int) error {
 	return d.memset32(p, 0, n)
 }
 
-// Alloc returns a zeroed buffer of n elements of type dt (F32, I32, BF16 or
-// U8).
+// Alloc returns a zeroed buffer of n elements of type dt (F32, I32, BF16, F16
+// or U8).
 func (b *Backend) Alloc(dt ops.DType, n int) (ops.Buf, error) {
 	if n < 0 || elemSize(dt) == 0 {
 		return nil, fmt.Errorf("kernels: alloc of %d elements of %v", n, dt)
@@ -313,24 +321,28 @@ func (b *Backend) Free(x ops.Buf) {
 	}
 }
 
-// Upload copies host values into an F32 buffer, or into a BF16 one rounded to
-// nearest even on the host (ops.ToBF16).
+// Upload copies host values into an F32 buffer, or into a BF16 or F16 one
+// rounded to nearest even on the host (ops.ToBF16, ops.ToF16).
 func (b *Backend) Upload(dst ops.Buf, src []float32) error {
-	if dtypeOf(dst, ops.F32) == ops.BF16 {
+	if dt := dtypeOf(dst, ops.F32); dt.IsHalf() {
+		to := ops.ToBF16
+		if dt == ops.F16 {
+			to = ops.ToF16
+		}
 		h := make([]uint16, len(src))
 		for i, v := range src {
-			h[i] = ops.ToBF16(v)
+			h[i] = to(v)
 		}
-		return b.upload(dst, ops.BF16, hostBytes(h), len(h), "values")
+		return b.upload(dst, dt, hostBytes(h), len(h), "values")
 	}
 	return b.upload(dst, ops.F32, hostBytes(src), len(src), "values")
 }
 
-// dtypeOf is x's dtype when it is BF16, else def: the type a float transfer
-// wants (a wrong type is reported by the transfer itself).
+// dtypeOf is x's dtype when it is BF16 or F16, else def: the type a float
+// transfer wants (a wrong type is reported by the transfer itself).
 func dtypeOf(x ops.Buf, def ops.DType) ops.DType {
-	if x != nil && x.DType() == ops.BF16 {
-		return ops.BF16
+	if x != nil && x.DType().IsHalf() {
+		return x.DType()
 	}
 	return def
 }
@@ -369,13 +381,13 @@ func (b *Backend) upload(dst ops.Buf, dt ops.DType, src []byte, n int, what stri
 }
 
 // Download waits for pending work and copies the first len(dst) values of src,
-// an F32 or BF16 buffer (widened on the host, exactly).
+// an F32, BF16 or F16 buffer (widened on the host, exactly).
 func (b *Backend) Download(dst []float32, src ops.Buf) error {
 	if err := b.Sync(); err != nil {
 		return err
 	}
 	s, ok := src.(*buf)
-	if !ok || (s.dt != ops.F32 && s.dt != ops.BF16) {
+	if !ok || !s.dt.IsFloat() {
 		return fmt.Errorf("kernels: download from %s", describe(src))
 	}
 	if len(dst) > s.n {
@@ -385,11 +397,15 @@ func (b *Backend) Download(dst []float32, src ops.Buf) error {
 		return nil
 	}
 	var err error
-	if s.dt == ops.BF16 {
+	if s.dt.IsHalf() {
+		from := ops.FromBF16
+		if s.dt == ops.F16 {
+			from = ops.FromF16
+		}
 		h := make([]uint16, len(dst))
 		err = b.call(func(dv *device) error { return dv.download(hostBytes(h), s.ptr) })
 		for i, v := range h {
-			dst[i] = ops.FromBF16(v)
+			dst[i] = from(v)
 		}
 	} else {
 		err = b.call(func(dv *device) error { return dv.download(hostBytes(dst), s.ptr) })
@@ -491,12 +507,12 @@ func (b *Backend) f(x ops.Buf, n int, op, arg string) uint64 {
 	return b.ptr(x, n, ops.F32, op, arg, false)
 }
 
-// data is ptr for a data buffer (activations, weights, their gradients): F32
-// or BF16. Wrappers check with same that an op's data buffers agree.
+// data is ptr for a data buffer (activations, weights, their gradients): F32,
+// BF16 or F16. Wrappers check with same that an op's data buffers agree.
 func (b *Backend) data(x ops.Buf, n int, op, arg string) uint64 {
 	d, ok := x.(*buf)
-	if b.err == nil && (!ok || (d.dt != ops.F32 && d.dt != ops.BF16)) {
-		b.fail("%s: %s is %s, want an f32 or bf16 buffer of this backend", op, arg, describe(x))
+	if b.err == nil && (!ok || !d.dt.IsFloat()) {
+		b.fail("%s: %s is %s, want an f32, bf16 or f16 buffer of this backend", op, arg, describe(x))
 	}
 	if b.err != nil {
 		return 0
@@ -518,13 +534,13 @@ func (b *Backend) same(op string, bufs ...ops.Buf) {
 	}
 }
 
-// kname is kernel's instantiation for x's data type: kernel_f32 or
-// kernel_bf16 (see TR_KERNEL_F32_BF16 in common.cuh).
+// kname is kernel's instantiation for x's data type: kernel_f32, kernel_bf16
+// or kernel_f16 (see TR_KERNEL_FLOATS in common.cuh).
 func kname(kernel string, x ops.Buf) string {
-	if x != nil && x.DType() == ops.BF16 {
-		return kernel + "_bf16"
+	if x == nil {
+		return kernel + "_f32"
 	}
-	return kernel + "_f32"
+	return kernel + dtSuffix(x.DType())
 }
 
 func (b *Backend) i(x ops.Buf, n int, op, arg string, optional bool) uint64 {

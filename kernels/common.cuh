@@ -1,23 +1,27 @@
 // Shared helpers of the kernels: the float types, the device error word and
 // warp/block reductions.
 //
-// Float types: every op is a template over its data type T, float or
-// __nv_bfloat16 (bf16). A kernel loads T to float (tof), computes in float and
-// rounds once when it stores (fromf<T>, to nearest even). Statistics (rstd,
-// lse, losses), rope tables, parameter gradients and optimizer state are float
-// whatever T is. TR_KERNEL_F32_BF16 instantiates a template as two extern "C"
-// kernels, name_f32 and name_bf16, so Go finds them by name.
+// Float types: every op is a template over its data type T, float,
+// __nv_bfloat16 (bf16) or __half (f16). A kernel loads T to float (tof),
+// computes in float and rounds once when it stores (fromf<T>, to nearest
+// even). Statistics (rstd, lse, losses), rope tables, parameter gradients and
+// optimizer state are float whatever T is. TR_KERNEL_FLOATS instantiates a
+// template as three extern "C" kernels, name_f32, name_bf16 and name_f16, so
+// Go finds them by name.
 #pragma once
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 
 typedef __nv_bfloat16 bf16;
+typedef __half f16;
 
 // +infinity without <math.h>.
 #define TR_INF __int_as_float(0x7f800000)
 
 __device__ __forceinline__ float tof(float x) { return x; }
 __device__ __forceinline__ float tof(bf16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float tof(f16 x) { return __half2float(x); }
 
 template <typename T>
 __device__ __forceinline__ T fromf(float x);
@@ -29,18 +33,26 @@ template <>
 __device__ __forceinline__ bf16 fromf<bf16>(float x) {
   return __float2bfloat16_rn(x);
 }
+template <>
+__device__ __forceinline__ f16 fromf<f16>(float x) {
+  return __float2half_rn(x);
+}
 
-// TR_KERNEL_F32_BF16(name, params, args) defines the kernels name_f32 and
-// name_bf16 calling the device template name##_t<T>(args); params may use T,
-// which each instantiation's namespace defines.
-#define TR_KERNEL_F32_BF16(name, params, args)              \
-  namespace tr_##name##_f32 {                               \
-  typedef float T;                                          \
-  extern "C" __global__ void name##_f32 params { name##_t<T> args; } \
-  }                                                         \
-  namespace tr_##name##_bf16 {                              \
-  typedef bf16 T;                                           \
-  extern "C" __global__ void name##_bf16 params { name##_t<T> args; } \
+// TR_KERNEL_FLOATS(name, params, args) defines the kernels name_f32,
+// name_bf16 and name_f16 calling the device template name##_t<T>(args); params
+// may use T, which each instantiation's namespace defines.
+#define TR_KERNEL_FLOATS(name, params, args)                           \
+  namespace tr_##name##_f32 {                                          \
+  typedef float T;                                                     \
+  extern "C" __global__ void name##_f32 params { name##_t<T> args; }   \
+  }                                                                    \
+  namespace tr_##name##_bf16 {                                         \
+  typedef bf16 T;                                                      \
+  extern "C" __global__ void name##_bf16 params { name##_t<T> args; }  \
+  }                                                                    \
+  namespace tr_##name##_f16 {                                          \
+  typedef f16 T;                                                       \
+  extern "C" __global__ void name##_f16 params { name##_t<T> args; }   \
   }
 
 // Error codes written to the error word int32[4] {code, row, value, limit};

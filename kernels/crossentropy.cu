@@ -34,7 +34,7 @@ __device__ __forceinline__ void crossentropy_forward_t(float* losses, const T* l
   float lse = row_lse(row, V, sh);
   if (threadIdx.x == 0) losses[n] = lse - tof(row[y]);
 }
-TR_KERNEL_F32_BF16(crossentropy_forward, (float* losses, const T* logits, const int* targets, int N, int V, int* err),
+TR_KERNEL_FLOATS(crossentropy_forward, (float* losses, const T* logits, const int* targets, int N, int V, int* err),
                    (losses, logits, targets, N, V, err))
 
 // Cross-entropy backward, one block per row: dlogits = scale*(softmax - onehot),
@@ -63,6 +63,6 @@ __device__ __forceinline__ void crossentropy_backward_t(T* dlogits, const T* log
     drow[j] = fromf<T>(scale * p);
   }
 }
-TR_KERNEL_F32_BF16(crossentropy_backward,
+TR_KERNEL_FLOATS(crossentropy_backward,
                    (T * dlogits, const T* logits, const int* targets, int N, int V, float scale, int* err),
                    (dlogits, logits, targets, N, V, scale, err))

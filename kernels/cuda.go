@@ -34,6 +34,8 @@ static CUresult (*p_cuDriverGetVersion)(int*);
 static CUresult (*p_cuDeviceGetCount)(int*);
 static CUresult (*p_cuDeviceGet)(CUdevice*, int);
 static CUresult (*p_cuDeviceGetName)(char*, int, CUdevice);
+// cuDeviceGetAttribute; the attribute (CUdevice_attribute) is a C int.
+static CUresult (*p_cuDeviceGetAttribute)(int*, int, CUdevice);
 static CUresult (*p_cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice);
 static CUresult (*p_cuDevicePrimaryCtxRelease)(CUdevice);
 static CUresult (*p_cuCtxSetCurrent)(CUcontext);
@@ -99,6 +101,7 @@ static const char* tr_load_cuda(void* lib) {
 	SYM(lib, p_cuDeviceGetCount, "cuDeviceGetCount")
 	SYM(lib, p_cuDeviceGet, "cuDeviceGet")
 	SYM(lib, p_cuDeviceGetName, "cuDeviceGetName")
+	SYM(lib, p_cuDeviceGetAttribute, "cuDeviceGetAttribute")
 	SYM(lib, p_cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain")
 	SYM(lib, p_cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2")
 	SYM(lib, p_cuCtxSetCurrent, "cuCtxSetCurrent")
@@ -180,6 +183,7 @@ static CUresult tr_cuDriverGetVersion(int* v) { return p_cuDriverGetVersion(v); 
 static CUresult tr_cuDeviceGetCount(int* n) { return p_cuDeviceGetCount(n); }
 static CUresult tr_cuDeviceGet(CUdevice* d, int i) { return p_cuDeviceGet(d, i); }
 static CUresult tr_cuDeviceGetName(char* s, int n, CUdevice d) { return p_cuDeviceGetName(s, n, d); }
+static CUresult tr_cuDeviceGetAttribute(int* v, int a, CUdevice d) { return p_cuDeviceGetAttribute(v, a, d); }
 static CUresult tr_cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) { return p_cuDevicePrimaryCtxRetain(c, d); }
 static CUresult tr_cuDevicePrimaryCtxRelease(CUdevice d) { return p_cuDevicePrimaryCtxRelease(d); }
 static CUresult tr_cuCtxSetCurrent(CUcontext c) { return p_cuCtxSetCurrent(c); }
@@ -411,6 +415,7 @@ type device struct {
 	module  C.CUmodule
 	blas    C.cublasHandle_t
 	name    string
+	cc      int // compute capability as major*10 + minor: 90 for an H100 or H200
 	driver  int
 	blasVer int
 	funcs   map[string]C.CUfunction
@@ -463,6 +468,14 @@ func openDevice(ord int, fatbin []byte) (*device, error) {
 		return nil, err
 	}
 	d.name = C.GoString(&buf[0])
+	var major, minor C.int // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, _MINOR
+	if err := cuErr("cuDeviceGetAttribute", C.tr_cuDeviceGetAttribute(&major, 75, d.dev)); err != nil {
+		return nil, err
+	}
+	if err := cuErr("cuDeviceGetAttribute", C.tr_cuDeviceGetAttribute(&minor, 76, d.dev)); err != nil {
+		return nil, err
+	}
+	d.cc = int(major)*10 + int(minor)
 	var v C.int
 	if err := cuErr("cuDriverGetVersion", C.tr_cuDriverGetVersion(&v)); err != nil {
 		return nil, err
@@ -664,7 +677,8 @@ func (d *device) sgemm(transA, transB bool, m, n, k int, alpha float32, a uint64
 }
 
 // gemmEx is column-major cublasGemmEx computing in float32: C[m,n] = alpha
-// op(A) op(B) + beta C, A and B of type ab (BF16), C of type ct (F32 or BF16).
+// op(A) op(B) + beta C, A and B of type ab (BF16 or F16), C of type ct (F32 or
+// ab).
 func (d *device) gemmEx(transA, transB bool, m, n, k int, alpha float32, a uint64, lda int, b uint64, ldb int,
 	ab ops.DType, beta float32, c uint64, ct ops.DType, ldc int) error {
 	ta, tb := C.int(0), C.int(0) // CUBLAS_OP_N
@@ -689,8 +703,8 @@ func (d *device) gemmEx(transA, transB bool, m, n, k int, alpha float32, a uint6
 // gemmBatched is column-major strided-batched GEMM: for i < batch, C_i =
 // alpha op(A_i) op(B_i) + beta C_i, where X_i starts strideX elements after
 // X_(i-1). F32 A and B (C F32) go through cublasSgemmStridedBatched (default
-// math mode: no TF32); BF16 ones through cublasGemmStridedBatchedEx computing
-// in float32, C F32 or BF16.
+// math mode: no TF32); BF16 and F16 ones through cublasGemmStridedBatchedEx
+// computing in float32, C F32 or their type.
 func (d *device) gemmBatched(transA, transB bool, m, n, k int, alpha float32, a uint64, lda, sa int, b uint64, ldb, sb int,
 	ab ops.DType, beta float32, c uint64, ldc, sc int, ct ops.DType, batch int) error {
 	ta, tb := C.int(0), C.int(0) // CUBLAS_OP_N
@@ -728,6 +742,8 @@ func cudaDataType(dt ops.DType) (C.int, error) {
 		return 0, nil // CUDA_R_32F
 	case ops.BF16:
 		return 14, nil // CUDA_R_16BF
+	case ops.F16:
+		return 2, nil // CUDA_R_16F
 	}
 	return 0, fmt.Errorf("cublasGemmEx: no %v matrices", dt)
 }

@@ -6,7 +6,7 @@ __device__ __forceinline__ void add_t(T* out, const T* a, const T* b, long long 
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = fromf<T>(tof(a[i]) + tof(b[i]));
 }
-TR_KERNEL_F32_BF16(add, (T * out, const T* a, const T* b, long long n), (out, a, b, n))
+TR_KERNEL_FLOATS(add, (T * out, const T* a, const T* b, long long n), (out, a, b, n))
 
 // x *= s over n elements.
 template <typename T>
@@ -14,7 +14,7 @@ __device__ __forceinline__ void scale_t(T* x, float s, long long n) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) x[i] = fromf<T>(tof(x[i]) * s);
 }
-TR_KERNEL_F32_BF16(scale, (T * x, float s, long long n), (x, s, n))
+TR_KERNEL_FLOATS(scale, (T * x, float s, long long n), (x, s, n))
 
 // Dropout: out[i] = x[i]*scale where keep(seed, i), else 0; out may be x. keep
 // is ops.DropoutKeep exactly: splitmix64 of seed + (i+1)*golden, the top 24
@@ -31,11 +31,11 @@ __device__ __forceinline__ void dropout_t(T* out, const T* x, long long n, doubl
   double u = (double)(z >> 40) / 16777216.0;
   out[i] = fromf<T>(u >= p ? tof(x[i]) * scale : 0.f);
 }
-TR_KERNEL_F32_BF16(dropout, (T * out, const T* x, long long n, double p, float scale, unsigned long long seed),
+TR_KERNEL_FLOATS(dropout, (T * out, const T* x, long long n, double p, float scale, unsigned long long seed),
                    (out, x, n, p, scale, seed))
 
-// Cast between float and bf16 over n elements (to nearest even); Go copies
-// when the types are the same.
+// Cast between float and bf16 or f16 over n elements (to nearest even); Go
+// copies when the types are the same.
 extern "C" __global__ void cast_f32_to_bf16(bf16* out, const float* x, long long n) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = __float2bfloat16_rn(x[i]);
@@ -44,4 +44,14 @@ extern "C" __global__ void cast_f32_to_bf16(bf16* out, const float* x, long long
 extern "C" __global__ void cast_bf16_to_f32(float* out, const bf16* x, long long n) {
   long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = __bfloat162float(x[i]);
+}
+
+extern "C" __global__ void cast_f32_to_f16(f16* out, const float* x, long long n) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __float2half_rn(x[i]);
+}
+
+extern "C" __global__ void cast_f16_to_f32(float* out, const f16* x, long long n) {
+  long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) out[i] = __half2float(x[i]);
 }

@@ -16,7 +16,7 @@ __device__ __forceinline__ void embedding_forward_t(T* out, const int* ids, cons
   }
   out[i] = table[(long long)id * C + c];
 }
-TR_KERNEL_F32_BF16(embedding_forward, (T * out, const int* ids, const T* table, int N, int C, int V, int* err),
+TR_KERNEL_FLOATS(embedding_forward, (T * out, const int* ids, const T* table, int N, int C, int V, int* err),
                    (out, ids, table, N, C, V, err))
 
 // Embedding backward: dtable[ids[n], c] += dout[n, c], dtable float (a
@@ -36,5 +36,5 @@ __device__ __forceinline__ void embedding_backward_t(float* dtable, const T* dou
     dtable[(long long)id * C + c] += tof(dout[(long long)n * C + c]);
   }
 }
-TR_KERNEL_F32_BF16(embedding_backward, (float* dtable, const T* dout, const int* ids, int N, int C, int V, int* err),
+TR_KERNEL_FLOATS(embedding_backward, (float* dtable, const T* dout, const int* ids, int N, int C, int V, int* err),
                    (dtable, dout, ids, N, C, V, err))

@@ -1,6 +1,7 @@
 #include "common.cuh"
 
-// FlashAttention-2 for training: causal grouped-query attention on bf16 data,
+// FlashAttention-2 for training: causal grouped-query attention on bf16 or f16
+// data (every function below is a template over the element type E),
 // head dims 64 and 128, the scores kept on chip (kernels/flash_attention.go
 // launches these; attention.cu has the GEMM attention for other shapes).
 //
@@ -22,8 +23,8 @@
 // price is recomputing S and dP in both, 7 matrix products of the causal
 // triangle instead of 5, plus 2 for delta.
 //
-// Every block has 4 warps. Matrix products are mma.sync m16n8k16 (bf16 in,
-// float accumulate) on fragments read from shared memory by ldmatrix; tiles
+// Every block has 4 warps. Matrix products are mma.sync m16n8k16 (bf16 or f16
+// in, float accumulate; sm_80 and later, like cp.async) on fragments read from shared memory by ldmatrix; tiles
 // arrive by cp.async (zero-filled past T) into shared memory whose 16-byte
 // chunks are XOR-swizzled by row, so ldmatrix reads are free of bank conflicts.
 // A product's accumulator layout (C of m16n8) is the A-operand layout of the
@@ -69,9 +70,22 @@ __device__ __forceinline__ void ldsm4t(unsigned r[4], unsigned addr) {
 // c += a·b on one m16n8k16 tile. Lane l (g = l/4, t = l%4) holds a[0] = A[g][2t..],
 // a[1] = A[g+8][2t..], a[2] = A[g][2t+8..], a[3] = A[g+8][2t+8..]; b0 = B[2t..][g],
 // b1 = B[2t+8..][g]; c[0..1] = C[g][2t..], c[2..3] = C[g+8][2t..].
-__device__ __forceinline__ void mma(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+// The fragments hold pairs of E; the two instantiations differ only in the
+// instruction's input type.
+template <typename E>
+__device__ __forceinline__ void mma(float c[4], const unsigned a[4], unsigned b0, unsigned b1);
+template <>
+__device__ __forceinline__ void mma<bf16>(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma<f16>(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -83,30 +97,61 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-// Two floats as a bf16 pair, lo in the low half (the lower column).
+// Pairs of E: the two-element vector type, to and from two floats (lo in the
+// low half, the lower column), rounded to nearest even.
+template <typename E>
+struct Pair;
+template <>
+struct Pair<bf16> {
+  typedef __nv_bfloat162 V;
+  static __device__ __forceinline__ V from(float lo, float hi) { return __floats2bfloat162_rn(lo, hi); }
+  static __device__ __forceinline__ float2 to(V v) {  // exact: bf16 is a float's top half
+    const unsigned u = *reinterpret_cast<unsigned*>(&v);
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  }
+};
+template <>
+struct Pair<f16> {
+  typedef __half2 V;
+  static __device__ __forceinline__ V from(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+  static __device__ __forceinline__ float2 to(V v) { return __half22float2(v); }
+};
+
+// Two floats as a pair of E in one register.
+template <typename E>
 __device__ __forceinline__ unsigned pack(float lo, float hi) {
-  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  typename Pair<E>::V v = Pair<E>::from(lo, hi);
   return *reinterpret_cast<unsigned*>(&v);
+}
+
+// The pair at p (global memory) as two floats; p[0..1] = (x, y) rounded.
+template <typename E>
+__device__ __forceinline__ float2 load2(const E* p) {
+  return Pair<E>::to(*reinterpret_cast<const typename Pair<E>::V*>(p));
+}
+template <typename E>
+__device__ __forceinline__ void store2(E* p, float x, float y) {
+  *reinterpret_cast<typename Pair<E>::V*>(p) = Pair<E>::from(x, y);
 }
 
 // The A fragment of k16 block kk from an accumulator row block c[n8 tile][4]:
 // tiles 2kk and 2kk+1 (the layouts line up, see mma).
-template <int NT>
+template <typename E, int NT>
 __device__ __forceinline__ void afrag(unsigned a[4], const float (&c)[NT][4], int kk) {
-  a[0] = pack(c[2 * kk][0], c[2 * kk][1]);
-  a[1] = pack(c[2 * kk][2], c[2 * kk][3]);
-  a[2] = pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
-  a[3] = pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+  a[0] = pack<E>(c[2 * kk][0], c[2 * kk][1]);
+  a[1] = pack<E>(c[2 * kk][2], c[2 * kk][3]);
+  a[2] = pack<E>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+  a[3] = pack<E>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
-// p[0..1] (a bf16 pair in global memory) += (x, y), rounded once.
-__device__ __forceinline__ void add2(bf16* p, float x, float y) {
-  __nv_bfloat162* q = reinterpret_cast<__nv_bfloat162*>(p);
-  float2 o = __bfloat1622float2(*q);
-  *q = __floats2bfloat162_rn(o.x + x, o.y + y);
+// p[0..1] (a pair of E in global memory) += (x, y), rounded once.
+template <typename E>
+__device__ __forceinline__ void add2(E* p, float x, float y) {
+  float2 o = load2(p);
+  store2(p, o.x + x, o.y + y);
 }
 
-// Byte offset of (row r, column c) in a [rows][D] bf16 tile in shared memory,
+// Byte offset of (row r, column c) in a [rows][D] tile of 2-byte E in shared memory,
 // c a multiple of 8: 16-byte chunk c/8 of row r sits at chunk (c/8) ^ (r%8), so
 // the 8 rows an ldmatrix phase reads hit 8 different bank groups. The chunk bits
 // (4..7) and the row bits (7 or 8 up) do not overlap, so a column step of 16
@@ -118,8 +163,8 @@ __device__ __forceinline__ unsigned swz(int r, int c) {
 
 // Rows [0, R) of a row-major global matrix g (row stride ld elements) into the
 // swizzled tile at shared address s; rows >= valid are zero-filled.
-template <int D, int R>
-__device__ __forceinline__ void load_tile(unsigned s, const bf16* g, long long ld, int valid) {
+template <int D, int R, typename E>
+__device__ __forceinline__ void load_tile(unsigned s, const E* g, long long ld, int valid) {
   constexpr int CH = D / 8;
   static_assert(R * CH % kThreads == 0 && kThreads % CH == 0, "tile size");
   const int r = threadIdx.x / CH, c = (threadIdx.x % CH) * 8;
@@ -170,7 +215,7 @@ __device__ __forceinline__ void ldbt(unsigned b[4], unsigned s, const Lanes<D>& 
 
 // x[mt] += A·Bᵀ over D columns: rows r0+16mt..r0+16mt+15 of tile A against the
 // NT·8 rows of tile B (S = Q·Kᵀ, dP = dout·Vᵀ, and their transposes).
-template <int D, int MT, int NT>
+template <typename E, int D, int MT, int NT>
 __device__ __forceinline__ void nt_product(float (&x)[MT][NT][4], unsigned a, unsigned b, const Lanes<D>& ln, int r0) {
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk++) {
@@ -183,31 +228,31 @@ __device__ __forceinline__ void nt_product(float (&x)[MT][NT][4], unsigned a, un
       ldb<D>(bb, b, ln, np * 16, kk * 16);
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
-        mma(x[mt][2 * np], af[mt], bb[0], bb[1]);
-        mma(x[mt][2 * np + 1], af[mt], bb[2], bb[3]);
+        mma<E>(x[mt][2 * np], af[mt], bb[0], bb[1]);
+        mma<E>(x[mt][2 * np + 1], af[mt], bb[2], bb[3]);
       }
     }
   }
 }
 
-// acc[mt] += bf16(c[mt])·B: c accumulators of 16 × NT·8 used as A (k = their
+// acc[mt] += E(c[mt])·B: c accumulators of 16 × NT·8 used as A (k = their
 // columns), B the NT·8 × D tile b (rows = k; P·V, dS·K, Pᵀ·dout, dSᵀ·Q).
-template <int D, int MT, int NT>
+template <typename E, int D, int MT, int NT>
 __device__ __forceinline__ void nn_product(float (&acc)[MT][D / 8][4], const float (&c)[MT][NT][4], unsigned b,
                                            const Lanes<D>& ln) {
 #pragma unroll
   for (int kk = 0; kk < NT / 2; kk++) {
     unsigned af[MT][4];
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++) afrag<NT>(af[mt], c[mt], kk);
+    for (int mt = 0; mt < MT; mt++) afrag<E, NT>(af[mt], c[mt], kk);
 #pragma unroll
     for (int dd = 0; dd < D / 16; dd++) {
       unsigned bb[4];
       ldbt<D>(bb, b, ln, kk * 16, dd * 16);
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
-        mma(acc[mt][2 * dd], af[mt], bb[0], bb[1]);
-        mma(acc[mt][2 * dd + 1], af[mt], bb[2], bb[3]);
+        mma<E>(acc[mt][2 * dd], af[mt], bb[0], bb[1]);
+        mma<E>(acc[mt][2 * dd + 1], af[mt], bb[2], bb[3]);
       }
     }
   }
@@ -219,9 +264,9 @@ __device__ __forceinline__ void nn_product(float (&acc)[MT][D / 8][4], const flo
 // while S_j = Q·K_jᵀ and the softmax run, K_j+1 while P·V_j does (FA2's order).
 // !DELTA: online softmax, writes out and lse. DELTA: P = exp(S - lse) from the
 // saved lse, then delta_t = dout_t·(P·V)_t; writes delta only.
-template <int D, bool DELTA>
-__device__ __forceinline__ void fwd(bf16* out, float* lse, float* delta, const bf16* q, const bf16* k, const bf16* v,
-                                    const bf16* dout, const int* seg, int T, int H, int rep, float sl2) {
+template <typename E, int D, bool DELTA>
+__device__ __forceinline__ void fwd(E* out, float* lse, float* delta, const E* q, const E* k, const E* v,
+                                    const E* dout, const int* seg, int T, int H, int rep, float sl2) {
   constexpr int BM = 128, BN = 64, MT = 2, NT = BN / 8, DT = D / 8;
   const unsigned sQ = saddr(smem), sK = sQ + BM * D * 2, sV = sK + BN * D * 2;  // tiles
   int* sSeg = reinterpret_cast<int*>(smem + (BM + 2 * BN) * D * 2);              // the key tile's segments
@@ -230,8 +275,8 @@ __device__ __forceinline__ void fwd(bf16* out, float* lse, float* delta, const b
   const int q0 = tile * BM, kvh = h / rep;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   const long long QW = (long long)H * D, KW = (long long)(H / rep) * D, row0 = (long long)b * T;
-  const bf16* gk = k + row0 * KW + (long long)kvh * D;
-  const bf16* gv = v + row0 * KW + (long long)kvh * D;
+  const E* gk = k + row0 * KW + (long long)kvh * D;
+  const E* gv = v + row0 * KW + (long long)kvh * D;
   const int* gs = seg ? seg + row0 : nullptr;
   const int nkv = min(T - 1, q0 + BM - 1) / BN + 1;  // key tiles up to the tile's last row
 
@@ -281,7 +326,7 @@ __device__ __forceinline__ void fwd(bf16* out, float* lse, float* delta, const b
       for (int nt = 0; nt < NT; nt++)
 #pragma unroll
         for (int e = 0; e < 4; e++) s[mt][nt][e] = 0.f;
-    nt_product<D, MT, NT>(s, sQ, sK, ln, warp * 32);
+    nt_product<E, D, MT, NT>(s, sQ, sK, ln, warp * 32);
 
     // Masks: causal where some key of the tile follows the warp's first row
     // (this also hides keys past T from every row < T); segments everywhere.
@@ -347,7 +392,7 @@ __device__ __forceinline__ void fwd(bf16* out, float* lse, float* delta, const b
       cp_commit();
     }
 
-    nn_product<D, MT, NT>(o, s, sV, ln);
+    nn_product<E, D, MT, NT>(o, s, sV, ln);
   }
 
 #pragma unroll
@@ -361,7 +406,7 @@ __device__ __forceinline__ void fwd(bf16* out, float* lse, float* delta, const b
         if (t < T) {
 #pragma unroll
           for (int dt = 0; dt < DT; dt++) {
-            float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(dout + at + dt * 8));
+            float2 x = load2(dout + at + dt * 8);
             d += o[mt][dt][2 * hf] * x.x + o[mt][dt][2 * hf + 1] * x.y;
           }
         }
@@ -376,8 +421,7 @@ __device__ __forceinline__ void fwd(bf16* out, float* lse, float* delta, const b
           const float inv = 1.f / l;
 #pragma unroll
           for (int dt = 0; dt < DT; dt++)
-            *reinterpret_cast<__nv_bfloat162*>(out + at + dt * 8) =
-                __floats2bfloat162_rn(o[mt][dt][2 * hf] * inv, o[mt][dt][2 * hf + 1] * inv);
+            store2(out + at + dt * 8, o[mt][dt][2 * hf] * inv, o[mt][dt][2 * hf + 1] * inv);
           if (tq == 0) lse[((long long)b * H + h) * T + t] = (mx[mt][hf] + log2f(l)) * kLn2;
         }
       }
@@ -389,8 +433,8 @@ __device__ __forceinline__ void fwd(bf16* out, float* lse, float* delta, const b
 // (K_j+1, V_j+1 arrive while step j computes):
 //   S = Q·K_jᵀ, P = exp(S·scale - lse), dP = dout·V_jᵀ, dS = P∘(dP - delta),
 //   acc += dS·K_j;  dq += scale·acc at the end (one rounding).
-template <int D>
-__device__ __forceinline__ void bwd_dq(bf16* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout,
+template <typename E, int D>
+__device__ __forceinline__ void bwd_dq(E* dq, const E* q, const E* k, const E* v, const E* dout,
                                        const float* lse, const float* delta, const int* seg, int T, int H, int rep,
                                        float scale, float sl2) {
   constexpr int BM = 64, BN = 64, NT = BN / 8, DT = D / 8;
@@ -402,8 +446,8 @@ __device__ __forceinline__ void bwd_dq(bf16* dq, const bf16* q, const bf16* k, c
   const int q0 = tile * BM, kvh = h / rep;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, tq = lane & 3;
   const long long QW = (long long)H * D, KW = (long long)(H / rep) * D, row0 = (long long)b * T;
-  const bf16* gk = k + row0 * KW + (long long)kvh * D;
-  const bf16* gv = v + row0 * KW + (long long)kvh * D;
+  const E* gk = k + row0 * KW + (long long)kvh * D;
+  const E* gv = v + row0 * KW + (long long)kvh * D;
   const int* gs = seg ? seg + row0 : nullptr;
   const int nkv = min(T - 1, q0 + BM - 1) / BN + 1;
   auto stage = [&](int j, int st) {
@@ -451,8 +495,8 @@ __device__ __forceinline__ void bwd_dq(bf16* dq, const bf16* q, const bf16* k, c
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
       for (int e = 0; e < 4; e++) p[0][nt][e] = dp[0][nt][e] = 0.f;
-    nt_product<D, 1, NT>(p, sQ, tK, ln, warp * 16);   // S = Q·Kᵀ
-    nt_product<D, 1, NT>(dp, sO, tV, ln, warp * 16);  // dP = dout·Vᵀ
+    nt_product<E, D, 1, NT>(p, sQ, tK, ln, warp * 16);   // S = Q·Kᵀ
+    nt_product<E, D, 1, NT>(dp, sO, tV, ln, warp * 16);  // dP = dout·Vᵀ
     const bool causal = k0 + BN - 1 > q0 + warp * 16;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -465,14 +509,14 @@ __device__ __forceinline__ void bwd_dq(bf16* dq, const bf16* q, const bf16* k, c
         const float pe = ex2(x);
         dp[0][nt][e] = pe * (dp[0][nt][e] - dl[e >> 1]);
       }
-    nn_product<D, 1, NT>(acc, dp, tK, ln);  // += dS·K
+    nn_product<E, D, 1, NT>(acc, dp, tK, ln);  // += dS·K
   }
 
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const int t = q0 + warp * 16 + g + 8 * hf;
     if (t >= T) continue;
-    bf16* at = dq + (row0 + t) * QW + (long long)h * D + tq * 2;
+    E* at = dq + (row0 + t) * QW + (long long)h * D + tq * 2;
 #pragma unroll
     for (int dt = 0; dt < DT; dt++) add2(at + dt * 8, acc[0][dt][2 * hf] * scale, acc[0][dt][2 * hf + 1] * scale);
   }
@@ -487,9 +531,9 @@ __device__ __forceinline__ void bwd_dq(bf16* dq, const bf16* q, const bf16* k, c
 //   Sᵀ = K·Qᵀ, Pᵀ = exp(Sᵀ·scale - lse), dPᵀ = V·doutᵀ, dSᵀ = Pᵀ∘(dPᵀ - delta),
 //   accV += Pᵀ·dout, accK += dSᵀ·Q;  dv += accV, dk += scale·accK at the end.
 // Every (head, query tile) adds into the same registers in a fixed order.
-template <int D>
-__device__ __forceinline__ void bwd_dkdv(bf16* dk, bf16* dv, const bf16* q, const bf16* k, const bf16* v,
-                                         const bf16* dout, const float* lse, const float* delta, const int* seg, int T,
+template <typename E, int D>
+__device__ __forceinline__ void bwd_dkdv(E* dk, E* dv, const E* q, const E* k, const E* v,
+                                         const E* dout, const float* lse, const float* delta, const int* seg, int T,
                                          int H, int rep, float scale, float sl2) {
   constexpr int BM = 64, BN = 64, NT = BM / 8, DT = D / 8;
   static_assert(BM == BN, "the first query tile of a key tile starts at its first key");
@@ -560,8 +604,8 @@ __device__ __forceinline__ void bwd_dkdv(bf16* dk, bf16* dv, const bf16* q, cons
     for (int nt = 0; nt < NT; nt++)
 #pragma unroll
       for (int e = 0; e < 4; e++) p[0][nt][e] = dp[0][nt][e] = 0.f;
-    nt_product<D, 1, NT>(p, sK, tQ, ln, warp * 16);   // Sᵀ = K·Qᵀ
-    nt_product<D, 1, NT>(dp, sV, tO, ln, warp * 16);  // dPᵀ = V·doutᵀ
+    nt_product<E, D, 1, NT>(p, sK, tQ, ln, warp * 16);   // Sᵀ = K·Qᵀ
+    nt_product<E, D, 1, NT>(dp, sV, tO, ln, warp * 16);  // dPᵀ = V·doutᵀ
     // Causal where some query of the step precedes some key of the warp (the
     // diagonal step); queries past T have lse +inf, so P = 0 there.
     const bool causal = qq0 < k0 + warp * 16 + 15;
@@ -577,8 +621,8 @@ __device__ __forceinline__ void bwd_dkdv(bf16* dk, bf16* dv, const bf16* q, cons
         p[0][nt][e] = pe;
         dp[0][nt][e] = pe * (dp[0][nt][e] - tD[c]);
       }
-    nn_product<D, 1, NT>(av, p, tO, ln);   // += Pᵀ·dout
-    nn_product<D, 1, NT>(ak, dp, tQ, ln);  // += dSᵀ·Q
+    nn_product<E, D, 1, NT>(av, p, tO, ln);   // += Pᵀ·dout
+    nn_product<E, D, 1, NT>(ak, dp, tQ, ln);  // += dSᵀ·Q
   }
 
 #pragma unroll
@@ -596,30 +640,39 @@ __device__ __forceinline__ void bwd_dkdv(bf16* dk, bf16* dv, const bf16* q, cons
 
 }  // namespace fa
 
-// The kernels, per head dim: grids and shared memory in flash_attention.go
-// (flashSmem). 128 threads; two blocks per multiprocessor by registers.
-#define TR_FLASH(D)                                                                                                  \
+// The kernels, per element type and head dim: flash_fwd_dD etc. for bf16,
+// flash_fwd_f16_dD etc. for f16. Grids and shared memory in
+// flash_attention.go (flashSmem). 128 threads; two blocks per multiprocessor
+// by registers. Before sm_80 (no mma.sync m16n8k16, no cp.async) the bodies
+// are empty and never launched: flash_attention.go takes the GEMM attention.
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define TR_FLASH_BODY(x) x
+#else
+#define TR_FLASH_BODY(x)
+#endif
+#define TR_FLASH(E, S, D)                                                                                            \
   extern "C" __global__ void __launch_bounds__(fa::kThreads, 2)                                                      \
-      flash_fwd_d##D(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int* seg, int T,      \
-                     int H, int rep, float sl2) {                                                                    \
-    fa::fwd<D, false>(out, lse, nullptr, q, k, v, nullptr, seg, T, H, rep, sl2);                                     \
+      flash_fwd##S##_d##D(E* out, float* lse, const E* q, const E* k, const E* v, const int* seg, int T, int H,      \
+                          int rep, float sl2) {                                                                      \
+    TR_FLASH_BODY((fa::fwd<E, D, false>(out, lse, nullptr, q, k, v, nullptr, seg, T, H, rep, sl2)));                 \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(fa::kThreads, 2)                                                      \
-      flash_delta_d##D(float* delta, const float* lse, const bf16* q, const bf16* k, const bf16* v,                  \
-                       const bf16* dout, const int* seg, int T, int H, int rep, float sl2) {                         \
-    fa::fwd<D, true>(nullptr, const_cast<float*>(lse), delta, q, k, v, dout, seg, T, H, rep, sl2);                   \
+      flash_delta##S##_d##D(float* delta, const float* lse, const E* q, const E* k, const E* v, const E* dout,       \
+                            const int* seg, int T, int H, int rep, float sl2) {                                      \
+    TR_FLASH_BODY((fa::fwd<E, D, true>(nullptr, const_cast<float*>(lse), delta, q, k, v, dout, seg, T, H, rep, sl2))); \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(fa::kThreads, 2)                                                      \
-      flash_bwd_dq_d##D(bf16* dq, const bf16* q, const bf16* k, const bf16* v, const bf16* dout, const float* lse,   \
-                        const float* delta, const int* seg, int T, int H, int rep, float scale, float sl2) {         \
-    fa::bwd_dq<D>(dq, q, k, v, dout, lse, delta, seg, T, H, rep, scale, sl2);                                        \
+      flash_bwd_dq##S##_d##D(E* dq, const E* q, const E* k, const E* v, const E* dout, const float* lse,             \
+                             const float* delta, const int* seg, int T, int H, int rep, float scale, float sl2) {    \
+    TR_FLASH_BODY((fa::bwd_dq<E, D>(dq, q, k, v, dout, lse, delta, seg, T, H, rep, scale, sl2)));                    \
   }                                                                                                                  \
   extern "C" __global__ void __launch_bounds__(fa::kThreads, 2)                                                      \
-      flash_bwd_dkdv_d##D(bf16* dk, bf16* dv, const bf16* q, const bf16* k, const bf16* v, const bf16* dout,         \
-                          const float* lse, const float* delta, const int* seg, int T, int H, int rep, float scale,  \
-                          float sl2) {                                                                               \
-    fa::bwd_dkdv<D>(dk, dv, q, k, v, dout, lse, delta, seg, T, H, rep, scale, sl2);                                  \
+      flash_bwd_dkdv##S##_d##D(E* dk, E* dv, const E* q, const E* k, const E* v, const E* dout, const float* lse,    \
+                               const float* delta, const int* seg, int T, int H, int rep, float scale, float sl2) {  \
+    TR_FLASH_BODY((fa::bwd_dkdv<E, D>(dk, dv, q, k, v, dout, lse, delta, seg, T, H, rep, scale, sl2)));              \
   }
 
-TR_FLASH(64)
-TR_FLASH(128)
+TR_FLASH(bf16, , 64)
+TR_FLASH(bf16, , 128)
+TR_FLASH(f16, _f16, 64)
+TR_FLASH(f16, _f16, 128)

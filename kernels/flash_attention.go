@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"fmt"
 	"math"
 
 	"train/ops"
@@ -8,11 +9,15 @@ import (
 
 // Training attention as FlashAttention-2 (flash_attention.cu): the scores stay
 // on chip, the forward saves lse, the backward recomputes P from it. It takes
-// bf16 data with head dim 64 or 128 (16-byte aligned buffers, at most 65535
-// heads); AttentionForward and AttentionBackward use it for those and the GEMM
-// attention (attention.go) for everything else, silently: the choice is a
-// function of the data type, D and the buffers' alignment (AttentionKernel
-// names it), so a model takes one path for every layer and every step.
+// bf16 or f16 data with head dim 64 or 128 (16-byte aligned buffers, at most
+// 65535 heads) on a GPU of compute capability 8.0 or later (mma.sync m16n8k16
+// and cp.async); AttentionForward and AttentionBackward use it for those and
+// the GEMM attention (attention.go) for everything else, silently: the choice
+// is a function of the GPU, the data type, D and the buffers' alignment
+// (Backend.AttentionKernel names it, and the trainer logs it), so a model
+// takes one path for every layer and every step.
+//
+// (bf16 kernel names below; the f16 ones are flash_fwd_f16_dD and so on)
 //
 //	forward:  flash_fwd_dD                              -> out, lse
 //	backward: flash_delta_dD  delta = rowsum(dout∘out), out recomputed from lse
@@ -28,6 +33,7 @@ const (
 	flashFwdRows = 128 // query rows per block of flash_fwd and flash_delta
 	flashBwdRows = 64  // query rows per flash_bwd_dq block, keys per flash_bwd_dkdv block
 	maxGridYZ    = 65535
+	minFlashCC   = 80 // compute capability the flash kernels need (sm_80)
 )
 
 // flashSmem is the dynamic shared memory of a flash kernel at head dim D, in
@@ -46,11 +52,11 @@ func flashSmem(kernel string, D int) int {
 	}
 }
 
-// flashTakes reports whether the flash kernels take a call with data type dt,
-// head dim D, H query heads and these device pointers (16-byte aligned, for
-// cp.async).
-func flashTakes(dt ops.DType, D, H int, ptrs ...uint64) bool {
-	if dt != ops.BF16 || (D != 64 && D != 128) || H > maxGridYZ {
+// flashTakes reports whether the flash kernels take a call on a GPU of
+// compute capability cc with data type dt, head dim D, H query heads and these
+// device pointers (16-byte aligned, for cp.async).
+func flashTakes(cc int, dt ops.DType, D, H int, ptrs ...uint64) bool {
+	if cc < minFlashCC || !dt.IsHalf() || (D != 64 && D != 128) || H > maxGridYZ {
 		return false
 	}
 	for _, p := range ptrs {
@@ -62,13 +68,28 @@ func flashTakes(dt ops.DType, D, H int, ptrs ...uint64) bool {
 }
 
 // AttentionKernel names the training attention AttentionForward and
-// AttentionBackward run for data of type dt and head dim D: "flash" or "gemm"
-// (a buffer that is not 16-byte aligned also takes "gemm").
+// AttentionBackward run for data of type dt and head dim D on a GPU of
+// compute capability 8.0 or later: "flash" or "gemm" (a buffer that is not
+// 16-byte aligned also takes "gemm"). Memory plans use it.
 func AttentionKernel(dt ops.DType, D int) string {
-	if flashTakes(dt, D, 1) {
+	if flashTakes(minFlashCC, dt, D, 1) {
 		return "flash"
 	}
 	return "gemm"
+}
+
+// AttentionKernel is the package's AttentionKernel on this GPU, with why
+// flash attention does not apply when it does not ("" when it does).
+func (b *Backend) AttentionKernel(dt ops.DType, D int) (kernel, why string) {
+	switch {
+	case flashTakes(b.dev.cc, dt, D, 1):
+		return "flash", ""
+	case b.dev.cc < minFlashCC:
+		return "gemm", fmt.Sprintf("flash attention needs compute capability 8.0 or later, this GPU has %d.%d", b.dev.cc/10, b.dev.cc%10)
+	case !dt.IsHalf():
+		return "gemm", fmt.Sprintf("flash attention takes bf16 or f16 data, not %v", dt)
+	}
+	return "gemm", fmt.Sprintf("flash attention takes head dims 64 and 128, not %d", D)
 }
 
 // bufPtr is x's device pointer, 0 for nil or a foreign buffer (the op's
@@ -83,7 +104,7 @@ func bufPtr(x ops.Buf) uint64 {
 // AttentionForward: see ops.Backend. Flash attention where it applies
 // (flashTakes), the GEMM attention otherwise.
 func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
-	if flashTakes(dtypeOf(q, ops.F32), D, H, bufPtr(out), bufPtr(q), bufPtr(k), bufPtr(v)) {
+	if flashTakes(b.dev.cc, dtypeOf(q, ops.F32), D, H, bufPtr(out), bufPtr(q), bufPtr(k), bufPtr(v)) {
 		b.AttentionForwardFlash(out, lse, q, k, v, seg, B, T, H, KVH, D)
 		return
 	}
@@ -94,7 +115,7 @@ func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH,
 // where it applies, the GEMM attention otherwise; either recomputes from lse
 // whatever forward saved it (both save the same lse).
 func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
-	if flashTakes(dtypeOf(q, ops.F32), D, H, bufPtr(dq), bufPtr(dk), bufPtr(dv), bufPtr(dout), bufPtr(q), bufPtr(k), bufPtr(v)) {
+	if flashTakes(b.dev.cc, dtypeOf(q, ops.F32), D, H, bufPtr(dq), bufPtr(dk), bufPtr(dv), bufPtr(dout), bufPtr(q), bufPtr(k), bufPtr(v)) {
 		b.AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
 		return
 	}
@@ -105,26 +126,28 @@ func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf,
 // strides in bytes, for launches over at most maxGridYZ batch rows each.
 type flash struct {
 	B, T, H, KVH, D int
-	scale, sl2      float32 // 1/sqrt(D), and times log2(e) (the kernels' base-2 softmax)
-	q, kv, stat     uint64  // bytes per batch row: q/out/dout/dq, k/v/dk/dv, lse/delta
-	seg             uint64  // 0: no segments
+	dt              ops.DType // BF16 or F16: the kernels' name
+	scale, sl2      float32   // 1/sqrt(D), and times log2(e) (the kernels' base-2 softmax)
+	q, kv, stat     uint64    // bytes per batch row: q/out/dout/dq, k/v/dk/dv, lse/delta
+	seg             uint64    // 0: no segments
 }
 
-func newFlash(seg uint64, B, T, H, KVH, D int) *flash {
+func newFlash(dt ops.DType, seg uint64, B, T, H, KVH, D int) *flash {
 	scale := 1 / math.Sqrt(float64(D))
-	return &flash{B: B, T: T, H: H, KVH: KVH, D: D, scale: float32(scale), sl2: float32(scale * math.Log2E),
+	return &flash{B: B, T: T, H: H, KVH: KVH, D: D, dt: dt, scale: float32(scale), sl2: float32(scale * math.Log2E),
 		q: uint64(2 * T * H * D), kv: uint64(2 * T * KVH * D), stat: uint64(4 * H * T), seg: seg}
 }
 
-// kernel launches kernel name (suffix _dD added) with one block of
+// kernel launches kernel name (suffixes _f16 for F16 data and _dD added) with one block of
 // flashThreads per (row tile, head, batch row): rows is the tile height, heads
 // the grid's y. args builds the arguments of batch rows [b0, b0+nb): the
 // pointers moved by b0 rows (see at).
 func (f *flash) kernel(d *device, name string, rows, heads int, args func(b0 int) []uint64) error {
-	kernel := name + "_d64"
-	if f.D == 128 {
-		kernel = name + "_d128"
+	kernel := name
+	if f.dt == ops.F16 {
+		kernel += "_f16"
 	}
+	kernel += fmt.Sprintf("_d%d", f.D)
 	smem := flashSmem(name, f.D)
 	for b0 := 0; b0 < f.B; b0 += maxGridYZ {
 		nb := min(f.B-b0, maxGridYZ)
@@ -180,9 +203,10 @@ func (f *flash) backward(d *device, ws, dq, dk, dv, dout, q, k, v, lse uint64) e
 
 // flashCheck records an error when the flash kernels cannot take the call.
 func (b *Backend) flashCheck(op string, dt ops.DType, D, H int, ptrs ...uint64) bool {
-	if b.err == nil && !flashTakes(dt, D, H, ptrs...) {
-		b.fail("%s: flash attention takes bf16 data, head dim 64 or 128, at most %d heads and 16-byte aligned "+
-			"buffers (have %v, head dim %d, %d heads)", op, maxGridYZ, dt, D, H)
+	if b.err == nil && !flashTakes(b.dev.cc, dt, D, H, ptrs...) {
+		b.fail("%s: flash attention takes bf16 or f16 data, head dim 64 or 128, at most %d heads and 16-byte aligned "+
+			"buffers on a GPU of compute capability 8.0 or later (have %v, head dim %d, %d heads, compute capability %d.%d)",
+			op, maxGridYZ, dt, D, H, b.dev.cc/10, b.dev.cc%10)
 	}
 	return b.err == nil
 }
@@ -195,7 +219,7 @@ func (b *Backend) AttentionForwardFlash(out, lse, q, k, v, seg ops.Buf, B, T, H,
 	if !ok || !b.flashCheck(op, q.DType(), D, H, p.out, p.q, p.k, p.v) {
 		return
 	}
-	f := newFlash(p.seg, B, T, H, KVH, D)
+	f := newFlash(q.DType(), p.seg, B, T, H, KVH, D)
 	b.run(op, func(d *device) error { return f.forward(d, p.out, p.lse, p.q, p.k, p.v) })
 }
 
@@ -211,7 +235,7 @@ func (b *Backend) AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg ops
 	if b.err != nil {
 		return
 	}
-	f := newFlash(p.seg, B, T, H, KVH, D)
+	f := newFlash(q.DType(), p.seg, B, T, H, KVH, D)
 	b.run(op, func(d *device) error { return f.backward(d, ws, p.dq, p.dk, p.dv, p.dout, p.q, p.k, p.v, p.lse) })
 }
 

@@ -37,12 +37,13 @@ func gpu(t *testing.T) *Backend {
 }
 
 // TestOps holds every op to the float64 CPU reference (ops/opstest): in
-// float32 at 1e-5, and in mixed precision (bf16 data, f32 statistics and
-// parameter gradients) at bfloat16's 1e-2. Each mode gets its own backend, so
+// float32 at 1e-5, and in mixed precision (bf16 or f16 data, f32 statistics
+// and parameter gradients) at 1e-2. Each mode gets its own backend, so
 // that an error recorded in one does not stop the other.
 func TestOps(t *testing.T) {
 	t.Run("f32", func(t *testing.T) { opstest.Check(t, gpu(t), 1e-5) })
 	t.Run("bf16", func(t *testing.T) { opstest.CheckBF16(t, gpu(t), 1e-2) })
+	t.Run("f16", func(t *testing.T) { opstest.CheckF16(t, gpu(t), 1e-2) })
 }
 
 // pair runs the same ops on the GPU and on the float64 reference. Data buffers

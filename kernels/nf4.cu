@@ -47,7 +47,7 @@ __device__ __forceinline__ float nf4_scale_at(u64 b, const float* absmax, const 
 }
 
 // One chunk of values into 16 aligned bytes of out: four floats, or eight
-// bf16 rounded to nearest even.
+// bf16 or f16 rounded to nearest even.
 __device__ __forceinline__ void store_chunk(float* o, const float* v) {
   *reinterpret_cast<float4*>(o) = make_float4(v[0], v[1], v[2], v[3]);
 }
@@ -56,6 +56,15 @@ __device__ __forceinline__ void store_chunk(bf16* o, const float* v) {
 #pragma unroll
   for (int e = 0; e < 4; e++) {
     __nv_bfloat162 p = __floats2bfloat162_rn(v[2 * e], v[2 * e + 1]);
+    h[e] = *reinterpret_cast<unsigned*>(&p);
+  }
+  *reinterpret_cast<uint4*>(o) = make_uint4(h[0], h[1], h[2], h[3]);
+}
+__device__ __forceinline__ void store_chunk(f16* o, const float* v) {
+  unsigned h[4];  // __floats2half2_rn: element 2e in the low half
+#pragma unroll
+  for (int e = 0; e < 4; e++) {
+    __half2 p = __floats2half2_rn(v[2 * e], v[2 * e + 1]);
     h[e] = *reinterpret_cast<unsigned*>(&p);
   }
   *reinterpret_cast<uint4*>(o) = make_uint4(h[0], h[1], h[2], h[3]);
@@ -167,6 +176,11 @@ extern "C" __global__ void dequant_nf4_bf16(bf16* out, const u8* packed, const f
                                             int bshift, int nested, int nshift, float offset) {
   dequant_nf4_t<bf16, 8>(out, packed, absmax, codes, absmax2, cmap, n, blockSize, bshift, nested, nshift, offset);
 }
+extern "C" __global__ void dequant_nf4_f16(f16* out, const u8* packed, const float* absmax, const u8* codes,
+                                           const float* absmax2, const float* cmap, long long n, int blockSize,
+                                           int bshift, int nested, int nshift, float offset) {
+  dequant_nf4_t<f16, 8>(out, packed, absmax, codes, absmax2, cmap, n, blockSize, bshift, nested, nshift, offset);
+}
 
 // ops.NF4Index: the number of ops.NF4Thresholds that x lies strictly above (a
 // NaN lies above none: code 0). The literals are ops' (bitsandbytes'
@@ -249,4 +263,4 @@ __device__ __forceinline__ void fill_normal_t(T* out, long long n, u64 key, doub
   out[i] = fromf<T>(__double2float_rn(__dmul_rn(r, c)));
   if (i + 1 < (u64)n) out[i + 1] = fromf<T>(__double2float_rn(__dmul_rn(r, s)));
 }
-TR_KERNEL_F32_BF16(fill_normal, (T * out, long long n, unsigned long long key, double std), (out, n, key, std))
+TR_KERNEL_FLOATS(fill_normal, (T * out, long long n, unsigned long long key, double std), (out, n, key, std))

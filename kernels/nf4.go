@@ -48,10 +48,11 @@ func (b *Backend) u8(x ops.Buf, n int, op, arg string) uint64 {
 }
 
 // dequantChunks is how many chunks one dequant_nf4 thread does (R in
-// nf4.cu), by out's type; a chunk is 16 bytes of out: 8 bf16 or 4 f32 weights.
+// nf4.cu), by out's type; a chunk is 16 bytes of out: 8 bf16 or f16, or 4 f32
+// weights.
 // dequantBlock is the threads per block.
 func dequantChunks(dt ops.DType) int {
-	if dt == ops.BF16 {
+	if dt.IsHalf() {
 		return 8
 	}
 	return 2
@@ -59,11 +60,11 @@ func dequantChunks(dt ops.DType) int {
 
 const dequantBlock = 128
 
-// DequantNF4 writes w's N weights into out (F32 or BF16): out[i] = NF4Code[code
+// DequantNF4 writes w's N weights into out (F32, BF16 or F16): out[i] = NF4Code[code
 // of i] x the absmax of its block, one float32 product rounded once to out's
 // type; with double quantization each absmax is rebuilt on the fly
-// (ops.NF4Scale). One thread per 64 (bf16) or 16 (f32) weights
-// (dequant_nf4_bf16, _f32).
+// (ops.NF4Scale). One thread per 64 (bf16, f16) or 16 (f32) weights
+// (dequant_nf4_bf16, _f16, _f32).
 //
 // Speed: the kernel reads half a byte and writes 2 (bf16) bytes per weight, so
 // a 70B MLP matrix (8192x28672 = 235M weights) reads 118 MB and writes 470 MB:
@@ -151,8 +152,9 @@ func (b *Backend) QuantizeNF4(packed, absmax, x ops.Buf, n, blockSize int) {
 }
 
 // FillNormal writes the first n values of the normal generator keyed by key
-// (ops.FillNormalHost from element 0, std) into out, F32 or BF16 (rounded from
-// the float32 value): one thread per Box-Muller pair (fill_normal_f32, _bf16).
+// (ops.FillNormalHost from element 0, std) into out, F32, BF16 or F16 (rounded
+// from the float32 value): one thread per Box-Muller pair (fill_normal_f32,
+// _bf16, _f16).
 // A rare value differs from the host's by one float32 ulp (nf4.cu says why).
 func (b *Backend) FillNormal(out ops.Buf, n int, key uint64, std float64) {
 	const op = "FillNormal"

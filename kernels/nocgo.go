@@ -15,6 +15,7 @@ var errNoCgo = errors.New("this binary was built without cgo (CGO_ENABLED=0), so
 
 type device struct {
 	ord     int
+	cc      int
 	name    string
 	driver  int
 	blasVer int

@@ -20,7 +20,7 @@ const (
 	sumsqBlocks = 1024
 )
 
-// Zero sets the first n elements of x (F32, BF16, I32 or U8) to zero.
+// Zero sets the first n elements of x (F32, BF16, F16, I32 or U8) to zero.
 func (b *Backend) Zero(x ops.Buf, n int) {
 	dt := ops.F32
 	if x != nil && elemSize(x.DType()) != 0 {
@@ -50,8 +50,8 @@ func (b *Backend) Copy(dst, src ops.Buf, n int) {
 	b.run("Copy", func(d *device) error { return d.copy(o, s, elemSize(dt)*n) })
 }
 
-// Cast converts n elements between F32 and BF16 (to nearest even); the same
-// type copies.
+// Cast converts n elements between F32 and BF16 or F16 (to nearest even); the
+// same type copies, and BF16 to F16 is refused (no op needs it).
 func (b *Backend) Cast(dst, src ops.Buf, n int) {
 	const op = "Cast"
 	o, s := b.data(dst, n, op, "dst"), b.data(src, n, op, "src")
@@ -62,10 +62,11 @@ func (b *Backend) Cast(dst, src ops.Buf, n int) {
 		b.Copy(dst, src, n)
 		return
 	}
-	kernel := "cast_f32_to_bf16"
-	if src.DType() == ops.BF16 {
-		kernel = "cast_bf16_to_f32"
+	if dst.DType() != ops.F32 && src.DType() != ops.F32 {
+		b.fail("%s: %v to %v: one side must be f32", op, src.DType(), dst.DType())
+		return
 	}
+	kernel := "cast" + dtSuffix(src.DType()) + "_to" + dtSuffix(dst.DType())
 	b.launch1(op, kernel, n, ewBlock, o, s, aL(n))
 }
 
@@ -115,7 +116,7 @@ func (b *Backend) RMSNormBackward(dx, dw, dout, x, w, rstd ops.Buf, N, C int) {
 }
 
 // matmul checks the operands and calls cuBLAS: cublasSgemm for F32 a and b,
-// cublasGemmEx for BF16 ones (out F32 or BF16). Row-major out[M,N] is
+// cublasGemmEx for BF16 and F16 ones (out F32 or their type). Row-major out[M,N] is
 // column-major outᵀ[N,M] = op(b)·op(a) in cuBLAS's terms, so cuBLAS's A is our
 // b (transposed when transA, leading dimension lda) and its B our a (transB,
 // ldb); see the three callers.
@@ -142,7 +143,7 @@ func (b *Backend) matmul(op string, out, a, bm ops.Buf, M, N, K int, alpha, beta
 		}
 		return
 	}
-	if ab := a.DType(); ab == ops.BF16 {
+	if ab := a.DType(); ab.IsHalf() {
 		b.run(op, func(d *device) error {
 			return d.gemmEx(transA, transB, N, M, K, alpha, bv, lda, av, ldb, ab, beta, o, ot, N)
 		})
@@ -348,7 +349,7 @@ func (b *Backend) SumSquares(out, x ops.Buf, n int) {
 }
 
 // AdamW updates the F32 value, m and v from the F32 grad (ops.AdamWStep), and
-// writes the new value into work (F32 or BF16) unless work is nil.
+// writes the new value into work (F32, BF16 or F16) unless work is nil.
 func (b *Backend) AdamW(value, grad, m, v, work ops.Buf, n int, s ops.AdamWStep) {
 	const op = "AdamW"
 	pv, g, mv, vv := b.f(value, n, op, "value"), b.f(grad, n, op, "grad"), b.f(m, n, op, "m"), b.f(v, n, op, "v")

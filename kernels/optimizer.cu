@@ -16,7 +16,7 @@ __device__ __forceinline__ void sumsq_partial_t(double* partial, const T* x, lon
   s = block_sum(s, sh);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
-TR_KERNEL_F32_BF16(sumsq_partial, (double* partial, const T* x, long long n), (partial, x, n))
+TR_KERNEL_FLOATS(sumsq_partial, (double* partial, const T* x, long long n), (partial, x, n))
 
 extern "C" __global__ void sumsq_final(float* out, const double* partial, int blocks) {
   __shared__ double sh[32];
@@ -47,7 +47,7 @@ __device__ __forceinline__ void adamw_t(float* value, const float* grad, float* 
   value[i] = p;
   if (work != nullptr) work[i] = fromf<T>(p);
 }
-TR_KERNEL_F32_BF16(adamw,
+TR_KERNEL_FLOATS(adamw,
                    (float* value, const float* grad, float* m, float* v, T* work, long long n, float b1, float b2,
                     float decay, float gradScale, double stepSize, double sqrtBC2, double eps),
                    (value, grad, m, v, work, n, b1, b2, decay, gradScale, stepSize, sqrtBC2, eps))

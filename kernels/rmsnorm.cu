@@ -21,7 +21,7 @@ __device__ __forceinline__ void rmsnorm_forward_t(T* out, float* rstd, const T* 
   if (threadIdx.x == 0) rstd[n] = r;
   for (int i = threadIdx.x; i < C; i += blockDim.x) orow[i] = fromf<T>(tof(w[i]) * __fmul_rn(tof(xr[i]), r));
 }
-TR_KERNEL_F32_BF16(rmsnorm_forward, (T * out, float* rstd, const T* x, const T* w, int N, int C, float eps),
+TR_KERNEL_FLOATS(rmsnorm_forward, (T * out, float* rstd, const T* x, const T* w, int N, int C, float eps),
                    (out, rstd, x, w, N, C, eps))
 
 // RMSNorm backward, input gradient, one block per row. With g = dout*w:
@@ -40,7 +40,7 @@ __device__ __forceinline__ void rmsnorm_backward_dx_t(T* dx, const T* dout, cons
   for (int i = threadIdx.x; i < C; i += blockDim.x)
     dx[base + i] = fromf<T>(tof(dx[base + i]) + r * (tof(dout[base + i]) * tof(w[i]) - tof(x[base + i]) * k));
 }
-TR_KERNEL_F32_BF16(rmsnorm_backward_dx, (T * dx, const T* dout, const T* x, const T* w, const float* rstd, int N, int C),
+TR_KERNEL_FLOATS(rmsnorm_backward_dx, (T * dx, const T* dout, const T* x, const T* w, const float* rstd, int N, int C),
                    (dx, dout, x, w, rstd, N, C))
 
 // RMSNorm backward, weight gradient (float): dw[c] += sum_n dout[n,c] *
@@ -58,5 +58,5 @@ __device__ __forceinline__ void rmsnorm_backward_dw_t(float* dw, const T* dout, 
   }
   dw[c] = acc;
 }
-TR_KERNEL_F32_BF16(rmsnorm_backward_dw, (float* dw, const T* dout, const T* x, const float* rstd, int N, int C),
+TR_KERNEL_FLOATS(rmsnorm_backward_dw, (float* dw, const T* dout, const T* x, const float* rstd, int N, int C),
                    (dw, dout, x, rstd, N, C))

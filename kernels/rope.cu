@@ -31,7 +31,7 @@ __device__ __forceinline__ void rope_t(T* out, const T* x, const float* cosT, co
     out[b + j + half] = fromf<T>(__fmul_rn(x2, cs) + __fmul_rn(x1, sn));
   }
 }
-TR_KERNEL_F32_BF16(rope,
+TR_KERNEL_FLOATS(rope,
                    (T * out, const T* x, const float* cosT, const float* sinT, const int* pos, int N, int H, int D,
                     int P, int inverse, int* err),
                    (out, x, cosT, sinT, pos, N, H, D, P, inverse, err))

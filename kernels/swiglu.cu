@@ -11,7 +11,7 @@ __device__ __forceinline__ void swiglu_forward_t(T* out, const T* gate, const T*
   float g = tof(gate[i]);
   out[i] = fromf<T>((g / (1.f + expf(-g))) * tof(up[i]));
 }
-TR_KERNEL_F32_BF16(swiglu_forward, (T * out, const T* gate, const T* up, long long n), (out, gate, up, n))
+TR_KERNEL_FLOATS(swiglu_forward, (T * out, const T* gate, const T* up, long long n), (out, gate, up, n))
 
 // SwiGLU backward: dgate += dout*up*s*(1 + g*(1-s)), dup += dout*silu(g),
 // s = sigmoid(g).
@@ -25,5 +25,5 @@ __device__ __forceinline__ void swiglu_backward_t(T* dgate, T* dup, const T* dou
   dgate[i] = fromf<T>(tof(dgate[i]) + d * tof(up[i]) * s * (1.f + g * (1.f - s)));
   dup[i] = fromf<T>(tof(dup[i]) + d * (g / (1.f + expf(-g))));
 }
-TR_KERNEL_F32_BF16(swiglu_backward, (T * dgate, T* dup, const T* dout, const T* gate, const T* up, long long n),
+TR_KERNEL_FLOATS(swiglu_backward, (T * dgate, T* dup, const T* dout, const T* gate, const T* up, long long n),
                    (dgate, dup, dout, gate, up, n))

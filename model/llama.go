@@ -100,7 +100,7 @@ type Options struct {
 	// the same; the copies cross PCIe on the compute stream.
 	Offload bool
 	// Compute is the type of weights and activations: ops.F32 (the zero
-	// value), or ops.BF16 for mixed precision, where trainable tensors keep an
+	// value), or ops.BF16 or ops.F16 for mixed precision, where trainable tensors keep an
 	// F32 master copy and F32 gradients and everything else is bfloat16.
 	Compute ops.DType
 	// HeadChunk is how many tokens' logits the last stage holds at once: the
@@ -224,8 +224,8 @@ func NewModel(be ops.Backend, w *Weights, opt Options) (*Model, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model: %w", err)
 	}
-	if opt.Compute != ops.F32 && opt.Compute != ops.BF16 {
-		return nil, fmt.Errorf("model: compute type %v: want f32 or bf16", opt.Compute)
+	if !opt.Compute.IsFloat() {
+		return nil, fmt.Errorf("model: compute type %v: want f32, bf16 or f16", opt.Compute)
 	}
 	if opt.Offload && !opt.Checkpoint {
 		return nil, errors.New("model: offloading layer inputs to host memory needs activation checkpointing (the inputs are all it keeps)")

@@ -19,12 +19,23 @@ const (
 	// U8 holds bytes: the packed 4-bit codes and 8-bit scale codes of NF4
 	// weights.
 	U8
+	// F16 is IEEE half-precision storage for mixed precision on GPUs without
+	// bfloat16 (before compute capability 8.0): as BF16 (float32 compute,
+	// rounding on every store), with a narrower range (65504 at most) and three
+	// more bits of precision; training in it scales the loss (see trainer).
+	F16
 )
+
+// IsFloat reports whether d holds floating-point data: F32, BF16 or F16.
+func (d DType) IsFloat() bool { return d == F32 || d == BF16 || d == F16 }
+
+// IsHalf reports whether d is a 2-byte float type: BF16 or F16.
+func (d DType) IsHalf() bool { return d == BF16 || d == F16 }
 
 // Size is the bytes of one element.
 func (d DType) Size() int {
 	switch d {
-	case BF16:
+	case BF16, F16:
 		return 2
 	case U8:
 		return 1
@@ -48,6 +59,8 @@ func (d DType) String() string {
 		return "i32"
 	case BF16:
 		return "bf16"
+	case F16:
+		return "f16"
 	case U8:
 		return "u8"
 	}
@@ -75,11 +88,11 @@ type Buf interface {
 // heads, KVH key/value heads, D head dimension, P rows of a rope table.
 //
 // Float types (mixed precision): an op's data buffers (activations, weights
-// and the gradients of activations) share one float type, F32 or BF16, the
+// and the gradients of activations) share one float type, F32, BF16 or F16, the
 // compute type. These are always F32, whatever the compute type: statistics
 // (rstd, lse, losses), rope tables, the parameter gradients dtable and dw, and
 // the optimizer's buffers. A matmul's out may be F32 or the compute type of a
-// and b (a parameter gradient accumulates in F32 from BF16 inputs). Backends
+// and b (a parameter gradient accumulates in F32 from 2-byte inputs). Backends
 // compute in at least float32 and round once when storing; Copy and Zero take
 // any type, Cast converts.
 type Backend interface {
@@ -96,8 +109,8 @@ type Backend interface {
 	// Free releases a buffer returned by Alloc or AllocHost. Views of it
 	// become invalid.
 	Free(b Buf)
-	// Upload copies host values into an F32 buffer, or a BF16 one rounding to
-	// nearest even (len(src) <= dst.Len()).
+	// Upload copies host values into an F32 buffer, or a BF16 or F16 one
+	// rounding to nearest even (len(src) <= dst.Len()).
 	Upload(dst Buf, src []float32) error
 	// UploadInt copies host values into an I32 buffer (len(src) <= dst.Len()).
 	UploadInt(dst Buf, src []int32) error
@@ -107,7 +120,7 @@ type Backend interface {
 	// bytes of a U8 buffer to the host, returning the first recorded op error.
 	DownloadBytes(dst []byte, src Buf) error
 	// Download waits for pending work and copies the first len(dst) values of
-	// an F32 or BF16 buffer to the host. It returns the first recorded op error.
+	// an F32, BF16 or F16 buffer to the host. It returns the first recorded op error.
 	Download(dst []float32, src Buf) error
 	// Download64 is Download widened to float64; a float64 backend returns its
 	// values unrounded (tests use it for losses).
@@ -119,7 +132,7 @@ type Backend interface {
 	Zero(b Buf, n int)
 	// Copy copies the first n elements of src into dst, of the same type.
 	Copy(dst, src Buf, n int)
-	// Cast converts the first n elements of src into dst between F32 and BF16
+	// Cast converts the first n elements of src into dst between F32 and BF16 or F16
 	// (rounding to nearest even); the same type copies.
 	Cast(dst, src Buf, n int)
 
@@ -211,19 +224,19 @@ type Backend interface {
 	// absmax (F32, one per block), exactly as QuantizeNF4Block does.
 	QuantizeNF4(packed, absmax, x Buf, n, blockSize int)
 	// FillNormal writes the first n values of the normal generator keyed by
-	// key (FillNormalHost from element 0) into out, F32 or BF16 (rounded from
+	// key (FillNormalHost from element 0) into out, F32, BF16 or F16 (rounded from
 	// the float32 value): random weights drawn where they are used, with no
 	// host copy. A device's float64 log and sincos may differ from Go's in the
 	// last bit, so a rare value may differ from the host's by one float32 ulp.
 	FillNormal(out Buf, n int, key uint64, std float64)
 
-	// SumSquares: out[0] += sum of x[i]^2 over n elements of an F32 or BF16 x,
+	// SumSquares: out[0] += sum of x[i]^2 over n elements of an F32, BF16 or F16 x,
 	// accumulated in float64 in a fixed order, out F32 (a gradient's share of
 	// the global norm).
 	SumSquares(out, x Buf, n int)
 	// AdamW updates n elements of the F32 value, m and v from the F32 grad as
 	// optim.AdamW does (see AdamWStep), then writes the updated value rounded to
-	// work's type into work when work is not nil (a BF16 compute copy).
+	// work's type into work when work is not nil (a BF16 or F16 compute copy).
 	AdamW(value, grad, m, v, work Buf, n int, s AdamWStep)
 }
 

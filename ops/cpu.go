@@ -71,7 +71,7 @@ func (c *CPU[T]) Alloc(dt DType, n int) (Buf, error) {
 		return nil, fmt.Errorf("ops: alloc of %d elements", n)
 	}
 	switch dt {
-	case F32, BF16:
+	case F32, BF16, F16:
 		return &cpuBuf[T]{f: make([]T, n), dt: dt}, nil
 	case I32:
 		return &cpuBuf[T]{i: make([]int32, n), dt: I32}, nil
@@ -87,10 +87,10 @@ func (c *CPU[T]) AllocHost(dt DType, n int) (Buf, error) { return c.Alloc(dt, n)
 // Free drops the reference; the garbage collector does the rest.
 func (c *CPU[T]) Free(b Buf) {}
 
-// Upload copies host values into an F32 or BF16 buffer.
+// Upload copies host values into an F32, BF16 or F16 buffer.
 func (c *CPU[T]) Upload(dst Buf, src []float32) error {
 	d, ok := dst.(*cpuBuf[T])
-	if !ok || (d.dt != F32 && d.dt != BF16) {
+	if !ok || !d.dt.IsFloat() {
 		return fmt.Errorf("ops: upload into %s", describe(dst))
 	}
 	if len(src) > len(d.f) {
@@ -128,7 +128,7 @@ func download[T Float, D float32 | float64](c *CPU[T], dst []D, src Buf) error {
 		return c.err
 	}
 	s, ok := src.(*cpuBuf[T])
-	if !ok || (s.dt != F32 && s.dt != BF16) {
+	if !ok || !s.dt.IsFloat() {
 		return fmt.Errorf("ops: download from %s", describe(src))
 	}
 	if len(dst) > len(s.f) {
@@ -157,7 +157,7 @@ func (c *CPU[T]) fail(format string, args ...any) {
 	}
 }
 
-// f returns the first n floats of b (F32 or BF16), or records an error naming
+// f returns the first n floats of b (F32, BF16 or F16), or records an error naming
 // op and arg.
 func (c *CPU[T]) f(b Buf, n int, op, arg string) []T {
 	return c.floats(b, n, op, arg, false)
@@ -174,8 +174,8 @@ func (c *CPU[T]) floats(b Buf, n int, op, arg string, f32 bool) []T {
 		return nil
 	}
 	cb, ok := b.(*cpuBuf[T])
-	if !ok || (cb.dt != F32 && (f32 || cb.dt != BF16)) {
-		want := "an f32 or bf16"
+	if !ok || (cb.dt != F32 && (f32 || !cb.dt.IsHalf())) {
+		want := "an f32, bf16 or f16"
 		if f32 {
 			want = "an f32"
 		}
@@ -189,15 +189,20 @@ func (c *CPU[T]) floats(b Buf, n int, op, arg string, f32 bool) []T {
 	return cb.f[:n:n]
 }
 
-// round rounds vals, the written part of buffer b, to bfloat16 when b is BF16:
-// every op ends with it on each output, so that a BF16 buffer always holds
-// bfloat16 values, as a device stores them.
+// round rounds vals, the written part of buffer b, to bfloat16 when b is BF16
+// and to half precision when it is F16: every op ends with it on each output,
+// so that a 2-byte float buffer always holds values of its type, as a device
+// stores them.
 func (c *CPU[T]) round(b Buf, vals []T) {
-	if cb, ok := b.(*cpuBuf[T]); !ok || cb.dt != BF16 {
+	cb, ok := b.(*cpuBuf[T])
+	if !ok {
+		return
+	}
+	if !cb.dt.IsHalf() {
 		return
 	}
 	for i, v := range vals {
-		vals[i] = T(RoundBF16(float32(v)))
+		vals[i] = T(RoundAs(cb.dt, float32(v)))
 	}
 }
 

@@ -220,7 +220,7 @@ func (c *CPU[T]) DequantNF4(out Buf, w NF4) {
 	if c.err != nil {
 		return
 	}
-	bf := out.DType() == BF16
+	dt := out.DType()
 	parallelFor(blocks, c.workers, w.N, func(lo, hi int) {
 		for b := lo; b < hi; b++ {
 			var scale float32
@@ -231,11 +231,7 @@ func (c *CPU[T]) DequantNF4(out Buf, w NF4) {
 			}
 			var lut [16]T
 			for k := range lut {
-				v := NF4Code[k] * scale
-				if bf {
-					v = RoundBF16(v)
-				}
-				lut[k] = T(v)
+				lut[k] = T(RoundAs(dt, NF4Code[k]*scale))
 			}
 			for i := b * w.BlockSize; i < min(w.N, (b+1)*w.BlockSize); i++ {
 				code := packed[i/2] >> 4
@@ -278,7 +274,7 @@ func (c *CPU[T]) QuantizeNF4(packed, absmax, x Buf, n, blockSize int) {
 }
 
 // FillNormal writes n values of the generator keyed by key (FillNormalHost
-// from element 0, std) into out, F32 or BF16 (rounded from the float32 value,
+// from element 0, std) into out, F32, BF16 or F16 (rounded from the float32 value,
 // as Upload rounds).
 func (c *CPU[T]) FillNormal(out Buf, n int, key uint64, std float64) {
 	o := c.f(out, n, "FillNormal", "out")

@@ -2,8 +2,8 @@ package ops
 
 import "math"
 
-// Cast converts n elements between F32 and BF16: on the CPU both hold the
-// backend's float type, so it copies, rounding when dst is BF16.
+// Cast converts n elements between F32 and BF16 or F16: on the CPU all hold
+// the backend's float type, so it copies, rounding when dst is 2 bytes wide.
 func (c *CPU[T]) Cast(dst, src Buf, n int) {
 	d, s := c.f(dst, n, "Cast", "dst"), c.f(src, n, "Cast", "src")
 	if c.err != nil {

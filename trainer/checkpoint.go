@@ -49,7 +49,11 @@ type trainerState struct {
 	// Both are absent from checkpoints of earlier versions.
 	Tokens     int `json:"tokens,omitempty"`
 	TotalSteps int `json:"total_steps,omitempty"`
-	Examples   int `json:"examples"`
+	// LossScale and LossScaleClean are fp16's loss scaler: S and the clean
+	// steps since it last changed (absent in other precisions).
+	LossScale      float64 `json:"loss_scale,omitempty"`
+	LossScaleClean int     `json:"loss_scale_clean,omitempty"`
+	Examples       int     `json:"examples"`
 }
 
 // saveCheckpoint writes this rank's part of the state after step (1-based) and,
@@ -169,7 +173,7 @@ func (t *trainer) state(step int) ([]byte, error) {
 		return nil, err
 	}
 	return json.Marshal(trainerState{Step: step, AdamSteps: t.adam.Steps(), Order: t.order, Cursor: t.cursor,
-		Tokens: t.tokens, TotalSteps: t.cfg.Train.Steps,
+		Tokens: t.tokens, TotalSteps: t.cfg.Train.Steps, LossScale: t.scalerState(), LossScaleClean: t.scaler.clean,
 		Epoch: t.epoch, RNG: rng, Examples: len(t.train)})
 }
 
@@ -231,6 +235,7 @@ func (t *trainer) restore(dir string) (int, error) {
 	}
 	t.order, t.cursor, t.epoch = st.Order, st.Cursor, st.Epoch
 	t.tokens, t.resumedTotal = st.Tokens, st.TotalSteps
+	t.scaler.restore(st.LossScale, st.LossScaleClean)
 	if err := f.uploadValues(t.m, t.be); err != nil {
 		return 0, err
 	}

@@ -31,6 +31,9 @@ type Result struct {
 	// Truncated counts the examples the steps drew that were longer than
 	// data.seq_len and cut to it.
 	Truncated int
+	// ScaleSkips counts the steps fp16's loss scaler skipped (gradient
+	// overflow) in this process.
+	ScaleSkips int
 	// Compute, Bubble and Comm split the time of every step after the first
 	// (which pays for warm-up), and Wall is their steps' total: what
 	// `train bench pipeline` reports.
@@ -93,7 +96,8 @@ func (t *trainer) loop() (Result, error) {
 		}
 		var times stepTimes
 		t.m.ZeroGrads()
-		lossSum, err := t.runPipeline(mine, float32(1/float64(total)), &times)
+		S := t.scaler.factor() // fp16: the loss scale; 1 otherwise
+		lossSum, err := t.runPipeline(mine, float32(S/float64(total)), &times)
 		if err != nil {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
@@ -116,6 +120,9 @@ func (t *trainer) loop() (Result, error) {
 			(ck.Minutes > 0 && time.Since(lastSaveTime).Minutes() >= ck.Minutes)) {
 			saveVote = 1
 		}
+		if step+1 == t.overflowAt {
+			sumSq = math.Inf(1) // the test hook: this rank's gradients overflowed
+		}
 		sums := []float64{lossSum, sumSq, stopVote, saveVote}
 		if err := timed(&times.comm, func() error { return t.dist.AllReduce(sums) }); err != nil {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
@@ -124,7 +131,29 @@ func (t *trainer) loop() (Result, error) {
 		if !t.dist.zero1 {
 			sums[1] /= float64(D) // every replica counted the same reduced gradient
 		}
-		loss, norm := sums[0]/float64(total), math.Sqrt(sums[1])
+		loss, norm := sums[0]/float64(total), math.Sqrt(sums[1])/S
+		if t.scaler.overflowed(loss, norm) {
+			// Every rank saw the same all-reduced norm: all skip this step alike.
+			t.scaler.skip()
+			res.ScaleSkips++
+			prog.note("step %d: fp16 gradients overflowed: step skipped, loss scale now %g", step+1, t.scaler.scale)
+			t.log.Warn("step skipped: fp16 gradient overflow", "step", step+1, "loss", loss, "loss_scale", t.scaler.scale,
+				"overflow_skips", res.ScaleSkips)
+			if err := t.writeMetric(map[string]any{"step": step + 1, "skipped": "overflow", "loss_scale": t.scaler.scale}); err != nil {
+				return res, err
+			}
+			if stopNow {
+				res.Stopped = true
+				prog.note("signal received: checkpointing and stopping after step %d", step+1)
+				return res, checkpoint(step + 1)
+			}
+			if saveNow {
+				if err := checkpoint(step + 1); err != nil {
+					return res, err
+				}
+			}
+			continue
+		}
 		if !finiteAll(loss, norm) {
 			bad++
 			prog.note("warning: step %d: loss %v, gradient norm %v: step skipped (%d in a row)", step+1, loss, norm, bad)
@@ -141,19 +170,27 @@ func (t *trainer) loop() (Result, error) {
 		}
 		bad = 0
 		lr := t.sched.LR(step)
-		if err := t.opt.update(lr, optim.ClipScale(norm, cfg.MaxGradNorm), &times); err != nil {
+		// The update divides the loss scale out with the clipping factor.
+		if err := t.opt.update(lr, optim.ClipScale(norm, cfg.MaxGradNorm)/S, &times); err != nil {
 			return res, fmt.Errorf("step %d: %w", step+1, err)
 		}
 		if step == t.startStep {
 			res.First = loss
 		}
 		res.Last, res.Steps = loss, step+1
+		if t.scaler.stepped() {
+			t.log.Info("loss scale raised", "step", step+1, "loss_scale", t.scaler.scale)
+		}
 		losses = append(losses, loss)
 		res.FirstMean, res.LastMean, res.MeanSteps = endMeans(losses)
 		tps := float64(stepTokens) / time.Since(stepStart).Seconds()
 		prog.step(step+1, loss, lr, tps)
-		if err := t.writeMetric(map[string]any{"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
-			"tokens": t.tokens, "scored_tokens": total, "tokens_per_s": tps, "epoch": t.epoch}); err != nil {
+		metric := map[string]any{"step": step + 1, "loss": loss, "lr": lr, "grad_norm": norm,
+			"tokens": t.tokens, "scored_tokens": total, "tokens_per_s": tps, "epoch": t.epoch}
+		if t.scaler.on {
+			metric["loss_scale"] = t.scaler.scale
+		}
+		if err := t.writeMetric(metric); err != nil {
 			return res, err
 		}
 		if step > 0 {
@@ -169,6 +206,9 @@ func (t *trainer) loop() (Result, error) {
 			"bubble_s", times.bubble.Seconds(), "comm_s", times.comm.Seconds(),
 			"bytes_sent", times.sent, "bytes_received", times.received, "recomputed_forwards", times.recomputed, "heap_bytes", host.HeapBytes(),
 			"rss_bytes", rss, "cpu_s", cpu, "truncated_examples", t.packer.Truncated}
+		if t.scaler.on {
+			fields = append(fields, "loss_scale", t.scaler.scale, "overflow_skips", res.ScaleSkips)
+		}
 		t.log.Info("step", append(fields, t.gpuUtil()...)...)
 		if budget := host.AvailableMemory() + rss; !t.warnedMemory && budget > 0 && rss > budget*9/10 {
 			t.warnedMemory = true

@@ -11,23 +11,33 @@ import (
 )
 
 // stageWire moves stage activations and their gradients between neighbouring
-// stages. In bf16 the values come from the model's bfloat16 buffers, so they
+// stages. In bf16 or f16 the values come from the model's 2-byte buffers, so they
 // travel as their 2-byte patterns: half the bytes, bitwise the same numbers.
 type stageWire struct {
 	world collective.Comm
-	bf16  bool
+	half  ops.DType // BF16 or F16: the 2-byte type the values hold; F32: none
 }
 
 func newStageWire(d *World, m *model.Model) stageWire {
-	return stageWire{world: d.world, bf16: m.Compute() == ops.BF16}
+	return stageWire{world: d.world, half: m.Compute()}
 }
 
 // elemBytes is the bytes one value takes on the wire.
 func (w stageWire) elemBytes() int {
-	if w.bf16 {
+	if w.half.IsHalf() {
 		return 2
 	}
 	return 4
+}
+
+// bits converts between float32 and the wire's 2-byte patterns. F16 values
+// ride in a collective.BF16 buffer: Send and Recv move bits and never add
+// them.
+func (w stageWire) bits() (to func(float32) uint16, from func(uint16) float32) {
+	if w.half == ops.F16 {
+		return ops.ToF16, ops.FromF16
+	}
+	return ops.ToBF16, ops.FromBF16
 }
 
 func (w stageWire) send(v []float32, peer int) error { return w.sendAsync(v, peer).Wait() }
@@ -35,26 +45,28 @@ func (w stageWire) send(v []float32, peer int) error { return w.sendAsync(v, pee
 // sendAsync starts sending v, which must not change until the handle's Wait
 // returns.
 func (w stageWire) sendAsync(v []float32, peer int) collective.Handle {
-	if !w.bf16 {
+	if !w.half.IsHalf() {
 		return w.world.SendAsync(collective.F32(v), peer)
 	}
+	to, _ := w.bits()
 	bits := make(collective.BF16, len(v))
 	for i, x := range v {
-		bits[i] = ops.ToBF16(x)
+		bits[i] = to(x)
 	}
 	return w.world.SendAsync(bits, peer)
 }
 
 func (w stageWire) recv(v []float32, peer int) error {
-	if !w.bf16 {
+	if !w.half.IsHalf() {
 		return w.world.Recv(collective.F32(v), peer)
 	}
+	_, from := w.bits()
 	bits := make(collective.BF16, len(v))
 	if err := w.world.Recv(bits, peer); err != nil {
 		return err
 	}
 	for i, b := range bits {
-		v[i] = ops.FromBF16(b)
+		v[i] = from(b)
 	}
 	return nil
 }

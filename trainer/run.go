@@ -55,6 +55,10 @@ type trainer struct {
 	warnedMemory bool
 	// stepSleep is a deliberate delay per step (TRAIN_DEBUG_STEP_SLEEP), for tests.
 	stepSleep time.Duration
+	// scaler is fp16's dynamic loss scaling (off in other precisions);
+	// overflowAt the step a test makes overflow (TRAIN_DEBUG_GRAD_OVERFLOW).
+	scaler     lossScaler
+	overflowAt int
 	// util averages the GPU's utilisation over each step; nil without NVML.
 	util *utilSampler
 	// gpuPeak is the most GPU memory in use seen at a step's end (0 on the CPU).
@@ -255,6 +259,7 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 	if err := checkFits(cfg, &mc, d, be, compute, stderr); err != nil {
 		return res, err
 	}
+	noteKernels(be, compute, &mc, cfg.Train.LossScaleWindow, stderr)
 	if mc.MaxPositions > 0 && cfg.Data.SeqLen > mc.MaxPositions {
 		fmt.Fprintf(stderr, "train: warning: data.seq_len %d is past the model's max_position_embeddings %d (data.allow_long_seq)\n", cfg.Data.SeqLen, mc.MaxPositions)
 	}
@@ -307,6 +312,10 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 	}
 	defer t.opt.close()
 	t.stepSleep = debugStepSleep(d.rank())
+	t.scaler = newLossScaler(compute, cfg.Train.LossScaleWindow)
+	if t.overflowAt, err = debugGradOverflow(d.rank()); err != nil {
+		return res, err
+	}
 	t.pcg = rand.NewPCG(uint64(cfg.Seed), 0x64617461) // "data"
 	t.rng = rand.New(t.pcg)
 	if dir := place.Resume; dir != "" {

@@ -42,7 +42,7 @@ func CheckNF4(t *testing.T, be ops.Backend) {
 				if err := q.DequantizeBF16(wantBF); err != nil {
 					t.Fatal(err)
 				}
-				for _, dt := range []ops.DType{ops.F32, ops.BF16} {
+				for _, dt := range []ops.DType{ops.F32, ops.BF16, ops.F16} {
 					out := alloc(t, be, dt, n)
 					be.DequantNF4(out, dev)
 					got := make([]float32, n)
@@ -51,8 +51,11 @@ func CheckNF4(t *testing.T, be ops.Backend) {
 					}
 					for i := range got {
 						ref := want[i]
-						if dt == ops.BF16 {
+						switch dt {
+						case ops.BF16:
 							ref = math.Float32frombits(uint32(wantBF[i]) << 16)
+						case ops.F16:
+							ref = ops.RoundF16(want[i])
 						}
 						if math.Float32bits(got[i]) != math.Float32bits(ref) {
 							t.Fatalf("DequantNF4 into %v: weight %d is %v, want %v", dt, i, got[i], ref)
@@ -93,7 +96,7 @@ func CheckNF4(t *testing.T, be ops.Backend) {
 		const n, key, std = 200_003, 0x1234_5678_9abc_def0, 0.02
 		want := make([]float32, n)
 		ops.FillNormalHost(want, key, 0, std)
-		for _, dt := range []ops.DType{ops.F32, ops.BF16} {
+		for _, dt := range []ops.DType{ops.F32, ops.BF16, ops.F16} {
 			out := alloc(t, be, dt, n)
 			be.FillNormal(out, n, key, std)
 			got := make([]float32, n)
@@ -102,10 +105,7 @@ func CheckNF4(t *testing.T, be ops.Backend) {
 			}
 			off := 0
 			for i := range got {
-				ref := want[i]
-				if dt == ops.BF16 {
-					ref = ops.RoundBF16(ref)
-				}
+				ref := ops.RoundAs(dt, want[i])
 				if got[i] == ref {
 					continue
 				}

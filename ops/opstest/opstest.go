@@ -38,6 +38,10 @@ func Check(t *testing.T, be ops.Backend, tol float64) { check(t, be, ops.F32, to
 // error measured is be's own (1e-2 suits bfloat16 storage).
 func CheckBF16(t *testing.T, be ops.Backend, tol float64) { check(t, be, ops.BF16, tol) }
 
+// CheckF16 is CheckBF16 with F16 data buffers (half precision: 1e-2 suits it
+// too, with room to spare).
+func CheckF16(t *testing.T, be ops.Backend, tol float64) { check(t, be, ops.F16, tol) }
+
 func check(t *testing.T, be ops.Backend, dt ops.DType, tol float64) {
 	h := &harness{t: t, be: be, ref: ops.NewCPU64(), rng: rand.New(rand.NewPCG(1, 2)), tol: tol, dt: dt}
 	t.Run("Embedding", h.embedding)
@@ -59,7 +63,7 @@ func (h *harness) alloc(dt ops.DType, n int) twin {
 		h.t.Fatal(err)
 	}
 	refType := dt
-	if dt == ops.BF16 {
+	if dt.IsHalf() {
 		refType = ops.F32 // the float64 reference keeps full precision
 	}
 	r, err := h.ref.Alloc(refType, n)
@@ -87,10 +91,10 @@ func (h *harness) uniform(n int, scale float64) []float32 {
 // rounded as be stores it.
 func (h *harness) setAs(dt ops.DType, v []float32) twin {
 	h.t.Helper()
-	if dt == ops.BF16 {
+	if dt.IsHalf() {
 		r := make([]float32, len(v))
 		for i, x := range v {
-			r[i] = ops.RoundBF16(x)
+			r[i] = ops.RoundAs(dt, x)
 		}
 		v = r
 	}

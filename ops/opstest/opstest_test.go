@@ -13,5 +13,7 @@ func TestCPU32(t *testing.T) { Check(t, ops.NewCPU(), 1e-5) }
 // bfloat16's tolerance (ops' TestBF16Storage checks the emulation rounds).
 func TestCPUBF16(t *testing.T) { CheckBF16(t, ops.NewCPU(), 1e-2) }
 
+func TestCPUF16(t *testing.T) { CheckF16(t, ops.NewCPU(), 1e-2) }
+
 // TestCPUNF4 holds the CPU backend's NF4 ops to package quant, bit for bit.
 func TestCPUNF4(t *testing.T) { CheckNF4(t, ops.NewCPU()) }

@@ -35,6 +35,7 @@
 package tokenizer
 
 import (
+	"path/filepath"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -227,6 +228,12 @@ func (t *Tokenizer) EOS() int { return t.eos }
 // ChatTemplate is tokenizer_config.json's chat_template (the "default" one when the
 // file holds several), or "" when there is none.
 func (t *Tokenizer) ChatTemplate() string { return t.chatTemplate }
+
+// ConfigPath is the tokenizer_config.json beside the tokenizer's file, where
+// its chat template and special tokens come from (the file may not exist).
+func (t *Tokenizer) ConfigPath() string {
+	return filepath.Join(filepath.Dir(t.name), "tokenizer_config.json")
+}
 
 // wordCache remembers the ids of recent pre-tokens: natural text repeats words, and
 // BPE per word is the expensive part. It is bounded: when full it starts over,

@@ -33,7 +33,10 @@ func loadTrainingData(ctx context.Context, cfg config.Config, mc model.Config, t
 		}
 		return task, trainSet, evalSet, nil
 	}
-	f := formatter(cfg, mc, tok)
+	f, err := formatter(cfg, mc, tok)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	read := func(key, path string) ([]data.TokenExample, error) {
 		ex, skipped, err := data.ReadExamples(ctx, path, f, cfg.Data.SkipBadLines)
 		if err != nil {
@@ -74,14 +77,20 @@ func loadTrainingData(ctx context.Context, cfg config.Config, mc model.Config, t
 }
 
 // formatter turns cfg's data lines into token examples for a model of mc's
-// vocabulary, with tok for text (nil: token-id data only).
-func formatter(cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer) *data.Formatter {
+// vocabulary, with tok for text (nil: token-id data only) and its chat
+// template for chats. A chat template that does not compile is an error
+// naming its file.
+func formatter(cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer) (*data.Formatter, error) {
 	f := &data.Formatter{Vocab: mc.VocabSize, PromptLoss: cfg.Data.PromptLoss}
 	f.Columns, _ = data.ParseColumns(cfg.Data.Columns) // validated with the config
 	if tok != nil {
 		f.Tok = tok
+		var err error
+		if f.Chat, err = data.ChatTemplateFor(tok, tok.ConfigPath()); err != nil {
+			return nil, err
+		}
 	}
-	return f
+	return f, nil
 }
 
 // dataError names the data key a reading error is about and, when lines are

@@ -164,7 +164,11 @@ func preflight(ctx context.Context, cfg config.Config, mc model.Config) (*checke
 	if err != nil {
 		return nil, err
 	}
-	if err := checkDataFiles(cfg, formatter(cfg, mc, tok)); err != nil {
+	f, err := formatter(cfg, mc, tok)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDataFiles(cfg, f); err != nil {
 		return nil, err
 	}
 	if err := checkRunDir(cfg); err != nil {

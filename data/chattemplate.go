@@ -30,6 +30,7 @@ import (
 // rendered with.
 type ChatTemplate struct {
 	name string // the file it came from, for errors
+	src  string // its source, part of a token cache's key
 	tmpl *jinja.Template
 	vars map[string]any // bos_token, eos_token
 }
@@ -78,7 +79,7 @@ func CompileChatTemplate(name, src string, specials map[string]string) (*ChatTem
 	for k, v := range specials {
 		vars[k] = v
 	}
-	return &ChatTemplate{name: name, tmpl: tmpl, vars: vars}, nil
+	return &ChatTemplate{name: name, src: src, tmpl: tmpl, vars: vars}, nil
 }
 
 // Render renders msgs as apply_chat_template does with add_generation_prompt

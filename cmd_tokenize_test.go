@@ -50,3 +50,35 @@ func TestTokenizeCommandUsage(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// TestTokenizeData: train tokenize -data builds the cache a run with
+// -data-cache then finds instead of tokenizing (the same folder, not rebuilt).
+func TestTokenizeData(t *testing.T) {
+	if _, err := os.Stat(storiesDir); err != nil {
+		t.Skipf("skipping: %s not found (../shared is absent): %v", storiesDir, err)
+	}
+	dir := t.TempDir()
+	path := dir + "/train.jsonl"
+	os.WriteFile(path, []byte(`{"text": "Once upon a time"}`+"\n"+`{"prompt": "Lily", "completion": " ran."}`+"\n"), 0o644)
+	args := []string{"-model", storiesDir, "-data", path, "-out", dir + "/cache"}
+	var out, errb bytes.Buffer
+	if err := runTokenizeFrom(args, nil, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(out.String(), "built "+dir+"/cache/train.jsonl-") || !strings.Contains(out.String(), "2 examples") {
+		t.Fatalf("output %q\n%s", out.String(), errb.String())
+	}
+	built := strings.Fields(out.String())[1]
+	run := dir + "/run"
+	errb.Reset()
+	if code := mainExit([]string{"-model", storiesDir, "-data", path, "-data-cache", dir + "/cache", "-eval-fraction", "0.5",
+		"-steps", "1", "-seq", "16", "-batch", "1", "-run", run}, &out, &errb); code != 0 {
+		t.Fatalf("train: exit %d\n%s", code, errb.String())
+	}
+	if strings.Contains(errb.String(), "tokenizing") {
+		t.Errorf("the run tokenized again instead of using %s:\n%s", built, errb.String())
+	}
+	if err := runTokenizeFrom([]string{"-data", path, "-out", dir}, nil, &out, &errb); !errors.As(err, new(*usageError)) {
+		t.Errorf("-data without -model: %v", err)
+	}
+}

@@ -108,6 +108,9 @@ type Data struct {
 	// Columns renames a dataset's keys (JSONL) or columns (Parquet) to the
 	// ones the formats read: "ours=theirs,...", e.g. "instruction=question,output=answer".
 	Columns string `toml:"columns"`
+	// Cache is the folder of token caches (each dataset tokenized once, then
+	// memory-mapped); empty means RUN_DIR/data-cache.
+	Cache string `toml:"cache"`
 }
 
 // Train is the optimisation.

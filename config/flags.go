@@ -31,6 +31,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	b(&c.Data.PromptLoss, "prompt-loss", "data.prompt_loss", "also train on prompt tokens")
 	b(&c.Data.SkipBadLines, "skip-bad-lines", "data.skip_bad_lines", "count and skip malformed data lines instead of stopping")
 	s(&c.Data.Columns, "data-columns", "data.columns", `rename the dataset's keys or Parquet columns to the formats' ("instruction=question,output=answer")`)
+	s(&c.Data.Cache, "data-cache", "data.cache", "folder of token caches (the data tokenized once); empty: RUN_DIR/data-cache")
 
 	s(&c.Train.Method, "method", "train.method", "lora, qlora or full")
 	fs.BoolFunc("lora", "LoRA on the configured targets with lora.rank and lora.alpha (same as -method lora)", func(v string) error {

@@ -84,7 +84,7 @@ func TestChatTemplateMatchesTransformers(t *testing.T) {
 		for _, m := range ref.Messages {
 			roles, contents = append(roles, m.Role), append(contents, m.Content)
 		}
-		gen, err := ChatPrompt(tok, roles, contents)
+		gen, err := ChatPrompt(tok, nil, roles, contents)
 		if err != nil {
 			t.Fatal(err)
 		}

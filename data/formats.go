@@ -26,7 +26,7 @@ type Tokenizer interface {
 //
 //	{"text": "..."}                                  BOS text EOS, every token scored
 //	{"prompt": "...", "completion": "..."}           BOS prompt completion EOS, completion and EOS scored
-//	{"messages": [{"role": "...", "content": "..."}]} the Llama 3 chat template, assistant turns scored
+//	{"messages": [{"role": "...", "content": "..."}]} the chat template, assistant turns scored
 //	{"conversations": [{"from": "human", "value": "..."}, ...]}  ShareGPT: the same, roles renamed
 //	{"instruction": "...", "input": "...", "output": "..."}     Alpaca: see alpaca
 //	{"input_ids": [...], "labels": [...]}            as given (labels default to input_ids)
@@ -39,6 +39,10 @@ type Formatter struct {
 	// Columns renames a record's keys before its format is chosen: ours ->
 	// theirs (ParseColumns), for datasets whose columns have other names.
 	Columns map[string]string
+	// Chat renders chats (messages, ShareGPT, Alpaca) with the tokenizer's
+	// chat_template (ChatTemplateFor); nil is the built-in Llama 3
+	// rendering, which needs the tokenizer's Llama 3 header tokens.
+	Chat *ChatTemplate
 }
 
 // formatKeys are the keys the formats read, the names data.columns may give.
@@ -280,9 +284,12 @@ type message struct {
 	Content *string `json:"content"`
 }
 
-// chatMessages renders checked messages with the Llama 3 chat template (what
-// names the list in errors).
+// chatMessages renders checked messages with f.Chat or, without one, the
+// Llama 3 chat template (what names the list in errors).
 func (f *Formatter) chatMessages(msgs []message, what string) (TokenExample, error) {
+	if f.Chat != nil {
+		return f.templateChat(msgs)
+	}
 	sp, err := llama3Specials(f.Tok)
 	if err != nil {
 		return TokenExample{}, err
@@ -366,8 +373,8 @@ const (
 )
 
 // alpaca reads an Alpaca example, {"instruction": "...", "input": "...",
-// "output": "..."} (input optional, and an optional "system"). With a Llama 3
-// chat tokenizer it is a chat: [system,] user = instruction (then a blank line
+// "output": "..."} (input optional, and an optional "system"). With a chat
+// template or a Llama 3 chat tokenizer it is a chat: [system,] user = instruction (then a blank line
 // and the input when there is one), assistant = output. Otherwise it is
 // prompt/completion with Stanford Alpaca's template as the prompt
 // (alpacaWithInput, alpacaNoInput). Only the output (and EOS or <|eot_id|>)
@@ -393,7 +400,7 @@ func (f *Formatter) alpaca(keys map[string]json.RawMessage) (TokenExample, error
 		}
 	}
 	instruction, input, output, system := fields[0], fields[1], fields[2], fields[3]
-	if _, err := llama3Specials(f.Tok); err == nil {
+	if _, err := llama3Specials(f.Tok); err == nil || f.Chat != nil {
 		user := instruction
 		if strings.TrimSpace(input) != "" {
 			user += "\n\n" + input
@@ -429,7 +436,7 @@ func llama3Specials(tok Tokenizer) (chatSpecials, error) {
 	}{{"<|start_header_id|>", &sp.start}, {"<|end_header_id|>", &sp.end}, {"<|eot_id|>", &sp.eot}} {
 		id, ok := tok.TokenID(s.name)
 		if !ok {
-			return sp, fmt.Errorf("chat data needs the Llama 3 chat tokens, and the tokenizer has no %s", s.name)
+			return sp, fmt.Errorf("chat data needs a chat_template in tokenizer_config.json or the Llama 3 chat tokens, and the tokenizer has neither (no %s)", s.name)
 		}
 		*s.dst = id
 	}
@@ -530,12 +537,24 @@ func (c *collector) finish(name string, err error) ([]TokenExample, int, error) 
 	return c.examples, c.skipped, nil
 }
 
-// ChatPrompt renders a conversation for generation with the Llama 3 chat template
-// and add_generation_prompt: BOS, each message's turn, then the assistant header
-// the model continues from. roles and contents pair up.
-func ChatPrompt(tok Tokenizer, roles, contents []string) ([]int, error) {
+// ChatPrompt renders a conversation for generation with add_generation_prompt:
+// through ct when not nil, else with the Llama 3 chat template (BOS, each
+// message's turn, then the assistant header the model continues from). roles
+// and contents pair up.
+func ChatPrompt(tok Tokenizer, ct *ChatTemplate, roles, contents []string) ([]int, error) {
 	if len(roles) != len(contents) || len(roles) == 0 {
 		return nil, errors.New("chat prompt: want one content per role, at least one message")
+	}
+	if ct != nil {
+		msgs := make([]message, len(roles))
+		for i := range roles {
+			msgs[i] = message{Role: &roles[i], Content: &contents[i]}
+		}
+		text, err := ct.Render(msgs, true)
+		if err != nil {
+			return nil, err
+		}
+		return tok.Encode(text, false), nil
 	}
 	sp, err := llama3Specials(tok)
 	if err != nil {

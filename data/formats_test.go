@@ -155,7 +155,7 @@ func TestReadExamplesSkipBad(t *testing.T) {
 }
 
 func TestChatPrompt(t *testing.T) {
-	ids, err := ChatPrompt(byteTok{}, []string{"user"}, []string{" hi\n"})
+	ids, err := ChatPrompt(byteTok{}, nil, []string{"user"}, []string{" hi\n"})
 	if err != nil {
 		t.Fatal(err)
 	}

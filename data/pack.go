@@ -6,18 +6,25 @@ import "fmt"
 // with per-token positions and segment ids so that packed examples restart their
 // positions at 0 and attend only within themselves. Padding has label -100 and its
 // own segment id (-1), so it is never attended to from a real token nor scored.
+//
+// Rows laid out without reading (Packer.FillFrom for another replica's
+// micro-batch) hold no tokens, only B, T and the count of scored labels.
 type Rows struct {
 	B, T      int
 	IDs       []int32
 	Labels    []int32
 	Positions []int32
 	Segments  []int32
+	scored    int // ScoredLabels of rows laid out without their tokens
 }
 
 // ScoredLabels counts the labels the model will score in r: position t predicts
 // Labels[t+1] when t+1 is in the same row and segment and the label is not -100.
 // The trainer divides the loss by the total of this over a whole step.
 func (r *Rows) ScoredLabels() int {
+	if r.Labels == nil {
+		return r.scored
+	}
 	n := 0
 	for b := 0; b < r.B; b++ {
 		for t := 1; t < r.T; t++ {
@@ -46,36 +53,57 @@ type Packer struct {
 // Fill lays out up to B rows from examples, starting at examples[0], and returns the
 // rows and how many examples it consumed (at least one when B > 0 and there are any).
 func (p *Packer) Fill(examples []TokenExample, B int) (*Rows, int, error) {
+	order := make([]int, len(examples))
+	for i := range order {
+		order[i] = i
+	}
+	return p.FillFrom(Slice(examples), order, B, true)
+}
+
+// FillFrom is Fill over the examples of src in order. Without read it lays
+// the rows out from src's Stats alone and returns rows without tokens that
+// only count their scored labels (it reads an example only when it is cut
+// to T, to count what the cut drops): every rank lays out every micro-batch
+// of a step, to know the step's scored labels, but reads only its own.
+func (p *Packer) FillFrom(src Examples, order []int, B int, read bool) (*Rows, int, error) {
 	if p.T < 2 || B < 1 {
 		return nil, 0, fmt.Errorf("data: cannot lay out %d rows of %d tokens", B, p.T)
 	}
-	r := &Rows{B: B, T: p.T,
-		IDs: make([]int32, B*p.T), Labels: make([]int32, B*p.T),
-		Positions: make([]int32, B*p.T), Segments: make([]int32, B*p.T)}
-	for i := range r.IDs {
-		r.IDs[i], r.Labels[i], r.Segments[i] = int32(p.PadID), IgnoreIndex, -1
+	r := &Rows{B: B, T: p.T}
+	if read {
+		r.IDs, r.Labels = make([]int32, B*p.T), make([]int32, B*p.T)
+		r.Positions, r.Segments = make([]int32, B*p.T), make([]int32, B*p.T)
+		for i := range r.IDs {
+			r.IDs[i], r.Labels[i], r.Segments[i] = int32(p.PadID), IgnoreIndex, -1
+		}
 	}
 	used := 0
-	for b := 0; b < B && used < len(examples); b++ {
+	for b := 0; b < B && used < len(order); b++ {
 		col, seg := 0, int32(0)
-		for used < len(examples) {
-			ex := examples[used]
-			n := len(ex.InputIDs)
-			if n > p.T {
-				n = p.T
-			}
+		for used < len(order) {
+			full, scored := src.Stats(order[used])
+			n := min(full, p.T)
 			if col > 0 && (!p.Pack || col+n > p.T) {
 				break
 			}
-			if len(ex.InputIDs) > p.T {
+			var ex TokenExample
+			if read || full > p.T {
+				var err error
+				if ex, err = src.Example(order[used]); err != nil {
+					return nil, 0, err
+				}
+			}
+			if full > p.T {
 				p.Truncated++
 				for _, l := range ex.Labels[p.T:] {
 					if l != IgnoreIndex {
 						p.CutLabels++
 					}
 				}
+				scored = scoredAfterFirst(ex.Labels[:p.T])
 			}
-			for j := 0; j < n; j++ {
+			r.scored += scored
+			for j := 0; read && j < n; j++ {
 				i := b*p.T + col + j
 				r.IDs[i] = int32(ex.InputIDs[j])
 				r.Labels[i] = int32(ex.Labels[j])

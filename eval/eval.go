@@ -63,6 +63,9 @@ func Run(o Options) (Result, error) {
 	}
 	if tok != nil {
 		f.Tok = tok // a nil *Tokenizer would be a non-nil interface
+		if f.Chat, err = data.ChatTemplateFor(tok, tok.ConfigPath()); err != nil {
+			return Result{}, err
+		}
 	}
 	examples, _, err := data.ReadExamples(context.Background(), o.Data, f, false)
 	if err != nil {

@@ -120,7 +120,11 @@ func prompt(tok *tokenizer.Tokenizer, cfg model.Config, o Options) ([]int, error
 		if o.System != "" {
 			roles, contents = []string{"system", "user"}, []string{o.System, o.Prompt}
 		}
-		ids, err := data.ChatPrompt(tok, roles, contents)
+		ct, err := data.ChatTemplateFor(tok, tok.ConfigPath())
+		if err != nil {
+			return nil, err
+		}
+		ids, err := data.ChatPrompt(tok, ct, roles, contents)
 		if err != nil {
 			return nil, fmt.Errorf("-chat: %w", err)
 		}

@@ -2,6 +2,8 @@ package tokenizer
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -228,6 +230,11 @@ func Parse(name string, data, config []byte) (*Tokenizer, error) {
 		model.unk = id
 	}
 	t := &Tokenizer{name: name, model: *model, bos: -1, eos: -1, addedByID: map[int]*addedToken{}, addedByText: map[string]int{}}
+	h := sha256.New()
+	fmt.Fprintf(h, "%d\n", len(data))
+	h.Write(data)
+	h.Write(config)
+	t.hash = hex.EncodeToString(h.Sum(nil))
 
 	if len(f.AddedTokens) > maxAddedTokens {
 		return nil, fmt.Errorf("%s: %d added_tokens, more than %d", name, len(f.AddedTokens), maxAddedTokens)

@@ -35,6 +35,7 @@
 package tokenizer
 
 import (
+	"path/filepath"
 	"strings"
 	"sync"
 	"unicode/utf8"
@@ -64,6 +65,7 @@ type Tokenizer struct {
 
 	bos, eos     int
 	chatTemplate string
+	hash         string // of tokenizer.json and tokenizer_config.json
 
 	cache wordCache
 }
@@ -227,6 +229,16 @@ func (t *Tokenizer) EOS() int { return t.eos }
 // ChatTemplate is tokenizer_config.json's chat_template (the "default" one when the
 // file holds several), or "" when there is none.
 func (t *Tokenizer) ChatTemplate() string { return t.chatTemplate }
+
+// Hash is a SHA-256 of the files the tokenizer was built from
+// (tokenizer.json and tokenizer_config.json): a token cache is keyed by it.
+func (t *Tokenizer) Hash() string { return t.hash }
+
+// ConfigPath is the tokenizer_config.json beside the tokenizer's file, where
+// its chat template and special tokens come from (the file may not exist).
+func (t *Tokenizer) ConfigPath() string {
+	return filepath.Join(filepath.Dir(t.name), "tokenizer_config.json")
+}
 
 // wordCache remembers the ids of recent pre-tokens: natural text repeats words, and
 // BPE per word is the expensive part. It is bounded: when full it starts over,

@@ -174,7 +174,7 @@ func (t *trainer) state(step int) ([]byte, error) {
 	}
 	return json.Marshal(trainerState{Step: step, AdamSteps: t.adam.Steps(), Order: t.order, Cursor: t.cursor,
 		Tokens: t.tokens, TotalSteps: t.cfg.Train.Steps, LossScale: t.scalerState(), LossScaleClean: t.scaler.clean,
-		Epoch: t.epoch, RNG: rng, Examples: len(t.train)})
+		Epoch: t.epoch, RNG: rng, Examples: t.train.Len()})
 }
 
 // restore loads a checkpoint into this rank's model, optimizer and data order
@@ -214,8 +214,8 @@ func (t *trainer) restore(dir string) (int, error) {
 	if err := json.Unmarshal(raw, &st); err != nil {
 		return 0, fmt.Errorf("resume: %s: trainer state: %w", dir, err)
 	}
-	if st.Examples != len(t.train) {
-		return 0, fmt.Errorf("resume: the checkpoint was trained on %d examples and this run has %d: resume with the same data", st.Examples, len(t.train))
+	if st.Examples != t.train.Len() {
+		return 0, fmt.Errorf("resume: the checkpoint was trained on %d examples and this run has %d: resume with the same data", st.Examples, t.train.Len())
 	}
 	if st.AdamSteps > 0 {
 		for i, p := range f.opt {

@@ -8,6 +8,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+
 	"train/config"
 	"train/data"
 	"train/model"
@@ -16,72 +21,143 @@ import (
 
 // loadTrainingData returns the training and evaluation examples: the embedded
 // generated task when data.train is empty (task is then not nil, for samples),
-// otherwise the JSONL files, with an evaluation split when data.eval is empty.
-// A cancelled ctx stops the reading between lines.
-func loadTrainingData(ctx context.Context, cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer, warn io.Writer) (task *data.ArithmeticTask, trainSet, evalSet []data.TokenExample, err error) {
+// otherwise the datasets' token caches (tokenized once into data.cache, then
+// read an example at a time), with an evaluation split when data.eval is
+// empty. done closes the caches. A cancelled ctx stops the tokenizing.
+func loadTrainingData(ctx context.Context, cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer, warn io.Writer) (task *data.ArithmeticTask, trainSet, evalSet data.Examples, done func(), err error) {
+	done = func() {}
 	if cfg.Data.Train == "" {
 		if mc.VocabSize < data.ByteVocab {
-			return nil, nil, nil, fmt.Errorf("the generated task needs a vocabulary of at least %d ids (bytes and two specials); %s has %d: give -data FILE.jsonl", data.ByteVocab, cfg.Model, mc.VocabSize)
+			return nil, nil, nil, done, fmt.Errorf("the generated task needs a vocabulary of at least %d ids (bytes and two specials); %s has %d: give -data FILE.jsonl", data.ByteVocab, cfg.Model, mc.VocabSize)
 		}
 		task = &data.ArithmeticTask{Ops: "+"}
 		rng := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x7461736b)) // "task"
+		var tr, ev data.Slice
 		for i := 0; i < 4000; i++ {
-			trainSet = append(trainSet, task.Example(task.Draw(rng)))
+			tr = append(tr, task.Example(task.Draw(rng)))
 		}
 		for i := 0; i < 200; i++ {
-			evalSet = append(evalSet, task.Example(task.Draw(rng)))
+			ev = append(ev, task.Example(task.Draw(rng)))
 		}
-		return task, trainSet, evalSet, nil
+		return task, tr, ev, done, nil
 	}
-	f := formatter(cfg, mc, tok)
-	read := func(key, path string) ([]data.TokenExample, error) {
-		ex, skipped, err := data.ReadExamples(ctx, path, f, cfg.Data.SkipBadLines)
+	f, err := formatter(cfg, mc, tok)
+	if err != nil {
+		return nil, nil, nil, done, err
+	}
+	var caches []*data.Cache
+	done = func() {
+		for _, c := range caches {
+			c.Close()
+		}
+	}
+	read := func(key, path string) (*data.Cache, error) {
+		c, _, err := data.LoadCache(ctx, cacheSpec(cfg, path, f, tok, warn))
 		if err != nil {
 			return nil, dataError(cfg, key, err)
 		}
-		if skipped > 0 {
-			fmt.Fprintf(warn, "warning: %s: skipped %d malformed lines\n", path, skipped)
+		caches = append(caches, c)
+		if c.Skipped > 0 {
+			fmt.Fprintf(warn, "warning: %s: skipped %d malformed lines\n", path, c.Skipped)
 		}
-		return ex, nil
+		return c, nil
 	}
 	all, err := read("data.train", cfg.Data.Train)
 	if err != nil {
-		return nil, nil, nil, err
+		done()
+		return nil, nil, nil, func() {}, err
 	}
 	if cfg.Data.Eval != "" {
-		if evalSet, err = read("data.eval", cfg.Data.Eval); err != nil {
-			return nil, nil, nil, err
+		ev, err := read("data.eval", cfg.Data.Eval)
+		if err != nil {
+			done()
+			return nil, nil, nil, func() {}, err
 		}
-		return nil, all, evalSet, nil
+		return nil, all, ev, done, nil
 	}
 	// The split is drawn with the seed, so it does not depend on the file's order.
-	order := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x73706c74)).Perm(len(all)) // "splt"
-	nEval := int(math.Round(float64(len(all)) * cfg.Data.EvalFraction))
+	order := rand.New(rand.NewPCG(uint64(cfg.Seed), 0x73706c74)).Perm(all.Len()) // "splt"
+	nEval := int(math.Round(float64(all.Len()) * cfg.Data.EvalFraction))
 	if cfg.Data.EvalFraction > 0 && nEval == 0 {
 		nEval = 1
 	}
-	if nEval >= len(all) {
-		return nil, nil, nil, fmt.Errorf("data.train: %d examples are too few to hold out an evaluation split of %v; give data.eval or more data", len(all), cfg.Data.EvalFraction)
+	if nEval >= all.Len() {
+		done()
+		return nil, nil, nil, func() {}, fmt.Errorf("data.train: %d examples are too few to hold out an evaluation split of %v; give data.eval or more data", all.Len(), cfg.Data.EvalFraction)
 	}
-	for i, j := range order {
-		if i < nEval {
-			evalSet = append(evalSet, all[j])
-		} else {
-			trainSet = append(trainSet, all[j])
+	return nil, data.Subset{Of: all, Idx: order[nEval:]}, data.Subset{Of: all, Idx: order[:nEval]}, done, nil
+}
+
+// cacheSpec is where the token cache of the dataset at path lives
+// (data.cache, else RUN_DIR/data-cache) and how it is built; progress goes
+// to out.
+func cacheSpec(cfg config.Config, path string, f *data.Formatter, tok *tokenizer.Tokenizer, out io.Writer) data.CacheSpec {
+	dir := cfg.Data.Cache
+	if dir == "" {
+		dir = filepath.Join(cfg.RunDir, "data-cache")
+	}
+	s := data.CacheSpec{Data: path, Format: f, SkipBad: cfg.Data.SkipBadLines, Dir: dir,
+		LockTimeout: time.Duration(cfg.Parallel.TimeoutSeconds) * time.Second, Log: out, Progress: tokenizeProgress(out)}
+	if tok != nil {
+		s.Tokenizer = tok.Hash()
+	}
+	return s
+}
+
+// CacheSpec is cacheSpec for train tokenize: the cache a run of cfg would
+// use for the dataset at path, built into dir.
+func CacheSpec(cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer, path, dir string, out io.Writer) (data.CacheSpec, error) {
+	f, err := formatter(cfg, mc, tok)
+	if err != nil {
+		return data.CacheSpec{}, err
+	}
+	cfg.Data.Cache = dir
+	return cacheSpec(cfg, path, f, tok, out), nil
+}
+
+// tokenizeProgress shows a cache being built: a bar on a terminal, else a
+// plain line every 10% (and at the end), which reads well in a log.
+func tokenizeProgress(out io.Writer) func(done, total int64, examples int) {
+	if f, ok := out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		var bar *progressbar.ProgressBar
+		return func(done, total int64, examples int) {
+			if bar == nil {
+				bar = progressbar.NewOptions64(total, progressbar.OptionSetWriter(out), progressbar.OptionSetDescription("tokenizing"),
+					progressbar.OptionShowBytes(true), progressbar.OptionSetPredictTime(true), progressbar.OptionSetWidth(24),
+					progressbar.OptionThrottle(100*time.Millisecond), progressbar.OptionClearOnFinish())
+			}
+			bar.Describe(fmt.Sprintf("tokenizing (%d examples)", examples))
+			_ = bar.Set64(done)
+			if done == total {
+				_ = bar.Finish()
+			}
 		}
 	}
-	return nil, trainSet, evalSet, nil
+	next := int64(-1)
+	return func(done, total int64, examples int) {
+		if done < next && done < total {
+			return
+		}
+		fmt.Fprintf(out, "data cache: tokenized %d%% (%d of %d MB, %d examples)\n", 100*done/max(total, 1), done>>20, total>>20, examples)
+		next = done + max(total/10, 1)
+	}
 }
 
 // formatter turns cfg's data lines into token examples for a model of mc's
-// vocabulary, with tok for text (nil: token-id data only).
-func formatter(cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer) *data.Formatter {
+// vocabulary, with tok for text (nil: token-id data only) and its chat
+// template for chats. A chat template that does not compile is an error
+// naming its file.
+func formatter(cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer) (*data.Formatter, error) {
 	f := &data.Formatter{Vocab: mc.VocabSize, PromptLoss: cfg.Data.PromptLoss}
 	f.Columns, _ = data.ParseColumns(cfg.Data.Columns) // validated with the config
 	if tok != nil {
 		f.Tok = tok
+		var err error
+		if f.Chat, err = data.ChatTemplateFor(tok, tok.ConfigPath()); err != nil {
+			return nil, err
+		}
 	}
-	return f
+	return f, nil
 }
 
 // dataError names the data key a reading error is about and, when lines are
@@ -118,18 +194,37 @@ type longExamples struct {
 	count, longest int
 }
 
-// countLong finds the examples of sets longer than seqLen.
-func countLong(seqLen int, sets ...[]data.TokenExample) longExamples {
+// countLong finds the examples of sets longer than seqLen, from their
+// lengths alone.
+func countLong(seqLen int, sets ...data.Examples) longExamples {
 	var l longExamples
 	for _, set := range sets {
-		for _, ex := range set {
-			if n := len(ex.InputIDs); n > seqLen {
+		for i := range set.Len() {
+			if n, _ := set.Stats(i); n > seqLen {
 				l.count++
 				l.longest = max(l.longest, n)
 			}
 		}
 	}
 	return l
+}
+
+// nextRows lays out the next micro-batch from the shuffled training order;
+// only with read are its tokens read (this replica's micro-batches), else
+// the rows only count the scored labels, from the data's index.
+func (t *trainer) nextRows(read bool) (*data.Rows, error) {
+	if t.cursor >= len(t.order) {
+		t.order = t.rng.Perm(t.train.Len())
+		t.cursor = 0
+		t.epoch++
+	}
+	end := min(t.cursor+64, len(t.order))
+	rows, used, err := t.packer.FillFrom(t.train, t.order[t.cursor:end], t.cfg.Train.MicroBatch, read)
+	if err != nil {
+		return nil, err
+	}
+	t.cursor += used
+	return rows, nil
 }
 
 // LoadTokenizer loads the tokenizer that cfg names (a tokenizer.json or a

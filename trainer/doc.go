@@ -5,7 +5,7 @@
 //
 // One step, in the order the code runs it (loop.go):
 //
-//	t.nextRows              the step's micro-batches, drawn alike on every rank (data.Packer)
+//	t.nextRows              the step's micro-batches, laid out alike on every rank, read from the token cache only by the replica that runs them (data.Packer, data.Cache)
 //	t.runPipeline           this rank's 1F1B action list (shard.Plan.Actions), pipeline.go:
 //	  m.Forward               embedding on the first stage, this stage's layers, loss on the last
 //	  stageWire.sendAsync     activations to the next stage, gradients to the previous one

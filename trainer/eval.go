@@ -23,7 +23,7 @@ func (t *trainer) evaluate() (float64, int, error) {
 func EvalExamples(m *model.Model, examples []data.TokenExample, maxT, B int) (float64, int, error) {
 	var lossSum float64
 	var count int
-	cut, err := evalRows(examples, maxT, B, func(r *data.Rows) error {
+	cut, err := evalRows(data.Slice(examples), maxT, B, func(r *data.Rows) error {
 		ls, n, err := m.Forward(batchOf(r, 0))
 		if err != nil {
 			return fmt.Errorf("eval: %w", err)
@@ -41,18 +41,24 @@ func EvalExamples(m *model.Model, examples []data.TokenExample, maxT, B int) (fl
 // depends on how they are batched), B rows at a time, as long as the batch's
 // longest example (at most maxT when maxT > 0), and calls each on every batch.
 // It returns how many scored labels the cut to maxT dropped.
-func evalRows(examples []data.TokenExample, maxT, B int, each func(*data.Rows) error) (cut int, err error) {
-	for i := 0; i < len(examples); {
-		end := min(i+B, len(examples))
+func evalRows(examples data.Examples, maxT, B int, each func(*data.Rows) error) (cut int, err error) {
+	for i := 0; i < examples.Len(); {
+		end := min(i+B, examples.Len())
 		T := 2
-		for _, ex := range examples[i:end] {
+		batch := make([]data.TokenExample, 0, end-i)
+		for k := i; k < end; k++ {
+			ex, err := examples.Example(k)
+			if err != nil {
+				return cut, err
+			}
+			batch = append(batch, ex)
 			T = max(T, len(ex.InputIDs))
 		}
 		if maxT > 0 {
 			T = min(T, maxT)
 		}
 		p := data.Packer{T: T}
-		r, used, err := p.Fill(examples[i:end], end-i)
+		r, used, err := p.Fill(batch, end-i)
 		if err != nil {
 			return cut, err
 		}
@@ -138,11 +144,11 @@ func greedy(m *model.Model, prompt []int, n, eos int) ([]int, error) {
 // evalPipeline is the mean loss over examples, each in a row of its own, run
 // through the pipeline: replica d takes examples d, d+D, ...; the last stages'
 // sums are added over the world.
-func (t *trainer) evalPipeline(examples []data.TokenExample) (float64, int, error) {
+func (t *trainer) evalPipeline(examples data.Examples) (float64, int, error) {
 	d := t.dist
-	var mine []data.TokenExample
-	for i := d.me.Replica; i < len(examples); i += d.plan.Replicas {
-		mine = append(mine, examples[i])
+	mine := data.Subset{Of: examples}
+	for i := d.me.Replica; i < examples.Len(); i += d.plan.Replicas {
+		mine.Idx = append(mine.Idx, i)
 	}
 	C := t.m.Config().HiddenSize
 	wire := newStageWire(d, t.m)

@@ -76,7 +76,7 @@ func (t *trainer) loop() (Result, error) {
 		total, stepTokens, cutBefore := 0, 0, t.packer.CutLabels
 		var mine []microBatch
 		for i := 0; i < M*D; i++ {
-			r, err := t.nextRows()
+			r, err := t.nextRows(i/M == t.dist.me.Replica)
 			if err != nil {
 				return res, err
 			}
@@ -89,7 +89,7 @@ func (t *trainer) loop() (Result, error) {
 		res.Truncated = t.packer.Truncated
 		if cut := t.packer.CutLabels - cutBefore; total == 0 && cut > 0 {
 			return res, fmt.Errorf("step %d: every label of the step that is not -100 was cut off: its examples are longer than data.seq_len %d and their scored tokens (a completion, an assistant turn) lie past it (%d of %d examples are longer, the longest %d tokens); raise -seq or shorten the prompts",
-				step+1, t.cfg.Data.SeqLen, t.long.count, len(t.train)+len(t.eval), t.long.longest)
+				step+1, t.cfg.Data.SeqLen, t.long.count, t.train.Len()+t.eval.Len(), t.long.longest)
 		}
 		if total == 0 {
 			return res, fmt.Errorf("step %d: every label of the step is masked (-100): nothing to learn from; check the data's labels", step+1)
@@ -258,25 +258,6 @@ func endMeans(losses []float64) (first, last float64, k int) {
 		last += losses[len(losses)-k+i]
 	}
 	return first / float64(k), last / float64(k), k
-}
-
-// nextRows lays out the next micro-batch from the shuffled training order.
-func (t *trainer) nextRows() (*data.Rows, error) {
-	if t.cursor >= len(t.order) {
-		t.order = t.rng.Perm(len(t.train))
-		t.cursor = 0
-		t.epoch++
-	}
-	batch := make([]data.TokenExample, 0, 64)
-	for i := t.cursor; i < len(t.order) && len(batch) < cap(batch); i++ {
-		batch = append(batch, t.train[t.order[i]])
-	}
-	rows, used, err := t.packer.Fill(batch, t.cfg.Train.MicroBatch)
-	if err != nil {
-		return nil, err
-	}
-	t.cursor += used
-	return rows, nil
 }
 
 func batchOf(r *data.Rows, seed uint64) *model.Batch {

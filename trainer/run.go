@@ -65,8 +65,8 @@ type trainer struct {
 	gpuPeak int64
 	sched   optim.Schedule
 
-	train, eval []data.TokenExample
-	order       []int // shuffled indices into train; refilled each epoch
+	train, eval data.Examples // read an example at a time (a token cache)
+	order       []int         // shuffled indices into train; refilled each epoch
 	cursor      int
 	epoch       int
 	rng         *rand.Rand
@@ -168,7 +168,11 @@ func preflight(ctx context.Context, cfg config.Config, mc model.Config) (*checke
 	if err != nil {
 		return nil, err
 	}
-	if err := checkDataFiles(cfg, formatter(cfg, mc, tok)); err != nil {
+	f, err := formatter(cfg, mc, tok)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkDataFiles(cfg, f); err != nil {
 		return nil, err
 	}
 	if err := checkRunDir(cfg); err != nil {
@@ -264,10 +268,11 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 		fmt.Fprintf(stderr, "train: warning: data.seq_len %d is past the model's max_position_embeddings %d (data.allow_long_seq)\n", cfg.Data.SeqLen, mc.MaxPositions)
 	}
 	// The data before the weights: it is the cheaper of the two to find wrong.
-	task, trainSet, evalSet, err := loadTrainingData(ctx, cfg, mc, pre.tok, stderr)
+	task, trainSet, evalSet, closeData, err := loadTrainingData(ctx, cfg, mc, pre.tok, stderr)
 	if err != nil {
 		return res, startErr(ctx, "reading the data", err)
 	}
+	defer closeData()
 	long := countLong(cfg.Data.SeqLen, trainSet, evalSet)
 	// Each rank loads only the tensors of its own stage.
 	w, err := model.LoadSourceStage(ctx, cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
@@ -397,7 +402,7 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 		cut = fmt.Sprintf(" (%d longer than data.seq_len %d, cut to it; the longest has %d tokens)", long.count, cfg.Data.SeqLen, long.longest)
 	}
 	fmt.Fprintf(stderr, "train: %s on %s in %v, %s, %s trainable values on rank 0, %d training and %d eval examples%s, run dir %s\n",
-		cfg.Model, be.Name(), opts.Compute, cfg.Train.Method, model.HumanCount(t.flat.values()), len(trainSet), len(evalSet), cut, cfg.RunDir)
+		cfg.Model, be.Name(), opts.Compute, cfg.Train.Method, model.HumanCount(t.flat.values()), trainSet.Len(), evalSet.Len(), cut, cfg.RunDir)
 	if d.plan.World > 1 {
 		fmt.Fprint(stderr, d.plan.String())
 	}

@@ -11,7 +11,7 @@ import (
 // load: the adapter in peft's layout, the merged model in Hugging Face layout, or
 // the merged model as one GGUF file for llama.cpp.
 func runExport(args []string, stdout, stderr io.Writer) error {
-	flags := newFlagSet("export", `Usage: train export -model DIR|FILE.gguf [-adapter DIR] -format peft|hf|gguf -out PATH [-dtype f32|f16|bf16] [-shard-size 5GB]
+	flags := newFlagSet("export", `Usage: train export -model DIR|FILE.gguf [-adapter DIR] -format peft|hf|gguf -out PATH [-dtype f32|f16|bf16 | -quant q8_0|q4_0] [-shard-size 5GB]
        train export -ckpt RUN|CHECKPOINT_DIR -format peft|hf|gguf -out PATH
 
 With -ckpt the trained tensors come from one of train's checkpoints (a run
@@ -28,13 +28,17 @@ Formats:
         -out is a directory; -dtype f32 or bf16.
   gguf  the merged model as one GGUF v3 file for llama.cpp (llama architecture,
         tokenizer embedded when tokenizer.json is found). -out is a file;
-        -dtype f32, f16 or bf16.`, stderr)
+        -dtype f32, f16 or bf16, or -quant q8_0 | q4_0: the matrices in
+        llama.cpp's block quantizations, the same bytes as its reference
+        quantizers (norms stay F32; a matrix whose rows are not a multiple of
+        32 long falls back to F16; under q4_0 the output matrix is Q8_0).`, stderr)
 	modelPath := flags.String("model", "", "base model: Hugging Face directory or .gguf file")
 	adapter := flags.String("adapter", "", "LoRA adapter directory in peft format")
 	ckptDir := flags.String("ckpt", "", "take the trained tensors from this checkpoint (or the newest of this run directory)")
 	format := flags.String("format", "", "peft, hf or gguf")
 	out := flags.String("out", "", "output directory (peft, hf) or file (gguf)")
 	dtype := flags.String("dtype", "f32", "stored precision: f32, f16 (gguf) or bf16 (hf, gguf)")
+	quantName := flags.String("quant", "", "gguf: quantize the matrices: q8_0 or q4_0 (instead of -dtype)")
 	shardSize := flags.String("shard-size", "5GB", "hf: largest weight file before sharding (transformers' max_shard_size: 5GB, 500MB, 2GiB, bytes)")
 	tokDir := flags.String("tokenizer", "", "directory with tokenizer.json to ship; default: the model directory")
 	name := flags.String("name", "", "gguf: general.name; default: the model directory's name")
@@ -67,13 +71,24 @@ Formats:
 		if *dtype != "f32" && *dtype != "f16" && *dtype != "bf16" {
 			return usagef("-format gguf: -dtype %s: f32, f16 or bf16", *dtype)
 		}
+		if *quantName != "" {
+			if flagSet(flags, "dtype") {
+				return usagef("-quant %s and -dtype %s both say how to store the matrices: give one", *quantName, *dtype)
+			}
+			if _, err := export.QuantType(*quantName); err != nil {
+				return usagef("%v", err)
+			}
+		}
 	default:
 		return usagef("-format %q: peft, hf or gguf", *format)
+	}
+	if *quantName != "" && *format != "gguf" {
+		return usagef("-quant is for -format gguf")
 	}
 
 	return export.Run(export.Options{
 		Model: *modelPath, Adapter: *adapter, Checkpoint: *ckptDir,
-		Format: *format, Out: *out, DType: *dtype, MaxShard: maxShard,
+		Format: *format, Out: *out, DType: *dtype, Quant: *quantName, MaxShard: maxShard,
 		Tokenizer: *tokDir, Name: *name,
 		Warn: func(msg string) { fmt.Fprintf(stderr, "train export: %s\n", msg) },
 	}, stdout)

@@ -43,6 +43,10 @@ type Options struct {
 	// DType is the stored precision: "f32", "f16" (gguf) or "bf16" (hf, gguf);
 	// peft adapters are always f32.
 	DType string
+	// Quant, for gguf, quantizes the matrices: "q8_0" or "q4_0" (llama.cpp's
+	// block formats, bit for bit as its reference quantizers); "" stores them
+	// in DType. "q4_k_m" is refused: see gguf.matrixType's neighbours.
+	Quant string
 	// MaxShard is, for hf, the largest weight file before sharding (bytes).
 	MaxShard int64
 	// Tokenizer is the directory whose tokenizer.json to ship; "" for the
@@ -108,6 +112,13 @@ func Run(o Options, stdout io.Writer) error {
 		if !ok {
 			return fmt.Errorf("gguf: dtype %q: f32, f16 or bf16", o.DType)
 		}
+		stored := o.DType
+		if o.Quant != "" {
+			if typ, err = QuantType(o.Quant); err != nil {
+				return err
+			}
+			stored = o.Quant
+		}
 		name := o.Name
 		if name == "" {
 			name = filepath.Base(strings.TrimSuffix(filepath.Clean(o.Model), ".gguf"))
@@ -120,11 +131,27 @@ func Run(o Options, stdout io.Writer) error {
 		if err := gguf.WriteModel(o.Out, w, gguf.ModelOptions{Type: typ, Name: name, TokenizerDir: tok}); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "wrote GGUF (%s%s) to %s\n", o.DType, merged, o.Out)
+		fmt.Fprintf(stdout, "wrote GGUF (%s%s) to %s\n", stored, merged, o.Out)
 	default:
 		return fmt.Errorf("format %q: peft, hf or gguf", o.Format)
 	}
 	return nil
+}
+
+// QuantType is the GGUF type of a -quant value. Q4_K_M is refused: its
+// reference quantizer (make_qkx2_quants' iterative search of scales and
+// minimums, and Q6_K's make_qx_quants for some tensors) is not reproduced
+// here, and a file llama.cpp would quantize differently is not written.
+func QuantType(q string) (gguf.GGMLType, error) {
+	switch q {
+	case "q8_0":
+		return gguf.Q8_0, nil
+	case "q4_0":
+		return gguf.Q4_0, nil
+	case "q4_k_m":
+		return 0, errors.New("gguf: -quant q4_k_m is not supported: train does not reproduce llama.cpp's K-quant reference quantizer bit for bit; export -quant q8_0 (or -dtype f16) and run llama.cpp's llama-quantize FILE OUT Q4_K_M")
+	}
+	return 0, fmt.Errorf("gguf: -quant %q: q8_0 or q4_0", q)
 }
 
 // writePEFT writes the adapter in peft's layout, then reads it back and checks

@@ -22,15 +22,44 @@ import (
 // model computes the same thing under llama.cpp's rope; permute does it and
 // unpermute undoes it on import.
 
-// llama.cpp's llama_ftype for a file whose matrices are all of one type.
+// fileType is llama.cpp's general.file_type (llama_ftype) for a file written
+// with ModelOptions.Type t: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q4_0 2,
+// MOSTLY_Q8_0 7, MOSTLY_BF16 32.
 func fileType(t GGMLType) uint32 {
 	switch t {
 	case F16:
 		return 1
+	case Q4_0:
+		return 2
+	case Q8_0:
+		return 7
 	case BF16:
 		return 32
 	}
 	return 0
+}
+
+// matrixType is the type WriteModel stores a matrix in, for ModelOptions.Type
+// typ. One-dimensional tensors (norms, rope_freqs) never come here: they stay
+// F32. For Q8_0 every matrix is Q8_0, token_embd and output included, as both
+// convert_hf_to_gguf.py --outtype q8_0 and llama-quantize Q8_0 do. For Q4_0
+// llama-quantize stores the output matrix (output.weight, or token_embd with
+// tied embeddings, which serves as both) in Q6_K; we have no Q6_K quantizer
+// and store it in Q8_0, more precise and what llama-quantize itself uses for
+// an output whose rows do not fit Q6_K's blocks; an untied token_embd is Q4_0
+// as llama-quantize makes it. A row length that is not a multiple of 32 cannot
+// be quantized: that matrix falls back to F16, as both llama.cpp tools do.
+func matrixType(typ GGMLType, isOutput bool, cols int) GGMLType {
+	if typ != Q8_0 && typ != Q4_0 {
+		return typ
+	}
+	if cols%QuantBlock != 0 {
+		return F16
+	}
+	if typ == Q4_0 && isOutput {
+		return Q8_0
+	}
+	return typ
 }
 
 // permute reorders the rows of a q or k projection [nHead*hd, cols] from
@@ -75,9 +104,10 @@ var layerNames = []struct{ hf, gguf string }{
 
 // ModelOptions choose how WriteModel writes a model.
 type ModelOptions struct {
-	// Type of the matrices (token embedding, projections, output): F32, F16 or
-	// BF16. Norm weights and rope factors stay F32, as llama.cpp's converter keeps
-	// one-dimensional tensors.
+	// Type of the matrices (token embedding, projections, output): F32, F16,
+	// BF16, or the quantizations Q8_0 and Q4_0 (see matrixType for which matrix
+	// gets which). Norm weights and rope factors stay F32, as llama.cpp's
+	// converter keeps one-dimensional tensors.
 	Type GGMLType
 	// Name is general.name.
 	Name string
@@ -94,8 +124,10 @@ type ModelOptions struct {
 // applies. The rope parameters are also recorded under train.rope.* so that
 // ReadModel gives back the exact model.Config.
 func WriteModel(path string, w *model.Weights, opt ModelOptions) error {
-	if opt.Type != F32 && opt.Type != F16 && opt.Type != BF16 {
-		return fmt.Errorf("gguf export %s: type %s: F32, F16 or BF16 only", path, opt.Type)
+	switch opt.Type {
+	case F32, F16, BF16, Q8_0, Q4_0:
+	default:
+		return fmt.Errorf("gguf export %s: type %s: F32, F16, BF16, Q8_0 or Q4_0 only", path, opt.Type)
 	}
 	// Every tensor of the whole model must be present with its size.
 	if err := w.CheckWhole(); err != nil {
@@ -164,9 +196,13 @@ func WriteModel(path string, w *model.Weights, opt ModelOptions) error {
 		}
 	}
 
+	if opt.Type == Q8_0 || opt.Type == Q4_0 {
+		set("general.quantization_version", uint32(2)) // GGML_QNT_VERSION, as llama.cpp writes beside quantized tensors
+	}
 	mat := func(name string, shape []int, data []float32) {
 		if err == nil {
-			err = g.AddTensor(name, opt.Type, shape, data)
+			isOutput := name == "output.weight" || (name == "token_embd.weight" && c.TieEmbeddings)
+			err = g.AddTensor(name, matrixType(opt.Type, isOutput, shape[1]), shape, data)
 		}
 	}
 	vec := func(name string, data []float32) {
@@ -396,8 +432,8 @@ func parseMerges(raw json.RawMessage) ([]string, error) {
 	return out, nil
 }
 
-// ReadModel reads a llama-architecture GGUF file with F32, F16 or BF16
-// tensors into model.Weights and the model.Config the metadata describes,
+// ReadModel reads a llama-architecture GGUF file with F32, F16, BF16, Q8_0 or
+// Q4_0 tensors (quantized ones dequantized) into model.Weights and the model.Config the metadata describes,
 // undoing the q/k permutation. A file without output.weight has tied
 // embeddings.
 func ReadModel(g *File) (*model.Weights, model.Config, error) {

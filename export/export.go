@@ -89,10 +89,11 @@ func Run(o Options, stdout io.Writer) error {
 			return err
 		}
 	}
-	tok, err := tokenizerDir(o)
+	tok, cleanup, err := tokenizerDir(o)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
 	merged := ""
 	if lora != nil {
 		merged = " with the adapter merged"
@@ -176,10 +177,20 @@ func writePEFT(o Options, w *model.Weights, lora *model.LoRA, stdout io.Writer) 
 
 // tokenizerDir is the directory whose tokenizer files ship with the model:
 // o.Tokenizer, else the model directory when it holds a tokenizer.json, else
-// "" (none, and Warn is told so).
-func tokenizerDir(o Options) (string, error) {
+// "" (none, and Warn is told so). A GGUF file (as -tokenizer, or as the model
+// without one) gives its embedded tokenizer, rebuilt as tokenizer.json and
+// tokenizer_config.json in a temporary directory that cleanup removes.
+func tokenizerDir(o Options) (dir string, cleanup func(), err error) {
+	cleanup = func() {}
+	src := o.Tokenizer
+	if src == "" && fileformat.IsGGUF(o.Model) {
+		src = o.Model
+	}
+	if fileformat.IsGGUF(src) {
+		return ggufTokenizerDir(src)
+	}
 	if o.Tokenizer != "" {
-		return o.Tokenizer, nil
+		return o.Tokenizer, cleanup, nil
 	}
 	warn := func(msg string) {
 		if o.Warn != nil {
@@ -188,17 +199,37 @@ func tokenizerDir(o Options) (string, error) {
 	}
 	if model.IsRandomModel(o.Model) {
 		warn(fmt.Sprintf("%s has no tokenizer: writing none (give -tokenizer DIR)", o.Model))
-		return "", nil
+		return "", cleanup, nil
 	}
 	st, err := os.Stat(filepath.Join(o.Model, "tokenizer.json"))
 	switch {
 	case err == nil && !st.IsDir():
-		return o.Model, nil
+		return o.Model, cleanup, nil
 	case !errors.Is(err, fs.ErrNotExist) && err != nil:
-		return "", fmt.Errorf("tokenizer: %w", err)
+		return "", cleanup, fmt.Errorf("tokenizer: %w", err)
 	}
 	warn(fmt.Sprintf("no tokenizer.json beside %s: writing none (give -tokenizer DIR)", o.Model))
-	return "", nil
+	return "", cleanup, nil
+}
+
+// ggufTokenizerDir writes the tokenizer embedded in the GGUF file path into a
+// new temporary directory.
+func ggufTokenizerDir(path string) (string, func(), error) {
+	g, err := gguf.Open(path)
+	if err != nil {
+		return "", func() {}, err
+	}
+	defer g.Close()
+	dir, err := os.MkdirTemp("", "train-export-tokenizer-")
+	if err != nil {
+		return "", func() {}, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	if err := gguf.WriteTokenizerFiles(g, dir); err != nil {
+		cleanup()
+		return "", func() {}, err
+	}
+	return dir, cleanup, nil
 }
 
 // sameAdapter reports the first difference between two adapters' tensors.

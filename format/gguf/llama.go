@@ -437,8 +437,66 @@ func parseMerges(raw json.RawMessage) ([]string, error) {
 // undoing the q/k permutation. A file without output.weight has tied
 // embeddings.
 func ReadModel(g *File) (*model.Weights, model.Config, error) {
-	fail := func(format string, a ...any) (*model.Weights, model.Config, error) {
-		return nil, model.Config{}, fmt.Errorf("%s: %s", g.Name, fmt.Sprintf(format, a...))
+	c, err := ReadConfig(g)
+	if err != nil {
+		return nil, model.Config{}, err
+	}
+	read := func(name string, shape ...int) ([]float32, error) {
+		t, ok := g.Tensor(name)
+		if !ok {
+			return nil, fmt.Errorf("%s: tensor %s is missing", g.Name, name)
+		}
+		if !slices.Equal(t.Shape(), shape) {
+			return nil, fmt.Errorf("%s: tensor %s has shape %v (dims %v), the metadata implies %v", g.Name, name, t.Shape(), t.Dims, shape)
+		}
+		return g.ReadFloat32(name)
+	}
+	w := &model.Weights{Config: c, Layers: make([]*model.Layer, c.NumLayers)}
+	h := c.HiddenSize
+	if w.Embed, err = read("token_embd.weight", c.VocabSize, h); err != nil {
+		return nil, model.Config{}, err
+	}
+	for i := range w.Layers {
+		l := &model.Layer{}
+		if l.AttnNorm, err = read(fmt.Sprintf("blk.%d.attn_norm.weight", i), h); err != nil {
+			return nil, model.Config{}, err
+		}
+		if l.MLPNorm, err = read(fmt.Sprintf("blk.%d.ffn_norm.weight", i), h); err != nil {
+			return nil, model.Config{}, err
+		}
+		for _, p := range layerNames[:7] {
+			out, in := c.LinearShape(p.hf)
+			data, err := read(fmt.Sprintf("blk.%d.%s.weight", i, p.gguf), out, in)
+			if err != nil {
+				return nil, model.Config{}, err
+			}
+			switch p.hf {
+			case "q_proj":
+				data = unpermute(data, c.NumHeads, in)
+			case "k_proj":
+				data = unpermute(data, c.NumKVHeads, in)
+			}
+			*l.Linear(p.hf) = data
+		}
+		w.Layers[i] = l
+	}
+	if w.FinalNorm, err = read("output_norm.weight", h); err != nil {
+		return nil, model.Config{}, err
+	}
+	if !c.TieEmbeddings {
+		if w.LMHead, err = read("output.weight", c.VocabSize, h); err != nil {
+			return nil, model.Config{}, err
+		}
+	}
+	return w, c, nil
+}
+
+// ReadConfig is the model.Config a llama-architecture GGUF file's metadata
+// (and the shape of its token embedding) describes, checked as supported:
+// what a command needs before it reads any weight.
+func ReadConfig(g *File) (model.Config, error) {
+	fail := func(format string, a ...any) (model.Config, error) {
+		return model.Config{}, fmt.Errorf("%s: %s", g.Name, fmt.Sprintf(format, a...))
 	}
 	if arch, _ := g.String("general.architecture"); arch != "llama" {
 		return fail("general.architecture %q: only llama is supported", arch)
@@ -474,11 +532,11 @@ func ReadModel(g *File) (*model.Weights, model.Config, error) {
 		{"context_length", &c.MaxPositions, false, model.MaxPositions},
 	} {
 		if *f.dst, err = getInt(f.key, model.DefaultMaxPositions, f.required, 1, f.hi); err != nil {
-			return nil, model.Config{}, err
+			return model.Config{}, err
 		}
 	}
 	if c.NumKVHeads, err = getInt("attention.head_count_kv", c.NumHeads, false, 1, model.MaxHeads); err != nil {
-		return nil, model.Config{}, err
+		return model.Config{}, err
 	}
 	if c.HiddenSize%c.NumHeads != 0 {
 		if _, ok := g.Metadata["llama.attention.key_length"]; !ok {
@@ -486,17 +544,17 @@ func ReadModel(g *File) (*model.Weights, model.Config, error) {
 		}
 	}
 	if c.HeadDim, err = getInt("attention.key_length", c.HiddenSize/max(c.NumHeads, 1), false, 1, model.MaxHeadDim); err != nil {
-		return nil, model.Config{}, err
+		return model.Config{}, err
 	}
 	if vl, err := getInt("attention.value_length", c.HeadDim, false, 1, model.MaxHeadDim); err != nil || vl != c.HeadDim {
 		if err != nil {
-			return nil, model.Config{}, err
+			return model.Config{}, err
 		}
 		return fail("llama.attention.value_length %d differs from key_length %d", vl, c.HeadDim)
 	}
 	if rd, err := getInt("rope.dimension_count", c.HeadDim, false, 1, model.MaxHeadDim); err != nil || rd != c.HeadDim {
 		if err != nil {
-			return nil, model.Config{}, err
+			return model.Config{}, err
 		}
 		return fail("llama.rope.dimension_count %d: partial rotary embeddings are not supported (head dim %d)", rd, c.HeadDim)
 	}
@@ -551,57 +609,10 @@ func ReadModel(g *File) (*model.Weights, model.Config, error) {
 	_, hasOutput := g.Tensor("output.weight")
 	c.TieEmbeddings = !hasOutput
 	if err := c.Supported(); err != nil {
-		return nil, model.Config{}, fmt.Errorf("%s: %w", g.Name, err)
+		return model.Config{}, fmt.Errorf("%s: %w", g.Name, err)
 	}
 	if c.HeadDim%2 != 0 {
 		return fail("head dim %d is odd", c.HeadDim)
 	}
-	read := func(name string, shape ...int) ([]float32, error) {
-		t, ok := g.Tensor(name)
-		if !ok {
-			return nil, fmt.Errorf("%s: tensor %s is missing", g.Name, name)
-		}
-		if !slices.Equal(t.Shape(), shape) {
-			return nil, fmt.Errorf("%s: tensor %s has shape %v (dims %v), the metadata implies %v", g.Name, name, t.Shape(), t.Dims, shape)
-		}
-		return g.ReadFloat32(name)
-	}
-	w := &model.Weights{Config: c, Layers: make([]*model.Layer, c.NumLayers)}
-	h := c.HiddenSize
-	if w.Embed, err = read("token_embd.weight", c.VocabSize, h); err != nil {
-		return nil, model.Config{}, err
-	}
-	for i := range w.Layers {
-		l := &model.Layer{}
-		if l.AttnNorm, err = read(fmt.Sprintf("blk.%d.attn_norm.weight", i), h); err != nil {
-			return nil, model.Config{}, err
-		}
-		if l.MLPNorm, err = read(fmt.Sprintf("blk.%d.ffn_norm.weight", i), h); err != nil {
-			return nil, model.Config{}, err
-		}
-		for _, p := range layerNames[:7] {
-			out, in := c.LinearShape(p.hf)
-			data, err := read(fmt.Sprintf("blk.%d.%s.weight", i, p.gguf), out, in)
-			if err != nil {
-				return nil, model.Config{}, err
-			}
-			switch p.hf {
-			case "q_proj":
-				data = unpermute(data, c.NumHeads, in)
-			case "k_proj":
-				data = unpermute(data, c.NumKVHeads, in)
-			}
-			*l.Linear(p.hf) = data
-		}
-		w.Layers[i] = l
-	}
-	if w.FinalNorm, err = read("output_norm.weight", h); err != nil {
-		return nil, model.Config{}, err
-	}
-	if hasOutput {
-		if w.LMHead, err = read("output.weight", c.VocabSize, h); err != nil {
-			return nil, model.Config{}, err
-		}
-	}
-	return w, c, nil
+	return c, nil
 }

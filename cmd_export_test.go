@@ -77,3 +77,23 @@ func TestExportQuantized(t *testing.T) {
 		t.Errorf("q4_k_m: %v", err)
 	}
 }
+
+// TestExportGGUFLoRA: -format gguf-lora writes the adapter file and says so;
+// without an adapter it is a usage error.
+func TestExportGGUFLoRA(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "a.gguf")
+	var stdout, stderr bytes.Buffer
+	if err := runExport([]string{"-model", exportBase, "-adapter", exportAdapter, "-format", "gguf-lora", "-out", out}, &stdout, &stderr); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(stdout.String(), "wrote GGUF LoRA adapter (r=") {
+		t.Errorf("stdout %q", stdout.String())
+	}
+	if st, err := os.Stat(out); err != nil || st.Size() == 0 {
+		t.Errorf("%s: %v", out, err)
+	}
+	err := runExport([]string{"-model", exportBase, "-format", "gguf-lora", "-out", out}, &stdout, &stderr)
+	if !errors.As(err, new(*usageError)) {
+		t.Errorf("gguf-lora without an adapter: %v", err)
+	}
+}

@@ -36,7 +36,8 @@ type Options struct {
 	// Checkpoint, instead of Adapter, takes the trained tensors from one of
 	// train's checkpoints, or from the newest complete one of a run directory.
 	Checkpoint string
-	// Format is "peft", "hf" or "gguf".
+	// Format is "peft", "hf", "gguf" or "gguf-lora" (the adapter alone as a
+	// GGUF adapter file for llama.cpp's --lora, over a GGUF of the base).
 	Format string
 	// Out is the output directory (peft, hf) or file (gguf).
 	Out string
@@ -68,7 +69,7 @@ func Run(o Options, stdout io.Writer) error {
 		if w, lora, o.Model, err = trainer.LoadCheckpointModel(o.Checkpoint, o.Model); err != nil {
 			return err
 		}
-		if o.Format == "peft" && lora == nil {
+		if (o.Format == "peft" || o.Format == "gguf-lora") && lora == nil {
 			return fmt.Errorf("%s holds a full fine-tune, not an adapter: export it with -format hf or gguf", o.Checkpoint)
 		}
 	} else {
@@ -83,6 +84,16 @@ func Run(o Options, stdout io.Writer) error {
 	}
 	if o.Format == "peft" {
 		return writePEFT(o, w, lora, stdout)
+	}
+	if o.Format == "gguf-lora" {
+		if lora == nil {
+			return errors.New("gguf-lora: no adapter to write (give an adapter or a LoRA checkpoint)")
+		}
+		if err := gguf.WriteLoRA(o.Out, lora, &w.Config, o.Name); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote GGUF LoRA adapter (r=%d, alpha=%g, %d tensors) to %s\n", lora.Config.Rank, lora.Config.Alpha, len(lora.Tensors()), o.Out)
+		return nil
 	}
 	if lora != nil {
 		if err := model.MergeLoRA(w, lora); err != nil {
@@ -134,7 +145,7 @@ func Run(o Options, stdout io.Writer) error {
 		}
 		fmt.Fprintf(stdout, "wrote GGUF (%s%s) to %s\n", stored, merged, o.Out)
 	default:
-		return fmt.Errorf("format %q: peft, hf or gguf", o.Format)
+		return fmt.Errorf("format %q: peft, hf, gguf or gguf-lora", o.Format)
 	}
 	return nil
 }

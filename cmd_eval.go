@@ -12,7 +12,7 @@ import (
 // runEval prints the mean loss of a model (with an optional PEFT LoRA adapter) over
 // a JSONL file of token ids, as one JSON object.
 func runEval(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("eval", `Usage: train eval -model DIR [-adapter DIR] -data FILE.jsonl|FILE.parquet|DIR|GLOB
+	fs := newFlagSet("eval", `Usage: train eval -model DIR|FILE.gguf [-adapter DIR] -data FILE.jsonl|FILE.parquet|DIR|GLOB
 
 Prints one JSON object: "loss", the mean cross-entropy over every label that is not
 -100 across the whole file, and "tokens", how many labels counted. A line is
@@ -20,11 +20,11 @@ Prints one JSON object: "loss", the mean cross-entropy over every label that is 
 with them as transformers expects: position t predicts labels[t+1]), or any format
 train reads ({"text"}, {"prompt", "completion"}, {"messages"}, ShareGPT, Alpaca), tokenized and
 masked exactly as in training.`, stderr)
-	modelDir := fs.String("model", "", "Hugging Face model directory, or random:NAME")
+	modelDir := fs.String("model", "", "Hugging Face model directory, GGUF file (its embedded tokenizer too), or random:NAME")
 	adapter := fs.String("adapter", "", "LoRA adapter directory in peft format (adapter_config.json + adapter_model.safetensors)")
 	quantize := fs.String("quantize", "", "nf4: hold the base weights in 4-bit NF4 as a QLoRA run does (evaluate a QLoRA adapter as it was trained); default: as stored")
 	dataPath := fs.String("data", "", "JSONL file of examples")
-	tokPath := fs.String("tokenizer", "", "tokenizer.json (or a directory holding one) for text data; default: the model directory's own")
+	tokPath := fs.String("tokenizer", "", "tokenizer.json (or a directory holding one, or a GGUF file) for text data; default: the model's own")
 	promptLoss := fs.Bool("prompt-loss", false, "also score prompt tokens, as data.prompt_loss does in training")
 	columns := fs.String("data-columns", "", `rename the dataset's keys or Parquet columns to the formats' ("instruction=question,output=answer")`)
 	allowLong := fs.Bool("allow-long-seq", false, "score examples longer than the model's max_position_embeddings (positions it was never trained on)")

@@ -24,7 +24,7 @@ func runGenerate(args []string, stdout, stderr io.Writer) error {
 // runGenerateFrom is runGenerate reading a "-" prompt from stdin (a parameter,
 // for tests).
 func runGenerateFrom(args []string, stdin io.Reader, stdout, stderr io.Writer) error {
-	fs := newFlagSet("generate", `Usage: train generate -model DIR [-adapter DIR] [-tokenizer PATH] -prompt "..." [-chat]
+	fs := newFlagSet("generate", `Usage: train generate -model DIR|FILE.gguf [-adapter DIR] [-tokenizer PATH] -prompt "..." [-chat]
 
 Continue a prompt with the model, printing the new text as it comes (the prompt
 itself is not repeated), and the speed on stderr at the end. Generation stops at
@@ -39,14 +39,15 @@ Examples:
   echo "Tell me a story" | train generate -model DIR -chat -prompt - -temperature 0.8 -top-p 0.9`, stderr)
 	var o generate.Options
 	var so model.SamplerOptions
-	fs.StringVar(&o.Model, "model", "", "Hugging Face model directory, or random:NAME")
+	fs.StringVar(&o.Model, "model", "", "Hugging Face model directory, GGUF file (its embedded tokenizer too), or random:NAME")
 	fs.StringVar(&o.Adapter, "adapter", "", "LoRA adapter directory in peft format (adapter_config.json + adapter_model.safetensors)")
 	fs.StringVar(&o.Quantize, "quantize", "", "nf4: hold the base weights in 4-bit NF4 as a QLoRA run does (generate with a QLoRA adapter as it was trained); default: as stored")
-	fs.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer.json, or a directory holding one (default: the model directory's)")
+	fs.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer.json, a directory holding one, or a GGUF file (default: the model's own)")
 	fs.StringVar(&o.Prompt, "prompt", "", `the text to continue, or "-" to read it from stdin; empty starts from BOS alone`)
 	fs.BoolVar(&o.Chat, "chat", false, "apply the Llama 3 chat template: the prompt is a user message")
 	fs.StringVar(&o.System, "system", "", "with -chat, a system message before the user's")
 	fs.BoolVar(&o.BOS, "bos", true, "put the BOS token in front of a plain prompt (-chat always does)")
+	fs.BoolVar(&o.IDs, "ids", false, "print the new token ids, space-separated on one line, instead of the text (to compare with another implementation)")
 	fs.IntVar(&o.MaxTokens, "max-tokens", 256, "most new tokens to generate")
 	fs.Float64Var(&so.Temperature, "temperature", 0, "softmax temperature; 0 is greedy")
 	fs.Float64Var(&so.TopP, "top-p", 1, "nucleus sampling: keep the most likely tokens holding this much probability (1: all)")

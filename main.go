@@ -117,6 +117,14 @@ func newFlagSet(name, synopsis string, out io.Writer) *flag.FlagSet {
 	return fs
 }
 
+// flagSet reports whether the flag name was given on the command line (not
+// left at its default).
+func flagSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}
+
 // parseFlags parses args, turning a bad flag into a usageError.
 func parseFlags(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {

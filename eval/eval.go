@@ -13,18 +13,20 @@ import (
 	"train/config"
 	"train/data"
 	"train/device"
+	"train/format"
 	"train/format/peft"
 	"train/model"
+	"train/tokenizer"
 	"train/trainer"
 )
 
 // Options say which model to measure on which data, and where.
 type Options struct {
-	Model     string // Hugging Face model directory, or random:NAME
+	Model     string // Hugging Face model directory, a GGUF file, or random:NAME
 	ModelSeed int64  // seed of a random:NAME model's weights
 	Adapter   string // LoRA adapter directory in peft format; "" for none
 	Quantize  string // "nf4": the base weights in 4 bits, as a QLoRA run holds them; "" as stored
-	Tokenizer string // tokenizer.json for text data; "" for the model directory's own
+	Tokenizer string // tokenizer.json (or a GGUF file) for text data; "" for the model's own
 
 	Data       string // JSONL file of examples
 	PromptLoss bool   // also score prompt tokens, as data.prompt_loss does in training
@@ -47,13 +49,11 @@ type Result struct {
 // loss. Everything cheap comes first (the config, the tokenizer, the data and
 // its lengths): the weights are the expensive part.
 func Run(o Options) (Result, error) {
-	mc, err := model.SourceConfig(o.Model)
+	mc, err := format.SourceConfig(o.Model)
 	if err != nil {
 		return Result{}, err
 	}
-	cfg := config.Default()
-	cfg.Model, cfg.Tokenizer = o.Model, o.Tokenizer
-	tok, err := trainer.LoadTokenizer(cfg, mc)
+	tok, err := loadTokenizer(o, mc)
 	if err != nil {
 		return Result{}, err
 	}
@@ -91,7 +91,7 @@ func Run(o Options) (Result, error) {
 	if opt.Compute, err = device.ComputeType(o.Precision, be); err != nil {
 		return Result{}, err
 	}
-	w, err := model.LoadSourceStage(context.Background(), o.Model, mc, o.ModelSeed, 0, mc.NumLayers, true, true)
+	w, err := format.LoadSource(context.Background(), o.Model, mc, o.ModelSeed)
 	if err != nil {
 		return Result{}, err
 	}
@@ -107,6 +107,29 @@ func Run(o Options) (Result, error) {
 		return Result{}, fmt.Errorf("%s: %w", o.Data, err)
 	}
 	return Result{Loss: loss, Tokens: tokens, Examples: len(examples)}, nil
+}
+
+// loadTokenizer is the tokenizer text data is read with: -tokenizer, else the
+// model's own (a directory's tokenizer.json, a GGUF file's embedded one); nil
+// when there is none (token-id data needs none).
+func loadTokenizer(o Options, mc model.Config) (*tokenizer.Tokenizer, error) {
+	path := o.Tokenizer
+	if path == "" && format.IsGGUF(o.Model) {
+		path = o.Model
+	}
+	if !format.IsGGUF(path) {
+		cfg := config.Default()
+		cfg.Model, cfg.Tokenizer = o.Model, o.Tokenizer
+		return trainer.LoadTokenizer(cfg, mc)
+	}
+	tok, err := format.LoadTokenizer(path)
+	if err != nil {
+		return nil, err
+	}
+	if tok.VocabSize() > mc.VocabSize {
+		return nil, fmt.Errorf("tokenizer %s has %d ids but the model's vocabulary is %d: they do not belong together", path, tok.VocabSize(), mc.VocabSize)
+	}
+	return tok, nil
 }
 
 // checkLengths refuses examples longer than the model's context (unless

@@ -36,13 +36,18 @@ type Options struct {
 	// Checkpoint, instead of Adapter, takes the trained tensors from one of
 	// train's checkpoints, or from the newest complete one of a run directory.
 	Checkpoint string
-	// Format is "peft", "hf" or "gguf".
+	// Format is "peft", "hf", "gguf" or "gguf-lora" (the adapter alone as a
+	// GGUF adapter file for llama.cpp's --lora, over a GGUF of the base).
 	Format string
 	// Out is the output directory (peft, hf) or file (gguf).
 	Out string
 	// DType is the stored precision: "f32", "f16" (gguf) or "bf16" (hf, gguf);
 	// peft adapters are always f32.
 	DType string
+	// Quant, for gguf, quantizes the matrices: "q8_0" or "q4_0" (llama.cpp's
+	// block formats, bit for bit as its reference quantizers); "" stores them
+	// in DType. "q4_k_m" is refused: see gguf.matrixType's neighbours.
+	Quant string
 	// MaxShard is, for hf, the largest weight file before sharding (bytes).
 	MaxShard int64
 	// Tokenizer is the directory whose tokenizer.json to ship; "" for the
@@ -64,7 +69,7 @@ func Run(o Options, stdout io.Writer) error {
 		if w, lora, o.Model, err = trainer.LoadCheckpointModel(o.Checkpoint, o.Model); err != nil {
 			return err
 		}
-		if o.Format == "peft" && lora == nil {
+		if (o.Format == "peft" || o.Format == "gguf-lora") && lora == nil {
 			return fmt.Errorf("%s holds a full fine-tune, not an adapter: export it with -format hf or gguf", o.Checkpoint)
 		}
 	} else {
@@ -80,15 +85,26 @@ func Run(o Options, stdout io.Writer) error {
 	if o.Format == "peft" {
 		return writePEFT(o, w, lora, stdout)
 	}
+	if o.Format == "gguf-lora" {
+		if lora == nil {
+			return errors.New("gguf-lora: no adapter to write (give an adapter or a LoRA checkpoint)")
+		}
+		if err := gguf.WriteLoRA(o.Out, lora, &w.Config, o.Name); err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "wrote GGUF LoRA adapter (r=%d, alpha=%g, %d tensors) to %s\n", lora.Config.Rank, lora.Config.Alpha, len(lora.Tensors()), o.Out)
+		return nil
+	}
 	if lora != nil {
 		if err := model.MergeLoRA(w, lora); err != nil {
 			return err
 		}
 	}
-	tok, err := tokenizerDir(o)
+	tok, cleanup, err := tokenizerDir(o)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
 	merged := ""
 	if lora != nil {
 		merged = " with the adapter merged"
@@ -108,6 +124,13 @@ func Run(o Options, stdout io.Writer) error {
 		if !ok {
 			return fmt.Errorf("gguf: dtype %q: f32, f16 or bf16", o.DType)
 		}
+		stored := o.DType
+		if o.Quant != "" {
+			if typ, err = QuantType(o.Quant); err != nil {
+				return err
+			}
+			stored = o.Quant
+		}
 		name := o.Name
 		if name == "" {
 			name = filepath.Base(strings.TrimSuffix(filepath.Clean(o.Model), ".gguf"))
@@ -120,11 +143,27 @@ func Run(o Options, stdout io.Writer) error {
 		if err := gguf.WriteModel(o.Out, w, gguf.ModelOptions{Type: typ, Name: name, TokenizerDir: tok}); err != nil {
 			return err
 		}
-		fmt.Fprintf(stdout, "wrote GGUF (%s%s) to %s\n", o.DType, merged, o.Out)
+		fmt.Fprintf(stdout, "wrote GGUF (%s%s) to %s\n", stored, merged, o.Out)
 	default:
-		return fmt.Errorf("format %q: peft, hf or gguf", o.Format)
+		return fmt.Errorf("format %q: peft, hf, gguf or gguf-lora", o.Format)
 	}
 	return nil
+}
+
+// QuantType is the GGUF type of a -quant value. Q4_K_M is refused: its
+// reference quantizer (make_qkx2_quants' iterative search of scales and
+// minimums, and Q6_K's make_qx_quants for some tensors) is not reproduced
+// here, and a file llama.cpp would quantize differently is not written.
+func QuantType(q string) (gguf.GGMLType, error) {
+	switch q {
+	case "q8_0":
+		return gguf.Q8_0, nil
+	case "q4_0":
+		return gguf.Q4_0, nil
+	case "q4_k_m":
+		return 0, errors.New("gguf: -quant q4_k_m is not supported: train does not reproduce llama.cpp's K-quant reference quantizer bit for bit; export -quant q8_0 (or -dtype f16) and run llama.cpp's llama-quantize FILE OUT Q4_K_M")
+	}
+	return 0, fmt.Errorf("gguf: -quant %q: q8_0 or q4_0", q)
 }
 
 // writePEFT writes the adapter in peft's layout, then reads it back and checks
@@ -149,10 +188,20 @@ func writePEFT(o Options, w *model.Weights, lora *model.LoRA, stdout io.Writer) 
 
 // tokenizerDir is the directory whose tokenizer files ship with the model:
 // o.Tokenizer, else the model directory when it holds a tokenizer.json, else
-// "" (none, and Warn is told so).
-func tokenizerDir(o Options) (string, error) {
+// "" (none, and Warn is told so). A GGUF file (as -tokenizer, or as the model
+// without one) gives its embedded tokenizer, rebuilt as tokenizer.json and
+// tokenizer_config.json in a temporary directory that cleanup removes.
+func tokenizerDir(o Options) (dir string, cleanup func(), err error) {
+	cleanup = func() {}
+	src := o.Tokenizer
+	if src == "" && fileformat.IsGGUF(o.Model) {
+		src = o.Model
+	}
+	if fileformat.IsGGUF(src) {
+		return ggufTokenizerDir(src)
+	}
 	if o.Tokenizer != "" {
-		return o.Tokenizer, nil
+		return o.Tokenizer, cleanup, nil
 	}
 	warn := func(msg string) {
 		if o.Warn != nil {
@@ -161,17 +210,37 @@ func tokenizerDir(o Options) (string, error) {
 	}
 	if model.IsRandomModel(o.Model) {
 		warn(fmt.Sprintf("%s has no tokenizer: writing none (give -tokenizer DIR)", o.Model))
-		return "", nil
+		return "", cleanup, nil
 	}
 	st, err := os.Stat(filepath.Join(o.Model, "tokenizer.json"))
 	switch {
 	case err == nil && !st.IsDir():
-		return o.Model, nil
+		return o.Model, cleanup, nil
 	case !errors.Is(err, fs.ErrNotExist) && err != nil:
-		return "", fmt.Errorf("tokenizer: %w", err)
+		return "", cleanup, fmt.Errorf("tokenizer: %w", err)
 	}
 	warn(fmt.Sprintf("no tokenizer.json beside %s: writing none (give -tokenizer DIR)", o.Model))
-	return "", nil
+	return "", cleanup, nil
+}
+
+// ggufTokenizerDir writes the tokenizer embedded in the GGUF file path into a
+// new temporary directory.
+func ggufTokenizerDir(path string) (string, func(), error) {
+	g, err := gguf.Open(path)
+	if err != nil {
+		return "", func() {}, err
+	}
+	defer g.Close()
+	dir, err := os.MkdirTemp("", "train-export-tokenizer-")
+	if err != nil {
+		return "", func() {}, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	if err := gguf.WriteTokenizerFiles(g, dir); err != nil {
+		cleanup()
+		return "", func() {}, err
+	}
+	return dir, cleanup, nil
 }
 
 // sameAdapter reports the first difference between two adapters' tensors.

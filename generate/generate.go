@@ -11,10 +11,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"time"
 
 	"train/data"
 	"train/device"
+	"train/format"
 	"train/format/peft"
 	"train/model"
 	"train/tokenizer"
@@ -22,17 +24,18 @@ import (
 
 // Options say what to continue, with which model, and how.
 type Options struct {
-	Model     string // Hugging Face model directory, or random:NAME
+	Model     string // Hugging Face model directory, a GGUF file, or random:NAME
 	ModelSeed int64  // seed of a random:NAME model's weights
 	Adapter   string // LoRA adapter directory in peft format; "" for none
 	Quantize  string // "nf4": the base weights in 4 bits, as a QLoRA run holds them; "" as stored
-	Tokenizer string // tokenizer.json, or a directory holding one; "" for the model directory's
+	Tokenizer string // tokenizer.json, a directory holding one, or a GGUF file; "" for the model's own
 
 	Prompt string // the text to continue; with Chat, the user's message
 	System string // with Chat, a system message before the user's; "" for none
 	Chat   bool   // apply the Llama 3 chat template; the model answers as the assistant
 	BOS    bool   // put the BOS token in front of a plain prompt (Chat always does)
 
+	IDs       bool           // print the new token ids (a line of them, space-separated) instead of the text
 	MaxTokens int            // most new tokens to generate, at least 1
 	Sampler   *model.Sampler // how to pick each token; nil is greedy
 
@@ -48,7 +51,7 @@ func Run(o Options, stdout, stderr io.Writer) error {
 	if tokPath == "" {
 		tokPath = o.Model
 	}
-	tok, err := tokenizer.Load(tokPath) // a directory means its tokenizer.json
+	tok, err := format.LoadTokenizer(tokPath) // a directory means its tokenizer.json, a GGUF file its embedded one
 	if err != nil {
 		return err
 	}
@@ -57,11 +60,11 @@ func Run(o Options, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer device.Close(be)
-	cfg, err := model.SourceConfig(o.Model)
+	cfg, err := format.SourceConfig(o.Model)
 	if err != nil {
 		return err
 	}
-	w, err := model.LoadSourceStage(context.Background(), o.Model, cfg, o.ModelSeed, 0, cfg.NumLayers, true, true)
+	w, err := format.LoadSource(context.Background(), o.Model, cfg, o.ModelSeed)
 	if err != nil {
 		return err
 	}
@@ -109,7 +112,7 @@ func Run(o Options, stdout, stderr io.Writer) error {
 			return err
 		}
 	}
-	return stream(dec, s, tok, ids, stopTokens(tok, cfg), o.MaxTokens, stdout, stderr)
+	return stream(dec, s, tok, ids, stopTokens(tok, cfg), o, stdout, stderr)
 }
 
 // prompt turns the prompt text into token ids: the chat template with Chat,
@@ -170,7 +173,8 @@ func stopTokens(tok *tokenizer.Tokenizer, cfg model.Config) map[int]bool {
 // stream runs the prompt through the decoder, then samples up to maxTokens
 // tokens, feeding each back, and streams their text to stdout. The stop token
 // itself is not printed.
-func stream(dec *model.Decoder, s *model.Sampler, tok *tokenizer.Tokenizer, prompt []int, stop map[int]bool, maxTokens int, stdout, stderr io.Writer) error {
+func stream(dec *model.Decoder, s *model.Sampler, tok *tokenizer.Tokenizer, prompt []int, stop map[int]bool, o Options, stdout, stderr io.Writer) error {
+	maxTokens := o.MaxTokens
 	start := time.Now()
 	logits, err := dec.Append(prompt)
 	if err != nil {
@@ -199,7 +203,14 @@ func stream(dec *model.Decoder, s *model.Sampler, tok *tokenizer.Tokenizer, prom
 			break
 		}
 		n++
-		if err := write(ts.Push(id)); err != nil {
+		text := ts.Push(id)
+		if o.IDs {
+			text = strconv.Itoa(id)
+			if n > 1 {
+				text = " " + text
+			}
+		}
+		if err := write(text); err != nil {
 			return err
 		}
 		if n == maxTokens {
@@ -214,7 +225,11 @@ func stream(dec *model.Decoder, s *model.Sampler, tok *tokenizer.Tokenizer, prom
 		}
 	}
 	genTime := time.Since(start)
-	if err := write(ts.Flush() + "\n"); err != nil {
+	rest := ts.Flush()
+	if o.IDs {
+		rest = ""
+	}
+	if err := write(rest + "\n"); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "generate: prompt %d tokens in %s (%.1f tokens/s); %d new tokens in %s (%.1f tokens/s); stopped: %s\n",

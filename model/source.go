@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
 	"strings"
 
 	"train/host"
@@ -118,6 +119,9 @@ func NF4Layout(name string) (layout *quant.Options, stored bool, err error) {
 	layout = &quant.Options{BlockSize: quant.DefaultBlockSize, DoubleQuant: true}
 	if IsRandomModel(name) {
 		return layout, false, nil
+	}
+	if st, err := os.Stat(name); err == nil && !st.IsDir() {
+		return layout, false, nil // a single file (GGUF) has no bitsandbytes config
 	}
 	qc, err := quant.LoadConfig(name)
 	if errors.Is(err, fs.ErrNotExist) || (err == nil && qc == nil) {

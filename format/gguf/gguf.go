@@ -18,9 +18,10 @@
 //
 // The reader (Open, Parse, File) checks the whole header before it returns:
 // every tensor's dimensions, type, offset and size against the file. Tensor
-// data is read later, on demand, and File.ReadFloat32 converts F32, F16 and
-// BF16 tensors; quantized types are known by size only. The writer (Writer)
-// writes version 3 with F32, F16 or BF16 tensors in the order they were added.
+// data is read later, on demand, and File.ReadFloat32 converts F32, F16, BF16,
+// Q8_0 and Q4_0 tensors (quant.go); other quantized types are known by size
+// only. The writer (Writer) writes version 3 with tensors of those five types
+// in the order they were added.
 //
 // llama.go maps the llama architecture onto the container: WriteModel writes a
 // model.Weights with llama.cpp's keys and tensor names (and the tokenizer
@@ -604,46 +605,57 @@ func (g *File) Float(key string) (float64, bool) {
 	return 0, false
 }
 
-// ReadFloat32 reads a tensor of type F32, F16 or BF16 as float32, row-major in
-// its Shape.
+// ReadFloat32 reads a tensor of type F32, F16, BF16, Q8_0 or Q4_0 as float32
+// (quantized ones dequantized as llama.cpp does), row-major in its Shape.
 func (g *File) ReadFloat32(name string) ([]float32, error) {
 	t, ok := g.Tensor(name)
 	if !ok {
 		return nil, fmt.Errorf("%s: no tensor named %s", g.Name, name)
 	}
-	var size int64
 	switch t.Type {
-	case F32:
-		size = 4
-	case F16, BF16:
-		size = 2
+	case F32, F16, BF16, Q8_0, Q4_0:
 	default:
-		return nil, fmt.Errorf("%s: tensor %s: unsupported type %s (only F32, F16 and BF16 can be read; quantized files must be dequantized first)", g.Name, name, t.Type)
+		return nil, fmt.Errorf("%s: tensor %s: unsupported type %s (F32, F16, BF16, Q8_0 and Q4_0 can be read)", g.Name, name, t.Type)
 	}
+	info := typeInfo[t.Type]
 	n := t.NumElements()
 	if n > math.MaxInt32*4 {
 		return nil, fmt.Errorf("%s: tensor %s of %d elements is too large", g.Name, name, n)
 	}
 	out := make([]float32, n)
-	const chunk = 1 << 20
-	buf := make([]byte, min(n*size, chunk*size))
+	const chunk = 1 << 20 // values per read, a multiple of every block
+	buf := make([]byte, min(n, chunk)/info.block*info.bytes)
 	for i := int64(0); i < n; {
 		m := min(n-i, chunk)
-		b := buf[:m*size]
-		if _, err := g.r.ReadAt(b, g.dataStart+t.Offset+i*size); err != nil {
-			return nil, fmt.Errorf("%s: reading tensor %s: %w", g.Name, name, err)
+		b := buf[:m/info.block*info.bytes]
+		if _, err := g.r.ReadAt(b, g.dataStart+t.Offset+i/info.block*info.bytes); err != nil {
+			return nil, fmt.Errorf("%s: reading tensor %s (%s): %w", g.Name, name, t.Type, err)
 		}
-		for j := int64(0); j < m; j++ {
-			switch t.Type {
-			case F32:
-				out[i+j] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*j:]))
-			case F16:
-				out[i+j] = float16.ToFloat32(binary.LittleEndian.Uint16(b[2*j:]))
-			default:
-				out[i+j] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*j:])) << 16)
-			}
-		}
+		decode(out[i:i+m], t.Type, b)
 		i += m
 	}
 	return out, nil
+}
+
+// decode converts len(out) values of type t from b.
+func decode(out []float32, t GGMLType, b []byte) {
+	le := binary.LittleEndian
+	switch t {
+	case Q8_0:
+		dequantQ8_0(out, b)
+	case Q4_0:
+		dequantQ4_0(out, b)
+	case F32:
+		for j := range out {
+			out[j] = math.Float32frombits(le.Uint32(b[4*j:]))
+		}
+	case F16:
+		for j := range out {
+			out[j] = float16.ToFloat32(le.Uint16(b[2*j:]))
+		}
+	default: // BF16
+		for j := range out {
+			out[j] = math.Float32frombits(uint32(le.Uint16(b[2*j:])) << 16)
+		}
+	}
 }

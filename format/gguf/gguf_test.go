@@ -71,13 +71,13 @@ func TestGGUFReaderErrors(t *testing.T) {
 	q := b.Bytes()
 	// The type field follows name (8+1 bytes), n_dims (4) and one dim (8) after the 24-byte header.
 	typeAt := 24 + 9 + 4 + 8
-	q[typeAt] = 8 // Q8_0: 32 elements in 34 bytes, within the 128 written
+	q[typeAt] = 3 // Q4_1: 32 elements in 20 bytes, within the 128 written
 	gq, err := Parse("q", bytes.NewReader(q), int64(len(q)))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := gq.ReadFloat32("q"); err == nil || !strings.Contains(err.Error(), "unsupported type Q8_0") {
-		t.Errorf("reading a Q8_0 tensor: %v", err)
+	if _, err := gq.ReadFloat32("q"); err == nil || !strings.Contains(err.Error(), "unsupported type Q4_1") {
+		t.Errorf("reading a Q4_1 tensor: %v", err)
 	}
 }
 

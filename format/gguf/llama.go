@@ -22,15 +22,44 @@ import (
 // model computes the same thing under llama.cpp's rope; permute does it and
 // unpermute undoes it on import.
 
-// llama.cpp's llama_ftype for a file whose matrices are all of one type.
+// fileType is llama.cpp's general.file_type (llama_ftype) for a file written
+// with ModelOptions.Type t: ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q4_0 2,
+// MOSTLY_Q8_0 7, MOSTLY_BF16 32.
 func fileType(t GGMLType) uint32 {
 	switch t {
 	case F16:
 		return 1
+	case Q4_0:
+		return 2
+	case Q8_0:
+		return 7
 	case BF16:
 		return 32
 	}
 	return 0
+}
+
+// matrixType is the type WriteModel stores a matrix in, for ModelOptions.Type
+// typ. One-dimensional tensors (norms, rope_freqs) never come here: they stay
+// F32. For Q8_0 every matrix is Q8_0, token_embd and output included, as both
+// convert_hf_to_gguf.py --outtype q8_0 and llama-quantize Q8_0 do. For Q4_0
+// llama-quantize stores the output matrix (output.weight, or token_embd with
+// tied embeddings, which serves as both) in Q6_K; we have no Q6_K quantizer
+// and store it in Q8_0, more precise and what llama-quantize itself uses for
+// an output whose rows do not fit Q6_K's blocks; an untied token_embd is Q4_0
+// as llama-quantize makes it. A row length that is not a multiple of 32 cannot
+// be quantized: that matrix falls back to F16, as both llama.cpp tools do.
+func matrixType(typ GGMLType, isOutput bool, cols int) GGMLType {
+	if typ != Q8_0 && typ != Q4_0 {
+		return typ
+	}
+	if cols%QuantBlock != 0 {
+		return F16
+	}
+	if typ == Q4_0 && isOutput {
+		return Q8_0
+	}
+	return typ
 }
 
 // permute reorders the rows of a q or k projection [nHead*hd, cols] from
@@ -75,9 +104,10 @@ var layerNames = []struct{ hf, gguf string }{
 
 // ModelOptions choose how WriteModel writes a model.
 type ModelOptions struct {
-	// Type of the matrices (token embedding, projections, output): F32, F16 or
-	// BF16. Norm weights and rope factors stay F32, as llama.cpp's converter keeps
-	// one-dimensional tensors.
+	// Type of the matrices (token embedding, projections, output): F32, F16,
+	// BF16, or the quantizations Q8_0 and Q4_0 (see matrixType for which matrix
+	// gets which). Norm weights and rope factors stay F32, as llama.cpp's
+	// converter keeps one-dimensional tensors.
 	Type GGMLType
 	// Name is general.name.
 	Name string
@@ -94,8 +124,10 @@ type ModelOptions struct {
 // applies. The rope parameters are also recorded under train.rope.* so that
 // ReadModel gives back the exact model.Config.
 func WriteModel(path string, w *model.Weights, opt ModelOptions) error {
-	if opt.Type != F32 && opt.Type != F16 && opt.Type != BF16 {
-		return fmt.Errorf("gguf export %s: type %s: F32, F16 or BF16 only", path, opt.Type)
+	switch opt.Type {
+	case F32, F16, BF16, Q8_0, Q4_0:
+	default:
+		return fmt.Errorf("gguf export %s: type %s: F32, F16, BF16, Q8_0 or Q4_0 only", path, opt.Type)
 	}
 	// Every tensor of the whole model must be present with its size.
 	if err := w.CheckWhole(); err != nil {
@@ -164,9 +196,13 @@ func WriteModel(path string, w *model.Weights, opt ModelOptions) error {
 		}
 	}
 
+	if opt.Type == Q8_0 || opt.Type == Q4_0 {
+		set("general.quantization_version", uint32(2)) // GGML_QNT_VERSION, as llama.cpp writes beside quantized tensors
+	}
 	mat := func(name string, shape []int, data []float32) {
 		if err == nil {
-			err = g.AddTensor(name, opt.Type, shape, data)
+			isOutput := name == "output.weight" || (name == "token_embd.weight" && c.TieEmbeddings)
+			err = g.AddTensor(name, matrixType(opt.Type, isOutput, shape[1]), shape, data)
 		}
 	}
 	vec := func(name string, data []float32) {
@@ -396,13 +432,71 @@ func parseMerges(raw json.RawMessage) ([]string, error) {
 	return out, nil
 }
 
-// ReadModel reads a llama-architecture GGUF file with F32, F16 or BF16
-// tensors into model.Weights and the model.Config the metadata describes,
+// ReadModel reads a llama-architecture GGUF file with F32, F16, BF16, Q8_0 or
+// Q4_0 tensors (quantized ones dequantized) into model.Weights and the model.Config the metadata describes,
 // undoing the q/k permutation. A file without output.weight has tied
 // embeddings.
 func ReadModel(g *File) (*model.Weights, model.Config, error) {
-	fail := func(format string, a ...any) (*model.Weights, model.Config, error) {
-		return nil, model.Config{}, fmt.Errorf("%s: %s", g.Name, fmt.Sprintf(format, a...))
+	c, err := ReadConfig(g)
+	if err != nil {
+		return nil, model.Config{}, err
+	}
+	read := func(name string, shape ...int) ([]float32, error) {
+		t, ok := g.Tensor(name)
+		if !ok {
+			return nil, fmt.Errorf("%s: tensor %s is missing", g.Name, name)
+		}
+		if !slices.Equal(t.Shape(), shape) {
+			return nil, fmt.Errorf("%s: tensor %s has shape %v (dims %v), the metadata implies %v", g.Name, name, t.Shape(), t.Dims, shape)
+		}
+		return g.ReadFloat32(name)
+	}
+	w := &model.Weights{Config: c, Layers: make([]*model.Layer, c.NumLayers)}
+	h := c.HiddenSize
+	if w.Embed, err = read("token_embd.weight", c.VocabSize, h); err != nil {
+		return nil, model.Config{}, err
+	}
+	for i := range w.Layers {
+		l := &model.Layer{}
+		if l.AttnNorm, err = read(fmt.Sprintf("blk.%d.attn_norm.weight", i), h); err != nil {
+			return nil, model.Config{}, err
+		}
+		if l.MLPNorm, err = read(fmt.Sprintf("blk.%d.ffn_norm.weight", i), h); err != nil {
+			return nil, model.Config{}, err
+		}
+		for _, p := range layerNames[:7] {
+			out, in := c.LinearShape(p.hf)
+			data, err := read(fmt.Sprintf("blk.%d.%s.weight", i, p.gguf), out, in)
+			if err != nil {
+				return nil, model.Config{}, err
+			}
+			switch p.hf {
+			case "q_proj":
+				data = unpermute(data, c.NumHeads, in)
+			case "k_proj":
+				data = unpermute(data, c.NumKVHeads, in)
+			}
+			*l.Linear(p.hf) = data
+		}
+		w.Layers[i] = l
+	}
+	if w.FinalNorm, err = read("output_norm.weight", h); err != nil {
+		return nil, model.Config{}, err
+	}
+	if !c.TieEmbeddings {
+		if w.LMHead, err = read("output.weight", c.VocabSize, h); err != nil {
+			return nil, model.Config{}, err
+		}
+	}
+	return w, c, nil
+}
+
+// ReadConfig is the model.Config a llama-architecture GGUF file's metadata
+// (and the shape of its token embedding) describes, checked as supported:
+// what a command needs before it reads any weight.
+func ReadConfig(g *File) (model.Config, error) {
+	fail := func(format string, a ...any) (model.Config, error) {
+		return model.Config{}, fmt.Errorf("%s: %s", g.Name, fmt.Sprintf(format, a...))
 	}
 	if arch, _ := g.String("general.architecture"); arch != "llama" {
 		return fail("general.architecture %q: only llama is supported", arch)
@@ -438,11 +532,11 @@ func ReadModel(g *File) (*model.Weights, model.Config, error) {
 		{"context_length", &c.MaxPositions, false, model.MaxPositions},
 	} {
 		if *f.dst, err = getInt(f.key, model.DefaultMaxPositions, f.required, 1, f.hi); err != nil {
-			return nil, model.Config{}, err
+			return model.Config{}, err
 		}
 	}
 	if c.NumKVHeads, err = getInt("attention.head_count_kv", c.NumHeads, false, 1, model.MaxHeads); err != nil {
-		return nil, model.Config{}, err
+		return model.Config{}, err
 	}
 	if c.HiddenSize%c.NumHeads != 0 {
 		if _, ok := g.Metadata["llama.attention.key_length"]; !ok {
@@ -450,17 +544,17 @@ func ReadModel(g *File) (*model.Weights, model.Config, error) {
 		}
 	}
 	if c.HeadDim, err = getInt("attention.key_length", c.HiddenSize/max(c.NumHeads, 1), false, 1, model.MaxHeadDim); err != nil {
-		return nil, model.Config{}, err
+		return model.Config{}, err
 	}
 	if vl, err := getInt("attention.value_length", c.HeadDim, false, 1, model.MaxHeadDim); err != nil || vl != c.HeadDim {
 		if err != nil {
-			return nil, model.Config{}, err
+			return model.Config{}, err
 		}
 		return fail("llama.attention.value_length %d differs from key_length %d", vl, c.HeadDim)
 	}
 	if rd, err := getInt("rope.dimension_count", c.HeadDim, false, 1, model.MaxHeadDim); err != nil || rd != c.HeadDim {
 		if err != nil {
-			return nil, model.Config{}, err
+			return model.Config{}, err
 		}
 		return fail("llama.rope.dimension_count %d: partial rotary embeddings are not supported (head dim %d)", rd, c.HeadDim)
 	}
@@ -515,57 +609,10 @@ func ReadModel(g *File) (*model.Weights, model.Config, error) {
 	_, hasOutput := g.Tensor("output.weight")
 	c.TieEmbeddings = !hasOutput
 	if err := c.Supported(); err != nil {
-		return nil, model.Config{}, fmt.Errorf("%s: %w", g.Name, err)
+		return model.Config{}, fmt.Errorf("%s: %w", g.Name, err)
 	}
 	if c.HeadDim%2 != 0 {
 		return fail("head dim %d is odd", c.HeadDim)
 	}
-	read := func(name string, shape ...int) ([]float32, error) {
-		t, ok := g.Tensor(name)
-		if !ok {
-			return nil, fmt.Errorf("%s: tensor %s is missing", g.Name, name)
-		}
-		if !slices.Equal(t.Shape(), shape) {
-			return nil, fmt.Errorf("%s: tensor %s has shape %v (dims %v), the metadata implies %v", g.Name, name, t.Shape(), t.Dims, shape)
-		}
-		return g.ReadFloat32(name)
-	}
-	w := &model.Weights{Config: c, Layers: make([]*model.Layer, c.NumLayers)}
-	h := c.HiddenSize
-	if w.Embed, err = read("token_embd.weight", c.VocabSize, h); err != nil {
-		return nil, model.Config{}, err
-	}
-	for i := range w.Layers {
-		l := &model.Layer{}
-		if l.AttnNorm, err = read(fmt.Sprintf("blk.%d.attn_norm.weight", i), h); err != nil {
-			return nil, model.Config{}, err
-		}
-		if l.MLPNorm, err = read(fmt.Sprintf("blk.%d.ffn_norm.weight", i), h); err != nil {
-			return nil, model.Config{}, err
-		}
-		for _, p := range layerNames[:7] {
-			out, in := c.LinearShape(p.hf)
-			data, err := read(fmt.Sprintf("blk.%d.%s.weight", i, p.gguf), out, in)
-			if err != nil {
-				return nil, model.Config{}, err
-			}
-			switch p.hf {
-			case "q_proj":
-				data = unpermute(data, c.NumHeads, in)
-			case "k_proj":
-				data = unpermute(data, c.NumKVHeads, in)
-			}
-			*l.Linear(p.hf) = data
-		}
-		w.Layers[i] = l
-	}
-	if w.FinalNorm, err = read("output_norm.weight", h); err != nil {
-		return nil, model.Config{}, err
-	}
-	if hasOutput {
-		if w.LMHead, err = read("output.weight", c.VocabSize, h); err != nil {
-			return nil, model.Config{}, err
-		}
-	}
-	return w, c, nil
+	return c, nil
 }

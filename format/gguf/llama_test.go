@@ -3,6 +3,7 @@ package gguf
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"train/internal/testcheck"
@@ -147,17 +148,25 @@ func TestGGUFTokenizerFromTokenizerJSON(t *testing.T) {
 	}
 }
 
-func ggufRoundTrip(t *testing.T, w *model.Weights, typ GGMLType, tokDir string) *model.Weights {
+// writeOpen writes w with opt to a temporary file and opens it (closed when the
+// test ends).
+func writeOpen(t *testing.T, w *model.Weights, opt ModelOptions) *File {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "m.gguf")
-	if err := WriteModel(path, w, ModelOptions{Type: typ, TokenizerDir: tokDir}); err != nil {
+	if err := WriteModel(path, w, opt); err != nil {
 		t.Fatal(err)
 	}
 	g, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer g.Close()
+	t.Cleanup(func() { g.Close() })
+	return g
+}
+
+func ggufRoundTrip(t *testing.T, w *model.Weights, typ GGMLType, tokDir string) *model.Weights {
+	t.Helper()
+	g := writeOpen(t, w, ModelOptions{Type: typ, TokenizerDir: tokDir})
 	back, _, err := ReadModel(g)
 	if err != nil {
 		t.Fatal(err)
@@ -200,15 +209,7 @@ func TestGGUFLlama3RopeFactors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := filepath.Join(t.TempDir(), "m.gguf")
-	if err := WriteModel(path, w, ModelOptions{Type: F32}); err != nil {
-		t.Fatal(err)
-	}
-	g, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer g.Close()
+	g := writeOpen(t, w, ModelOptions{Type: F32})
 	f, err := g.ReadFloat32("rope_freqs.weight")
 	if err != nil {
 		t.Fatal(err)
@@ -231,6 +232,67 @@ func TestGGUFLlama3RopeFactors(t *testing.T) {
 	for i := range f {
 		if d := float64(base[i]/f[i]) - float64(inv[i]); d > 1e-6*float64(inv[i]) || -d > 1e-6*float64(inv[i]) {
 			t.Errorf("frequency %d: base/factor %v, model %v", i, base[i]/f[i], inv[i])
+		}
+	}
+}
+
+// TestGGUFQuantizedModel writes stories260K (or the tiny parity model) as Q8_0
+// and Q4_0: general.file_type is llama.cpp's, every tensor has the type
+// matrixType gives (norms F32; ffn_down, whose rows of 172 values do not fit
+// 32-blocks, F16; the tied token_embd, which is also the output, Q8_0 under
+// Q4_0), and every weight reads back within its type's bound.
+func TestGGUFQuantizedModel(t *testing.T) {
+	src := stories260K
+	if _, err := os.Stat(src); err != nil {
+		src = "../../model/testdata/parity/tiny"
+	}
+	w, err := model.LoadModel(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []GGMLType{Q8_0, Q4_0} {
+		g := writeOpen(t, w, ModelOptions{Type: typ})
+		if ft, _ := g.Uint("general.file_type"); ft != map[GGMLType]uint64{Q8_0: 7, Q4_0: 2}[typ] {
+			t.Errorf("%s: general.file_type %d", typ, ft)
+		}
+		c := w.Config
+		for _, ti := range g.Tensors {
+			want := matrixType(typ, ti.Name == "output.weight" || (ti.Name == "token_embd.weight" && c.TieEmbeddings), int(ti.Dims[0]))
+			if len(ti.Dims) == 1 {
+				want = F32
+			}
+			if ti.Type != want {
+				t.Errorf("%s: %s stored as %s, want %s", typ, ti.Name, ti.Type, want)
+			}
+		}
+		if src == stories260K {
+			for name, want := range map[string]GGMLType{"blk.0.ffn_down.weight": F16, "blk.0.ffn_up.weight": typ, "token_embd.weight": Q8_0, "blk.0.attn_norm.weight": F32} {
+				if ti, _ := g.Tensor(name); ti.Type != want {
+					t.Errorf("%s: %s is %s, want %s", typ, name, ti.Type, want)
+				}
+			}
+		}
+		back, _, err := ReadModel(g)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ref := back.NamedTensors(), w.NamedTensors()
+		for name, x := range ref {
+			y := got[name]
+			if len(y) != len(x) {
+				t.Fatalf("%s: %s has %d values, want %d", typ, name, len(y), len(x))
+			}
+			if len(x)%QuantBlock != 0 || strings.Contains(name, "norm") || strings.Contains(name, "down_proj") {
+				testcheck.EqualTensors(t, typ.String()+" "+name, map[string][]float32{name: y}, map[string][]float32{name: x}, 1.0/2048)
+				continue
+			}
+			bt := typ
+			if strings.Contains(name, "embed") && typ == Q4_0 {
+				bt = Q8_0 // the tied output
+			}
+			if i, e, b := quantBoundViolation(bt, x, y); i >= 0 {
+				t.Errorf("%s: %s[%d] = %v read back as %v: error %g over the bound %g", typ, name, i, x[i], y[i], e, b)
+			}
 		}
 	}
 }

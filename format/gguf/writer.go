@@ -50,10 +50,18 @@ func (w *Writer) Set(key string, v any) error {
 }
 
 // AddTensor adds a tensor of row-major shape (outermost first, as Hugging Face
-// lists it) stored as F32, F16 or BF16.
+// lists it) stored as F32, F16, BF16, Q8_0 or Q4_0 (converted or quantized as
+// it is written; a quantized tensor's rows must be a multiple of QuantBlock
+// long).
 func (w *Writer) AddTensor(name string, typ GGMLType, shape []int, data []float32) error {
-	if typ != F32 && typ != F16 && typ != BF16 {
-		return fmt.Errorf("gguf writer: tensor %s: type %s is not F32, F16 or BF16", name, typ)
+	switch typ {
+	case F32, F16, BF16:
+	case Q8_0, Q4_0:
+		if len(shape) > 0 && shape[len(shape)-1]%QuantBlock != 0 {
+			return fmt.Errorf("gguf writer: tensor %s: rows of %d values cannot be stored as %s (blocks of %d)", name, shape[len(shape)-1], typ, QuantBlock)
+		}
+	default:
+		return fmt.Errorf("gguf writer: tensor %s: type %s is not F32, F16, BF16, Q8_0 or Q4_0", name, typ)
 	}
 	if name == "" || w.names[name] {
 		return fmt.Errorf("gguf writer: tensor name %q is empty or added twice", name)
@@ -192,10 +200,31 @@ func appendValue(b []byte, v any) []byte {
 }
 
 func tensorBytes(t writerTensor) int64 {
-	if t.typ == F32 {
-		return int64(len(t.data)) * 4
+	info := typeInfo[t.typ]
+	return int64(len(t.data)) / info.block * info.bytes
+}
+
+// appendEncoded appends x in type t; for Q8_0 and Q4_0 len(x) is a multiple of
+// QuantBlock.
+func appendEncoded(b []byte, t GGMLType, x []float32) []byte {
+	le := binary.LittleEndian
+	switch t {
+	case Q8_0:
+		return appendQ8_0(b, x)
+	case Q4_0:
+		return appendQ4_0(b, x)
 	}
-	return int64(len(t.data)) * 2
+	for _, v := range x {
+		switch t {
+		case F32:
+			b = le.AppendUint32(b, math.Float32bits(v))
+		case F16:
+			b = le.AppendUint16(b, float16.FromFloat32(v))
+		default:
+			b = le.AppendUint16(b, ops.ToBF16(v))
+		}
+	}
+	return b
 }
 
 // WriteTo writes the file: header, padding to the alignment, then every tensor
@@ -237,22 +266,12 @@ func (w *Writer) WriteTo(out io.Writer) (int64, error) {
 	bw := bufio.NewWriterSize(out, 1<<20)
 	cw := &fileio.CountWriter{W: bw}
 	cw.Write(h)
-	buf := make([]byte, 0, 64<<10)
+	const chunk = 16 << 10 // values per write, a multiple of QuantBlock
+	buf := make([]byte, 0, 4*chunk)
 	pos := int64(0)
 	for _, t := range w.tensors {
-		for i := 0; i < len(t.data); {
-			buf = buf[:0]
-			for ; i < len(t.data) && len(buf) <= cap(buf)-4; i++ {
-				switch t.typ {
-				case F32:
-					buf = le.AppendUint32(buf, math.Float32bits(t.data[i]))
-				case F16:
-					buf = le.AppendUint16(buf, float16.FromFloat32(t.data[i]))
-				default:
-					buf = le.AppendUint16(buf, ops.ToBF16(t.data[i]))
-				}
-			}
-			cw.Write(buf)
+		for i := 0; i < len(t.data); i += chunk {
+			cw.Write(appendEncoded(buf[:0], t.typ, t.data[i:min(i+chunk, len(t.data))]))
 		}
 		pos += tensorBytes(t)
 		if pad := alignUp(pos, align) - pos; pad > 0 {

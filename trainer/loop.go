@@ -139,7 +139,7 @@ func (t *trainer) loop() (Result, error) {
 			prog.note("step %d: fp16 gradients overflowed: step skipped, loss scale now %g", step+1, t.scaler.scale)
 			t.log.Warn("step skipped: fp16 gradient overflow", "step", step+1, "loss", loss, "loss_scale", t.scaler.scale,
 				"overflow_skips", res.ScaleSkips)
-			if err := t.writeMetric(map[string]any{"step": step + 1, "skipped": "overflow", "loss_scale": t.scaler.scale}); err != nil {
+			if err := t.writeMetric(map[string]any{"step": step + 1, "overflow_skipped": 1, "loss_scale": t.scaler.scale}); err != nil {
 				return res, err
 			}
 			if stopNow {

@@ -60,7 +60,7 @@ func TestBenchModelErrors(t *testing.T) {
 		want string
 	}{
 		{[]string{"-method", "adapter"}, `-method "adapter": want full, lora or qlora`},
-		{[]string{"-precision", "fp16"}, `-precision "fp16": want fp32 or bf16`},
+		{[]string{"-precision", "fp8"}, `-precision "fp8": want fp32, bf16 or fp16`},
 		{[]string{"-part", "head"}, `-part "head"`},
 		{[]string{"-device", "tpu"}, `-device "tpu"`},
 		{[]string{"-seq", "0"}, "must be at least 1"},

@@ -59,7 +59,7 @@ func TestEvalErrors(t *testing.T) {
 		{[]string{"-model", "model/testdata/parity/tiny", "-data", masked}, 1, "every label is masked"},
 		{[]string{"-model", "model/testdata/parity/tiny", "-data", good, "-adapter", dir}, 1, "adapter_config.json"},
 		{[]string{"-model", dir, "-data", bad}, 1, "config.json"},
-		{[]string{"-model", "model/testdata/parity/tiny", "-data", good, "-precision", "fp16"}, 2, `precision "fp16" is not one of auto, fp32, bf16`},
+		{[]string{"-model", "model/testdata/parity/tiny", "-data", good, "-precision", "fp8"}, 2, `precision "fp8" is not one of auto, fp32, bf16, fp16`},
 	} {
 		_, code, stderr := runEvalJSON(t, tc.args...)
 		if code != tc.code || !strings.Contains(stderr, tc.want) {

@@ -65,7 +65,7 @@ func TestGenerateErrors(t *testing.T) {
 		{[]string{"-model", storiesDir, "-tokenizer", "../shared/tokenizers/llama3"}, 1, "more than the model's vocabulary of 512"},
 		{[]string{"-model", storiesDir, "-device", "tpu"}, 1, "tpu"},
 		{[]string{"-model", "random:tiny"}, 2, "-tokenizer is required"},
-		{[]string{"-model", storiesDir, "-precision", "fp16"}, 2, `precision "fp16" is not one of auto, fp32, bf16`},
+		{[]string{"-model", storiesDir, "-precision", "fp8"}, 2, `precision "fp8" is not one of auto, fp32, bf16, fp16`},
 	} {
 		if strings.Contains(strings.Join(c.args, " "), "llama3") {
 			if _, err := os.Stat("../shared/tokenizers/llama3"); err != nil {

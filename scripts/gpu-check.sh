@@ -87,7 +87,7 @@ if want kernels; then
 fi
 
 # 6. The trainer end to end on the GPU against the CPU (float32): 50 steps of stories260K, LoRA,
-# QLoRA (4-bit NF4 base weights) and full fine-tuning (TRAIN_METHODS picks some). The GPU in float32 must give the CPU's per-step losses (to ~1e-5) and in bf16
+# QLoRA (4-bit NF4 base weights) and full fine-tuning (TRAIN_METHODS picks some; TRAIN_FP16=1 adds cuda fp16 runs). The GPU in float32 must give the CPU's per-step losses (to ~1e-5) and in bf16
 # track them within 2%. On a machine with 2 GPUs, under mpirun: data parallel (D=2, gradients summed
 # by NCCL on the device) and pipeline parallel (P=2) against one GPU with the same global batch.
 if want train; then
@@ -129,7 +129,7 @@ PY
 )")
   }
   for method in ${TRAIN_METHODS:-lora qlora full}; do
-    for v in cpu:fp32 cuda:fp32 cuda:bf16; do
+    for v in cpu:fp32 cuda:fp32 cuda:bf16 ${TRAIN_FP16:+cuda:fp16}; do
       dev=${v%%:*} prec=${v##*:} run="$out/train-$method-${dev}-$prec"
       .dev/bin/train "${stories[@]}" -method $method -device $dev -precision $prec -run "$run" >"$run.log" 2>&1
       table+=("train $method $dev $prec: rc=$? $(grep '^done' "$run.log")")
@@ -139,6 +139,7 @@ PY
     # steps, so its line is for information (the final losses are printed above).
     bar=2e-2; [ $method = full ] && bar=1
     compare_losses "$method bf16" $bar "$out/train-$method-cpu-fp32" "$out/train-$method-cuda-bf16"
+    [ -n "${TRAIN_FP16:-}" ] && compare_losses "$method fp16" $bar "$out/train-$method-cpu-fp32" "$out/train-$method-cuda-fp16"
   done
   # Generation (KV cache) and evaluation on the GPU against the CPU: greedy text must match in fp32.
   for v in cpu:fp32 cuda:fp32 cuda:bf16; do
@@ -230,6 +231,9 @@ if want bench; then
     >"$out/bench-70b-4layers-T2048-ours-fp32.log" 2>&1
   bench_row "bench 70b-4layers T=2048, ours in fp32" "$out/bench-70b-4layers-T2048-ours-fp32.log" "$out/bench-70b-4layers-T2048-torch.log"
   bench_pair 8b-lora 2048 "${lora8[@]}"
+  # fp16 (GPUs without bf16) beside it: the same case, the same peer.
+  timeout 150 .dev/bin/train bench model "${lora8[@]}" -seq 2048 -device cuda -precision fp16 -json >"$out/bench-8b-lora-T2048-ours-fp16.log" 2>&1
+  bench_row "bench 8b-lora T=2048, ours in fp16" "$out/bench-8b-lora-T2048-ours-fp16.log" "$out/bench-8b-lora-T2048-torch.log"
   if (( SECONDS - bench_start < 150 )); then
     bench_pair 70b-4layers 8192 "${layers70[@]}" -steps 3 -warmup 1
   else

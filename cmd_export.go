@@ -25,7 +25,7 @@ Formats:
   hf    the model with the adapter merged into it (W += scale·B·A), in Hugging
         Face layout: config.json, model.safetensors or shards with
         model.safetensors.index.json above -shard-size, and the tokenizer files.
-        -out is a directory; -dtype f32 or bf16.
+        -out is a directory; -dtype f32, f16 or bf16.
   gguf  the merged model as one GGUF v3 file for llama.cpp (llama architecture,
         tokenizer embedded when tokenizer.json is found). -out is a file;
         -dtype f32, f16 or bf16, or -quant q8_0 | q4_0: the matrices in
@@ -40,7 +40,7 @@ Formats:
 	ckptDir := flags.String("ckpt", "", "take the trained tensors from this checkpoint (or the newest of this run directory)")
 	format := flags.String("format", "", "peft, hf, gguf or gguf-lora")
 	out := flags.String("out", "", "output directory (peft, hf) or file (gguf, gguf-lora)")
-	dtype := flags.String("dtype", "f32", "stored precision: f32, f16 (gguf) or bf16 (hf, gguf)")
+	dtype := flags.String("dtype", "f32", "stored precision: f32, f16 or bf16")
 	quantName := flags.String("quant", "", "gguf: quantize the matrices: q8_0 or q4_0 (instead of -dtype)")
 	shardSize := flags.String("shard-size", "5GB", "hf: largest weight file before sharding (transformers' max_shard_size: 5GB, 500MB, 2GiB, bytes)")
 	tokDir := flags.String("tokenizer", "", "directory with tokenizer.json to ship; default: the model directory")
@@ -67,8 +67,8 @@ Formats:
 			return usagef("-format %s writes f32 adapters (peft keeps LoRA weights in float32), not %s", *format, *dtype)
 		}
 	case "hf":
-		if *dtype != "f32" && *dtype != "bf16" {
-			return usagef("-format hf: -dtype %s: f32 or bf16", *dtype)
+		if *dtype != "f32" && *dtype != "f16" && *dtype != "bf16" {
+			return usagef("-format hf: -dtype %s: f32, f16 or bf16", *dtype)
 		}
 	case "gguf":
 		if *dtype != "f32" && *dtype != "f16" && *dtype != "bf16" {

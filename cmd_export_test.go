@@ -18,7 +18,7 @@ func TestExportUsageErrors(t *testing.T) {
 	for _, args := range [][]string{
 		{"-model", exportBase, "-format", "peft", "-out", t.TempDir()},                                              // no adapter
 		{"-model", exportBase, "-format", "onnx", "-out", t.TempDir()},                                              // unknown format
-		{"-model", exportBase, "-format", "hf", "-out", t.TempDir(), "-dtype", "f16"},                               // f16 safetensors
+		{"-model", exportBase, "-format", "hf", "-out", t.TempDir(), "-dtype", "f8"},                                // unknown dtype
 		{"-model", exportBase, "-format", "hf", "-out", t.TempDir(), "-shard-size", "big"},                          // bad size
 		{"-format", "hf", "-out", t.TempDir()},                                                                      // no model
 		{"-model", exportBase, "-adapter", exportAdapter, "-format", "peft", "-out", t.TempDir(), "-dtype", "bf16"}, // peft is f32

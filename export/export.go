@@ -41,7 +41,7 @@ type Options struct {
 	Format string
 	// Out is the output directory (peft, hf) or file (gguf).
 	Out string
-	// DType is the stored precision: "f32", "f16" (gguf) or "bf16" (hf, gguf);
+	// DType is the stored precision: "f32", "f16" or "bf16";
 	// peft adapters are always f32.
 	DType string
 	// Quant, for gguf, quantizes the matrices: "q8_0" or "q4_0" (llama.cpp's
@@ -111,9 +111,9 @@ func Run(o Options, stdout io.Writer) error {
 	}
 	switch o.Format {
 	case "hf":
-		dt, ok := map[string]safetensors.DType{"f32": safetensors.F32, "bf16": safetensors.BF16}[o.DType]
+		dt, ok := map[string]safetensors.DType{"f32": safetensors.F32, "f16": safetensors.F16, "bf16": safetensors.BF16}[o.DType]
 		if !ok {
-			return fmt.Errorf("hf: dtype %q: f32 or bf16", o.DType)
+			return fmt.Errorf("hf: dtype %q: f32, f16 or bf16", o.DType)
 		}
 		if err := model.WriteHFModelAs(o.Out, w, tok, o.MaxShard, dt); err != nil {
 			return err

@@ -157,6 +157,17 @@ func TestExportFormats(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("hf bf16", exportLogits(t, w, nil, ids), 0.1) // bf16 rounding (2^-9 per weight) amplified ~20x by this random model, as f16 is
+	hfF16 := filepath.Join(dir, "hf-f16")
+	o = fixture("hf", hfF16)
+	o.DType = "f16"
+	runOK(t, o)
+	if w, err = model.LoadModel(hfF16); err != nil {
+		t.Fatal(err)
+	}
+	if w.Config.TorchDType != "float16" {
+		t.Errorf("hf f16: config.json torch_dtype %q, want float16", w.Config.TorchDType)
+	}
+	check("hf f16", exportLogits(t, w, nil, ids), 1e-2) // f16 rounding (2^-12 per weight, norms included, unlike gguf) amplified as above
 
 	// gguf: merged, read back with our reader (q/k un-permuted).
 	for _, dt := range []struct {

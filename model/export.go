@@ -32,7 +32,7 @@ func WriteHFModel(dir string, w *Weights, tokenizerDir string, maxShardBytes int
 }
 
 // WriteHFModelAs writes every tensor of w (which must hold the whole model) to
-// dir as dtype (F32 or BF16), with config.json, and copies TokenizerFiles from
+// dir as dtype (F32, BF16 or F16), with config.json, and copies TokenizerFiles from
 // tokenizerDir when it is not empty. The weights go to one model.safetensors when
 // their size is at most maxShardBytes (<= 0 means DefaultMaxShardBytes), and
 // otherwise to shards split as transformers splits them: tensors in state-dict
@@ -41,8 +41,8 @@ func WriteHFModel(dir string, w *Weights, tokenizerDir string, maxShardBytes int
 // an earlier save in dir that this save does not write are removed, as
 // save_pretrained does, so the directory never mixes two layouts.
 func WriteHFModelAs(dir string, w *Weights, tokenizerDir string, maxShardBytes int64, dtype safetensors.DType) error {
-	if dtype != safetensors.F32 && dtype != safetensors.BF16 {
-		return fmt.Errorf("export %s: dtype %s: Hugging Face export writes F32 or BF16", dir, dtype)
+	if dtype != safetensors.F32 && dtype != safetensors.BF16 && dtype != safetensors.F16 {
+		return fmt.Errorf("export %s: dtype %s: Hugging Face export writes F32, BF16 or F16", dir, dtype)
 	}
 	if maxShardBytes <= 0 {
 		maxShardBytes = DefaultMaxShardBytes
@@ -56,8 +56,11 @@ func WriteHFModelAs(dir string, w *Weights, tokenizerDir string, maxShardBytes i
 	}
 	cfg := w.Config
 	cfg.TorchDType = "float32"
-	if dtype == safetensors.BF16 {
+	switch dtype {
+	case safetensors.BF16:
 		cfg.TorchDType = "bfloat16"
+	case safetensors.F16:
+		cfg.TorchDType = "float16"
 	}
 	if cfg.Architecture == "" {
 		cfg.Architecture = "LlamaForCausalLM"

@@ -319,12 +319,41 @@ func TestSafetensorsShortRead(t *testing.T) {
 	testcheck.ErrorContains(t, err, "s.safetensors: tensor a: reading bytes [0,16) of the data section: unexpected EOF")
 }
 
+// TestSafetensorsF16Writer: float32 data stored as F16 reads back rounded to
+// nearest even, as ops.ToF16 rounds (the Hugging Face export's -dtype f16).
+func TestSafetensorsF16Writer(t *testing.T) {
+	var w Writer
+	v := []float32{1, -2.5, 65504, 1.0009765625 + 1.0/4096, 3e-8, 0.1, float32(math.Inf(-1))}
+	mustAdd(t, w.AddFloat32("h", F16, []int{len(v)}, v))
+	var buf bytes.Buffer
+	if _, err := w.WriteTo(&buf); err != nil {
+		t.Fatal(err)
+	}
+	f, err := parseBytes("f16.safetensors", buf.Bytes())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := f.ReadFloat32("h")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range v {
+		if want := ops.RoundF16(v[i]); math.Float32bits(got[i]) != math.Float32bits(want) {
+			t.Errorf("element %d: %v stored as F16 reads back %v, want %v", i, v[i], got[i], want)
+		}
+	}
+	if got[5] == 0.1 {
+		t.Error("0.1 read back unrounded: the data was not stored as F16")
+	}
+}
+
 func TestSafetensorsWriterErrors(t *testing.T) {
 	var w Writer
 	mustAdd(t, w.AddFloat32("a", F32, []int{2}, []float32{1, 2}))
 	testcheck.ErrorContains(t, w.AddFloat32("a", F32, []int{2}, []float32{1, 2}), "tensor a added twice")
 	testcheck.ErrorContains(t, w.AddFloat32("b", F32, []int{3}, []float32{1, 2}), "shape [3] holds 3 elements but the data has 2")
-	testcheck.ErrorContains(t, w.AddFloat32("c", F16, []int{2}, []float32{1, 2}), "float32 data can be stored as F32 or BF16, not F16")
+	testcheck.ErrorContains(t, w.AddFloat32("c", I32, []int{2}, []float32{1, 2}), "float32 data can be stored as F32, BF16 or F16, not I32")
+	testcheck.ErrorContains(t, w.AddFloat32("c", F16, []int{2}, []float32{1, 70000}), "tensor c: element 1 is 70000, beyond float16's largest value 65504")
 	testcheck.ErrorContains(t, w.AddFloat32("__metadata__", F32, []int{2}, []float32{1, 2}), "invalid tensor name")
 	testcheck.ErrorContains(t, w.AddRaw("d", DType("X"), []int{2}, []byte{1, 2}), `unknown dtype "X"`)
 	testcheck.ErrorContains(t, w.AddRaw("e", F32, []int{2}, []byte{1, 2, 3}), "not a whole number of F32 elements")

@@ -43,10 +43,19 @@ func (w *Writer) SetMetadata(key, value string) {
 	w.metadata[key] = value
 }
 
-// AddFloat32 adds a tensor stored as dtype F32 or BF16 (rounded to nearest even).
+// AddFloat32 adds a tensor stored as dtype F32, BF16 or F16 (rounded to
+// nearest even). A finite value beyond half precision's range is refused for
+// F16, naming the tensor, rather than stored as infinity.
 func (w *Writer) AddFloat32(name string, dtype DType, shape []int, data []float32) error {
-	if dtype != F32 && dtype != BF16 {
-		return fmt.Errorf("safetensors writer: tensor %s: float32 data can be stored as F32 or BF16, not %s", name, dtype)
+	if dtype != F32 && dtype != BF16 && dtype != F16 {
+		return fmt.Errorf("safetensors writer: tensor %s: float32 data can be stored as F32, BF16 or F16, not %s", name, dtype)
+	}
+	if dtype == F16 {
+		for i, v := range data {
+			if math.Abs(float64(v)) > ops.MaxF16 && !math.IsInf(float64(v), 0) && !math.IsNaN(float64(v)) {
+				return fmt.Errorf("safetensors writer: tensor %s: element %d is %g, beyond float16's largest value %d: export f32 or bf16", name, i, v, ops.MaxF16)
+			}
+		}
 	}
 	return w.add(writerTensor{name: name, dtype: dtype, shape: shape, f32: data}, len(data))
 }
@@ -193,6 +202,8 @@ func (w *Writer) WriteTo(out io.Writer) (int64, error) {
 					buf = binary.LittleEndian.AppendUint64(buf, math.Float64bits(t.f64[i]))
 				case t.dtype == BF16:
 					buf = binary.LittleEndian.AppendUint16(buf, ops.ToBF16(t.f32[i]))
+				case t.dtype == F16:
+					buf = binary.LittleEndian.AppendUint16(buf, ops.ToF16(t.f32[i]))
 				default:
 					buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(t.f32[i]))
 				}

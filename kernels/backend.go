@@ -199,7 +199,10 @@ func (b *Backend) Info() (Info, error) {
 // HasBF16 reports whether the GPU computes on bfloat16 natively (tensor cores
 // and cuBLAS' bf16 GEMMs: compute capability 8.0, Ampere, and later). Older
 // GPUs train in F16 with loss scaling instead.
-func (b *Backend) HasBF16() bool { return b.dev.cc >= minFlashCC }
+func (b *Backend) HasBF16() bool { return b.dev.cc >= minBF16CC }
+
+// minBF16CC is the compute capability of native bfloat16 (sm_80).
+const minBF16CC = 80
 
 // Name reports "cuda"; the storage type (F32 or BF16) is the model's choice,
 // logged beside it as the precision.

@@ -66,6 +66,19 @@ func (t *trainer) loop() (Result, error) {
 		lastSave, lastSaveTime = step, time.Now()
 		return nil
 	}
+	// finish acts on the votes every rank took alike after step (0-based):
+	// stop checkpoints and ends the loop (stop reports it), save checkpoints.
+	finish := func(step int, stopNow, saveNow bool) (stop bool, err error) {
+		if stopNow {
+			res.Stopped = true
+			prog.note("signal received: checkpointing and stopping after step %d", step+1)
+			return true, checkpoint(step + 1)
+		}
+		if saveNow {
+			return false, checkpoint(step + 1)
+		}
+		return false, nil
+	}
 	for step := t.startStep; step < cfg.Steps; step++ {
 		stepStart := time.Now()
 		time.Sleep(t.stepSleep)
@@ -142,15 +155,8 @@ func (t *trainer) loop() (Result, error) {
 			if err := t.writeMetric(map[string]any{"step": step + 1, "overflow_skipped": 1, "loss_scale": t.scaler.scale}); err != nil {
 				return res, err
 			}
-			if stopNow {
-				res.Stopped = true
-				prog.note("signal received: checkpointing and stopping after step %d", step+1)
-				return res, checkpoint(step + 1)
-			}
-			if saveNow {
-				if err := checkpoint(step + 1); err != nil {
-					return res, err
-				}
+			if stop, err := finish(step, stopNow, saveNow); stop || err != nil {
+				return res, err
 			}
 			continue
 		}
@@ -161,10 +167,8 @@ func (t *trainer) loop() (Result, error) {
 			if bad >= maxBadSteps {
 				return res, fmt.Errorf("step %d: %d steps in a row had a non-finite loss or gradient; lower train.lr or check the data", step+1, bad)
 			}
-			if stopNow {
-				res.Stopped = true
-				prog.note("signal received: checkpointing and stopping after step %d", step+1)
-				return res, checkpoint(step + 1)
+			if stop, err := finish(step, stopNow, false); stop || err != nil {
+				return res, err
 			}
 			continue
 		}
@@ -229,15 +233,8 @@ func (t *trainer) loop() (Result, error) {
 				return res, err
 			}
 		}
-		if stopNow {
-			res.Stopped = true
-			prog.note("signal received: checkpointing and stopping after step %d", step+1)
-			return res, checkpoint(step + 1)
-		}
-		if saveNow {
-			if err := checkpoint(step + 1); err != nil {
-				return res, err
-			}
+		if stop, err := finish(step, stopNow, saveNow); stop || err != nil {
+			return res, err
 		}
 	}
 	if res.Steps > lastSave {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/schollz/progressbar/v3"
-	"golang.org/x/term"
 
 	"train/config"
 	"train/data"
@@ -118,7 +117,7 @@ func CacheSpec(cfg config.Config, mc model.Config, tok *tokenizer.Tokenizer, pat
 // tokenizeProgress shows a cache being built: a bar on a terminal, else a
 // plain line every 10% (and at the end), which reads well in a log.
 func tokenizeProgress(out io.Writer) func(done, total int64, examples int) {
-	if f, ok := out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if isTerminal(out) {
 		var bar *progressbar.ProgressBar
 		return func(done, total int64, examples int) {
 			if bar == nil {

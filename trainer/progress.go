@@ -22,7 +22,7 @@ type progress struct {
 
 func newProgress(out io.Writer, total, every int) *progress {
 	p := &progress{out: out, every: every, total: total}
-	if f, ok := out.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+	if isTerminal(out) {
 		p.bar = progressbar.NewOptions(total,
 			progressbar.OptionSetWriter(out),
 			progressbar.OptionSetDescription("training"),
@@ -61,4 +61,11 @@ func (p *progress) finish() {
 	if p.bar != nil {
 		_ = p.bar.Finish()
 	}
+}
+
+// isTerminal reports whether out is a terminal, where a progress bar is
+// drawn instead of plain periodic lines.
+func isTerminal(out io.Writer) bool {
+	f, ok := out.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -323,8 +323,8 @@ func (b *Backend) attnForwardArgs(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, 
 	return p, b.err == nil && N > 0
 }
 
-// attnBackwardArgs is attnForwardArgs for AttentionBackward (no out).
-func (b *Backend) attnBackwardArgs(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) (attnPtrs, bool) {
+// attnBackwardArgs is attnForwardArgs for AttentionBackward.
+func (b *Backend) attnBackwardArgs(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) (attnPtrs, bool) {
 	const op = "AttentionBackward"
 	var p attnPtrs
 	if !b.attnShape(op, B, T, H, KVH, D) {
@@ -334,9 +334,18 @@ func (b *Backend) attnBackwardArgs(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, 
 	p.dq, p.dk, p.dv = b.data(dq, N*H*D, op, "dq"), b.data(dk, N*KVH*D, op, "dk"), b.data(dv, N*KVH*D, op, "dv")
 	p.dout, p.lse = b.data(dout, N*H*D, op, "dout"), b.f(lse, B*H*T, op, "lse")
 	p.q, p.k, p.v = b.data(q, N*H*D, op, "q"), b.data(k, N*KVH*D, op, "k"), b.data(v, N*KVH*D, op, "v")
+	p.out = b.data(out, N*H*D, op, "out")
 	p.seg = b.i(seg, N, op, "seg", true)
-	b.same(op, dq, dk, dv, dout, q, k, v)
+	b.same(op, dq, dk, dv, dout, q, k, v, out)
 	return p, b.err == nil && N > 0
+}
+
+// zeroGrads zeroes dq, dk and dv for the kernels that add into them (flash,
+// GEMM): AttentionBackward overwrites.
+func (b *Backend) zeroGrads(dq, dk, dv ops.Buf, B, T, H, KVH, D int) {
+	b.Zero(dq, B*T*H*D)
+	b.Zero(dk, B*T*KVH*D)
+	b.Zero(dv, B*T*KVH*D)
 }
 
 // AttentionForwardGEMM is AttentionForward (ops.Backend) by the GEMM
@@ -355,8 +364,8 @@ func (b *Backend) AttentionForwardGEMM(out, lse, q, k, v, seg ops.Buf, B, T, H, 
 
 // AttentionBackwardGEMM is AttentionBackward (ops.Backend) by the GEMM
 // attention: dq, dk, dv += the gradients; see the top of this file for how.
-func (b *Backend) AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
-	p, ok := b.attnBackwardArgs(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+func (b *Backend) AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	p, ok := b.attnBackwardArgs(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
 	if !ok {
 		return
 	}
@@ -364,6 +373,7 @@ func (b *Backend) AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, lse, seg ops.
 	if a == nil {
 		return
 	}
+	b.zeroGrads(dq, dk, dv, B, T, H, KVH, D)
 	b.run("AttentionBackward", func(d *device) error {
 		return a.backward(d, p.dq, p.dk, p.dv, p.dout, p.q, p.k, p.v, p.lse)
 	})

@@ -21,22 +21,39 @@ func (g gemmAttn) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH,
 	g.AttentionForwardGEMM(out, lse, q, k, v, seg, B, T, H, KVH, D)
 }
 
-func (g gemmAttn) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
-	g.AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+func (g gemmAttn) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	g.AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
 }
 
 type flashAttn struct{ *Backend }
+
+// cudnnAttn pins AttentionForward and AttentionBackward to cuDNN
+// (TRAIN_ATTENTION=cudnn: an error where it cannot take the call); calls
+// without segments only.
+type cudnnAttn struct{ *Backend }
+
+func (c cudnnAttn) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
+	c.attnPick = "cudnn"
+	defer func() { c.attnPick = "auto" }()
+	c.Backend.AttentionForward(out, lse, q, k, v, seg, B, T, H, KVH, D)
+}
+
+func (c cudnnAttn) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	c.attnPick = "cudnn"
+	defer func() { c.attnPick = "auto" }()
+	c.Backend.AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
+}
 
 func (f flashAttn) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
 	f.AttentionForwardFlash(out, lse, q, k, v, seg, B, T, H, KVH, D)
 }
 
-func (f flashAttn) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
-	f.AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+func (f flashAttn) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	f.AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
 }
 
 // attnProblem is one training attention's inputs, held on the host: q, k, v,
-// dout, and the initial dq, dk, dv (the backward adds to them). For BF16 runs
+// dout, and the initial dq, dk, dv (the backward overwrites them). For BF16 runs
 // the values are rounded to bfloat16 first, so every backend sees the same
 // numbers.
 type attnProblem struct {
@@ -117,7 +134,7 @@ func (pr *attnProblem) compute(be ops.Backend, dt ops.DType) (map[string][]float
 		return nil, err
 	}
 	be.AttentionForward(out, lse, in["q"], in["k"], in["v"], seg, B, T, H, KVH, D)
-	be.AttentionBackward(in["dq"], in["dk"], in["dv"], in["dout"], in["q"], in["k"], in["v"], lse, seg, B, T, H, KVH, D)
+	be.AttentionBackward(in["dq"], in["dk"], in["dv"], in["dout"], in["q"], in["k"], in["v"], out, lse, seg, B, T, H, KVH, D)
 	res := map[string][]float64{}
 	for name, x := range map[string]ops.Buf{"out": out, "lse": lse, "dq": in["dq"], "dk": in["dk"], "dv": in["dv"]} {
 		v := make([]float64, x.Len())
@@ -210,9 +227,7 @@ func TestAttentionChunks(t *testing.T) {
 }
 
 // flashCase is one shape of TestAttentionFlash; acc: the gradients start at
-// random values (checks that the backward adds), else at zero (so the
-// comparison measures the gradients themselves, not bf16's rounding of a
-// larger sum).
+// random values (checks that the backward overwrites them), else at zero.
 type flashCase struct {
 	B, T, H, KVH, D, segLen int
 	acc                     bool
@@ -229,7 +244,7 @@ func (c flashCase) String() string {
 // flashCases: T in {1, 17, 128, 1000, 4096} x D in {64, 128} x GQA ratio in
 // {1, 4, 8} x without and with segments (about 2T/5 long: the second starts
 // mid-tile and crosses into the next batch row), plus short segments (37
-// tokens: several per tile) and accumulation into nonzero gradients. Two batch
+// tokens: several per tile) and nonzero gradients to overwrite. Two batch
 // rows and two key/value heads up to T 1000; one row of one key/value head
 // (ratio 1: two) at 4096, where the CPU reference dominates the test's time.
 func flashCases() []flashCase {
@@ -343,17 +358,11 @@ func TestAttentionFlash(t *testing.T) {
 
 // checkFlash runs one flash case in data type dt against the reference want;
 // twice when deterministic, comparing the bits.
-func checkFlash(t *testing.T, fb flashAttn, pr *attnProblem, c flashCase, dt ops.DType, want map[string][]float64, deterministic bool) {
+func checkFlash(t *testing.T, fb ops.Backend, pr *attnProblem, c flashCase, dt ops.DType, want map[string][]float64, deterministic bool) {
 	got := pr.run(t, fb, dt)
 	if deterministic {
-		again := pr.run(t, fb, dt)
-		for name, v := range got {
-			for j := range v {
-				if math.Float64bits(v[j]) != math.Float64bits(again[name][j]) {
-					t.Errorf("%v %v: %s[%d] is %v, then %v: not deterministic", c, dt, name, j, v[j], again[name][j])
-					break
-				}
-			}
+		if name, j, a, b := differs(got, pr.run(t, fb, dt)); name != "" {
+			t.Errorf("%v %v: %s[%d] is %v, then %v: not deterministic", c, dt, name, j, a, b)
 		}
 	}
 	errs := ""
@@ -374,6 +383,78 @@ func checkFlash(t *testing.T, fb flashAttn, pr *attnProblem, c flashCase, dt ops
 		errs += fmt.Sprintf(" %s %.1e", name, rel)
 	}
 	t.Logf("%v %v: error%s", c, dt, errs)
+}
+
+// differs returns the first output element that differs in bits between two
+// runs ("" when none).
+func differs(a, b map[string][]float64) (string, int, float64, float64) {
+	for _, name := range []string{"out", "lse", "dq", "dk", "dv"} {
+		for j, x := range a[name] {
+			if math.Float64bits(x) != math.Float64bits(b[name][j]) {
+				return name, j, x, b[name][j]
+			}
+		}
+	}
+	return "", 0, 0, 0
+}
+
+// TestAttentionCudnn holds cuDNN's fused attention to the float64 CPU
+// reference as TestAttentionFlash does the flash kernels, on the flash cases
+// without segments (cuDNN takes no segment mask; packed rows go to the flash
+// kernels), in bf16 and f16. It logs whether two runs give the same bits.
+// Skipped where libcudnn.so.9 does not load.
+func TestAttentionCudnn(t *testing.T) {
+	be := gpu(t)
+	if _, _, err := cudnnVersion(); err != nil {
+		t.Skipf("no cuDNN: %v", err)
+	}
+	v, path, _ := cudnnVersion()
+	t.Logf("cuDNN %s from %s", cudnnVersionString(v), path)
+	var cases []flashCase
+	for _, c := range flashCases() {
+		if c.segLen == 0 && !c.acc {
+			cases = append(cases, c)
+		}
+	}
+	refs := make([]chan map[string][]float64, len(cases))
+	probs := make([]*attnProblem, len(cases))
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for i, c := range cases {
+		probs[i] = newFlashProblem(rand.New(rand.NewPCG(uint64(31+i), uint64(c.T))), c)
+		refs[i] = make(chan map[string][]float64, 1)
+	}
+	for i := len(cases) - 1; i >= 0; i-- {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			vals, err := probs[i].compute(ops.NewCPU64(), ops.F32)
+			if err != nil {
+				t.Errorf("%v: CPU reference: %v", cases[i], err)
+			}
+			refs[i] <- vals
+		}()
+	}
+	cb := cudnnAttn{be}
+	for i, c := range cases {
+		want := <-refs[i]
+		if want == nil {
+			continue
+		}
+		for _, dt := range []ops.DType{ops.BF16, ops.F16} {
+			checkFlash(t, cb, probs[i], c, dt, want, false)
+			if i == len(cases)/2 {
+				if name, j, a, b := differs(probs[i].run(t, cb, dt), probs[i].run(t, cb, dt)); name != "" {
+					t.Logf("%v %v: two runs differ (%s[%d] %v then %v): cuDNN's backward is not deterministic", c, dt, name, j, a, b)
+				} else {
+					t.Logf("%v %v: two runs give the same bits", c, dt)
+				}
+			}
+		}
+	}
 }
 
 // TestAttentionKernel: the choice between flash and GEMM attention.
@@ -464,13 +545,20 @@ func TestAttentionTiming(t *testing.T) {
 		}
 		flops := 4 * float64(T) * float64(T) / 2 * float64(D) * float64(H) * float64(B)
 		reps := max(2, 16*8192*8192/(T*T))
-		for _, path := range []string{"flash", "gemm"} {
+		paths := []string{"flash", "gemm"}
+		if _, _, err := cudnnVersion(); err == nil {
+			paths = append(paths, "cudnn")
+		}
+		for _, path := range paths {
 			var a ops.Backend = flashAttn{be}
-			if path == "gemm" {
+			switch path {
+			case "gemm":
 				a = gemmAttn{be}
+			case "cudnn":
+				a = cudnnAttn{be}
 			}
 			fwd := func() { a.AttentionForward(out, lse, q, k, v, nil, B, T, H, KVH, D) }
-			bwd := func() { a.AttentionBackward(dq, dk, dv, dout, q, k, v, lse, nil, B, T, H, KVH, D) }
+			bwd := func() { a.AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, nil, B, T, H, KVH, D) }
 			timeIt(func() { fwd(); bwd() }, 1) // warm up: workspace, module functions, cuBLAS heuristics
 			tf, tb := timeIt(fwd, reps), timeIt(bwd, reps)
 			r := attnTiming{T, path, ms(tf), ms(tb), flops / tf.Seconds() / 1e12, 2.5 * flops / tb.Seconds() / 1e12}
@@ -484,9 +572,8 @@ func TestAttentionTiming(t *testing.T) {
 		}
 	}
 	t.Logf("attention bf16, H %d KVH %d D %d, TFLOP/s of causal work (forward, backward, forward+backward):", H, KVH, D)
-	for i := 0; i+1 < len(rows); i += 2 {
-		f, g := rows[i], rows[i+1]
-		t.Logf("  T %5d  flash %4.0f %4.0f %4.0f  gemm %4.0f %4.0f %4.0f", f.T, f.fwdTF, f.bwdTF, both(f), g.fwdTF, g.bwdTF, both(g))
+	for _, r := range rows {
+		t.Logf("  T %5d  %-5s %4.0f %4.0f %4.0f", r.T, r.path, r.fwdTF, r.bwdTF, both(r))
 	}
 }
 

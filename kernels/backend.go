@@ -78,8 +78,17 @@ type Backend struct {
 	attnWS    uint64
 	attnWSB   int64
 	attnLimit int64
-	closed    bool
+	// attnPick is TRAIN_ATTENTION: "auto" (cuDNN's fused attention where it
+	// takes the call, else flash, else GEMM), "cudnn" (an error where cuDNN
+	// cannot take an unpacked call) or "flash" (never cuDNN). dnnWhy is the
+	// first reason cuDNN did not take a call under "auto".
+	attnPick string
+	dnnWhy   string
+	closed   bool
 }
+
+// AttentionEnv chooses the training attention (Backend.attnPick).
+const AttentionEnv = "TRAIN_ATTENTION"
 
 // Info describes the device and the libraries a Backend runs on.
 type Info struct {
@@ -136,7 +145,15 @@ func Open(ord int) (*Backend, error) {
 		}
 		img = b
 	}
-	b := &Backend{th: startThread()}
+	pick := os.Getenv(AttentionEnv)
+	switch pick {
+	case "":
+		pick = "auto"
+	case "auto", "cudnn", "flash":
+	default:
+		return nil, fmt.Errorf("device cuda: %s=%q: want auto, cudnn or flash", AttentionEnv, pick)
+	}
+	b := &Backend{th: startThread(), attnPick: pick}
 	var err error
 	b.th.do(func() { b.dev, err = openDevice(ord, img) })
 	if err != nil {

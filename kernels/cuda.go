@@ -418,6 +418,7 @@ type device struct {
 	cc      int // compute capability as major*10 + minor: 90 for an H100 or H200
 	driver  int
 	blasVer int
+	dnn     *dnnState // cuDNN, opened on first use (cudnn.go)
 	funcs   map[string]C.CUfunction
 	smem    map[C.CUfunction]int // dynamic shared memory each function was allowed (launchSmem)
 }
@@ -523,7 +524,7 @@ func (d *device) init(fatbin []byte) error {
 
 // close releases what init made, in reverse order; it returns the first error.
 func (d *device) close() error {
-	var errs []error
+	errs := []error{d.closeCudnn()}
 	if d.blas != nil {
 		errs = append(errs, blasErr("cublasDestroy", C.tr_cublasDestroy(d.blas)))
 	}

@@ -104,22 +104,36 @@ func bufPtr(x ops.Buf) uint64 {
 // AttentionForward: see ops.Backend. Flash attention where it applies
 // (flashTakes), the GEMM attention otherwise.
 func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
-	if flashTakes(b.dev.cc, dtypeOf(q, ops.F32), D, H, bufPtr(out), bufPtr(q), bufPtr(k), bufPtr(v)) {
+	dt := dtypeOf(q, ops.F32)
+	if flashTakes(b.dev.cc, dt, D, H, bufPtr(out), bufPtr(q), bufPtr(k), bufPtr(v)) {
+		if seg == nil && b.attnPick != "flash" {
+			p, ok := b.attnForwardArgs(out, lse, q, k, v, seg, B, T, H, KVH, D)
+			if !ok || b.dnnAttention("AttentionForward", p, false, dt, B, T, H, KVH, D) {
+				return
+			}
+		}
 		b.AttentionForwardFlash(out, lse, q, k, v, seg, B, T, H, KVH, D)
 		return
 	}
 	b.AttentionForwardGEMM(out, lse, q, k, v, seg, B, T, H, KVH, D)
 }
 
-// AttentionBackward: dq, dk, dv += the gradients (ops.Backend). Flash attention
+// AttentionBackward: dq, dk, dv = the gradients (ops.Backend). Flash attention
 // where it applies, the GEMM attention otherwise; either recomputes from lse
 // whatever forward saved it (both save the same lse).
-func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
-	if flashTakes(b.dev.cc, dtypeOf(q, ops.F32), D, H, bufPtr(dq), bufPtr(dk), bufPtr(dv), bufPtr(dout), bufPtr(q), bufPtr(k), bufPtr(v)) {
-		b.AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) {
+	dt := dtypeOf(q, ops.F32)
+	if flashTakes(b.dev.cc, dt, D, H, bufPtr(dq), bufPtr(dk), bufPtr(dv), bufPtr(dout), bufPtr(q), bufPtr(k), bufPtr(v), bufPtr(out)) {
+		if seg == nil && b.attnPick != "flash" {
+			p, ok := b.attnBackwardArgs(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
+			if !ok || b.dnnAttention("AttentionBackward", p, true, dt, B, T, H, KVH, D) {
+				return
+			}
+		}
+		b.AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
 		return
 	}
-	b.AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+	b.AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
 }
 
 // flash is one flash-attention call: shape, scales and the pointers' batch
@@ -225,9 +239,9 @@ func (b *Backend) AttentionForwardFlash(out, lse, q, k, v, seg ops.Buf, B, T, H,
 
 // AttentionBackwardFlash is AttentionBackward by the flash kernels; an error
 // where they cannot take the call (flashTakes).
-func (b *Backend) AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg ops.Buf, B, T, H, KVH, D int) {
+func (b *Backend) AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) {
 	const op = "AttentionBackward"
-	p, ok := b.attnBackwardArgs(dq, dk, dv, dout, q, k, v, lse, seg, B, T, H, KVH, D)
+	p, ok := b.attnBackwardArgs(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
 	if !ok || !b.flashCheck(op, q.DType(), D, H, p.dq, p.dk, p.dv, p.dout, p.q, p.k, p.v) {
 		return
 	}
@@ -236,6 +250,7 @@ func (b *Backend) AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, lse, seg ops
 		return
 	}
 	f := newFlash(q.DType(), p.seg, B, T, H, KVH, D)
+	b.zeroGrads(dq, dk, dv, B, T, H, KVH, D)
 	b.run(op, func(d *device) error { return f.backward(d, ws, p.dq, p.dk, p.dv, p.dout, p.q, p.k, p.v, p.lse) })
 }
 

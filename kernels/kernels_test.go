@@ -191,7 +191,7 @@ func testShapes(p *pair, tol float64) {
 		dq, dk, dv := p.rand(N*H*D, 1), p.rand(N*KVH*D, 1), p.rand(N*KVH*D, 1)
 		p.run(func(be ops.Backend, b func(twin) ops.Buf) {
 			be.AttentionForward(b(out), b(lse), b(q), b(k), b(v), b(seg), B, T, H, KVH, D)
-			be.AttentionBackward(b(dq), b(dk), b(dv), b(dout), b(q), b(k), b(v), b(lse), b(seg), B, T, H, KVH, D)
+			be.AttentionBackward(b(dq), b(dk), b(dv), b(dout), b(q), b(k), b(v), b(out), b(lse), b(seg), B, T, H, KVH, D)
 		})
 		for name, x := range map[string]twin{"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv} {
 			p.compare(fmt.Sprintf("attention D %d %s", D, name), x, tol)

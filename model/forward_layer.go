@@ -48,7 +48,7 @@ func (m *Model) layerForward(l int, a *layerActs, x, out ops.Buf, recompute bool
 func (m *Model) layerBackward(l int, a *layerActs, x ops.Buf) {
 	be, c, p := m.be, &m.cfg, m.acts
 	sl := m.layers[l-m.lo]
-	N, C, I, Q, KV := p.N, c.HiddenSize, c.IntermediateSize, c.QDim(), c.KVDim()
+	N, C, I := p.N, c.HiddenSize, c.IntermediateSize
 	d := p.dresid
 	// MLP: out = mid + down(act); d flows to mid unchanged and through down.
 	m.linearBackward(l, linDown, p.dact, d, a.act, a.h[linDown], false)
@@ -60,10 +60,7 @@ func (m *Model) layerBackward(l int, a *layerActs, x ops.Buf) {
 	be.RMSNormBackward(d, sl.mlpNorm.Grad, p.dln, a.mid, sl.mlpNorm.W, a.rstd2, N, C) // d is now d(mid)
 	// Attention: mid = x + o(att).
 	m.linearBackward(l, linO, p.datt, d, a.att, a.h[linO], false)
-	be.Zero(p.dq, N*Q)
-	be.Zero(p.dk, N*KV)
-	be.Zero(p.dv, N*KV)
-	be.AttentionBackward(p.dq, p.dk, p.dv, p.datt, a.q, a.k, a.v, a.lse, m.segBuf(), p.B, p.T, c.NumHeads, c.NumKVHeads, c.HeadDim)
+	be.AttentionBackward(p.dq, p.dk, p.dv, p.datt, a.q, a.k, a.v, a.att, a.lse, m.segBuf(), p.B, p.T, c.NumHeads, c.NumKVHeads, c.HeadDim)
 	be.RopeBackward(p.dq, p.dq, m.ropeCos, m.ropeSin, p.pos, N, c.NumHeads, c.HeadDim, m.ropeP)
 	be.RopeBackward(p.dk, p.dk, m.ropeCos, m.ropeSin, p.pos, N, c.NumKVHeads, c.HeadDim, m.ropeP)
 	m.linearBackward(l, linQ, p.dln, p.dq, a.ln1, a.h[linQ], false)
@@ -165,6 +162,25 @@ func (m *Model) dropoutSeed(l, j int) uint64 {
 }
 
 // segBuf is the segment ids, or nil when the batch has none.
+// oneSegmentPerRow reports whether every row of seg [B, T] is one example
+// from position 0 followed only by padding (segment -1). Plain causal
+// attention then gives every real token the same result as the segment mask:
+// a real token sees no padding (it comes later), and what padding sees is
+// neither scored nor reaches a scored token's gradient (its gradient is 0). So
+// the attention may skip the segment ids, and the fused kernels that take no
+// mask (cuDNN's) apply.
+func oneSegmentPerRow(seg []int32, B, T int) bool {
+	for b := range B {
+		row := seg[b*T : (b+1)*T]
+		for t := 1; t < T; t++ {
+			if row[t] != row[t-1] && row[t] != -1 {
+				return false
+			}
+		}
+	}
+	return true
+}
+
 func (m *Model) segBuf() ops.Buf {
 	if m.acts.segUsed {
 		return m.acts.seg

@@ -527,7 +527,7 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 	if err := be.UploadInt(p.pos, pos); err != nil {
 		return 0, 0, err
 	}
-	p.segUsed = b.Segments != nil
+	p.segUsed = b.Segments != nil && !oneSegmentPerRow(b.Segments, p.B, p.T)
 	if p.segUsed {
 		if err := be.UploadInt(p.seg, b.Segments); err != nil {
 			return 0, 0, err

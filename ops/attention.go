@@ -29,7 +29,9 @@ func (c *CPU[T]) AttentionForward(out, lse, q, k, v, seg Buf, B, T_, H, KVH, D i
 	c.round(out, o)
 }
 
-func (c *CPU[T]) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg Buf, B, T_, H, KVH, D int) {
+// AttentionBackward overwrites dq, dk and dv; out is checked but not read
+// (delta is recomputed in float64 from the probabilities).
+func (c *CPU[T]) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg Buf, B, T_, H, KVH, D int) {
 	const op = "AttentionBackward"
 	if !c.attnDims(op, H, KVH) {
 		return
@@ -38,11 +40,15 @@ func (c *CPU[T]) AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg Buf, B, T
 	dqv, dkv, dvv := c.f(dq, N*H*D, op, "dq"), c.f(dk, N*KVH*D, op, "dk"), c.f(dv, N*KVH*D, op, "dv")
 	do, l := c.f(dout, N*H*D, op, "dout"), c.stat(lse, B*H*T_, op, "lse")
 	qv, kv, vv := c.f(q, N*H*D, op, "q"), c.f(k, N*KVH*D, op, "k"), c.f(v, N*KVH*D, op, "v")
+	c.f(out, N*H*D, op, "out")
 	sg := c.i(seg, N, op, "seg", true)
-	c.same(op, dq, dk, dv, dout, q, k, v)
+	c.same(op, dq, dk, dv, dout, q, k, v, out)
 	if c.err != nil {
 		return
 	}
+	clear(dqv)
+	clear(dkv)
+	clear(dvv)
 	attentionBackward(dqv, dkv, dvv, do, qv, kv, vv, l, sg, B, T_, H, KVH, D, c.workers)
 	c.round(dq, dqv)
 	c.round(dk, dkv)

@@ -175,9 +175,9 @@ type Backend interface {
 	// Saves lse[B, H, T], the log-sum-exp of each softmax row, so backward can
 	// recompute the probabilities instead of storing [B, H, T, T].
 	AttentionForward(out, lse, q, k, v, seg Buf, B, T, H, KVH, D int)
-	// AttentionBackward: dq, dk, dv += gradients, from dout and the saved q, k,
-	// v, lse.
-	AttentionBackward(dq, dk, dv, dout, q, k, v, lse, seg Buf, B, T, H, KVH, D int)
+	// AttentionBackward: dq, dk, dv = the gradients (overwritten), from dout
+	// and the forward's q, k, v, its output out and lse.
+	AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg Buf, B, T, H, KVH, D int)
 	// AttentionDecode is AttentionForward over a key/value cache, for generation
 	// (forward only, nothing saved): q, out [B*Tq, H*D]; kCache, vCache
 	// [B*S, KVH*D], row b's entries at [b*S, b*S+Tk) valid, the rest unread.

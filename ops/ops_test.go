@@ -340,7 +340,7 @@ func TestAttentionGrad(t *testing.T) {
 				}
 			}
 			dq, dk, dv := zeros(t, be, N*H*D), zeros(t, be, N*KVH*D), zeros(t, be, N*KVH*D)
-			be.AttentionBackward(dq, dk, dv, r, q, k, v, lse, seg, B, T, H, KVH, D)
+			be.AttentionBackward(dq, dk, dv, r, q, k, v, out, lse, seg, B, T, H, KVH, D)
 			fdCheck(t, be, "dq", q, vals(dq), L)
 			fdCheck(t, be, "dk", k, vals(dk), L)
 			fdCheck(t, be, "dv", v, vals(dv), L)

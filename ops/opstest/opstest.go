@@ -246,7 +246,7 @@ func (h *harness) attention(t *testing.T) {
 				sb = b(*seg)
 			}
 			be.AttentionForward(b(out), b(lse), b(q), b(k), b(v), sb, B, T, H, KVH, D)
-			be.AttentionBackward(b(dq), b(dk), b(dv), b(dout), b(q), b(k), b(v), b(lse), sb, B, T, H, KVH, D)
+			be.AttentionBackward(b(dq), b(dk), b(dv), b(dout), b(q), b(k), b(v), b(out), b(lse), sb, B, T, H, KVH, D)
 		})
 		for name, x := range map[string]twin{"out": out, "lse": lse, "dq": dq, "dk": dk, "dv": dv} {
 			if withSeg {

@@ -92,15 +92,16 @@ func planAttention(T, KVH, D int, dt ops.DType, limit int64) attnPlan {
 
 // AttentionWorkspaceBytes is the device memory that AttentionForward and
 // AttentionBackward keep beside the caller's buffers for B rows of T tokens,
-// for memory plans: flash attention's delta (B×H×T floats) where it applies
-// (AttentionKernel), else the GEMM attention's plan (B does not matter there:
-// rows run one after another).
+// for memory plans: where flash attention applies (AttentionKernel) the
+// larger of its delta (B×H×T floats) and cuDNN's backward workspace (which
+// may take the call instead), else the GEMM attention's plan (B does not
+// matter there: rows run one after another).
 func AttentionWorkspaceBytes(B, T, H, KVH, D int, dt ops.DType) int64 {
 	if B <= 0 || T <= 0 || H <= 0 || KVH <= 0 || D <= 0 {
 		return 0
 	}
 	if AttentionKernel(dt, D) == "flash" {
-		return flashWorkspaceBytes(B, T, H)
+		return max(flashWorkspaceBytes(B, T, H), cudnnWorkspaceBytes(B, T, H, KVH, D))
 	}
 	return planAttention(T, KVH, D, dt, attnWorkspaceLimit).bytes
 }

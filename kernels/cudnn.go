@@ -518,10 +518,6 @@ func loadCudnn() {
 // cuDNN itself).
 const minCudnn = 90600
 
-func cudnnVersionString(v int) string {
-	return fmt.Sprintf("%d.%d.%d", v/10000, v/100%100, v%100)
-}
-
 // dnnKey names one planned graph.
 type dnnKey struct {
 	backward        bool

@@ -78,18 +78,30 @@ func AttentionKernel(dt ops.DType, D int) string {
 	return "gemm"
 }
 
-// AttentionKernel is the package's AttentionKernel on this GPU, with why
-// flash attention does not apply when it does not ("" when it does).
-func (b *Backend) AttentionKernel(dt ops.DType, D int) (kernel, why string) {
+// AttentionKernel names the training attention this GPU runs for data of
+// type dt with H query and KVH key/value heads of dim D: "cudnn" (cuDNN's
+// fused attention for unpacked rows, the flash kernels for packed ones),
+// "flash" or "gemm", and a line that says which and why for the run's log.
+// Choosing cuDNN plans a small graph of these heads.
+func (b *Backend) AttentionKernel(dt ops.DType, H, KVH, D int) (kernel, why string) {
 	switch {
-	case flashTakes(b.dev.cc, dt, D, 1):
-		return "flash", ""
+	case flashTakes(b.dev.cc, dt, D, H) && b.attnPick == "flash":
+		return "flash", fmt.Sprintf("the flash kernels (%s=flash)", AttentionEnv)
+	case flashTakes(b.dev.cc, dt, D, H):
+		if no := b.dnnCheck(dt, H, KVH, D); no != "" {
+			return "flash", "the flash kernels; cuDNN's fused attention does not apply: " + no
+		}
+		v, path, _ := cudnnVersion()
+		return "cudnn", fmt.Sprintf("cuDNN %s's fused attention (%s) for rows of one example; rows packed with several "+
+			"take the flash kernels", cudnnVersionString(v), path)
 	case b.dev.cc < minFlashCC:
-		return "gemm", fmt.Sprintf("flash attention needs compute capability 8.0 or later, this GPU has %d.%d", b.dev.cc/10, b.dev.cc%10)
+		return "gemm", fmt.Sprintf("the GEMM attention (flash attention needs compute capability 8.0 or later, this GPU has %d.%d), "+
+			"slower and with more memory at long sequences", b.dev.cc/10, b.dev.cc%10)
 	case !dt.IsHalf():
-		return "gemm", fmt.Sprintf("flash attention takes bf16 or f16 data, not %v", dt)
+		return "gemm", fmt.Sprintf("the GEMM attention (flash attention takes bf16 or f16 data, not %v)", dt)
 	}
-	return "gemm", fmt.Sprintf("flash attention takes head dims 64 and 128, not %d", D)
+	return "gemm", fmt.Sprintf("the GEMM attention (flash attention takes head dims 64 and 128, not %d), slower and with more "+
+		"memory at long sequences", D)
 }
 
 // bufPtr is x's device pointer, 0 for nil or a foreign buffer (the op's
@@ -256,3 +268,27 @@ func (b *Backend) AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, out, lse, se
 
 // flashWorkspaceBytes is the flash backward's workspace: delta, B×H×T floats.
 func flashWorkspaceBytes(B, T, H int) int64 { return alignBytes(4 * int64(B) * int64(H) * int64(T)) }
+
+// cudnnWorkspaceBytes is cuDNN's attention backward workspace: softmax_sum
+// (B×H×T floats) and the dQ accumulator (B×H×T×D floats) of the graph, and
+// the plan's own (cudnnPlanBytes).
+func cudnnWorkspaceBytes(B, T, H, KVH, D int) int64 {
+	n := int64(B) * int64(H) * int64(T)
+	return alignBytes(4*n) + alignBytes(4*n*int64(D)) + cudnnPlanBytes(B, T, H, KVH, D)
+}
+
+// cudnnPlanBytes bounds the workspace cuDNN 9.14's attention backward plan
+// asks for itself: with grouped-query heads a float32 [B, H, T, D] (dK and dV
+// summed over a group), else almost nothing; 1 MiB of slack on top
+// (TestCudnnPlanWorkspace checks it).
+func cudnnPlanBytes(B, T, H, KVH, D int) int64 {
+	if H == KVH {
+		return 1 << 20
+	}
+	return 4*int64(B)*int64(H)*int64(T)*int64(D) + 1<<20
+}
+
+// cudnnVersionString spells cuDNN's version number: 91400 is 9.14.0.
+func cudnnVersionString(v int) string {
+	return fmt.Sprintf("%d.%d.%d", v/10000, v/100%100, v%100)
+}

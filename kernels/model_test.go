@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -17,8 +18,8 @@ import (
 func TestModelStep(t *testing.T) {
 	g := gpu(t)
 	for _, c := range modelStepCases {
-		t.Run(c.name, func(t *testing.T) {
-			w, b := randomStep(t, c.name, c.B, c.T)
+		t.Run(fmt.Sprintf("%s packed %v", c.name, c.packed), func(t *testing.T) {
+			w, b := caseStep(t, c.name, c.B, c.T, c.packed)
 			lg, gg, dg := step(t, g, w, b, ops.F32)
 			lc, gc, dc := step(t, ops.NewCPU(), w, b, ops.F32)
 			t.Logf("%s B=%d T=%d: loss gpu %.7f cpu %.7f (rel %.2g); step gpu %v, cpu %v (%.1fx)", c.name, c.B, c.T,
@@ -50,11 +51,30 @@ func TestModelStep(t *testing.T) {
 	}
 }
 
-// modelStepCases are the random presets and batch shapes of the model tests.
+// modelStepCases are the random presets and batch shapes of the model tests;
+// packed rows hold two examples each (segments: the bf16 attention takes the
+// flash kernels, where rows of one example take cuDNN's where it loads).
 var modelStepCases = []struct {
-	name string
-	B, T int
-}{{"tiny", 2, 48}, {"small", 2, 128}}
+	name   string
+	B, T   int
+	packed bool
+}{{"tiny", 2, 48, false}, {"small", 2, 128, false}, {"small", 2, 128, true}}
+
+// caseStep is randomStep for case c, its rows split in two examples when packed.
+func caseStep(t *testing.T, name string, B, T int, packed bool) (*model.Weights, *model.Batch) {
+	w, b := randomStep(t, name, B, T)
+	if packed {
+		b.Segments, b.Positions = make([]int32, B*T), make([]int32, B*T)
+		for i := range b.Segments {
+			p := i % T
+			if p >= 50 {
+				b.Segments[i], p = 1, p-50
+			}
+			b.Positions[i] = int32(p)
+		}
+	}
+	return w, b
+}
 
 // randomStep is the random model preset name and a batch of random tokens,
 // labels the ids but a masked prompt of 7 tokens.
@@ -122,8 +142,8 @@ func step(t *testing.T, be ops.Backend, w *model.Weights, b *model.Batch, comput
 func TestModelStepBF16(t *testing.T) {
 	g := gpu(t)
 	for _, c := range modelStepCases {
-		t.Run(c.name, func(t *testing.T) {
-			w, b := randomStep(t, c.name, c.B, c.T)
+		t.Run(fmt.Sprintf("%s packed %v", c.name, c.packed), func(t *testing.T) {
+			w, b := caseStep(t, c.name, c.B, c.T, c.packed)
 			lg, gg, dg := step(t, g, w, b, ops.BF16)
 			lc, gc, dc := step(t, ops.NewCPU(), w, b, ops.F32)
 			le, _, _ := step(t, ops.NewCPU(), w, b, ops.BF16)

@@ -468,3 +468,47 @@ func TestOpErrors(t *testing.T) {
 		t.Fatal("target -1 accepted")
 	}
 }
+
+// TestAttentionTrailingPadding: rows of one example followed by padding
+// (segment -1) give the same attention with the segment ids as without them
+// for every real token, and the same gradients bit for bit when the padding's
+// dout is zero (as the loss gives it). The model relies on this to drop the
+// segment mask for such rows (model.oneSegmentPerRow).
+func TestAttentionTrailingPadding(t *testing.T) {
+	be, rng := NewCPU64(), rand.New(rand.NewPCG(13, 14))
+	B, T, H, KVH, D := 2, 7, 4, 2, 3
+	N := B * T
+	segs := []int32{0, 0, 0, 0, 0, -1, -1, 5, 5, 5, 5, 5, 5, 5}
+	q, k, v := randBuf(t, be, rng, N*H*D, 1), randBuf(t, be, rng, N*KVH*D, 1), randBuf(t, be, rng, N*KVH*D, 1)
+	dout := randBuf(t, be, rng, N*H*D, 1)
+	for i, s := range segs {
+		if s < 0 {
+			clear(vals(dout)[i*H*D : (i+1)*H*D])
+		}
+	}
+	run := func(seg Buf) [5][]float64 {
+		out, lse := zeros(t, be, N*H*D), zeros(t, be, B*H*T)
+		dq, dk, dv := zeros(t, be, N*H*D), zeros(t, be, N*KVH*D), zeros(t, be, N*KVH*D)
+		be.AttentionForward(out, lse, q, k, v, seg, B, T, H, KVH, D)
+		be.AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
+		if err := be.Sync(); err != nil {
+			t.Fatal(err)
+		}
+		return [5][]float64{vals(out), vals(lse), vals(dq), vals(dk), vals(dv)}
+	}
+	with, without := run(intBuf(t, be, segs)), run(nil)
+	for i, s := range segs {
+		for j := i * H * D; s >= 0 && j < (i+1)*H*D; j++ {
+			if with[0][j] != without[0][j] {
+				t.Fatalf("out[%d] (token %d) = %v with segments, %v without", j, i, with[0][j], without[0][j])
+			}
+		}
+	}
+	for n, name := range []string{"dq", "dk", "dv"} {
+		for j, x := range with[n+2] {
+			if math.Float64bits(x) != math.Float64bits(without[n+2][j]) {
+				t.Fatalf("%s[%d] = %v with segments, %v without", name, j, x, without[n+2][j])
+			}
+		}
+	}
+}

@@ -242,14 +242,15 @@ if want bench; then
   table+=("bench section: $((SECONDS - bench_start)) s; logs bench-*.log")
 fi
 
-# 7b. Long context (not in the default sections): the 8B LoRA case at LONG_T tokens (default 16384
-# 32768 65536 131072), ours at each, PyTorch where it fits (it ran out of memory at 65536 on an
-# H200). Each command is capped at LONG_TIMEOUT seconds (default 240); past T=32768 ours times one
-# step with no warm-up (the first step then includes cuBLAS's start-up).
+# 7b. Long context (not in the default sections): the 8B LoRA case at LONG_T tokens (default 8192
+# 16384 32768 65536 131072), ours at each, PyTorch where it fits (it ran out of memory at 65536 on an
+# H200), then the 70B shape's 4 layers (full) at LONG70_T (default 32768) beside PyTorch. Each
+# command is capped at LONG_TIMEOUT seconds (default 240); past T=32768 ours times one step with no
+# warm-up (the first step then includes cuBLAS's start-up).
 if want long; then
   long_start=$SECONDS
   lt=${LONG_TIMEOUT:-240}
-  for T in ${LONG_T:-16384 32768 65536 131072}; do
+  for T in ${LONG_T:-8192 16384 32768 65536 131072}; do
     base="$out/long-8b-lora-T$T"
     if (( T <= 32768 )); then
       timeout "$lt" python3 scripts/bench-peer.py --case 8b-lora --seq "$T" --steps 3 --warmup 1 >"$base-torch.log" 2>&1
@@ -259,6 +260,13 @@ if want long; then
     timeout "$lt" .dev/bin/train bench model -model random:llama-3.1-8b -method lora -lora-rank 16 -checkpoint \
       -steps 1 -warmup $(( T > 32768 ? 0 : 1 )) -seq "$T" -device cuda -precision bf16 -json >"$base-ours.log" 2>&1
     bench_row "long 8b-lora T=$T" "$base-ours.log" "$base-torch.log"
+  done
+  for T in ${LONG70_T-32768}; do
+    base="$out/long-70b-4layers-T$T"
+    timeout "$lt" python3 scripts/bench-peer.py --case 70b-4layers --seq "$T" --steps 3 --warmup 1 >"$base-torch.log" 2>&1
+    timeout "$lt" .dev/bin/train bench model -model random:llama-3.1-70b -layers 4 -part layers -method full -steps 2 \
+      -warmup 1 -seq "$T" -device cuda -precision bf16 -json >"$base-ours.log" 2>&1
+    bench_row "long 70b-4layers T=$T" "$base-ours.log" "$base-torch.log"
   done
   table+=("long section: $((SECONDS - long_start)) s; logs long-*.log")
 fi

@@ -249,7 +249,10 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 // input (C) and, once, the layer being recomputed; with Offload the inputs
 // live in host memory and the device holds two (Memory.OffloadHost counts the host's). Add one layer's backward
 // scratch (dresid, dln: 2C; datt, dq: 2Q; dk, dv: 2KV; dact, dgate, dup: 3I)
-// and the stage's input, output and input-gradient buffers (3C) per set.
+// and the stage's input, output and input-gradient buffers (3C) per set, and
+// the attention backward's float32 workspace: cuDNN's softmax sums, dQ
+// accumulator and (grouped-query heads) dK, dV sums over the group, H*(2D+1)
+// per token (the flash kernels' delta, H, fits in it).
 func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFlight int) int64 {
 	C, Q, KV, I := int64(cfg.HiddenSize), int64(cfg.QDim()), int64(cfg.KVDim()), int64(cfg.IntermediateSize)
 	N, a := int64(s.MicroBatch)*int64(s.SeqLen), int64(s.ActBytes)
@@ -258,7 +261,7 @@ func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFl
 		saved += int64(s.LoRARank) * int64(len(targets))
 	}
 	perLayer := N * (a*saved + 4*(2+int64(cfg.NumHeads)))
-	scratch := N * a * (2*C + 2*Q + 2*KV + 3*I + 3*C)
+	scratch := N*a*(2*C+2*Q+2*KV+3*I+3*C) + 4*N*int64(cfg.NumHeads)*int64(2*cfg.HeadDim+1)
 	inputs := L // layer inputs on the device per set, with checkpointing
 	if s.Offload {
 		inputs = min(L, 2) // two device buffers take turns; the rest are on the host

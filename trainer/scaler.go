@@ -121,14 +121,13 @@ func noteKernels(be ops.Backend, compute ops.DType, mc *model.Config, window int
 			initialLossScale, window)
 	}
 	g, ok := be.(interface {
-		AttentionKernel(ops.DType, int) (string, string)
+		AttentionKernel(dt ops.DType, H, KVH, D int) (string, string)
 	})
 	if !ok || compute == ops.F32 {
 		return
 	}
-	if kernel, why := g.AttentionKernel(compute, mc.HeadDim); why != "" {
-		fmt.Fprintf(w, "train: attention: the %s attention (%s), slower and with more memory at long sequences\n", kernel, why)
-	}
+	_, why := g.AttentionKernel(compute, mc.NumHeads, mc.NumKVHeads, mc.HeadDim)
+	fmt.Fprintf(w, "train: attention: %s\n", why)
 }
 
 // scalerState is the loss scale a checkpoint records: 0 (absent) when off.

@@ -92,6 +92,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 	precision := fs.String("precision", "fp32", "compute type: fp32, bf16 or fp16 (mixed precision: F32 master weights and gradients of trained tensors; fp16 is timed without loss scaling)")
 	checkpoint := fs.Bool("checkpoint", false, "activation checkpointing: keep each layer's input, recompute the layer in backward")
 	offload := fs.Bool("offload", false, "with -checkpoint, keep those layer inputs in host memory")
+	keepAttn := fs.Bool("keep-attention", false, "with -checkpoint, keep each layer's attention output: no attention recompute")
 	seed := fs.Int64("seed", 1, "seed of the random weights, token ids and hidden states")
 	asJSON := fs.Bool("json", false, "print one JSON object on one line instead of text")
 	if err := parseFlags(fs, args); err != nil {
@@ -121,6 +122,8 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		return usagef("-steps %d -warmup %d: need at least one timed step and no negative warm-up", *steps, *warmup)
 	case *offload && !*checkpoint:
 		return usagef("-offload needs -checkpoint: the layer inputs it keeps are what goes to host memory")
+	case *keepAttn && !*checkpoint:
+		return usagef("-keep-attention needs -checkpoint")
 	case *method != "full" && *loraRank < 1:
 		return usagef("-lora-rank %d: must be at least 1", *loraRank)
 	}
@@ -132,7 +135,7 @@ PyTorch case does; LoRA adds the AdamW step over the adapter.`, stderr)
 		Model: *modelName, Layers: cfg.NumLayers, Part: *part, Method: *method,
 		LoRARank: *loraRank, LoRAAlpha: *loraAlpha, Seq: *seq, Batch: *batch,
 		Steps: *steps, Warmup: *warmup, Device: *deviceName, GPU: *gpu,
-		Precision: *precision, Checkpoint: *checkpoint, Offload: *offload, Seed: *seed, JSON: *asJSON,
+		Precision: *precision, Checkpoint: *checkpoint, Offload: *offload, KeepAttn: *keepAttn, Seed: *seed, JSON: *asJSON,
 	}
 	if *layers > 0 {
 		opts.Layers = *layers

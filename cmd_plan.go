@@ -41,6 +41,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	zero1 := fs.Bool("zero1", false, "partition optimizer state across the data-parallel replicas")
 	ckpt := fs.Bool("activation-checkpointing", false, "keep only each layer's input; recompute in backward")
 	offload := fs.Bool("offload-activations", false, "with -activation-checkpointing, keep those layer inputs in host memory (counted apart)")
+	keepAttn := fs.Bool("keep-attention", false, "with -activation-checkpointing, keep each layer's attention output (no attention recompute)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -64,6 +65,8 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 		return usagef("-lora-rank %d must be at least 1", *rank)
 	case *offload && !*ckpt:
 		return usagef("-offload-activations needs -activation-checkpointing")
+	case *keepAttn && !*ckpt:
+		return usagef("-keep-attention needs -activation-checkpointing")
 	}
 	found := false
 	for _, m := range shard.Methods {
@@ -78,7 +81,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	}
 	setupAt := func(m string, T int) shard.Setup {
 		return shard.Setup{Method: m, MicroBatch: *batch, SeqLen: T, MicroBatches: *accum,
-			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt, Offload: *offload}
+			LoRARank: *rank, Zero1: *zero1, Checkpoint: *ckpt, Offload: *offload, KeepAttention: *keepAttn}
 	}
 	setup := func(m string) shard.Setup { return setupAt(m, *seq) }
 	// The split balances -method's costs, among the splits that fit -gpu-mem.
@@ -100,6 +103,9 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	}
 	if *ckpt {
 		opts = append(opts, "activation checkpointing")
+	}
+	if *keepAttn {
+		opts = append(opts, "attention outputs kept")
 	}
 	if *offload {
 		opts = append(opts, "layer inputs offloaded to host memory")

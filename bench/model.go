@@ -37,6 +37,7 @@ type ModelOptions struct {
 	Precision  string  // compute type: "fp32" or "bf16"
 	Checkpoint bool    // activation checkpointing
 	Offload    bool    // with Checkpoint, the layer inputs in host memory
+	KeepAttn   bool    // with Checkpoint, every layer's attention output kept (no attention recompute)
 	Seed       int64   // of the random weights, token ids and hidden states
 	JSON       bool    // print one JSON object on one line instead of text
 
@@ -102,7 +103,7 @@ func Model(opts ModelOptions, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer w.Close()
-	mopts := model.Options{Lo: lo, Hi: hi, Checkpoint: opts.Checkpoint, Offload: opts.Offload, Compute: compute}
+	mopts := model.Options{Lo: lo, Hi: hi, Checkpoint: opts.Checkpoint, Offload: opts.Offload, KeepAttention: opts.KeepAttn, Compute: compute}
 	adapted := opts.Method != "full"
 	if adapted {
 		mopts.LoRA, err = model.NewLoRA(&w.Config, model.LoRAConfig{Rank: opts.LoRARank, Alpha: opts.LoRAAlpha}, uint64(opts.Seed))
@@ -162,7 +163,7 @@ func Model(opts ModelOptions, stdout, stderr io.Writer) error {
 	sec := elapsed.Seconds()
 	res := modelResult{
 		Impl: "train", Model: opts.Model, Part: opts.Part, Method: opts.Method, Precision: opts.Precision,
-		Checkpoint: opts.Checkpoint, Offload: opts.Offload, Device: be.Name(), GPU: mem.name, Layers: n,
+		Checkpoint: opts.Checkpoint, Offload: opts.Offload, KeepAttn: opts.KeepAttn, Device: be.Name(), GPU: mem.name, Layers: n,
 		LayerParams: mc.LayerParams(), Batch: opts.Batch, Seq: opts.Seq, Warmup: opts.Warmup, Steps: opts.Steps,
 		StepMS:       1000 * sec / float64(opts.Steps),
 		TokensPerS:   tokens / sec,
@@ -201,6 +202,7 @@ type modelResult struct {
 	Precision    string   `json:"precision"`
 	Checkpoint   bool     `json:"checkpoint"`
 	Offload      bool     `json:"offload,omitempty"`
+	KeepAttn     bool     `json:"keep_attention,omitempty"`
 	Device       string   `json:"device"`
 	GPU          string   `json:"gpu,omitempty"`
 	Layers       int      `json:"layers"`
@@ -234,6 +236,9 @@ func (r modelResult) print(w io.Writer, c model.Config) {
 	ckpt := ""
 	if r.Checkpoint {
 		ckpt = ", activation checkpointing"
+	}
+	if r.KeepAttn {
+		ckpt += " keeping the attention outputs"
 	}
 	if r.Offload {
 		ckpt += " (layer inputs offloaded to host memory)"

@@ -146,6 +146,9 @@ type Train struct {
 	// OffloadActivations, with ActivationCheckpointing, keeps the saved layer
 	// inputs in host memory instead of on the GPU.
 	OffloadActivations bool `toml:"offload_activations"`
+	// KeepAttention, with ActivationCheckpointing, also keeps each layer's
+	// attention output, so the recomputation skips the attention.
+	KeepAttention bool `toml:"keep_attention"`
 	// LogEvery steps, a progress line.
 	LogEvery int `toml:"log_every"`
 	// EvalEvery steps, an evaluation; 0 evaluates only at the end.
@@ -336,6 +339,8 @@ func (c *Config) Validate() error {
 		return bad("train.grad_accum", "%d must be at least 1", c.Train.GradAccum)
 	case badColumns(c.Data.Columns) != nil:
 		return bad("data.columns", "%v", badColumns(c.Data.Columns))
+	case c.Train.KeepAttention && !c.Train.ActivationCheckpointing:
+		return bad("train.keep_attention", "needs train.activation_checkpointing (-activation-checkpointing): without it every activation is kept anyway")
 	case c.Train.OffloadActivations && !c.Train.ActivationCheckpointing:
 		return bad("train.offload_activations", "needs train.activation_checkpointing (-activation-checkpointing): the layer inputs it keeps are what offload moves to the host")
 	case !finite(c.Train.LR) || c.Train.LR < 0 || c.Train.LR > 10:

@@ -56,6 +56,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 	i(&c.Train.LossScaleWindow, "loss-scale-window", "train.loss_scale_window", "fp16: clean steps in a row that double the loss scale (an overflow halves it)")
 	b(&c.Train.ActivationCheckpointing, "activation-checkpointing", "train.activation_checkpointing", "recompute each layer in backward to save memory")
 	b(&c.Train.OffloadActivations, "offload-activations", "train.offload_activations", "with -activation-checkpointing, keep the saved layer inputs in (pinned) host memory instead of on the GPU: long contexts on big models")
+	b(&c.Train.KeepAttention, "keep-attention", "train.keep_attention", "with -activation-checkpointing, keep each layer's attention output (T x heads x head dim) so the backward does not recompute the attention: faster at long T for that memory")
 	i(&c.Train.LogEvery, "log-every", "train.log_every", "steps between progress lines")
 	i(&c.Train.EvalEvery, "eval-every", "train.eval_every", "steps between evaluations; 0: only at the end")
 

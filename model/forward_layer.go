@@ -16,7 +16,8 @@ import "train/ops"
 // layerForward runs layer l from x into out, saving into a. With recompute it
 // is checkpointing's second run: everything backward needs is rebuilt (bitwise
 // as the first time, the ops being deterministic) but the down projection's
-// output, which backward does not read, is skipped.
+// output, which backward does not read, and with KeepAttention the attention,
+// whose output and lse a still holds from the first run.
 func (m *Model) layerForward(l int, a *layerActs, x, out ops.Buf, recompute bool) {
 	be, c, p := m.be, &m.cfg, m.acts
 	sl := m.layers[l-m.lo]
@@ -28,7 +29,9 @@ func (m *Model) layerForward(l int, a *layerActs, x, out ops.Buf, recompute bool
 	m.linearForward(l, linV, a.v, a.ln1, a.h[linV])
 	be.RopeForward(a.q, a.q, m.ropeCos, m.ropeSin, p.pos, N, c.NumHeads, c.HeadDim, m.ropeP)
 	be.RopeForward(a.k, a.k, m.ropeCos, m.ropeSin, p.pos, N, c.NumKVHeads, c.HeadDim, m.ropeP)
-	be.AttentionForward(a.att, a.lse, a.q, a.k, a.v, m.segBuf(), p.B, p.T, c.NumHeads, c.NumKVHeads, c.HeadDim)
+	if !recompute || !m.keepAttn {
+		be.AttentionForward(a.att, a.lse, a.q, a.k, a.v, m.segBuf(), p.B, p.T, c.NumHeads, c.NumKVHeads, c.HeadDim)
+	}
 	m.linearForward(l, linO, a.mid, a.att, a.h[linO])
 	be.Add(a.mid, x, a.mid, N*C)
 	be.RMSNormForward(a.ln2, a.rstd2, a.mid, sl.mlpNorm.W, N, C, eps)

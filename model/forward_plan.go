@@ -35,6 +35,9 @@ type actPlan struct {
 	// layers holds the saved activations of every layer, or with
 	// checkpointing one set reused by each layer's recomputation.
 	layers []*layerActs
+	// keptAtt and keptLSE are every layer's attention output and lse under
+	// checkpointing with Options.KeepAttention (layer points the set at them).
+	keptAtt, keptLSE []ops.Buf
 
 	xf, rstdF ops.Buf // final norm output [N, C] and its rstd [N]
 	logits    ops.Buf // [chunk, V]: one chunk of tokens' logits; dlogits in place during backward
@@ -117,8 +120,10 @@ func (m *Model) Plan(B, T int) error {
 		fp.Add(&a.q, N*Q)
 		fp.Add(&a.k, N*KV)
 		fp.Add(&a.v, N*KV)
-		fp.Add(&a.att, N*Q)
-		sp.Add(&a.lse, B*c.NumHeads*T)
+		if !m.keepAttn {
+			fp.Add(&a.att, N*Q)
+			sp.Add(&a.lse, B*c.NumHeads*T)
+		}
 		fp.Add(&a.mid, N*C)
 		fp.Add(&a.ln2, N*C)
 		sp.Add(&a.rstd2, N)
@@ -131,6 +136,13 @@ func (m *Model) Plan(B, T int) error {
 			}
 		}
 		p.layers = append(p.layers, a)
+	}
+	if m.keepAttn {
+		p.keptAtt, p.keptLSE = make([]ops.Buf, L), make([]ops.Buf, L)
+		for i := range L {
+			fp.Add(&p.keptAtt[i], N*Q)
+			sp.Add(&p.keptLSE[i], B*c.NumHeads*T)
+		}
 	}
 	if m.last {
 		fp.Add(&p.xf, N*C)
@@ -265,7 +277,11 @@ func (m *Model) adapted(j int) bool {
 // layerActs returns the activations of layer l.
 func (p *actPlan) layer(m *Model, l int) *layerActs {
 	if m.checkpoint {
-		return p.layers[0]
+		a := p.layers[0]
+		if m.keepAttn {
+			a.att, a.lse = p.keptAtt[l-m.lo], p.keptLSE[l-m.lo]
+		}
+		return a
 	}
 	return p.layers[l-m.lo]
 }

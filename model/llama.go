@@ -35,6 +35,7 @@ type Model struct {
 	last       bool // runs the head and the loss
 	checkpoint bool
 	offload    bool // Options.Offload
+	keepAttn   bool // Options.KeepAttention (with checkpoint)
 	headChunk  int  // Options.HeadChunk
 	training   bool
 
@@ -99,6 +100,12 @@ type Options struct {
 	// layer count (70B at 65k tokens: 80 x 1 GiB). The gradients are bitwise
 	// the same; the copies cross PCIe on the compute stream.
 	Offload bool
+	// KeepAttention, with Checkpoint, also keeps each layer's attention
+	// output and log-sum-exp from the forward ([N, Q] in the compute type and
+	// [B, H, T] float32 per layer), so the recomputation skips the attention,
+	// its largest part at long sequences. The gradients are bitwise the same
+	// (the attention is deterministic).
+	KeepAttention bool
 	// Compute is the type of weights and activations: ops.F32 (the zero
 	// value), or ops.BF16 or ops.F16 for mixed precision, where trainable tensors keep an
 	// F32 master copy and F32 gradients and everything else is bfloat16.
@@ -232,7 +239,7 @@ func NewModel(be ops.Backend, w *Weights, opt Options) (*Model, error) {
 	}
 	m := &Model{
 		be: be, cfg: cfg, lo: lo, hi: hi, first: lo == 0, last: hi == cfg.NumLayers,
-		checkpoint: opt.Checkpoint, offload: opt.Offload, headChunk: opt.HeadChunk, invFreq: inv, byName: map[string]*Param{}, compute: opt.Compute,
+		checkpoint: opt.Checkpoint, offload: opt.Offload, keepAttn: opt.Checkpoint && opt.KeepAttention, headChunk: opt.HeadChunk, invFreq: inv, byName: map[string]*Param{}, compute: opt.Compute,
 		slots: make([]*actPlan, 1),
 	}
 	full := opt.LoRA == nil

@@ -9,7 +9,9 @@ import (
 )
 
 // TestOffloadBitwise: with the layer inputs kept in host memory (Offload),
-// a step gives bitwise the loss and gradients of checkpointing without it,
+// and with the attention kept instead of recomputed (KeepAttention, with and
+// without Offload), a step gives bitwise the loss and gradients of
+// checkpointing without them,
 // for full fine-tuning and LoRA, a whole model and a middle pipeline stage
 // (whose input and output stay on the device), in float32 and bfloat16;
 // the host memory shows in Memory as a host part. Offload without
@@ -39,9 +41,13 @@ func TestOffloadBitwise(t *testing.T) {
 			ref := ltModel(t, ops.NewCPU(), w, opt)
 			opt.Offload = true
 			off := ltModel(t, ops.NewCPU(), w, opt)
-			var lr, lo float64
-			var gr, g map[string][]float32
-			for i, m := range []*Model{ref, off} {
+			opt.KeepAttention = true
+			offKeep := ltModel(t, ops.NewCPU(), w, opt)
+			opt.Offload = false
+			keep := ltModel(t, ops.NewCPU(), w, opt)
+			var lr float64
+			var gr map[string][]float32
+			for i, m := range []*Model{ref, off, offKeep, keep} {
 				m.SetTraining(true)
 				if err := m.Plan(b.B, b.T); err != nil {
 					t.Fatal(err)
@@ -78,16 +84,16 @@ func TestOffloadBitwise(t *testing.T) {
 				}
 				if i == 0 {
 					lr, gr = loss, grads
-				} else {
-					lo, g = loss, grads
+					continue
 				}
-			}
-			if lr != lo {
-				t.Errorf("loss %v offloaded, %v not", lo, lr)
-			}
-			for n, v := range gr {
-				if !slices.Equal(g[n], v) {
-					t.Errorf("gradient of %s differs with offload", n)
+				what := []string{"", "offload", "offload and keep-attention", "keep-attention"}[i]
+				if lr != loss {
+					t.Errorf("loss %v with %s, %v without", loss, what, lr)
+				}
+				for n, v := range gr {
+					if !slices.Equal(grads[n], v) {
+						t.Errorf("gradient of %s differs with %s", n, what)
+					}
 				}
 			}
 			var host int64

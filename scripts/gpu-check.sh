@@ -244,7 +244,8 @@ fi
 
 # 7b. Long context (not in the default sections): the 8B LoRA case at LONG_T tokens (default 8192
 # 16384 32768 65536 131072), ours at each, PyTorch where it fits (it ran out of memory at 65536 on an
-# H200), then the 70B shape's 4 layers (full) at LONG70_T (default 32768) beside PyTorch. Each
+# H200), and up to 32768 ours again with -keep-attention, then the 70B shape's 4 layers (full) at
+# LONG70_T (default 32768) beside PyTorch. Each
 # command is capped at LONG_TIMEOUT seconds (default 240); past T=32768 ours times one step with no
 # warm-up (the first step then includes cuBLAS's start-up).
 if want long; then
@@ -260,6 +261,11 @@ if want long; then
     timeout "$lt" .dev/bin/train bench model -model random:llama-3.1-8b -method lora -lora-rank 16 -checkpoint \
       -steps 1 -warmup $(( T > 32768 ? 0 : 1 )) -seq "$T" -device cuda -precision bf16 -json >"$base-ours.log" 2>&1
     bench_row "long 8b-lora T=$T" "$base-ours.log" "$base-torch.log"
+    if (( T <= 32768 )); then # keeping the attention outputs (no attention recompute) beside it
+      timeout "$lt" .dev/bin/train bench model -model random:llama-3.1-8b -method lora -lora-rank 16 -checkpoint \
+        -keep-attention -steps 1 -warmup 1 -seq "$T" -device cuda -precision bf16 -json >"$base-ours-keep.log" 2>&1
+      bench_row "long 8b-lora T=$T -keep-attention" "$base-ours-keep.log" "$base-torch.log"
+    fi
   done
   for T in ${LONG70_T-32768}; do
     base="$out/long-70b-4layers-T$T"

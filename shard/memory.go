@@ -66,6 +66,9 @@ type Setup struct {
 	Zero1        bool     // optimizer state split across the D replicas
 	Checkpoint   bool     // activation checkpointing
 	Offload      bool     // with Checkpoint, the layer inputs in host memory (model.Options.Offload)
+	// KeepAttention, with Checkpoint, keeps every layer's attention output
+	// and lse (model.Options.KeepAttention).
+	KeepAttention bool
 	// KeepActivations keeps every in-flight micro-batch's activations
 	// instead of recomputing them from the stage input (parallel.keep_activations).
 	KeepActivations bool
@@ -247,7 +250,8 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 // in flight keeps its own set (and its own scratch). Without checkpointing a
 // set is all of the above for every layer; with checkpointing each layer's
 // input (C) and, once, the layer being recomputed; with Offload the inputs
-// live in host memory and the device holds two (Memory.OffloadHost counts the host's). Add one layer's backward
+// live in host memory and the device holds two (Memory.OffloadHost counts the host's); with
+// KeepAttention every other layer's att and lse too. Add one layer's backward
 // scratch (dresid, dln: 2C; datt, dq: 2Q; dk, dv: 2KV; dact, dgate, dup: 3I)
 // and the stage's input, output and input-gradient buffers (3C) per set, and
 // the attention backward's float32 workspace: cuDNN's softmax sums, dQ
@@ -266,15 +270,19 @@ func activationBytes(cfg *model.Config, s Setup, targets []string, L int64, inFl
 	if s.Offload {
 		inputs = min(L, 2) // two device buffers take turns; the rest are on the host
 	}
+	var kept int64 // with KeepAttention, the other layers' attention outputs and lse
+	if s.KeepAttention {
+		kept = (L - 1) * N * (a*Q + 4*int64(cfg.NumHeads))
+	}
 	if s.KeepActivations {
 		if s.Checkpoint {
-			return int64(inFlight) * (inputs*N*a*C + perLayer + scratch)
+			return int64(inFlight) * (inputs*N*a*C + perLayer + kept + scratch)
 		}
 		return int64(inFlight) * (L*perLayer + scratch)
 	}
 	others := int64(max(inFlight-1, 0)) * N * a * C // other micro-batches' stage inputs
 	if s.Checkpoint {
-		return inputs*N*a*C + perLayer + others + scratch
+		return inputs*N*a*C + perLayer + kept + others + scratch
 	}
 	return L*perLayer + others + scratch
 }

@@ -299,3 +299,28 @@ func TestMemoryOffload(t *testing.T) {
 		}
 	}
 }
+
+// TestMemoryKeepAttention: keeping the attention adds every layer's output
+// [T, heads x head dim] and lse [heads, T] but the one the recomputed set
+// holds anyway, per set of activations.
+func TestMemoryKeepAttention(t *testing.T) {
+	cfg := randomConfig(t, "llama-3.1-8b")
+	for _, keep := range []bool{false, true} {
+		s := Setup{Method: "lora", MicroBatch: 1, SeqLen: 32768, LoRARank: 16, Checkpoint: true, KeepActivations: keep, MicroBatches: 4}
+		on := s
+		on.KeepAttention = true
+		plain, kept := estimate(t, cfg, 2, 2, s), estimate(t, cfg, 2, 2, on)
+		for r, m := range kept.Ranks {
+			st := kept.Plan.StageInfo[m.Stage]
+			L := int64(st.Hi - st.Lo)
+			sets := int64(1)
+			if keep {
+				sets = int64(m.InFlight)
+			}
+			perLayer := int64(32768) * (2*int64(cfg.QDim()) + 4*int64(cfg.NumHeads))
+			if want := plain.Ranks[r].Activations + sets*(L-1)*perLayer; m.Activations != want {
+				t.Errorf("keep %v rank %d: activations %d, want %d", keep, r, m.Activations, want)
+			}
+		}
+	}
+}

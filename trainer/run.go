@@ -280,7 +280,8 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 		return res, startErr(ctx, "loading the weights", err)
 	}
 	defer w.Close()
-	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Offload: cfg.Train.OffloadActivations, Compute: compute}
+	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Offload: cfg.Train.OffloadActivations,
+		KeepAttention: cfg.Train.KeepAttention, Compute: compute}
 	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
 		return res, err
 	}

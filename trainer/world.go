@@ -212,7 +212,8 @@ func checkFits(cfg config.Config, mc *model.Config, d *World, be ops.Backend, co
 func memorySetup(cfg config.Config, zero1 bool, compute ops.DType) shard.Setup {
 	setup := shard.Setup{Method: cfg.Train.Method, MicroBatch: cfg.Train.MicroBatch, SeqLen: cfg.Data.SeqLen,
 		MicroBatches: cfg.Train.GradAccum, LoRARank: cfg.LoRA.Rank, LoRATargets: cfg.LoRA.Targets,
-		Zero1: zero1, Checkpoint: cfg.Train.ActivationCheckpointing, Offload: cfg.Train.OffloadActivations, ActBytes: compute.Size(),
+		Zero1: zero1, Checkpoint: cfg.Train.ActivationCheckpointing, Offload: cfg.Train.OffloadActivations,
+		KeepAttention: cfg.Train.KeepAttention, ActBytes: compute.Size(),
 		KeepActivations: cfg.Parallel.KeepActivations && cfg.Parallel.PP > 1}
 	if cfg.Train.Method != "lora" && cfg.Train.Method != "qlora" {
 		setup.LoRATargets = nil

@@ -25,12 +25,14 @@
 //     kernel go to a small device error word that Sync reads.
 //   - Matmuls: float32 through cublasSgemm (default math mode: no TF32);
 //     bfloat16 a and b through cublasGemmEx computing in float32, into a
-//     float32 or bfloat16 out. Training attention is FlashAttention-2 on the
-//     tensor cores for bf16 at head dims 64 and 128 (flash_attention.go), and
-//     strided-batched GEMMs of the same kinds around row kernels otherwise
-//     (attention.go). Everything else runs in the kernels. Results are
-//     deterministic: no atomics (but the error word); reductions in a fixed
-//     order.
+//     float32 or bfloat16 out. Training attention is cuDNN's fused attention
+//     where libcudnn.so.9 loads and the rows need no segment mask (cudnn.go),
+//     else our FlashAttention-2 on the tensor cores for bf16 and f16 at head
+//     dims 64 and 128 (flash_attention.go), and strided-batched GEMMs of the
+//     same kinds around row kernels otherwise (attention.go). Everything else
+//     runs in the kernels. Our kernels are deterministic: no atomics (but the
+//     error word); reductions in a fixed order. cuDNN does not promise that
+//     of its backward (TRAIN_ATTENTION=flash keeps it out).
 //   - Workspaces outside the caller's memory plan, grown on demand and freed by
 //     Close: SumSquares' partial sums (scratch) and the attention's workspace
 //     (flash: delta, B×H×T floats; GEMM: score matrices, at most 256 MiB

@@ -24,7 +24,7 @@ package kernels
 
 typedef int CUresult;
 typedef int CUdevice;
-typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream;
+typedef void *CUcontext, *CUmodule, *CUfunction, *CUstream, *CUevent;
 typedef unsigned long long CUdeviceptr;
 typedef void *cublasHandle_t;
 typedef int cublasStatus_t;
@@ -62,6 +62,10 @@ static CUresult (*p_cuFuncSetAttribute)(CUfunction, int, int);
 static CUresult (*p_cuStreamCreate)(CUstream*, unsigned);
 static CUresult (*p_cuStreamDestroy)(CUstream);
 static CUresult (*p_cuStreamSynchronize)(CUstream);
+static CUresult (*p_cuStreamWaitEvent)(CUstream, CUevent, unsigned);
+static CUresult (*p_cuEventCreate)(CUevent*, unsigned);
+static CUresult (*p_cuEventRecord)(CUevent, CUstream);
+static CUresult (*p_cuEventDestroy)(CUevent);
 static CUresult (*p_cuGetErrorString)(CUresult, const char**);
 
 static cublasStatus_t (*p_cublasCreate)(cublasHandle_t*);
@@ -126,6 +130,10 @@ static const char* tr_load_cuda(void* lib) {
 	SYM(lib, p_cuStreamCreate, "cuStreamCreate")
 	SYM(lib, p_cuStreamDestroy, "cuStreamDestroy_v2")
 	SYM(lib, p_cuStreamSynchronize, "cuStreamSynchronize")
+	SYM(lib, p_cuStreamWaitEvent, "cuStreamWaitEvent")
+	SYM(lib, p_cuEventCreate, "cuEventCreate")
+	SYM(lib, p_cuEventRecord, "cuEventRecord")
+	SYM(lib, p_cuEventDestroy, "cuEventDestroy_v2")
 	SYM(lib, p_cuGetErrorString, "cuGetErrorString")
 	return NULL;
 }
@@ -216,6 +224,10 @@ static CUresult tr_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* na
 static CUresult tr_cuStreamCreate(CUstream* s) { return p_cuStreamCreate(s, 1); } // CU_STREAM_NON_BLOCKING
 static CUresult tr_cuStreamDestroy(CUstream s) { return p_cuStreamDestroy(s); }
 static CUresult tr_cuStreamSynchronize(CUstream s) { return p_cuStreamSynchronize(s); }
+static CUresult tr_cuStreamWaitEvent(CUstream s, CUevent e) { return p_cuStreamWaitEvent(s, e, 0); }
+static CUresult tr_cuEventCreate(CUevent* e) { return p_cuEventCreate(e, 2); } // CU_EVENT_DISABLE_TIMING
+static CUresult tr_cuEventRecord(CUevent e, CUstream s) { return p_cuEventRecord(e, s); }
+static CUresult tr_cuEventDestroy(CUevent e) { return p_cuEventDestroy(e); }
 static const char* tr_cuGetErrorString(CUresult r) {
 	const char* s = NULL;
 	if (p_cuGetErrorString == NULL || p_cuGetErrorString(r, &s) != 0 || s == NULL) return "unknown CUDA error";
@@ -419,6 +431,12 @@ type device struct {
 	driver  int
 	blasVer int
 	dnn     *dnnState // cuDNN, opened on first use (cudnn.go)
+	// copies is the second stream of CopyAsync, made on first use, and
+	// events its free events (CopyAsync takes, WaitCopy gives back).
+	copies  C.CUstream
+	events  []C.CUevent
+	tickets map[uint64]C.CUevent // CopyAsync's tickets not yet waited for
+	ticket  uint64               // the last ticket given
 	funcs   map[string]C.CUfunction
 	smem    map[C.CUfunction]int // dynamic shared memory each function was allowed (launchSmem)
 }
@@ -524,7 +542,7 @@ func (d *device) init(fatbin []byte) error {
 
 // close releases what init made, in reverse order; it returns the first error.
 func (d *device) close() error {
-	errs := []error{d.closeCudnn()}
+	errs := []error{d.closeCudnn(), d.closeCopies()}
 	if d.blas != nil {
 		errs = append(errs, blasErr("cublasDestroy", C.tr_cublasDestroy(d.blas)))
 	}
@@ -609,7 +627,90 @@ func (d *device) allocHost(bytes int) (uint64, error) {
 }
 
 func (d *device) freeHost(p uint64) error {
+	if err := d.sync(); err != nil { // no copy may still read or write it
+		return err
+	}
 	return cuErr("cuMemFreeHost", C.tr_cuMemFreeHost(C.CUdeviceptr(p)))
+}
+
+// event takes a free event, or makes one.
+func (d *device) event() (C.CUevent, error) {
+	if n := len(d.events); n > 0 {
+		e := d.events[n-1]
+		d.events = d.events[:n-1]
+		return e, nil
+	}
+	var e C.CUevent
+	return e, cuErr("cuEventCreate", C.tr_cuEventCreate(&e))
+}
+
+// copyAsync queues a copy of bytes from src to dst (device or mapped host
+// memory) on the copy stream, after the work queued on the compute stream so
+// far, and returns the event that marks its end.
+func (d *device) copyAsync(dst, src uint64, bytes int) (uint64, error) {
+	if d.copies == nil {
+		if err := cuErr("cuStreamCreate", C.tr_cuStreamCreate(&d.copies)); err != nil {
+			d.copies = nil
+			return 0, err
+		}
+	}
+	after, err := d.event()
+	if err != nil {
+		return 0, err
+	}
+	done, err := d.event()
+	if err != nil {
+		return 0, err
+	}
+	if err := cuErr("cuEventRecord", C.tr_cuEventRecord(after, d.stream)); err != nil {
+		return 0, err
+	}
+	if err := cuErr("cuStreamWaitEvent", C.tr_cuStreamWaitEvent(d.copies, after)); err != nil {
+		return 0, err
+	}
+	d.events = append(d.events, after) // the wait is queued: it may be recorded again
+	if err := cuErr("cuMemcpyAsync", C.tr_cuMemcpyAsync(C.CUdeviceptr(dst), C.CUdeviceptr(src), C.size_t(bytes), d.copies)); err != nil {
+		return 0, err
+	}
+	if err := cuErr("cuEventRecord", C.tr_cuEventRecord(done, d.copies)); err != nil {
+		return 0, err
+	}
+	if d.tickets == nil {
+		d.tickets = map[uint64]C.CUevent{}
+	}
+	d.ticket++
+	d.tickets[d.ticket] = done
+	return d.ticket, nil
+}
+
+// waitCopy makes the compute stream's later work wait for the copy of
+// ticket t, and frees its event.
+func (d *device) waitCopy(t uint64) error {
+	e, ok := d.tickets[t]
+	if !ok {
+		return fmt.Errorf("WaitCopy: ticket %d was not given or was waited for already", t)
+	}
+	delete(d.tickets, t)
+	err := cuErr("cuStreamWaitEvent", C.tr_cuStreamWaitEvent(d.stream, e))
+	d.events = append(d.events, e)
+	return err
+}
+
+// closeCopies ends the copy stream and its events.
+func (d *device) closeCopies() error {
+	if d.copies == nil {
+		return nil
+	}
+	errs := []error{cuErr("cuStreamSynchronize", C.tr_cuStreamSynchronize(d.copies))}
+	for _, e := range d.tickets {
+		d.events = append(d.events, e)
+	}
+	for _, e := range d.events {
+		errs = append(errs, cuErr("cuEventDestroy", C.tr_cuEventDestroy(e)))
+	}
+	errs = append(errs, cuErr("cuStreamDestroy", C.tr_cuStreamDestroy(d.copies)))
+	d.copies, d.events, d.tickets = nil, nil, nil
+	return errors.Join(errs...)
 }
 
 // copyAny is copy between any two of device and mapped host memory, on the
@@ -618,7 +719,13 @@ func (d *device) copyAny(dst, src uint64, bytes int) error {
 	return cuErr("cuMemcpyAsync", C.tr_cuMemcpyAsync(C.CUdeviceptr(dst), C.CUdeviceptr(src), C.size_t(bytes), d.stream))
 }
 
+// sync waits for the compute stream and the copy stream.
 func (d *device) sync() error {
+	if d.copies != nil {
+		if err := cuErr("cuStreamSynchronize", C.tr_cuStreamSynchronize(d.copies)); err != nil {
+			return err
+		}
+	}
 	return cuErr("cuStreamSynchronize", C.tr_cuStreamSynchronize(d.stream))
 }
 

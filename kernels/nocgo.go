@@ -34,6 +34,8 @@ func (d *device) allocHost(int) (uint64, error)                 { return 0, errN
 func (d *device) freeHost(uint64) error                         { return errNoCgo }
 func (d *device) copyAny(uint64, uint64, int) error             { return errNoCgo }
 func (d *device) sync() error                                   { return errNoCgo }
+func (d *device) copyAsync(uint64, uint64, int) (uint64, error) { return 0, errNoCgo }
+func (d *device) waitCopy(uint64) error                         { return errNoCgo }
 func (d *device) upload(uint64, []byte) error                   { return errNoCgo }
 func (d *device) download([]byte, uint64) error                 { return errNoCgo }
 func (d *device) copy(uint64, uint64, int) error                { return errNoCgo }

@@ -50,6 +50,33 @@ func (b *Backend) Copy(dst, src ops.Buf, n int) {
 	b.run("Copy", func(d *device) error { return d.copy(o, s, elemSize(dt)*n) })
 }
 
+// CopyAsync is ops.AsyncCopier's: Copy on a second stream, after the ops
+// queued so far, overlapping the ops queued after it until WaitCopy.
+func (b *Backend) CopyAsync(dst, src ops.Buf, n int) uint64 {
+	dt := ops.F32
+	if src != nil && elemSize(src.DType()) != 0 {
+		dt = src.DType()
+	}
+	s, o := b.ptr(src, n, dt, "CopyAsync", "src", false), b.ptr(dst, n, dt, "CopyAsync", "dst", false)
+	if b.err != nil || n == 0 || s == o {
+		return 0
+	}
+	var ev uint64
+	b.run("CopyAsync", func(d *device) error {
+		var err error
+		ev, err = d.copyAsync(o, s, elemSize(dt)*n)
+		return err
+	})
+	return ev
+}
+
+// WaitCopy is ops.AsyncCopier's: the ops queued after it wait for the copy.
+func (b *Backend) WaitCopy(ticket uint64) {
+	if ticket != 0 {
+		b.run("WaitCopy", func(d *device) error { return d.waitCopy(ticket) })
+	}
+}
+
 // Cast converts n elements between F32 and BF16 or F16 (to nearest even); the
 // same type copies, and BF16 to F16 is refused (no op needs it).
 func (b *Backend) Cast(dst, src ops.Buf, n int) {

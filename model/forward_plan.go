@@ -32,6 +32,11 @@ type actPlan struct {
 	resid []ops.Buf // [N, C] each
 	host  ops.Buf   // host memory holding resid[1:hi-lo] (Options.Offload), or nil
 	work  [2]ops.Buf
+	// pending is the ticket of the copy into or out of work[k] not yet
+	// waited for (ops.AsyncCopier), and fetched the layer whose input the
+	// backward is bringing back ahead of its use (-1: none).
+	pending [2]uint64
+	fetched int
 	// layers holds the saved activations of every layer, or with
 	// checkpointing one set reused by each layer's recomputation.
 	layers []*layerActs
@@ -227,6 +232,8 @@ func (m *Model) freePlan(p *actPlan) {
 	if p == nil {
 		return
 	}
+	m.offloadWait(p, 0)
+	m.offloadWait(p, 1)
 	for _, b := range []ops.Buf{p.fbuf, p.sbuf, p.ibuf, p.host} {
 		if b != nil {
 			m.be.Free(b)
@@ -312,4 +319,27 @@ func (m *Model) ensureRope(P int) error {
 	}
 	m.ropeBuf, m.ropeCos, m.ropeSin, m.ropeP = buf, cb, sb, P
 	return nil
+}
+
+// offloadCopy copies one layer input (N×C) between work[k] and the host for
+// the offload: on the backend's copy stream where it has one
+// (ops.AsyncCopier), overlapping the compute queued after it, else in line.
+func (m *Model) offloadCopy(p *actPlan, k int, dst, src ops.Buf) {
+	n := p.N * m.cfg.HiddenSize
+	ac, ok := m.be.(ops.AsyncCopier)
+	if !ok {
+		m.be.Copy(dst, src, n)
+		return
+	}
+	m.offloadWait(p, k)
+	p.pending[k] = ac.CopyAsync(dst, src, n)
+}
+
+// offloadWait makes the ops queued next wait for the copy into or out of
+// work[k].
+func (m *Model) offloadWait(p *actPlan, k int) {
+	if p.pending[k] != 0 {
+		m.be.(ops.AsyncCopier).WaitCopy(p.pending[k])
+		p.pending[k] = 0
+	}
 }

@@ -548,9 +548,13 @@ func (m *Model) Forward(b *Batch) (lossSum float64, count int, err error) {
 	}
 	for l := m.lo; l < m.hi; l++ {
 		x, out := p.layerIO(m, l)
+		k := (l + 1 - m.lo) % 2 // out is work[k] with offload
+		if p.host != nil && l+1 < m.hi {
+			m.offloadWait(p, k) // the copy out of work[k], two layers ago, must be done before it is written
+		}
 		m.layerForward(l, p.layer(m, l), x, out, false)
 		if p.host != nil && l+1 < m.hi {
-			be.Copy(p.resid[l+1-m.lo], out, N*C) // the next layer's input, saved on the host
+			m.offloadCopy(p, k, p.resid[l+1-m.lo], out) // the next layer's input, saved on the host while it runs
 		}
 	}
 	if !m.last {
@@ -611,11 +615,25 @@ func (m *Model) Backward(scale float32) error {
 		be.Zero(p.dresid, N*C)
 		be.RMSNormBackward(p.dresid, m.finalNorm.Grad, p.dln, p.resid[m.hi-m.lo], m.finalNorm.W, p.rstdF, N, C)
 	}
+	p.fetched = -1
 	for l := m.hi - 1; l >= m.lo; l-- {
 		a := p.layer(m, l)
 		x, out := p.layerIO(m, l)
 		if p.host != nil && l > m.lo {
-			be.Copy(x, p.resid[l-m.lo], N*C) // the layer's input, back from the host
+			// The layer's input, back from the host: fetched during the
+			// layer above (the first one now), waited for here; then the
+			// next one's, into the other buffer, which this layer does not
+			// touch (the recomputation skips out).
+			k := (l - m.lo) % 2
+			if p.fetched != l {
+				m.offloadCopy(p, k, x, p.resid[l-m.lo])
+			}
+			m.offloadWait(p, k)
+			if l-1 > m.lo {
+				xn, _ := p.layerIO(m, l-1)
+				m.offloadCopy(p, 1-k, xn, p.resid[l-1-m.lo])
+				p.fetched = l - 1
+			}
 		}
 		if m.checkpoint {
 			m.layerForward(l, a, x, out, true)

@@ -45,9 +45,12 @@ func TestOffloadBitwise(t *testing.T) {
 			offKeep := ltModel(t, ops.NewCPU(), w, opt)
 			opt.Offload = false
 			keep := ltModel(t, ops.NewCPU(), w, opt)
+			opt.Offload, opt.KeepAttention = true, false
+			lazy := &lazyCopies{Backend: ops.NewCPU(), queued: map[uint64]func(){}}
+			offLazy := ltModel(t, lazy, w, opt)
 			var lr float64
 			var gr map[string][]float32
-			for i, m := range []*Model{ref, off, offKeep, keep} {
+			for i, m := range []*Model{ref, off, offKeep, keep, offLazy} {
 				m.SetTraining(true)
 				if err := m.Plan(b.B, b.T); err != nil {
 					t.Fatal(err)
@@ -86,7 +89,7 @@ func TestOffloadBitwise(t *testing.T) {
 					lr, gr = loss, grads
 					continue
 				}
-				what := []string{"", "offload", "offload and keep-attention", "keep-attention"}[i]
+				what := []string{"", "offload", "offload and keep-attention", "keep-attention", "offload with late copies"}[i]
 				if lr != loss {
 					t.Errorf("loss %v with %s, %v without", loss, what, lr)
 				}
@@ -95,6 +98,9 @@ func TestOffloadBitwise(t *testing.T) {
 						t.Errorf("gradient of %s differs with %s", n, what)
 					}
 				}
+			}
+			if len(lazy.queued) != 0 || lazy.next < 2 {
+				t.Errorf("late copies: %d of %d never waited for", len(lazy.queued), lazy.next)
 			}
 			var host int64
 			for _, p := range off.Memory() {
@@ -111,4 +117,25 @@ func TestOffloadBitwise(t *testing.T) {
 	if _, err := NewModel(ops.NewCPU(), w, Options{Offload: true}); err == nil || !strings.Contains(err.Error(), "needs activation checkpointing") {
 		t.Errorf("offload without checkpointing: %v", err)
 	}
+}
+
+// lazyCopies is the CPU backend with ops.AsyncCopier's copies made as late as
+// the contract allows, at WaitCopy: an offload that read a copy's
+// destination, or wrote its source, before waiting for it would compute with
+// the wrong values.
+type lazyCopies struct {
+	ops.Backend
+	queued map[uint64]func()
+	next   uint64
+}
+
+func (l *lazyCopies) CopyAsync(dst, src ops.Buf, n int) uint64 {
+	l.next++
+	l.queued[l.next] = func() { l.Backend.Copy(dst, src, n) }
+	return l.next
+}
+
+func (l *lazyCopies) WaitCopy(t uint64) {
+	l.queued[t]()
+	delete(l.queued, t)
 }

@@ -297,3 +297,15 @@ func (p *Plan) Alloc(be Backend, dt DType) (Buf, error) {
 	}
 	return all, nil
 }
+
+// AsyncCopier is a Backend that copies on a second stream (the CUDA
+// backend): activation offload overlaps its copies with compute through it.
+// CopyAsync starts copying n elements from src to dst once the ops queued so
+// far are done and returns at once with a ticket (0: nothing to wait for);
+// ops queued later may run during the copy, so neither buffer may be
+// written, nor dst read, before WaitCopy(ticket), after which queued ops wait
+// for the copy. Every ticket must be waited for once.
+type AsyncCopier interface {
+	CopyAsync(dst, src Buf, n int) uint64
+	WaitCopy(ticket uint64)
+}

@@ -321,29 +321,7 @@ func maxAbs(x []float64) float64 {
 func TestAttentionFlash(t *testing.T) {
 	be := gpu(t)
 	cases := flashCases()
-	probs := make([]*attnProblem, len(cases))
-	type ref struct {
-		vals map[string][]float64
-		err  error
-	}
-	refs := make([]chan ref, len(cases))
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for i, c := range cases {
-		probs[i] = newFlashProblem(rand.New(rand.NewPCG(uint64(21+i), uint64(c.T))), c)
-		refs[i] = make(chan ref, 1)
-	}
-	for i := len(cases) - 1; i >= 0; i-- { // the largest (last) first
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			vals, err := probs[i].compute(ops.NewCPU64(), ops.F32)
-			refs[i] <- ref{vals, err}
-		}()
-	}
+	probs, refs := cpuReferences(t, cases, 21)
 	fb := flashAttn{be}
 	for i, c := range cases {
 		r := <-refs[i]
@@ -354,6 +332,39 @@ func TestAttentionFlash(t *testing.T) {
 			checkFlash(t, fb, probs[i], c, dt, r.vals, i == 0)
 		}
 	}
+}
+
+// attnRef is one case's float64 CPU reference, or why it failed.
+type attnRef struct {
+	vals map[string][]float64
+	err  error
+}
+
+// cpuReferences makes each case's problem (random seed seed+i) and computes
+// its float64 CPU reference concurrently, the largest (last) first, while
+// the GPU works through the cases in order; refs[i] delivers case i's. The
+// goroutines end before the test does.
+func cpuReferences(t *testing.T, cases []flashCase, seed uint64) ([]*attnProblem, []chan attnRef) {
+	probs := make([]*attnProblem, len(cases))
+	refs := make([]chan attnRef, len(cases))
+	for i, c := range cases {
+		probs[i] = newFlashProblem(rand.New(rand.NewPCG(seed+uint64(i), uint64(c.T))), c)
+		refs[i] = make(chan attnRef, 1)
+	}
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	for i := len(cases) - 1; i >= 0; i-- {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			vals, err := probs[i].compute(ops.NewCPU64(), ops.F32)
+			refs[i] <- attnRef{vals, err}
+		}()
+	}
+	return probs, refs
 }
 
 // checkFlash runs one flash case in data type dt against the reference want;
@@ -416,34 +427,14 @@ func TestAttentionCudnn(t *testing.T) {
 			cases = append(cases, c)
 		}
 	}
-	refs := make([]chan map[string][]float64, len(cases))
-	probs := make([]*attnProblem, len(cases))
-	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for i, c := range cases {
-		probs[i] = newFlashProblem(rand.New(rand.NewPCG(uint64(31+i), uint64(c.T))), c)
-		refs[i] = make(chan map[string][]float64, 1)
-	}
-	for i := len(cases) - 1; i >= 0; i-- {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			vals, err := probs[i].compute(ops.NewCPU64(), ops.F32)
-			if err != nil {
-				t.Errorf("%v: CPU reference: %v", cases[i], err)
-			}
-			refs[i] <- vals
-		}()
-	}
+	probs, refs := cpuReferences(t, cases, 31)
 	cb := cudnnAttn{be}
 	for i, c := range cases {
-		want := <-refs[i]
-		if want == nil {
-			continue
+		r := <-refs[i]
+		if r.err != nil {
+			t.Fatalf("%v: CPU reference: %v", c, r.err)
 		}
+		want := r.vals
 		for _, dt := range []ops.DType{ops.BF16, ops.F16} {
 			checkFlash(t, cb, probs[i], c, dt, want, false)
 			if i == len(cases)/2 {

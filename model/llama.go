@@ -98,7 +98,9 @@ type Options struct {
 	// (Backend.AllocHost): each is copied out after the layer before it runs
 	// and back before its backward, so the device holds two whatever the
 	// layer count (70B at 65k tokens: 80 x 1 GiB). The gradients are bitwise
-	// the same; the copies cross PCIe on the compute stream.
+	// the same. On a backend with a second stream (ops.AsyncCopier) the
+	// copies overlap the compute: a layer's input goes out while the next
+	// layer runs and comes back while the layer above runs its backward.
 	Offload bool
 	// KeepAttention, with Checkpoint, also keeps each layer's attention
 	// output and log-sum-exp from the forward ([N, Q] in the compute type and

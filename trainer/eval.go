@@ -9,6 +9,11 @@ import (
 	"train/model"
 )
 
+// hasEval reports whether there is an evaluation set (-eval-fraction 0
+// without -eval-data leaves none: the run then trains and saves without
+// evaluating).
+func (t *trainer) hasEval() bool { return t.eval != nil && t.eval.Len() > 0 }
+
 // evaluate is the mean loss over every scored label of the evaluation set.
 func (t *trainer) evaluate() (float64, int, error) {
 	t.m.SetTraining(false)

@@ -221,7 +221,7 @@ func (t *trainer) loop() (Result, error) {
 			prog.note("warning: rank %d uses %s of host memory, near the limit: consider -pp, -activation-checkpointing, a smaller -batch/-seq, or -lora",
 				t.dist.rank(), shard.FormatBytes(rss))
 		}
-		if cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0 && step+1 < cfg.Steps {
+		if cfg.EvalEvery > 0 && (step+1)%cfg.EvalEvery == 0 && step+1 < cfg.Steps && t.hasEval() {
 			el, n, err := t.evaluate()
 			if err != nil {
 				return res, err

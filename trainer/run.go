@@ -419,7 +419,7 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 	}
 	// A stopped run is likely about to lose its machine: skip the evaluation.
 	evalLoss, evalTokens := math.NaN(), 0
-	if !res.Stopped {
+	if !res.Stopped && t.hasEval() {
 		if evalLoss, evalTokens, err = t.evaluate(); err != nil {
 			return res, err
 		}
@@ -462,6 +462,9 @@ func trainLossSummary(res Result) string {
 // evalSummary is the final evaluation, or why there was none: a stopped run
 // skips it.
 func evalSummary(res Result, loss float64, tokens int) string {
+	if !res.Stopped && tokens == 0 && math.IsNaN(loss) {
+		return "no evaluation (no eval examples: -eval-fraction 0 and no -eval-data)"
+	}
 	if !res.Stopped {
 		return fmt.Sprintf("eval loss %.4f over %d tokens (best %.4f)", loss, tokens, min(loss, res.BestEval))
 	}

@@ -571,3 +571,23 @@ func TestOffloadActivationsRun(t *testing.T) {
 		t.Errorf("offload without checkpointing: %v", err)
 	}
 }
+
+// TestRunWithoutEvalData: with no held-out split and no eval data the run
+// trains, evaluates nowhere (not even with eval_every), says so, and still
+// writes its outputs.
+func TestRunWithoutEvalData(t *testing.T) {
+	cfg := storiesConfig(t, "lora", 4, func(c *config.Config) { c.Data.EvalFraction, c.Train.EvalEvery = 0, 2 })
+	res, stdout, _ := mustRun(t, cfg)
+	if res.Steps != 4 {
+		t.Errorf("%d steps, want 4", res.Steps)
+	}
+	if !strings.Contains(stdout, "no evaluation (no eval examples") {
+		t.Errorf("stdout does not say there was no evaluation:\n%s", stdout)
+	}
+	if got := metricValues(t, cfg.RunDir, "eval_loss"); len(got) != 0 {
+		t.Errorf("eval_loss metrics %v without eval data", got)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.RunDir, "adapter", "adapter_model.safetensors")); err != nil {
+		t.Errorf("no adapter written: %v", err)
+	}
+}

@@ -61,7 +61,7 @@ func Pipeline(launch *collective.Flags, opts PipelineOptions, stdout io.Writer) 
 	if d.IsRoot() {
 		fmt.Fprintf(stdout, "pipeline bubble: %s, P=%d stages, micro-batch %d x %d tokens, %d measured steps per M\n",
 			cfg.Model, P, opts.Batch, opts.Seq, opts.Steps-1)
-		fmt.Fprintln(tw, "M\ttheory (P-1)/(M+P-1)\tmeasured\tstep ms\t")
+		fmt.Fprintln(tw, "M\ttheory (P-1)/(M+P-1)\tmeasured\tstep ms\tinterleaved V=2, simulated\t")
 	}
 	for _, m := range opts.Micro {
 		cfg.Train.GradAccum = m
@@ -76,9 +76,25 @@ func Pipeline(launch *collective.Flags, opts PipelineOptions, stdout io.Writer) 
 			return err
 		}
 		if d.IsRoot() {
-			fmt.Fprintf(tw, "%d\t%.3f\t%.3f\t%.1f\t\n", m, shard.TheoreticalBubble(P, m), sums[0]/float64(P),
-				1000*sums[1]/float64(P)/float64(opts.Steps-1))
+			fmt.Fprintf(tw, "%d\t%.3f\t%.3f\t%.1f\t%s\t\n", m, shard.TheoreticalBubble(P, m), sums[0]/float64(P),
+				1000*sums[1]/float64(P)/float64(opts.Steps-1), interleavedBubble(P, m))
 		}
 	}
 	return tw.Flush()
+}
+
+// interleavedBubble is the bubble interleaved 1F1B with two chunks per stage
+// would have at M micro-batches, by shard.SimulateAsync (a backward twice a
+// forward): the schedule exists, the trainer does not run it yet. "-" where M
+// is not a multiple of P.
+func interleavedBubble(P, M int) string {
+	sched, err := shard.InterleavedSchedule(P, 2, M)
+	if err != nil {
+		return "-"
+	}
+	tl, err := shard.SimulateAsync(sched, 1, 2)
+	if err != nil {
+		return "error: " + err.Error()
+	}
+	return fmt.Sprintf("%.3f", tl.Bubble())
 }

@@ -48,6 +48,9 @@ type Action struct {
 	Op    Op
 	Micro int
 	Peer  int
+	// Chunk is which of the rank's layer chunks the action is for
+	// (InterleavedSchedule); 0 in 1F1B, where a rank holds one.
+	Chunk int
 }
 
 func (a Action) String() string {

@@ -237,13 +237,13 @@ func TestScheduleShape(t *testing.T) {
 // under blocking sends; Simulate must say so rather than hang or pass.
 func TestSimulateFindsDeadlock(t *testing.T) {
 	bad := [][]Action{
-		{{SendActivation, 0, 1}, {RecvGrad, 0, 1}},
-		{{SendGrad, 0, 0}, {RecvActivation, 0, 0}},
+		{{Op: SendActivation, Micro: 0, Peer: 1}, {Op: RecvGrad, Micro: 0, Peer: 1}},
+		{{Op: SendGrad, Micro: 0, Peer: 0}, {Op: RecvActivation, Micro: 0, Peer: 0}},
 	}
 	if _, err := Simulate(bad, 1, 2); err == nil || !strings.Contains(err.Error(), "deadlock") {
 		t.Errorf("Simulate = %v, want a deadlock", err)
 	}
-	mismatch := [][]Action{{{SendActivation, 0, 1}}, {{RecvActivation, 1, 0}}}
+	mismatch := [][]Action{{{Op: SendActivation, Micro: 0, Peer: 1}}, {{Op: RecvActivation, Micro: 1, Peer: 0}}}
 	if _, err := Simulate(mismatch, 1, 2); err == nil {
 		t.Error("Simulate accepted a send of micro-batch 0 received as 1")
 	}

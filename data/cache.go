@@ -155,7 +155,7 @@ func LoadCache(ctx context.Context, s CacheSpec) (c *Cache, built bool, err erro
 		if s.Log != nil {
 			fmt.Fprintf(s.Log, "data cache: waiting for %s, which another rank is building (%s)\n", final, lockOwner(lock))
 		}
-		if err := waitLock(ctx, lock, s.LockTimeout); err != nil {
+		if err := waitLock(ctx, lock, s.LockTimeout, s.Log); err != nil {
 			return nil, false, err
 		}
 	}
@@ -225,11 +225,18 @@ func removeDeadLock(path string) {
 }
 
 // waitLock returns once the lock is gone, or an error when it goes
-// unrefreshed for timeout or ctx is cancelled.
-func waitLock(ctx context.Context, path string, timeout time.Duration) error {
+// unrefreshed for timeout or ctx is cancelled. Every waitNote it tells log
+// (when not nil) that it is still waiting, and for how long.
+func waitLock(ctx context.Context, path string, timeout time.Duration, log io.Writer) error {
 	tick := time.NewTicker(max(min(timeout/20, 250*time.Millisecond), time.Millisecond))
 	defer tick.Stop()
+	start, noted := time.Now(), time.Now()
 	for {
+		if log != nil && time.Since(noted) >= waitNote {
+			noted = time.Now()
+			fmt.Fprintf(log, "data cache: still waiting for the rank building it (%s), %s so far\n", lockOwner(path),
+				time.Since(start).Round(time.Second))
+		}
 		removeDeadLock(path)
 		st, err := os.Stat(path)
 		if errors.Is(err, fs.ErrNotExist) {
@@ -249,6 +256,9 @@ func waitLock(ctx context.Context, path string, timeout time.Duration) error {
 		}
 	}
 }
+
+// waitNote is how often a rank waiting for another's cache build says so.
+const waitNote = 30 * time.Second
 
 // cacheFiles are the cache's data files, in the order cacheWriter writes them.
 var cacheFiles = [4]string{"ids.u32", "labels.i32", "index.u64", "scored.u32"}

@@ -239,7 +239,10 @@ func (d *World) agree(local error, format string, a ...any) error {
 		vote[0] = 1
 	}
 	if err := d.AllReduce(vote); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
+		if local != nil {
+			return fmt.Errorf("%w (and the vote across ranks on it failed: %v)", local, err)
+		}
+		return fmt.Errorf("vote across ranks: %w", err)
 	}
 	switch {
 	case local != nil:

@@ -2,7 +2,6 @@ package shard
 
 import (
 	"fmt"
-	"strings"
 )
 
 // Interleaved 1F1B (Megatron-LM's virtual pipeline): each of P ranks holds V
@@ -122,6 +121,7 @@ func SimulateAsync(sched [][]Action, fwd, bwd float64) (Timeline, error) {
 	for {
 		progressed, done := false, true
 		for s := 0; s < P; s++ {
+		run:
 			for pc[s] < len(sched[s]) {
 				a := sched[s][pc[s]]
 				switch a.Op {
@@ -145,7 +145,7 @@ func SimulateAsync(sched [][]Action, fwd, bwd float64) (Timeline, error) {
 					l := link{a.Peer, s}
 					q := queues[l]
 					if len(q) == 0 {
-						goto blocked
+						break run // the message is not sent yet; come back later
 					}
 					m := q[0]
 					if !matches(m.a.Op, a.Op) || m.a.Micro != a.Micro || !chunkFollows(m.a, a, P) {
@@ -156,9 +156,6 @@ func SimulateAsync(sched [][]Action, fwd, bwd float64) (Timeline, error) {
 				}
 				pc[s]++
 				progressed = true
-				continue
-			blocked:
-				break
 			}
 			if pc[s] < len(sched[s]) {
 				done = false
@@ -168,13 +165,7 @@ func SimulateAsync(sched [][]Action, fwd, bwd float64) (Timeline, error) {
 			break
 		}
 		if !progressed {
-			var stuck []string
-			for s := 0; s < P; s++ {
-				if pc[s] < len(sched[s]) {
-					stuck = append(stuck, fmt.Sprintf("stage %d at %v", s, describe(sched[s][pc[s]])))
-				}
-			}
-			return tl, fmt.Errorf("deadlock: %s", strings.Join(stuck, ", "))
+			return tl, deadlock(sched, pc)
 		}
 	}
 	for l, q := range queues {
@@ -182,10 +173,7 @@ func SimulateAsync(sched [][]Action, fwd, bwd float64) (Timeline, error) {
 			return tl, fmt.Errorf("stage %d's %v to stage %d was never received", l.from, describe(q[0].a), l.to)
 		}
 	}
-	for s := 0; s < P; s++ {
-		tl.Finish[s] = clock[s]
-		tl.Makespan = max(tl.Makespan, clock[s])
-	}
+	tl.finish(clock)
 	return tl, nil
 }
 
@@ -202,9 +190,9 @@ func chunkFollows(send, recv Action, P int) bool {
 	return vr == vs-1
 }
 
-// describe is an action with its chunk.
+// describe is an action with its chunk when it has one.
 func describe(a Action) string {
-	if a.Micro < 0 {
+	if a.Micro < 0 || a.Chunk == 0 {
 		return a.String()
 	}
 	return fmt.Sprintf("%v/c%d", a, a.Chunk)

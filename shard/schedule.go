@@ -278,20 +278,31 @@ func Simulate(sched [][]Action, fwd, bwd float64) (Timeline, error) {
 			break
 		}
 		if !progressed {
-			var stuck []string
-			for s := 0; s < P; s++ {
-				if pc[s] < len(sched[s]) {
-					stuck = append(stuck, fmt.Sprintf("stage %d at %v", s, sched[s][pc[s]]))
-				}
-			}
-			return tl, fmt.Errorf("deadlock: %s", strings.Join(stuck, ", "))
+			return tl, deadlock(sched, pc)
 		}
 	}
-	for s := 0; s < P; s++ {
-		tl.Finish[s] = clock[s]
-		tl.Makespan = max(tl.Makespan, clock[s])
-	}
+	tl.finish(clock)
 	return tl, nil
+}
+
+// deadlock is the error of a simulation stuck with stage s at action pc[s]:
+// it names each unfinished stage's action.
+func deadlock(sched [][]Action, pc []int) error {
+	var stuck []string
+	for s := range sched {
+		if pc[s] < len(sched[s]) {
+			stuck = append(stuck, fmt.Sprintf("stage %d at %v", s, describe(sched[s][pc[s]])))
+		}
+	}
+	return fmt.Errorf("deadlock: %s", strings.Join(stuck, ", "))
+}
+
+// finish sets each stage's finish time and the makespan from the clocks.
+func (t *Timeline) finish(clock []float64) {
+	for s, c := range clock {
+		t.Finish[s] = c
+		t.Makespan = max(t.Makespan, c)
+	}
 }
 
 // matches reports whether a and b are the two ends of one transfer.

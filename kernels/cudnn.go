@@ -525,13 +525,17 @@ type dnnKey struct {
 	B, T, H, KVH, D int
 }
 
-// dnnState is a device's cuDNN handle and planned graphs; graphs that could
-// not be planned keep why.
+// dnnState is a device's cuDNN handle and planned graphs (the maxGraphs
+// used last); graphs that could not be planned keep why.
 type dnnState struct {
 	handle C.dn_handle
-	graphs map[dnnKey]*C.dn_graph
+	graphs *lru[dnnKey, *C.dn_graph]
 	failed map[dnnKey]string
 }
+
+// maxGraphs bounds the planned graphs a device keeps: training uses two (a
+// forward and a backward), evaluation one per batch shape.
+const maxGraphs = 32
 
 // cudnn returns the device's cuDNN state, opening it on first use.
 func (d *device) cudnn() (*dnnState, error) {
@@ -542,7 +546,7 @@ func (d *device) cudnn() (*dnnState, error) {
 	if dnnLoaded.err != nil {
 		return nil, dnnLoaded.err
 	}
-	s := &dnnState{graphs: map[dnnKey]*C.dn_graph{}, failed: map[dnnKey]string{}}
+	s := &dnnState{graphs: newLRU[dnnKey, *C.dn_graph](maxGraphs), failed: map[dnnKey]string{}}
 	if st := C.dn_create(&s.handle); st != 0 {
 		return nil, fmt.Errorf("cudnnCreate: %s (status %d)", C.GoString(C.dn_status_string(st)), int(st))
 	}
@@ -559,7 +563,7 @@ func (d *device) closeCudnn() error {
 	if d.dnn == nil {
 		return nil
 	}
-	for _, g := range d.dnn.graphs {
+	for _, g := range d.dnn.graphs.All() {
 		C.dn_graph_free(g)
 	}
 	st := C.dn_destroy(d.dnn.handle)
@@ -577,7 +581,7 @@ func (d *device) dnnGraph(k dnnKey) (*C.dn_graph, int64, error) {
 	if err != nil {
 		return nil, 0, err
 	}
-	if g := s.graphs[k]; g != nil {
+	if g, ok := s.graphs.Get(k); ok {
 		return g, int64(C.dn_graph_workspace(g)), nil
 	}
 	if why := s.failed[k]; why != "" {
@@ -603,7 +607,12 @@ func (d *device) dnnGraph(k dnnKey) (*C.dn_graph, int64, error) {
 		s.failed[k] = why
 		return nil, 0, errors.New(why)
 	}
-	s.graphs[k] = g
+	if old, ok := s.graphs.Put(k, g); ok {
+		if err := d.sync(); err != nil { // no queued execution may still use it
+			return nil, 0, err
+		}
+		C.dn_graph_free(old)
+	}
 	return g, int64(C.dn_graph_workspace(g)), nil
 }
 

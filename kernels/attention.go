@@ -364,7 +364,7 @@ func (b *Backend) AttentionForwardGEMM(out, lse, q, k, v, seg ops.Buf, B, T, H, 
 }
 
 // AttentionBackwardGEMM is AttentionBackward (ops.Backend) by the GEMM
-// attention: dq, dk, dv += the gradients; see the top of this file for how.
+// attention: dq, dk, dv = the gradients; see the top of this file for how.
 func (b *Backend) AttentionBackwardGEMM(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) {
 	p, ok := b.attnBackwardArgs(dq, dk, dv, dout, q, k, v, out, lse, seg, B, T, H, KVH, D)
 	if !ok {

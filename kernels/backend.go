@@ -35,8 +35,9 @@
 //     of its backward (TRAIN_ATTENTION=flash keeps it out).
 //   - Workspaces outside the caller's memory plan, grown on demand and freed by
 //     Close: SumSquares' partial sums (scratch) and the attention's workspace
-//     (flash: delta, B×H×T floats; GEMM: score matrices, at most 256 MiB
-//     whatever T; AttentionWorkspaceBytes).
+//     (cuDNN: its plan's, softmax_sum and the dQ accumulator; flash: delta,
+//     B×H×T floats; GEMM: score matrices, at most 256 MiB whatever T;
+//     AttentionWorkspaceBytes).
 //
 // Later work (kernels/NOTES.md): wgmma attention, cuBLASLt.
 package kernels
@@ -82,10 +83,8 @@ type Backend struct {
 	attnLimit int64
 	// attnPick is TRAIN_ATTENTION: "auto" (cuDNN's fused attention where it
 	// takes the call, else flash, else GEMM), "cudnn" (an error where cuDNN
-	// cannot take an unpacked call) or "flash" (never cuDNN). dnnWhy is the
-	// first reason cuDNN did not take a call under "auto".
+	// cannot take an unpacked call) or "flash" (never cuDNN).
 	attnPick string
-	dnnWhy   string
 	closed   bool
 }
 

@@ -514,8 +514,8 @@ func loadCudnn() {
 }
 
 // minCudnn is the oldest cuDNN whose fused attention engines take the
-// graphs built here (9.0: -inf masking and the dQ accumulator set up by
-// cuDNN itself).
+// graphs built here (-inf masking from 9.0, the dQ accumulator set up by
+// cuDNN itself from 9.6).
 const minCudnn = 90600
 
 // dnnKey names one planned graph.
@@ -653,9 +653,11 @@ const (
 	dnnDQAcc = int(C.U_DQACC)
 )
 
-// dnnAttention runs the forward (dout == 0) or the backward through cuDNN; false
-// when cuDNN cannot take it (why is recorded, and with TRAIN_ATTENTION=cudnn it
-// is an error), leaving the call to the flash kernels.
+// dnnAttention runs the forward or the backward through cuDNN; false when
+// cuDNN cannot take it (with TRAIN_ATTENTION=cudnn that is an error instead),
+// leaving the call to the flash kernels. Why it cannot is kept per shape by
+// the device (dnnGraph); AttentionKernel reports it at start-up for a small
+// problem with the model's heads.
 func (b *Backend) dnnAttention(op string, p attnPtrs, backward bool, dt ops.DType, B, T, H, KVH, D int) bool {
 	k := dnnKey{backward: backward, dt: dt, B: B, T: T, H: H, KVH: KVH, D: D}
 	var g *C.dn_graph
@@ -670,14 +672,13 @@ func (b *Backend) dnnAttention(op string, p attnPtrs, backward bool, dt ops.DTyp
 			b.fail("%s: cuDNN attention (%s=cudnn): %w", op, AttentionEnv, why)
 			return true
 		}
-		if b.dnnWhy == "" {
-			b.dnnWhy = why.Error()
-		}
 		return false
 	}
-	need := alignBytes(max(ws, 1)) // never a null workspace
+	plan := alignBytes(max(ws, 1)) // never a null workspace
+	need := plan
+	sum, acc := cudnnGraphBuffers(B, T, H, D)
 	if backward {
-		need += alignBytes(4*int64(B)*int64(H)*int64(T)) + alignBytes(4*int64(B)*int64(H)*int64(T)*int64(D))
+		need += sum + acc
 	}
 	base := b.grow(op, &b.attnWS, &b.attnWSB, need)
 	if b.err != nil {
@@ -685,9 +686,8 @@ func (b *Backend) dnnAttention(op string, p attnPtrs, backward bool, dt ops.DTyp
 	}
 	t := map[int]uint64{dnnQ: p.q, dnnK: p.k, dnnV: p.v, dnnO: p.out, dnnLSE: p.lse}
 	if backward {
-		sum := base + uint64(alignBytes(max(ws, 1)))
 		t[dnnDO], t[dnnDQ], t[dnnDK], t[dnnDV] = p.dout, p.dq, p.dk, p.dv
-		t[dnnSum], t[dnnDQAcc] = sum, sum+uint64(alignBytes(4*int64(B)*int64(H)*int64(T)))
+		t[dnnSum], t[dnnDQAcc] = base+uint64(plan), base+uint64(plan+sum)
 	}
 	scale := float32(1 / math.Sqrt(float64(D)))
 	b.run(op, func(d *device) error { return d.dnnRun(g, t, base, scale, backward) })

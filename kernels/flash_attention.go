@@ -113,8 +113,10 @@ func bufPtr(x ops.Buf) uint64 {
 	return 0
 }
 
-// AttentionForward: see ops.Backend. Flash attention where it applies
-// (flashTakes), the GEMM attention otherwise.
+// AttentionForward: see ops.Backend. Where flash attention applies
+// (flashTakes), cuDNN's fused attention for calls without segments (unless
+// TRAIN_ATTENTION=flash, or cuDNN cannot take it), else the flash kernels;
+// the GEMM attention otherwise.
 func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH, D int) {
 	dt := dtypeOf(q, ops.F32)
 	if flashTakes(b.dev.cc, dt, D, H, bufPtr(out), bufPtr(q), bufPtr(k), bufPtr(v)) {
@@ -130,9 +132,9 @@ func (b *Backend) AttentionForward(out, lse, q, k, v, seg ops.Buf, B, T, H, KVH,
 	b.AttentionForwardGEMM(out, lse, q, k, v, seg, B, T, H, KVH, D)
 }
 
-// AttentionBackward: dq, dk, dv = the gradients (ops.Backend). Flash attention
-// where it applies, the GEMM attention otherwise; either recomputes from lse
-// whatever forward saved it (both save the same lse).
+// AttentionBackward: dq, dk, dv = the gradients (ops.Backend), chosen as
+// AttentionForward chooses; each recomputes from lse whatever forward saved
+// it (all save the same lse).
 func (b *Backend) AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, seg ops.Buf, B, T, H, KVH, D int) {
 	dt := dtypeOf(q, ops.F32)
 	if flashTakes(b.dev.cc, dt, D, H, bufPtr(dq), bufPtr(dk), bufPtr(dv), bufPtr(dout), bufPtr(q), bufPtr(k), bufPtr(v), bufPtr(out)) {
@@ -269,12 +271,19 @@ func (b *Backend) AttentionBackwardFlash(dq, dk, dv, dout, q, k, v, out, lse, se
 // flashWorkspaceBytes is the flash backward's workspace: delta, B×H×T floats.
 func flashWorkspaceBytes(B, T, H int) int64 { return alignBytes(4 * int64(B) * int64(H) * int64(T)) }
 
-// cudnnWorkspaceBytes is cuDNN's attention backward workspace: softmax_sum
-// (B×H×T floats) and the dQ accumulator (B×H×T×D floats) of the graph, and
-// the plan's own (cudnnPlanBytes).
+// cudnnWorkspaceBytes is cuDNN's attention backward workspace: the graph's
+// own buffers (cudnnGraphBuffers) and the plan's (cudnnPlanBytes).
 func cudnnWorkspaceBytes(B, T, H, KVH, D int) int64 {
+	sum, acc := cudnnGraphBuffers(B, T, H, D)
+	return sum + acc + cudnnPlanBytes(B, T, H, KVH, D)
+}
+
+// cudnnGraphBuffers are the sizes of the non-virtual buffers cuDNN's backward
+// graph reads and writes beside the caller's: softmax_sum (B×H×T floats) and
+// the dQ accumulator (B×H×T×D floats), each aligned.
+func cudnnGraphBuffers(B, T, H, D int) (sum, acc int64) {
 	n := int64(B) * int64(H) * int64(T)
-	return alignBytes(4*n) + alignBytes(4*n*int64(D)) + cudnnPlanBytes(B, T, H, KVH, D)
+	return alignBytes(4 * n), alignBytes(4 * n * int64(D))
 }
 
 // cudnnPlanBytes bounds the workspace cuDNN 9.14's attention backward plan

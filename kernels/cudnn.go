@@ -448,7 +448,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"path/filepath"
 	"sync"
 	"unsafe"
 
@@ -465,32 +464,9 @@ var (
 	}
 )
 
-// cudnnCandidates are where libcudnn.so.9 is looked for: $TRAIN_CUDNN, the
-// library path, /usr/local/cuda/lib64, then pip's nvidia/cudnn/lib (the
-// active virtualenv first).
-func cudnnCandidates(getenv func(string) string) []string {
-	var c []string
-	if p := getenv("TRAIN_CUDNN"); p != "" {
-		c = append(c, p)
-	}
-	c = append(c, "libcudnn.so.9", "/usr/local/cuda/lib64/libcudnn.so.9")
-	var sites []string
-	for _, env := range []string{"VIRTUAL_ENV", "CONDA_PREFIX"} {
-		if p := getenv(env); p != "" {
-			sites = append(sites, filepath.Join(p, "lib/python3*/site-packages"))
-		}
-	}
-	sites = append(sites, "/usr/local/lib/python3*/dist-packages", "/usr/lib/python3/dist-packages")
-	for _, s := range sites {
-		m, _ := filepath.Glob(filepath.Join(s, "nvidia/cudnn/lib/libcudnn.so.9")) // the only error is a bad pattern
-		c = append(c, m...)
-	}
-	return c
-}
-
 func loadCudnn() {
 	var tried []string
-	for _, lib := range cudnnCandidates(os.Getenv) {
+	for _, lib := range cudnnCandidates(os.Getenv, "") {
 		cp := C.CString(lib)
 		h := C.dn_dlopen(cp)
 		C.free(unsafe.Pointer(cp))

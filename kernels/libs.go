@@ -56,7 +56,28 @@ func cublasCandidates(getenv func(string) string, root string) []cublasCandidate
 	for _, v := range cublasVersions {
 		add("libcublas.so."+v, "")
 	}
-	dirs := []string{filepath.Join(root, "/usr/local/cuda/lib64")}
+	dirs := append([]string{filepath.Join(root, "/usr/local/cuda/lib64")}, wheelDirs(getenv, root, "cublas")...)
+	for _, d := range dirs {
+		for _, v := range cublasVersions {
+			lib := filepath.Join(d, "libcublas.so."+v)
+			if !exists(lib) {
+				continue
+			}
+			lt := filepath.Join(d, "libcublasLt.so."+v)
+			if !exists(lt) {
+				lt = ""
+			}
+			add(lib, lt)
+		}
+	}
+	return c
+}
+
+// wheelDirs are the library folders of pip's NVIDIA wheel for lib
+// (nvidia/LIB/lib) that exist under Python's package directories, the
+// active virtualenv and conda environment first (the user chose them), then
+// the user's and the system's.
+func wheelDirs(getenv func(string) string, root, lib string) []string {
 	var sites []string
 	for _, env := range []string{"VIRTUAL_ENV", "CONDA_PREFIX"} {
 		if p := getenv(env); p != "" {
@@ -70,21 +91,27 @@ func cublasCandidates(getenv func(string) string, root string) []cublasCandidate
 		filepath.Join(root, "/usr/local/lib/python3*/dist-packages"),
 		filepath.Join(root, "/usr/lib/python3/dist-packages"),
 		filepath.Join(root, "/usr/local/lib/python3*/site-packages"))
+	var dirs []string
 	for _, s := range sites {
-		m, _ := filepath.Glob(filepath.Join(s, "nvidia/cublas/lib")) // the only error is a bad pattern
+		m, _ := filepath.Glob(filepath.Join(s, "nvidia", lib, "lib")) // the only error is a bad pattern
 		dirs = append(dirs, m...)
 	}
-	for _, d := range dirs {
-		for _, v := range cublasVersions {
-			lib := filepath.Join(d, "libcublas.so."+v)
-			if !exists(lib) {
-				continue
-			}
-			lt := filepath.Join(d, "libcublasLt.so."+v)
-			if !exists(lt) {
-				lt = ""
-			}
-			add(lib, lt)
+	return dirs
+}
+
+// cudnnCandidates are where libcudnn.so.9 is looked for, in order:
+// $TRAIN_CUDNN, the library path, /usr/local/cuda/lib64, then pip's
+// nvidia/cudnn/lib (wheelDirs' order); only files that exist, past the
+// soname.
+func cudnnCandidates(getenv func(string) string, root string) []string {
+	var c []string
+	if p := getenv("TRAIN_CUDNN"); p != "" {
+		c = append(c, p)
+	}
+	c = append(c, "libcudnn.so.9")
+	for _, d := range append([]string{filepath.Join(root, "/usr/local/cuda/lib64")}, wheelDirs(getenv, root, "cudnn")...) {
+		if lib := filepath.Join(d, "libcudnn.so.9"); exists(lib) {
+			c = append(c, lib)
 		}
 	}
 	return c

@@ -114,3 +114,35 @@ func TestLocalGPU(t *testing.T) {
 		t.Errorf("LocalGPU(4, 4): %v, want an error saying to start one rank per GPU", err)
 	}
 }
+
+// TestCudnnCandidates: $TRAIN_CUDNN, the soname, the toolkit's folder, then
+// pip's nvidia/cudnn/lib in wheelDirs' order (the same as cuBLAS's), files
+// that exist only.
+func TestCudnnCandidates(t *testing.T) {
+	root := t.TempDir()
+	for _, p := range []string{
+		"usr/local/cuda/lib64/libcudnn.so.9",
+		"venv/lib/python3.12/site-packages/nvidia/cudnn/lib/libcudnn.so.9",
+		"home/u/.local/lib/python3.12/site-packages/nvidia/cudnn/lib/libcudnn.so.9",
+		"usr/lib/python3/dist-packages/nvidia/cudnn/lib/libcudnn.so.8",           // not 9
+		"usr/local/lib/python3.11/dist-packages/nvidia/cublas/lib/libcudnn.so.9", // not cuDNN's folder
+	} {
+		p = filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := map[string]string{"TRAIN_CUDNN": "/opt/libcudnn.so.9", "VIRTUAL_ENV": filepath.Join(root, "venv"), "HOME": filepath.Join(root, "home/u")}
+	got := cudnnCandidates(func(k string) string { return env[k] }, root)
+	want := []string{"/opt/libcudnn.so.9", "libcudnn.so.9",
+		filepath.Join(root, "usr/local/cuda/lib64/libcudnn.so.9"),
+		filepath.Join(root, "venv/lib/python3.12/site-packages/nvidia/cudnn/lib/libcudnn.so.9"),
+		filepath.Join(root, "home/u/.local/lib/python3.12/site-packages/nvidia/cudnn/lib/libcudnn.so.9"),
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("cudnnCandidates:\n got %q\nwant %q", got, want)
+	}
+}

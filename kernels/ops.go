@@ -35,36 +35,40 @@ func (b *Backend) Zero(x ops.Buf, n int) {
 
 // Copy copies the first n elements of src into dst, both of one type.
 func (b *Backend) Copy(dst, src ops.Buf, n int) {
+	o, s, bytes, ok := b.copyArgs("Copy", dst, src, n)
+	if !ok {
+		return
+	}
+	if hostBuf(src) || hostBuf(dst) {
+		b.run("Copy", func(d *device) error { return d.copyAny(o, s, bytes) })
+		return
+	}
+	b.run("Copy", func(d *device) error { return d.copy(o, s, bytes) })
+}
+
+// copyArgs checks a copy of n elements of src's type (F32 if it has none)
+// and returns the pointers and the byte count; false when there is nothing
+// to do (n 0, dst is src) or after a recorded error.
+func (b *Backend) copyArgs(op string, dst, src ops.Buf, n int) (o, s uint64, bytes int, ok bool) {
 	dt := ops.F32
 	if src != nil && elemSize(src.DType()) != 0 {
 		dt = src.DType()
 	}
-	s, o := b.ptr(src, n, dt, "Copy", "src", false), b.ptr(dst, n, dt, "Copy", "dst", false)
-	if b.err != nil || n == 0 || s == o {
-		return
-	}
-	if hostBuf(src) || hostBuf(dst) {
-		b.run("Copy", func(d *device) error { return d.copyAny(o, s, elemSize(dt)*n) })
-		return
-	}
-	b.run("Copy", func(d *device) error { return d.copy(o, s, elemSize(dt)*n) })
+	s, o = b.ptr(src, n, dt, op, "src", false), b.ptr(dst, n, dt, op, "dst", false)
+	return o, s, elemSize(dt) * n, b.err == nil && n != 0 && s != o
 }
 
 // CopyAsync is ops.AsyncCopier's: Copy on a second stream, after the ops
 // queued so far, overlapping the ops queued after it until WaitCopy.
 func (b *Backend) CopyAsync(dst, src ops.Buf, n int) uint64 {
-	dt := ops.F32
-	if src != nil && elemSize(src.DType()) != 0 {
-		dt = src.DType()
-	}
-	s, o := b.ptr(src, n, dt, "CopyAsync", "src", false), b.ptr(dst, n, dt, "CopyAsync", "dst", false)
-	if b.err != nil || n == 0 || s == o {
+	o, s, bytes, ok := b.copyArgs("CopyAsync", dst, src, n)
+	if !ok {
 		return 0
 	}
 	var ev uint64
 	b.run("CopyAsync", func(d *device) error {
 		var err error
-		ev, err = d.copyAsync(o, s, elemSize(dt)*n)
+		ev, err = d.copyAsync(o, s, bytes)
 		return err
 	})
 	return ev

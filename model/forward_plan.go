@@ -33,10 +33,8 @@ type actPlan struct {
 	host  ops.Buf   // host memory holding resid[1:hi-lo] (Options.Offload), or nil
 	work  [2]ops.Buf
 	// pending is the ticket of the copy into or out of work[k] not yet
-	// waited for (ops.AsyncCopier), and fetched the layer whose input the
-	// backward is bringing back ahead of its use (-1: none).
+	// waited for (ops.AsyncCopier).
 	pending [2]uint64
-	fetched int
 	// layers holds the saved activations of every layer, or with
 	// checkpointing one set reused by each layer's recomputation.
 	layers []*layerActs

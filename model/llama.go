@@ -617,7 +617,7 @@ func (m *Model) Backward(scale float32) error {
 		be.Zero(p.dresid, N*C)
 		be.RMSNormBackward(p.dresid, m.finalNorm.Grad, p.dln, p.resid[m.hi-m.lo], m.finalNorm.W, p.rstdF, N, C)
 	}
-	p.fetched = -1
+	fetched := -1 // the layer whose input is on its way back from the host
 	for l := m.hi - 1; l >= m.lo; l-- {
 		a := p.layer(m, l)
 		x, out := p.layerIO(m, l)
@@ -627,14 +627,14 @@ func (m *Model) Backward(scale float32) error {
 			// next one's, into the other buffer, which this layer does not
 			// touch (the recomputation skips out).
 			k := (l - m.lo) % 2
-			if p.fetched != l {
+			if fetched != l {
 				m.offloadCopy(p, k, x, p.resid[l-m.lo])
 			}
 			m.offloadWait(p, k)
 			if l-1 > m.lo {
 				xn, _ := p.layerIO(m, l-1)
 				m.offloadCopy(p, 1-k, xn, p.resid[l-1-m.lo])
-				p.fetched = l - 1
+				fetched = l - 1
 			}
 		}
 		if m.checkpoint {

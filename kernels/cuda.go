@@ -19,6 +19,7 @@ package kernels
 #include <dlfcn.h>
 #include <link.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -152,8 +153,17 @@ static const char* tr_load_cublas(void* lib) {
 	return NULL;
 }
 
-static void* tr_dlopen(const char* path) { return dlopen(path, RTLD_NOW | RTLD_LOCAL); }
-static void* tr_dlopen_global(const char* path) { return dlopen(path, RTLD_NOW | RTLD_GLOBAL); }
+// tr_dlopen opens path (RTLD_GLOBAL when global, else RTLD_LOCAL); on failure
+// it copies dlerror's text into err in the same call, since dlerror's state
+// is per thread and Go may change threads between two cgo calls.
+static void* tr_dlopen(const char* path, int global, char* err, size_t n) {
+	void* h = dlopen(path, RTLD_NOW | (global ? RTLD_GLOBAL : RTLD_LOCAL));
+	if (h == NULL) {
+		const char* e = dlerror();
+		snprintf(err, n, "%s", e ? e : "unknown dlopen error");
+	}
+	return h;
+}
 static void tr_dlclose(void* h) { dlclose(h); }
 
 // tr_loaded_path copies into out the path of the first loaded object whose
@@ -184,7 +194,6 @@ static const char* tr_symbol_file(int fn) {
 	if (p == NULL || dladdr(p, &info) == 0) return NULL;
 	return info.dli_fname;
 }
-static const char* tr_dlerror(void) { const char* e = dlerror(); return e ? e : "unknown dlopen error"; }
 
 static CUresult tr_cuInit(void) { return p_cuInit(0); }
 static CUresult tr_cuDriverGetVersion(int* v) { return p_cuDriverGetVersion(v); }
@@ -324,11 +333,9 @@ func load() libs {
 
 func loadLibs() libs {
 	var l libs
-	name := C.CString("libcuda.so.1")
-	defer C.free(unsafe.Pointer(name))
-	h := C.tr_dlopen(name)
-	if h == nil {
-		l.err = errors.New(C.GoString(C.tr_dlerror())) // "libcuda.so.1: cannot open shared object file: ..."
+	h, err := openLib("libcuda.so.1", false)
+	if err != nil {
+		l.err = err // "libcuda.so.1: cannot open shared object file: ..."
 		return l
 	}
 	if miss := C.tr_load_cuda(h); miss != nil {
@@ -340,13 +347,14 @@ func loadLibs() libs {
 	for _, c := range cublasCandidates(os.Getenv, "") {
 		var lt unsafe.Pointer
 		if c.Lt != "" {
-			if lt = dlopen(c.Lt, true); lt == nil {
-				tried = append(tried, C.GoString(C.tr_dlerror()))
+			var err error
+			if lt, err = openLib(c.Lt, true); err != nil {
+				tried = append(tried, err.Error())
 			}
 		}
-		h := dlopen(c.Lib, false)
-		if h == nil {
-			tried = append(tried, C.GoString(C.tr_dlerror()))
+		h, err := openLib(c.Lib, false)
+		if err != nil {
+			tried = append(tried, err.Error())
 		} else if miss := C.tr_load_cublas(h); miss != nil {
 			tried = append(tried, fmt.Sprintf("%s: symbol %s missing", c.Lib, C.GoString(miss)))
 			C.tr_dlclose(h)
@@ -367,15 +375,21 @@ func loadLibs() libs {
 	return l
 }
 
-// dlopen opens a library, RTLD_GLOBAL when global (else RTLD_LOCAL); nil on
-// failure, with tr_dlerror saying why.
-func dlopen(path string, global bool) unsafe.Pointer {
+// openLib opens a library with dlopen, RTLD_GLOBAL when global (else
+// RTLD_LOCAL), or returns dlerror's reason (cuda.go, nccl.go and cudnn.go
+// load theirs through it).
+func openLib(path string, global bool) (unsafe.Pointer, error) {
 	cp := C.CString(path)
 	defer C.free(unsafe.Pointer(cp))
+	g := C.int(0)
 	if global {
-		return C.tr_dlopen_global(cp)
+		g = 1
 	}
-	return C.tr_dlopen(cp)
+	var msg [1024]C.char
+	if h := C.tr_dlopen(cp, g, &msg[0], C.size_t(len(msg))); h != nil {
+		return h, nil
+	}
+	return nil, errors.New(C.GoString(&msg[0]))
 }
 
 // symbolFile returns the file that defines the driver's functions (fn 0) or

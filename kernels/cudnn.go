@@ -64,8 +64,6 @@ static const char* dn_load(void* lib) {
 	return NULL;
 }
 
-static void* dn_dlopen(const char* path) { return dlopen(path, RTLD_NOW | RTLD_LOCAL); }
-static const char* dn_dlerror(void) { const char* e = dlerror(); return e ? e : "unknown dlopen error"; }
 static long dn_version(void) { return (long)p_dnGetVersion(); }
 static dn_status dn_create(dn_handle* h) { return p_dnCreate(h); }
 static dn_status dn_destroy(dn_handle h) { return p_dnDestroy(h); }
@@ -467,11 +465,9 @@ var (
 func loadCudnn() {
 	var tried []string
 	for _, lib := range cudnnCandidates(os.Getenv, "") {
-		cp := C.CString(lib)
-		h := C.dn_dlopen(cp)
-		C.free(unsafe.Pointer(cp))
-		if h == nil {
-			tried = append(tried, C.GoString(C.dn_dlerror()))
+		h, err := openLib(lib, false)
+		if err != nil {
+			tried = append(tried, err.Error())
 			continue
 		}
 		if miss := C.dn_load(h); miss != nil {

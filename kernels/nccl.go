@@ -83,8 +83,6 @@ static const char* nc_bind_cuda(void* lib) {
 	return NULL;
 }
 
-static void* nc_dlopen(const char* path) { return dlopen(path, RTLD_NOW | RTLD_LOCAL); }
-static const char* nc_dlerror(void) { const char* e = dlerror(); return e ? e : "unknown dlopen error"; }
 
 // nc_path is the file the library was loaded from, found through one of its symbols.
 static const char* nc_path(void) {
@@ -184,11 +182,9 @@ func openNCCL() ncclLib {
 	var tried []string
 	var lib unsafe.Pointer
 	for _, p := range candidates {
-		cp := C.CString(p)
-		h := C.nc_dlopen(cp)
-		C.free(unsafe.Pointer(cp))
-		if h == nil {
-			tried = append(tried, C.GoString(C.nc_dlerror()))
+		h, err := openLib(p, false)
+		if err != nil {
+			tried = append(tried, err.Error())
 			continue
 		}
 		if miss := C.nc_bind(h); miss != nil {
@@ -210,11 +206,9 @@ func openNCCL() ncclLib {
 	l.version = int(v)
 	// Wait polls the stream, which the driver's API does (the Backend has
 	// loaded libcuda already; this only takes another reference).
-	name := C.CString("libcuda.so.1")
-	defer C.free(unsafe.Pointer(name))
-	cu := C.nc_dlopen(name)
-	if cu == nil {
-		l.err = errors.New(C.GoString(C.nc_dlerror()))
+	cu, err := openLib("libcuda.so.1", false)
+	if err != nil {
+		l.err = err
 		return l
 	}
 	if miss := C.nc_bind_cuda(cu); miss != nil {

@@ -24,7 +24,7 @@ func runBench(args []string, stdout, stderr io.Writer) error {
 
 Usage:
   train bench collective   all-reduce bus bandwidth of the TCP ring against raw TCP streams (mpirun -np N)
-  train bench pipeline     pipeline-parallel steps: the measured bubble against (P-1)/(M+P-1) (mpirun -np P)
+  train bench pipeline     pipeline-parallel steps: the measured bubble against (P-1)/(M+P-1), 1F1B and interleaved (mpirun -np P)
   train bench ckpt         checkpoint write and read throughput against writing the raw bytes
   train bench model        training-step throughput of one model on one device (tokens/s, TFLOP/s, memory)
 
@@ -168,7 +168,10 @@ Trains -steps steps for each number of micro-batches in -micro with every rank
 one pipeline stage, and prints per M the bubble theory predicts for 1F1B,
 (P-1)/(M+P-1), and the bubble measured: time a stage waited on its neighbours
 over its step time, averaged over stages and steps (the first step, warm-up,
-left out). Stages other than the last recompute a micro-batch's forward before
+left out). Where M is a multiple of P it also trains interleaved 1F1B with
+-chunks layer ranges per stage and prints its theory, (P-1)/(V*M+P-1), its
+measured bubble and step time, and its bubble simulated with every virtual
+stage alike. Stages other than the last recompute a micro-batch's forward before
 its backward (activations are kept per stage for one micro-batch), which makes
 them slower than the last stage and shifts the measured bubble from the theory.`, stderr)
 	cf := collective.AddFlags(fs)
@@ -177,8 +180,12 @@ them slower than the last stage and shifts the measured bubble from the theory.`
 	steps := fs.Int("steps", 4, "steps per M (the first is not measured)")
 	seq := fs.Int("seq", 64, "tokens per sequence")
 	batch := fs.Int("batch", 4, "sequences per micro-batch")
+	chunks := fs.Int("chunks", 2, "also run interleaved 1F1B with this many layer ranges per stage, at each M that is a multiple of P (1: 1F1B only)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *chunks < 1 {
+		return usagef("-chunks %d: need at least 1", *chunks)
 	}
 	var ms []int
 	for _, f := range strings.Split(*micro, ",") {
@@ -194,7 +201,7 @@ them slower than the last stage and shifts the measured bubble from the theory.`
 	if _, err := cf.Config(os.Getenv); err != nil {
 		return usagef("%v", err)
 	}
-	return bench.Pipeline(cf, bench.PipelineOptions{Model: *modelName, Micro: ms, Steps: *steps, Seq: *seq, Batch: *batch}, stdout)
+	return bench.Pipeline(cf, bench.PipelineOptions{Model: *modelName, Micro: ms, Steps: *steps, Seq: *seq, Batch: *batch, Chunks: *chunks}, stdout)
 }
 
 // benchCkpt is `train bench ckpt`: checkpoint save and load throughput and

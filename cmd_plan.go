@@ -19,7 +19,7 @@ import (
 // (exit status 1) when the -method asked for does not fit, so a script can
 // gate a job on it.
 func runPlan(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("plan", `train plan -model DIR|random:NAME -np N [-pp P] [-gpu-mem 80GiB] [-seq T] [-batch B]
+	fs := newFlagSet("plan", `train plan -model DIR|random:NAME -np N [-pp P] [-pp-chunks V] [-gpu-mem 80GiB] [-seq T] [-batch B]
            [-method lora|qlora|full] [-zero1] [-activation-checkpointing]
 
 Print the parallel plan for N ranks (P pipeline stages x N/P data-parallel replicas,
@@ -32,6 +32,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	modelFlag := fs.String("model", "", "model directory, or random:NAME")
 	np := fs.Int("np", 1, "world size: number of ranks (GPUs)")
 	pp := fs.Int("pp", 1, "pipeline stages; data-parallel replicas = np/pp")
+	chunks := fs.Int("pp-chunks", 1, "interleaved 1F1B: layer ranges per pipeline stage (virtual stages)")
 	gpuMem := fs.String("gpu-mem", "80GiB", "device memory per rank (80GiB, 80GB, 141GiB, ...)")
 	seq := fs.Int("seq", 2048, "sequence length T in tokens")
 	batch := fs.Int("batch", 1, "micro-batch size B in sequences")
@@ -57,6 +58,8 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 		return usagef("-np %d: need at least one rank", *np)
 	case *pp < 1:
 		return usagef("-pp %d: need at least one stage", *pp)
+	case *chunks < 1:
+		return usagef("-pp-chunks %d: need at least one", *chunks)
 	case *seq < 1 || *batch < 1:
 		return usagef("-seq %d and -batch %d must be positive", *seq, *batch)
 	case *accum < 0:
@@ -85,7 +88,7 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 	}
 	setup := func(m string) shard.Setup { return setupAt(m, *seq) }
 	// The split balances -method's costs, among the splits that fit -gpu-mem.
-	plan, err := shard.NewFor(&cfg, *np, *pp, shard.Workload{SeqLen: *seq, Method: *method, Budget: budget, Setup: setup(*method)})
+	plan, err := shard.NewFor(&cfg, *np, *pp, shard.Workload{SeqLen: *seq, Method: *method, Budget: budget, Setup: setup(*method), Chunks: *chunks})
 	if err != nil {
 		return err
 	}
@@ -117,9 +120,9 @@ Random architectures: random:`+strings.Join(model.RandomModelNames(), ", random:
 		*batch, *seq, *rank, strings.Join(opts, ", "), shard.FormatBytes(budget))
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "stage\tlayers\tlora\tqlora\tfull\t")
-	for st, s := range plan.StageInfo {
+	for st := range plan.Stages {
 		r := plan.RankOf(st, 0)
-		fmt.Fprintf(tw, "%d\t[%d,%d)\t%s\t%s\t%s\t\n", st, s.Lo, s.Hi,
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t\n", st, plan.Ranks[r].RangeString(),
 			shard.FormatBytes(ests["lora"].Ranks[r].Total()), shard.FormatBytes(ests["qlora"].Ranks[r].Total()),
 			shard.FormatBytes(ests["full"].Ranks[r].Total()))
 	}

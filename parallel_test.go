@@ -16,6 +16,7 @@ import (
 
 	"train/format/safetensors"
 	"train/internal/testcheck"
+	"train/model"
 )
 
 // TestMain lets a test start copies of this binary as training ranks: with
@@ -153,7 +154,8 @@ func trainedTensors(t *testing.T, run, method string) map[string][]float32 {
 
 // TestParallelEquivalence trains stories260K (5 layers, tied embeddings) for 20
 // steps on one process and on every parallel layout, under mpirun: data-parallel
-// (D=2, D=4), pipeline (P=2, P=5), both (P=2 x D=2), and ZeRO-1, for LoRA and full
+// (D=2, D=4), pipeline (P=2, P=5), both (P=2 x D=2), ZeRO-1 and interleaved 1F1B
+// (P=2 V=2, with replicas and ZeRO-1, and P=4 V=2 on an 8-layer model), for LoRA and full
 // fine-tuning, and QLoRA on P=2 x D=2 with ZeRO-1. The global batch is the same in each (grad_accum x D = 4), so every
 // per-step loss, the final eval loss and every trained tensor must match the
 // single process within 1e-5 relative.
@@ -179,17 +181,45 @@ func TestParallelEquivalence(t *testing.T) {
 		{"P2xD2-zero1", 4, "-pp 2 -grad-accum 2 -zero1", true},
 		{"P2-keep", 2, "-pp 2 -grad-accum 4 -keep-activations", false},
 		{"P5-keep", 5, "-pp 5 -grad-accum 4 -keep-activations", true},
+		// Interleaved 1F1B: two layer ranges per stage, the micro-batches
+		// travelling the ring twice. P=4 needs 8 layers: the layouts marked
+		// "-L8" run a random 8-layer model of stories260K's shape.
+		{"P2V2", 2, "-pp 2 -pp-chunks 2 -grad-accum 4", true},
+		{"P2V2xD2-zero1", 4, "-pp 2 -pp-chunks 2 -grad-accum 2 -zero1", false},
+		{"P2V2-keep", 2, "-pp 2 -pp-chunks 2 -grad-accum 4 -keep-activations", false},
+		{"P4V2-L8", 4, "-pp 4 -pp-chunks 2 -grad-accum 4", false},
 	}
+	cfg8, err := model.SourceConfig(storiesDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg8.NumLayers = 8
+	model8 := writeRandomModel(t, filepath.Join(dir, "model8"), cfg8, nil)
 	for _, method := range []string{"lora", "full", "qlora"} {
 		t.Run(method, func(t *testing.T) {
-			common := fmt.Sprintf("-model %s -data %s -eval-data %s -method %s -steps 20 -lr 5e-3 -warmup 2 -batch 1 -seq 64 -lora-rank 4 -log-every 100 -timeout 120",
-				storiesDir, data, evalData, method)
-			base := filepath.Join(dir, method+"-base")
-			launchRanks(t, 1, strings.Fields(common+" -grad-accum 4 -run "+base))
-			wantLoss, wantEval := runLosses(t, base)
-			wantTensors := trainedTensors(t, base, method)
-			if len(wantLoss) != 20 {
-				t.Fatalf("the single process logged %d steps, want 20", len(wantLoss))
+			commonFor := func(modelDir string) string {
+				return fmt.Sprintf("-model %s -tokenizer %s -data %s -eval-data %s -method %s -steps 20 -lr 5e-3 -warmup 2 -batch 1 -seq 64 -lora-rank 4 -log-every 100 -timeout 120",
+					modelDir, storiesDir, data, evalData, method)
+			}
+			type baseline struct {
+				loss    []float64
+				eval    float64
+				tensors map[string][]float32
+			}
+			baselines := map[string]*baseline{}
+			baselineOf := func(t *testing.T, modelDir string) *baseline {
+				if b := baselines[modelDir]; b != nil {
+					return b
+				}
+				base := filepath.Join(dir, fmt.Sprintf("%s-base-%d", method, len(baselines)))
+				launchRanks(t, 1, strings.Fields(commonFor(modelDir)+" -grad-accum 4 -run "+base))
+				b := &baseline{tensors: trainedTensors(t, base, method)}
+				b.loss, b.eval = runLosses(t, base)
+				if len(b.loss) != 20 {
+					t.Fatalf("the single process logged %d steps, want 20", len(b.loss))
+				}
+				baselines[modelDir] = b
+				return b
 			}
 			for _, l := range layouts {
 				if method == "full" && !l.full {
@@ -199,6 +229,13 @@ func TestParallelEquivalence(t *testing.T) {
 					continue // each stage quantizes its own layers: one layout with stages and replicas shows it
 				}
 				t.Run(l.name, func(t *testing.T) {
+					modelDir := storiesDir
+					if strings.HasSuffix(l.name, "-L8") {
+						modelDir = model8
+					}
+					want := baselineOf(t, modelDir)
+					wantLoss, wantEval, wantTensors := want.loss, want.eval, want.tensors
+					common := commonFor(modelDir)
 					run := filepath.Join(dir, method+"-"+l.name)
 					launchRanks(t, l.np, strings.Fields(common+" "+l.flags+" -run "+run))
 					gotLoss, gotEval := runLosses(t, run)

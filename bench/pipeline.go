@@ -22,6 +22,9 @@ type PipelineOptions struct {
 	Steps int    // steps per M, at least 2 (the first is warm-up)
 	Seq   int    // tokens per sequence
 	Batch int    // sequences per micro-batch
+	// Chunks is V of interleaved 1F1B, run beside plain 1F1B at every M that
+	// is a multiple of P (the model needs P*V layers); 1 runs 1F1B alone.
+	Chunks int
 }
 
 // Pipeline measures the pipeline bubble of real training steps against the
@@ -56,39 +59,68 @@ func Pipeline(launch *collective.Flags, opts PipelineOptions, stdout io.Writer) 
 	if d.IsRoot() {
 		defer os.RemoveAll(dir)
 	}
-	P := cfg.Parallel.PP
+	P, V := cfg.Parallel.PP, max(opts.Chunks, 1)
+	if V > 1 && P*V > mc.NumLayers {
+		return fmt.Errorf("-chunks %d: %d stages x %d chunks need %d layers, and %s has %d", V, P, V, P*V, cfg.Model, mc.NumLayers)
+	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if d.IsRoot() {
 		fmt.Fprintf(stdout, "pipeline bubble: %s, P=%d stages, micro-batch %d x %d tokens, %d measured steps per M\n",
 			cfg.Model, P, opts.Batch, opts.Seq, opts.Steps-1)
-		fmt.Fprintln(tw, "M\ttheory (P-1)/(M+P-1)\tmeasured\tstep ms\tinterleaved V=2, simulated\t")
+		head := "M\ttheory (P-1)/(M+P-1)\tmeasured\tstep ms\t"
+		if V > 1 {
+			head += fmt.Sprintf("V=%d theory (P-1)/(VM+P-1)\tmeasured\tstep ms\tsimulated\t", V)
+		}
+		fmt.Fprintln(tw, head)
 	}
-	for _, m := range opts.Micro {
-		cfg.Train.GradAccum = m
-		cfg.RunDir = fmt.Sprintf("%s/M%d", dir, m)
+	// run trains at M micro-batches with V chunks and returns the bubble
+	// (averaged over the ranks) and the step time (ms).
+	run := func(M, V int) (bubble, stepMS float64, err error) {
+		d, err := d.WithChunks(&mc, V)
+		if err != nil {
+			return 0, 0, err
+		}
+		cfg.Train.GradAccum, cfg.Parallel.PPChunks = M, V
+		cfg.RunDir = fmt.Sprintf("%s/M%d-V%d", dir, M, V)
 		res, err := trainer.RunOn(context.Background(), cfg, mc, d, io.Discard, io.Discard)
 		if err != nil {
-			return fmt.Errorf("M=%d: %w", m, err)
+			return 0, 0, fmt.Errorf("M=%d V=%d: %w", M, V, err)
 		}
 		wall := res.Wall.Seconds()
 		sums := []float64{res.Bubble.Seconds() / wall, wall}
 		if err := d.AllReduce(sums); err != nil {
+			return 0, 0, err
+		}
+		return sums[0] / float64(P), 1000 * sums[1] / float64(P) / float64(opts.Steps-1), nil
+	}
+	for _, m := range opts.Micro {
+		bubble, ms, err := run(m, 1)
+		if err != nil {
 			return err
 		}
+		row := fmt.Sprintf("%d\t%.3f\t%.3f\t%.1f\t", m, shard.TheoreticalBubble(P, m), bubble, ms)
+		if V > 1 && m%P == 0 {
+			ib, ims, err := run(m, V)
+			if err != nil {
+				return err
+			}
+			row += fmt.Sprintf("%.3f\t%.3f\t%.1f\t%s\t", shard.InterleavedBubble(P, V, m), ib, ims, interleavedBubble(P, V, m))
+		} else if V > 1 {
+			row += "-\t-\t-\t-\t"
+		}
 		if d.IsRoot() {
-			fmt.Fprintf(tw, "%d\t%.3f\t%.3f\t%.1f\t%s\t\n", m, shard.TheoreticalBubble(P, m), sums[0]/float64(P),
-				1000*sums[1]/float64(P)/float64(opts.Steps-1), interleavedBubble(P, m))
+			fmt.Fprintln(tw, row)
 		}
 	}
 	return tw.Flush()
 }
 
-// interleavedBubble is the bubble interleaved 1F1B with two chunks per stage
-// would have at M micro-batches, by shard.SimulateAsync (a backward twice a
-// forward): the schedule exists, the trainer does not run it yet. "-" where M
-// is not a multiple of P.
-func interleavedBubble(P, M int) string {
-	sched, err := shard.InterleavedSchedule(P, 2, M)
+// interleavedBubble is the bubble interleaved 1F1B with V chunks per stage
+// has at M micro-batches by shard.SimulateAsync (a backward twice a forward,
+// every virtual stage alike), beside the measured one; "-" where M is not a
+// multiple of P.
+func interleavedBubble(P, V, M int) string {
+	sched, err := shard.InterleavedSchedule(P, V, M)
 	if err != nil {
 		return "-"
 	}

@@ -21,7 +21,7 @@ import (
 func TestPipelineTwoRanks(t *testing.T) {
 	t.Setenv("TRAIN_JOB_ID", fmt.Sprintf("bench-pipeline-test-%d-%d", os.Getpid(), time.Now().UnixNano()))
 	t.Setenv("TRAIN_SECRET_FILE", filepath.Join(t.TempDir(), "job-secret"))
-	opts := PipelineOptions{Model: "random:tiny", Micro: []int{1, 2}, Steps: 2, Seq: 16, Batch: 1}
+	opts := PipelineOptions{Model: "random:tiny", Micro: []int{1, 2}, Steps: 2, Seq: 16, Batch: 1, Chunks: 2}
 	var wg sync.WaitGroup
 	outs := make([]bytes.Buffer, 2)
 	errs := make([]error, 2)
@@ -44,8 +44,19 @@ func TestPipelineTwoRanks(t *testing.T) {
 		}
 	}
 	out := outs[0].String()
-	if !strings.Contains(out, "P=2 stages") || !strings.Contains(out, "theory (P-1)/(M+P-1)") {
+	if !strings.Contains(out, "P=2 stages") || !strings.Contains(out, "theory (P-1)/(M+P-1)") || !strings.Contains(out, "V=2 theory (P-1)/(VM+P-1)") {
 		t.Errorf("rank 0's output lacks the header:\n%s", out)
+	}
+	// M=2 is a multiple of P: interleaved 1F1B ran, with the theory's
+	// (P-1)/(VM+P-1) = 1/5 and the simulation beside it; M=1 is not.
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) > 0 && f[0] == "1" && (len(f) != 8 || f[4] != "-"):
+			t.Errorf("M=1 row: %q, want 1F1B's numbers and dashes for interleaving", line)
+		case len(f) > 0 && f[0] == "2" && (len(f) != 8 || f[4] != "0.200" || f[7] != "0.200"):
+			t.Errorf("M=2 row: %q, want 1F1B's numbers, then 0.200 and the simulated bubble", line)
+		}
 	}
 	for _, row := range []string{"\n  1  ", "\n  2  "} {
 		if !strings.Contains(out, row) {

@@ -180,6 +180,11 @@ type Parallel struct {
 	// one forward less per micro-batch on every stage but the last, for up
 	// to P-stage times the activation memory.
 	KeepActivations bool `toml:"keep_activations"`
+	// PPChunks is V of interleaved 1F1B: each stage holds V non-adjacent
+	// layer ranges (virtual stages), which cuts the pipeline's idle time
+	// V-fold for V times the point-to-point transfers. 1 is plain 1F1B; more
+	// needs pp >= 2 and train.grad_accum a multiple of pp.
+	PPChunks int `toml:"pp_chunks"`
 	// TimeoutSeconds is how long a rank waits on another before the job
 	// fails: to connect, and for a heartbeat before a silent rank is declared
 	// lost (collective.Config.Timeout). -comm-timeout and TRAIN_COMM_TIMEOUT
@@ -225,7 +230,7 @@ func Default() Config {
 			Alpha:   32,
 			Targets: []string{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
 		},
-		Parallel: Parallel{PP: 1, TimeoutSeconds: int(collective.DefaultTimeout / time.Second)},
+		Parallel: Parallel{PP: 1, PPChunks: 1, TimeoutSeconds: int(collective.DefaultTimeout / time.Second)},
 		Ckpt:     Ckpt{KeepLast: 2, Compress: true, Level: 1},
 	}
 }
@@ -375,6 +380,12 @@ func (c *Config) Validate() error {
 		return bad("lora.dropout", "%v is outside [0, 1)", c.LoRA.Dropout)
 	case c.Parallel.PP < 1:
 		return bad("parallel.pp", "%d must be at least 1", c.Parallel.PP)
+	case c.Parallel.PPChunks < 1:
+		return bad("parallel.pp_chunks", "%d must be at least 1", c.Parallel.PPChunks)
+	case c.Parallel.PPChunks > 1 && c.Parallel.PP < 2:
+		return bad("parallel.pp_chunks", "%d chunks interleave pipeline stages: set parallel.pp (-pp) to 2 or more", c.Parallel.PPChunks)
+	case c.Parallel.PPChunks > 1 && c.Train.GradAccum%c.Parallel.PP != 0:
+		return bad("parallel.pp_chunks", "interleaved 1F1B runs the micro-batches %d at a time: train.grad_accum %d must be a multiple of parallel.pp %d", c.Parallel.PP, c.Train.GradAccum, c.Parallel.PP)
 	case c.Parallel.TimeoutSeconds < 1 || c.Parallel.TimeoutSeconds > 86400:
 		return bad("parallel.timeout_seconds", "%d is outside [1, 86400]", c.Parallel.TimeoutSeconds)
 	case c.Ckpt.Every < 0:

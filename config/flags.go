@@ -85,6 +85,7 @@ func BindFlags(fs *flag.FlagSet, c *Config) {
 
 	i(&c.Parallel.PP, "pp", "parallel.pp", "pipeline stages; data-parallel replicas = ranks / pp")
 	b(&c.Parallel.Zero1, "zero1", "parallel.zero1", "partition optimizer state across data-parallel replicas")
+	i(&c.Parallel.PPChunks, "pp-chunks", "parallel.pp_chunks", "interleaved 1F1B: layer ranges per pipeline stage (virtual stages); 1 is plain 1F1B")
 	b(&c.Parallel.KeepActivations, "keep-activations", "parallel.keep_activations", "pipeline stages keep every in-flight micro-batch's activations instead of recomputing them (faster, more memory)")
 	i(&c.Parallel.TimeoutSeconds, "timeout", "parallel.timeout_seconds", "seconds a rank waits on another (to connect, or for a heartbeat) before the job fails; TRAIN_COMM_TIMEOUT and -comm-timeout override it")
 }

@@ -159,7 +159,7 @@ func EstimateMemory(cfg *model.Config, p *Plan, s Setup) (*Estimate, error) {
 	}
 	e := &Estimate{Plan: p, Setup: s}
 	for _, r := range p.Ranks {
-		m := s.stageMemory(cfg, r.Lo, r.Hi, r.Stage, p.Stages, p.Replicas)
+		m := s.rankMemory(cfg, p, r)
 		m.Rank = r.Rank
 		e.Ranks = append(e.Ranks, m)
 	}
@@ -170,15 +170,60 @@ func EstimateMemory(cfg *model.Config, p *Plan, s Setup) (*Estimate, error) {
 // of stages (the first runs the embedding, the last the head), with replicas
 // data-parallel replicas; s is validated.
 func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas int) Memory {
+	inFlight := stages - stage
+	if s.MicroBatches > 0 {
+		inFlight = min(inFlight, s.MicroBatches)
+	}
+	m := s.rangeMemory(cfg, Chunk{Lo: lo, Hi: hi, Embed: stage == 0, Head: stage == stages-1}, inFlight, replicas)
+	m.Stage = stage
+	return m
+}
+
+// rankMemory is the memory of rank r of p: its stage's, or with chunks the sum
+// of its chunks' (each a model of its own: weights, activations and scratch),
+// each with the micro-batches the interleaved schedule holds in flight there.
+func (s Setup) rankMemory(cfg *model.Config, p *Plan, r Rank) Memory {
+	if p.chunks() == 1 {
+		return s.stageMemory(cfg, r.Lo, r.Hi, r.Stage, p.Stages, p.Replicas)
+	}
+	V := p.chunks()
+	var inFlight []int
+	if M := s.MicroBatches; M > 0 && M%p.Stages == 0 {
+		if all, err := InterleavedSchedule(p.Stages, V, M); err == nil {
+			inFlight = InFlight(all[r.Stage], V)
+		}
+	}
+	sum := Memory{Stage: r.Stage, Reserve: Reserve}
+	for c, ch := range r.Ranges() {
+		n := V*p.Stages - (c*p.Stages + r.Stage) // 1F1B over the virtual stages: the most there can be
+		if inFlight != nil {
+			n = inFlight[c]
+		}
+		m := s.rangeMemory(cfg, ch, max(n, 1), p.Replicas)
+		sum.InFlight += m.InFlight
+		sum.Weights += m.Weights
+		sum.Master += m.Master
+		sum.Grads += m.Grads
+		sum.Optimizer += m.Optimizer
+		sum.Activations += m.Activations
+		sum.Logits += m.Logits
+		sum.OffloadHost += m.OffloadHost
+	}
+	return sum
+}
+
+// rangeMemory is the memory of a model running the layers of ch with inFlight
+// micro-batches in flight and replicas data-parallel replicas.
+func (s Setup) rangeMemory(cfg *model.Config, ch Chunk, inFlight, replicas int) Memory {
 	targets := s.LoRATargets
 	if targets == nil {
 		targets = model.Linears
 	}
 	D := int64(replicas)
-	embed, head := stage == 0, stage == stages-1
+	lo, hi, embed, head := ch.Lo, ch.Hi, ch.Embed, ch.Head
 	L := int64(hi - lo)
 	nW := cfg.HostBytes(lo, hi, embed, head) / 4
-	m := Memory{Stage: stage, Reserve: Reserve}
+	m := Memory{Reserve: Reserve}
 	var trained, dequant int64
 	switch s.Method {
 	case "full":
@@ -208,10 +253,7 @@ func (s Setup) stageMemory(cfg *model.Config, lo, hi, stage, stages, replicas in
 	if s.Zero1 {
 		m.Optimizer = (m.Optimizer + D - 1) / D
 	}
-	m.InFlight = stages - stage
-	if s.MicroBatches > 0 {
-		m.InFlight = min(m.InFlight, s.MicroBatches)
-	}
+	m.InFlight = inFlight
 	m.Activations = activationBytes(cfg, s, targets, L, m.InFlight) + dequant
 	if s.Offload && s.Checkpoint && L > 1 {
 		// Every layer's input but the stage's first, for each set of

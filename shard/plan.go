@@ -41,7 +41,12 @@ type Plan struct {
 	Layers   int `json:"layers"`   // decoder layers of the model
 	SeqLen   int `json:"seq_len"`  // T the costs were estimated at
 
-	// StageInfo holds, per stage, its layers and estimated cost.
+	// Chunks is V, the layer ranges of each stage (interleaved 1F1B); 1
+	// without interleaving.
+	Chunks int `json:"chunks"`
+
+	// StageInfo holds, per stage, its layers and estimated cost; with V
+	// chunks, per virtual stage v = chunk*P + stage (P*V entries).
 	StageInfo []Stage `json:"stage_info"`
 	// Ranks holds, per world rank, where it sits in the grid.
 	Ranks []Rank `json:"ranks"`
@@ -71,6 +76,44 @@ type Rank struct {
 	Head         bool  `json:"head"`
 	Pipeline     []int `json:"pipeline"`      // ranks of this replica, in stage order
 	DataParallel []int `json:"data_parallel"` // ranks of this stage, in replica order
+	// Chunks are the rank's V layer ranges in chunk order when the plan
+	// interleaves (V > 1); Lo, Hi and Embed are then chunk 0's and Head the
+	// last chunk's. Nil otherwise: Ranges gives the one range.
+	Chunks []Chunk `json:"chunks,omitempty"`
+}
+
+// Chunk is one contiguous layer range a rank runs: one of its virtual stages.
+type Chunk struct {
+	Lo    int  `json:"lo"` // layers [Lo,Hi)
+	Hi    int  `json:"hi"`
+	Embed bool `json:"embed"` // the first virtual stage: the token embedding
+	Head  bool `json:"head"`  // the last: final norm, lm_head and loss
+}
+
+// Ranges are the layer ranges r runs, in chunk order: one without interleaving.
+func (r Rank) Ranges() []Chunk {
+	if len(r.Chunks) > 0 {
+		return r.Chunks
+	}
+	return []Chunk{{Lo: r.Lo, Hi: r.Hi, Embed: r.Embed, Head: r.Head}}
+}
+
+// Layers is the number of decoder layers r runs, over all its chunks.
+func (r Rank) Layers() int {
+	n := 0
+	for _, c := range r.Ranges() {
+		n += c.Hi - c.Lo
+	}
+	return n
+}
+
+// RangeString writes r's layers as [lo,hi), chunks joined by "+".
+func (r Rank) RangeString() string {
+	var parts []string
+	for _, c := range r.Ranges() {
+		parts = append(parts, fmt.Sprintf("[%d,%d)", c.Lo, c.Hi))
+	}
+	return strings.Join(parts, "+")
 }
 
 // Prev is the rank of the previous stage of r's replica, or -1 on the first stage.
@@ -165,6 +208,9 @@ type Workload struct {
 	// Setup is used with Budget; its KeepActivations also says whether stages
 	// recompute (the costs).
 	Setup Setup
+	// Chunks is V, the layer ranges each rank holds for interleaved 1F1B
+	// (virtual stages); 0 or 1 is one contiguous range per stage.
+	Chunks int
 }
 
 // New plans a world of world ranks as stages pipeline stages for cfg, with the
@@ -194,21 +240,38 @@ func NewFor(cfg *model.Config, world, stages int, w Workload) (*Plan, error) {
 	case stages > cfg.NumLayers:
 		return nil, fmt.Errorf("plan: %d pipeline stages for a model of %d layers; every stage needs at least one layer", stages, cfg.NumLayers)
 	}
-	bounds, costs, err := splitFor(cfg, world, stages, seqLen, method, w)
+	V := max(w.Chunks, 1)
+	switch {
+	case V > 1 && stages < 2:
+		return nil, fmt.Errorf("plan: %d chunks per stage (interleaved 1F1B) needs at least 2 pipeline stages", V)
+	case stages*V > cfg.NumLayers:
+		return nil, fmt.Errorf("plan: %d pipeline stages x %d chunks = %d virtual stages for a model of %d layers; every chunk needs at least one layer", stages, V, stages*V, cfg.NumLayers)
+	}
+	if V > 1 && w.Budget > 0 {
+		w.Budget /= int64(V) // each chunk's share of a rank's memory
+	}
+	bounds, costs, err := splitFor(cfg, world, stages*V, seqLen, method, w)
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{World: world, Stages: stages, Replicas: world / stages, Layers: cfg.NumLayers, SeqLen: seqLen}
-	for s := 0; s < stages; s++ {
+	p := &Plan{World: world, Stages: stages, Replicas: world / stages, Layers: cfg.NumLayers, SeqLen: seqLen, Chunks: V}
+	for v := 0; v < stages*V; v++ {
 		p.StageInfo = append(p.StageInfo, Stage{
-			Stage: s, Lo: bounds[s], Hi: bounds[s+1], Embed: s == 0, Head: s == stages-1,
-			Cost: costs.stage(bounds[s], bounds[s+1], s == 0, s == stages-1),
+			Stage: v, Lo: bounds[v], Hi: bounds[v+1], Embed: v == 0, Head: v == stages*V-1,
+			Cost: costs.stage(bounds[v], bounds[v+1], v == 0, v == stages*V-1),
 		})
 	}
 	for r := 0; r < world; r++ {
 		s, d := r%stages, r/stages
 		st := p.StageInfo[s]
 		rk := Rank{Rank: r, Stage: s, Replica: d, Lo: st.Lo, Hi: st.Hi, Embed: st.Embed, Head: st.Head}
+		if V > 1 {
+			for c := range V {
+				vs := p.StageInfo[c*stages+s]
+				rk.Chunks = append(rk.Chunks, Chunk{Lo: vs.Lo, Hi: vs.Hi, Embed: vs.Embed, Head: vs.Head})
+			}
+			rk.Head = rk.Chunks[V-1].Head
+		}
 		for i := 0; i < stages; i++ {
 			rk.Pipeline = append(rk.Pipeline, p.RankOf(i, d))
 		}
@@ -384,16 +447,23 @@ func (p *Plan) String() string {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "plan: %d rank%s = %d pipeline stage%s x %d data-parallel replica%s, %d layers, costs at seq %d (rank = replica*%d + stage)\n",
 		p.World, plural(p.World), p.Stages, plural(p.Stages), p.Replicas, plural(p.Replicas), p.Layers, p.SeqLen, p.Stages)
-	var total int64
-	var most int64
-	for _, s := range p.StageInfo {
-		total += s.Cost
-		most = max(most, s.Cost)
+	if p.chunks() > 1 {
+		fmt.Fprintf(&sb, "interleaved 1F1B: %d chunks per stage, %d virtual stages; chunk c of stage s is virtual stage c*%d + s\n", p.Chunks, p.Stages*p.Chunks, p.Stages)
+	}
+	// A stage's cost is its chunks'; the slowest stage sets the pace.
+	costs := make([]int64, p.Stages)
+	for v, s := range p.StageInfo {
+		costs[v%p.Stages] += s.Cost
+	}
+	var total, most int64
+	for _, c := range costs {
+		total += c
+		most = max(most, c)
 	}
 	tw := tabwriter.NewWriter(&sb, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "rank\tstage\treplica\tlayers\tcount\tparts\tcost share\t")
 	for _, r := range p.Ranks {
-		st := p.StageInfo[r.Stage]
+		cost := costs[r.Stage]
 		var parts []string
 		if r.Embed {
 			parts = append(parts, "embed")
@@ -404,8 +474,8 @@ func (p *Plan) String() string {
 		if len(parts) == 0 {
 			parts = append(parts, "-")
 		}
-		fmt.Fprintf(tw, "%d\t%d\t%d\t[%d,%d)\t%d\t%s\t%.1f%%\t\n", r.Rank, r.Stage, r.Replica, r.Lo, r.Hi, r.Hi-r.Lo,
-			strings.Join(parts, "+"), 100*float64(st.Cost)/float64(total))
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%s\t%.1f%%\t\n", r.Rank, r.Stage, r.Replica, r.RangeString(), r.Layers(),
+			strings.Join(parts, "+"), 100*float64(cost)/float64(total))
 	}
 	tw.Flush()
 	if total > 0 {
@@ -415,6 +485,9 @@ func (p *Plan) String() string {
 	}
 	return sb.String()
 }
+
+// chunks is V, at least 1 (plans decoded from JSON written before chunks say 0).
+func (p *Plan) chunks() int { return max(p.Chunks, 1) }
 
 // JSON is the plan as indented JSON, for tools and the run directory.
 func (p *Plan) JSON() ([]byte, error) { return json.MarshalIndent(p, "", "  ") }

@@ -154,13 +154,20 @@ func stageSchedule(s, P, M int) []Action {
 }
 
 // Actions is rank's action list for one step of micro micro-batches: its
-// stage's Schedule with each Peer turned into the world rank of that stage in
-// rank's replica, ready for Send and Recv.
+// stage's Schedule (InterleavedSchedule when the plan has chunks) with each
+// Peer turned into the world rank of that stage in rank's replica, ready for
+// Send and Recv.
 func (p *Plan) Actions(rank, micro int) ([]Action, error) {
 	if rank < 0 || rank >= p.World {
 		return nil, fmt.Errorf("actions: rank %d outside the world of %d", rank, p.World)
 	}
-	all, err := Schedule(p.Stages, micro)
+	var all [][]Action
+	var err error
+	if p.chunks() > 1 {
+		all, err = InterleavedSchedule(p.Stages, p.Chunks, micro)
+	} else {
+		all, err = Schedule(p.Stages, micro)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -332,4 +339,25 @@ func SimulatedBubble(stages, micro int) (float64, error) {
 		return 0, err
 	}
 	return tl.Bubble(), nil
+}
+
+// InFlight is, per chunk, the most micro-batches an action list holds
+// forwarded and not yet backwarded at once: the activation sets a stage needs
+// to keep them all (parallel.keep_activations).
+func InFlight(acts []Action, chunks int) []int {
+	most := make([]int, max(chunks, 1))
+	open := make([]int, len(most))
+	for _, a := range acts {
+		if a.Chunk < 0 || a.Chunk >= len(most) {
+			continue
+		}
+		switch a.Op {
+		case Forward:
+			open[a.Chunk]++
+			most[a.Chunk] = max(most[a.Chunk], open[a.Chunk])
+		case Backward:
+			open[a.Chunk]--
+		}
+	}
+	return most
 }

@@ -236,7 +236,7 @@ func (t *trainer) restore(dir string) (int, error) {
 	t.order, t.cursor, t.epoch = st.Order, st.Cursor, st.Epoch
 	t.tokens, t.resumedTotal = st.Tokens, st.TotalSteps
 	t.scaler.restore(st.LossScale, st.LossScaleClean)
-	if err := f.uploadValues(t.m, t.be); err != nil {
+	if err := f.uploadValues(t.chunks, t.be); err != nil {
 		return 0, err
 	}
 	return st.Step, nil

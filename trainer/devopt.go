@@ -245,7 +245,7 @@ type DeviceAdamW struct {
 
 // NewDeviceAdamW allocates the moments of m's trainable tensors on be.
 func NewDeviceAdamW(be ops.Backend, m *model.Model, adam optim.AdamW) (*DeviceAdamW, error) {
-	f, err := newFlatParams(m, be, 1, 0, false)
+	f, err := newFlatParams([]*model.Model{m}, be, 1, 0, false)
 	if err != nil {
 		return nil, err
 	}

@@ -16,11 +16,20 @@ func (t *trainer) hasEval() bool { return t.eval != nil && t.eval.Len() > 0 }
 
 // evaluate is the mean loss over every scored label of the evaluation set.
 func (t *trainer) evaluate() (float64, int, error) {
-	t.m.SetTraining(false)
-	if err := t.m.UseSlot(0); err != nil {
-		return 0, 0, err
+	t.setTraining(false)
+	for _, m := range t.chunks {
+		if err := m.UseSlot(0); err != nil {
+			return 0, 0, err
+		}
 	}
 	return t.evalPipeline(t.eval)
+}
+
+// setTraining turns dropout on or off in every chunk.
+func (t *trainer) setTraining(on bool) {
+	for _, m := range t.chunks {
+		m.SetTraining(on)
+	}
 }
 
 // EvalExamples is the mean loss over every scored label of examples, each in a row
@@ -95,14 +104,14 @@ func meanLoss(sum float64, count, cut, maxT int) (float64, int, error) {
 
 // showSamples prints the model's greedy answers to a few fixed prompts.
 func (t *trainer) showSamples(task *data.ArithmeticTask, when string, w io.Writer) error {
-	t.m.SetTraining(false)
+	t.setTraining(false)
 	problems := []data.Problem{{A: 7, B: 8, Op: '+'}, {A: 3, B: 4, Op: '+'}, {A: 9, B: 9, Op: '+'},
 		{A: 6, B: 0, Op: '+'}, {A: 2, B: 9, Op: '+'}, {A: 5, B: 5, Op: '+'}}
 	var line []string
 	right := 0
 	for _, p := range problems {
 		prompt := append([]int{data.ByteBOS}, data.ByteIDs(task.Prompt(p))...)
-		ids, err := greedy(t.m, prompt, 3, data.ByteEOS)
+		ids, err := greedy(t.chunks[0], prompt, 3, data.ByteEOS)
 		got := data.ByteText(ids)
 		if err != nil {
 			got = "(" + err.Error() + ")" // a sample is a view, not a reason to stop
@@ -155,38 +164,45 @@ func (t *trainer) evalPipeline(examples data.Examples) (float64, int, error) {
 	for i := d.me.Replica; i < examples.Len(); i += d.plan.Replicas {
 		mine.Idx = append(mine.Idx, i)
 	}
-	C := t.m.Config().HiddenSize
-	wire := newStageWire(d, t.m)
+	C := t.chunks[0].Config().HiddenSize
+	wire := newStageWire(d, t.chunks[0])
 	var lossSum float64
 	var count int
+	// Each row batch goes through the rank's chunks in order; between two
+	// virtual stages it travels to the next rank of the ring (from the last
+	// stage back to the first for the next chunk).
+	prev, next := d.ringPeers()
 	cut, err := evalRows(mine, t.cfg.Data.SeqLen, t.cfg.Train.MicroBatch, func(r *data.Rows) error {
-		if !d.first() {
-			in := make([]float32, r.B*r.T*C)
-			if err := wire.recv(in, d.me.Prev()); err != nil {
+		for c, m := range t.chunks {
+			ch := t.ranges[c]
+			if !ch.Embed {
+				in := make([]float32, r.B*r.T*C)
+				if err := wire.recv(in, prev); err != nil {
+					return fmt.Errorf("eval: %w", err)
+				}
+				if err := m.Plan(r.B, r.T); err != nil {
+					return err
+				}
+				if err := t.be.Upload(m.StageInput(), in); err != nil {
+					return err
+				}
+			}
+			ls, n, err := m.Forward(batchOf(r, 0))
+			if err != nil {
 				return fmt.Errorf("eval: %w", err)
 			}
-			if err := t.m.Plan(r.B, r.T); err != nil {
-				return err
+			if ch.Head {
+				lossSum, count = lossSum+ls, count+n
+				continue
 			}
-			if err := t.be.Upload(t.m.StageInput(), in); err != nil {
-				return err
-			}
-		}
-		ls, n, err := t.m.Forward(batchOf(r, 0))
-		if err != nil {
-			return fmt.Errorf("eval: %w", err)
-		}
-		if !d.last() {
 			out := make([]float32, r.B*r.T*C)
-			if err := t.be.Download(out, t.m.StageOutput()); err != nil {
+			if err := t.be.Download(out, m.StageOutput()); err != nil {
 				return err
 			}
-			if err := wire.send(out, d.me.Next()); err != nil {
+			if err := wire.send(out, next); err != nil {
 				return fmt.Errorf("eval: %w", err)
 			}
-			return nil
 		}
-		lossSum, count = lossSum+ls, count+n
 		return nil
 	})
 	if err != nil {

@@ -35,15 +35,19 @@ type flatView struct {
 	off, n int
 }
 
-func newFlatParams(m *model.Model, be ops.Backend, replicas int, shardIndex int, tiedDup bool) (*flatParams, error) {
+// newFlatParams lays out the trainable tensors of chunks (a rank's models, in
+// chunk order) end to end.
+func newFlatParams(chunks []*model.Model, be ops.Backend, replicas int, shardIndex int, tiedDup bool) (*flatParams, error) {
 	f := &flatParams{tiedDup: tiedDup}
 	n := 0
-	for _, p := range m.Params() {
-		if p.Grad == nil {
-			continue
+	for _, m := range chunks {
+		for _, p := range m.Params() {
+			if p.Grad == nil {
+				continue
+			}
+			f.views = append(f.views, flatView{p: p, off: n, n: p.Value.Len()})
+			n += p.Value.Len()
 		}
-		f.views = append(f.views, flatView{p: p, off: n, n: p.Value.Len()})
-		n += p.Value.Len()
 	}
 	if n == 0 {
 		return nil, errors.New("train: the model has no trainable tensors")
@@ -124,8 +128,10 @@ func (f *flatParams) values() int64 {
 
 // downloadGrads copies the gradients not yet on the host: all of them, or with
 // overlapped buckets only the tensors outside the decoder layers.
-func (f *flatParams) downloadGrads(m *model.Model, be ops.Backend, overlapped bool) error {
-	m.FinishGrads()
+func (f *flatParams) downloadGrads(chunks []*model.Model, be ops.Backend, overlapped bool) error {
+	for _, m := range chunks {
+		m.FinishGrads()
+	}
 	if overlapped {
 		return f.downloadViews(be, f.rest)
 	}
@@ -134,13 +140,15 @@ func (f *flatParams) downloadGrads(m *model.Model, be ops.Backend, overlapped bo
 
 // uploadValues copies the updated values back to the model, and from there
 // into its compute copies (bf16).
-func (f *flatParams) uploadValues(m *model.Model, be ops.Backend) error {
+func (f *flatParams) uploadValues(chunks []*model.Model, be ops.Backend) error {
 	for _, v := range f.views {
 		if err := be.Upload(v.p.Value, f.value[v.off:v.off+v.n]); err != nil {
 			return fmt.Errorf("%s: %w", v.p.Name, err)
 		}
 	}
-	m.RefreshCompute()
+	for _, m := range chunks {
+		m.RefreshCompute()
+	}
 	return nil
 }
 

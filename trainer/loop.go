@@ -49,7 +49,7 @@ func (t *trainer) loop() (Result, error) {
 	res := Result{BestEval: math.Inf(1)}
 	prog := newProgress(t.out, cfg.Steps, cfg.LogEvery)
 	defer prog.finish()
-	t.m.SetTraining(true)
+	t.setTraining(true)
 	bad := 0
 	var losses []float64 // of every step this process ran, for FirstMean and LastMean
 	lastSave, lastSaveTime := t.startStep, time.Now()
@@ -108,7 +108,9 @@ func (t *trainer) loop() (Result, error) {
 			return res, fmt.Errorf("step %d: every label of the step is masked (-100): nothing to learn from; check the data's labels", step+1)
 		}
 		var times stepTimes
-		t.m.ZeroGrads()
+		for _, m := range t.chunks {
+			m.ZeroGrads()
+		}
 		S := t.scaler.factor() // fp16: the loss scale; 1 otherwise
 		lossSum, err := t.runPipeline(mine, float32(S/float64(total)), &times)
 		if err != nil {
@@ -226,7 +228,7 @@ func (t *trainer) loop() (Result, error) {
 			if err != nil {
 				return res, err
 			}
-			t.m.SetTraining(true)
+			t.setTraining(true)
 			res.BestEval = min(res.BestEval, el)
 			prog.note("step %5d/%d  eval_loss %.4f over %d tokens", step+1, cfg.Steps, el, n)
 			if err := t.writeMetric(map[string]any{"step": step + 1, "eval_loss": el, "eval_tokens": n}); err != nil {

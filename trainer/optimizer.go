@@ -45,19 +45,19 @@ type optimizer interface {
 
 // newOptimizer returns the optimizer of this rank: on the device when
 // optimizerPlacement says so, on the host otherwise.
-func newOptimizer(be ops.Backend, m *model.Model, d *World, f *flatParams, adam *optim.AdamW, warn io.Writer) (optimizer, error) {
+func newOptimizer(be ops.Backend, chunks []*model.Model, d *World, f *flatParams, adam *optim.AdamW, warn io.Writer) (optimizer, error) {
 	onDevice, nccl, err := optimizerPlacement(be, d, warn)
 	if err != nil {
 		return nil, err
 	}
 	if onDevice {
-		o, err := newDeviceOptimizer(be, m, d.plan.Replicas, f, adam, nccl)
+		o, err := newDeviceOptimizer(be, chunks[0], d.plan.Replicas, f, adam, nccl)
 		if err != nil && nccl != nil {
 			nccl.Close()
 		}
 		return o, err
 	}
-	return &hostOptimizer{be: be, m: m, dist: d, flat: f, adam: adam, overlap: d.dp != nil && !d.zero1}, nil
+	return &hostOptimizer{be: be, chunks: chunks, dist: d, flat: f, adam: adam, overlap: d.dp != nil && !d.zero1}, nil
 }
 
 // hostOptimizer runs AdamW on the host over flatParams: gradients come down
@@ -65,11 +65,11 @@ func newOptimizer(be ops.Backend, m *model.Model, d *World, f *flatParams, adam 
 // ZeRO-1 a reduce-scatter and, after the update, an all-gather of parameters),
 // and the updated values go back up.
 type hostOptimizer struct {
-	be   ops.Backend
-	m    *model.Model
-	dist *World
-	flat *flatParams
-	adam *optim.AdamW
+	be     ops.Backend
+	chunks []*model.Model
+	dist   *World
+	flat   *flatParams
+	adam   *optim.AdamW
 	// overlap reduces each layer's gradients while backward goes on below it
 	// (data parallel without ZeRO-1); pending are those reductions in flight.
 	overlap       bool
@@ -85,7 +85,7 @@ func (o *hostOptimizer) layerDone() func(int) error {
 }
 
 func (o *hostOptimizer) reduce(times *stepTimes) (float64, error) {
-	if err := o.flat.downloadGrads(o.m, o.be, o.overlap); err != nil {
+	if err := o.flat.downloadGrads(o.chunks, o.be, o.overlap); err != nil {
 		return 0, err
 	}
 	if err := o.reduceGrads(times); err != nil {
@@ -106,7 +106,7 @@ func (o *hostOptimizer) update(lr, clip float64, times *stepTimes) error {
 	if err := o.gatherParams(times); err != nil {
 		return err
 	}
-	return f.uploadValues(o.m, o.be)
+	return f.uploadValues(o.chunks, o.be)
 }
 
 func (o *hostOptimizer) syncHost() error       { return nil } // the mirror is where it works

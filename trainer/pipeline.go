@@ -77,25 +77,26 @@ type microBatch struct {
 	seed uint64
 }
 
-// runPipeline executes this rank's 1F1B action list for one step over its
-// replica's micro-batches and returns the summed loss (non-zero on the last stage
-// only). Activations and their gradients cross stage boundaries in host buffers,
-// sent without waiting for the neighbour to take them (a stage goes on to its
-// next action; the step ends when every send has finished).
-// Micro-batch k's activations go to the model's slot k mod slots. With one slot
-// (the default) a stage that must backward a micro-batch other than the one it
-// forwarded last first recomputes its forward from the saved input: bitwise the
-// same activations, one extra forward per micro-batch on the stages before the
-// last. With as many slots as micro-batches in flight (keep_activations) no
-// slot is overwritten before its backward.
+// runPipeline executes this rank's 1F1B action list (interleaved 1F1B with
+// chunks) for one step over its replica's micro-batches and returns the summed
+// loss (non-zero on the rank holding the head only). Activations and their
+// gradients cross stage boundaries in host buffers, sent without waiting for
+// the neighbour to take them (a stage goes on to its next action; the step
+// ends when every send has finished).
+// Micro-batch k's activations go to slot k mod slots of its chunk's model.
+// With one slot (the default) a chunk that must backward a micro-batch other
+// than the one it forwarded last first recomputes its forward from the saved
+// input: bitwise the same activations, one extra forward per micro-batch on the
+// virtual stages before the last. With as many slots as micro-batches in flight
+// (keep_activations) no slot is overwritten before its backward.
 func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes) (float64, error) {
 	acts, err := t.dist.plan.Actions(t.dist.rank(), len(mbs))
 	if err != nil {
 		return 0, err
 	}
-	d, m, be := t.dist, t.m, t.be
-	C := t.m.Config().HiddenSize
-	wire := newStageWire(d, m)
+	d, be := t.dist, t.be
+	C := t.chunks[0].Config().HiddenSize
+	wire := newStageWire(d, t.chunks[0])
 	var sends []collective.Handle
 	waitSends := func() error {
 		var first error
@@ -107,27 +108,37 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 		sends = sends[:0]
 		return first
 	}
-	inputs := map[int][]float32{}   // micro-batch -> stage input received
-	outputs := map[int][]float32{}  // micro-batch -> gradient to send, or output to send
-	grads := map[int][]float32{}    // micro-batch -> gradient of the stage output received
-	holds := make([]int, m.Slots()) // per slot, the micro-batch whose activations it holds
-	for i := range holds {
-		holds[i] = -1
+	type key struct{ chunk, micro int }
+	inputs := map[key][]float32{}         // stage input received
+	outputs := map[key][]float32{}        // gradient to send, or output to send
+	grads := map[key][]float32{}          // gradient of the stage output received
+	holds := make([][]int, len(t.chunks)) // per chunk and slot, the micro-batch whose activations it holds
+	for c, m := range t.chunks {
+		holds[c] = make([]int, m.Slots())
+		for i := range holds[c] {
+			holds[c][i] = -1
+		}
 	}
-	slot := func(k int) (int, error) { s := k % len(holds); return s, m.UseSlot(s) }
+	lastMicro := make([]int, len(t.chunks)) // per chunk, the micro-batch of its last backward
+	for _, a := range acts {
+		if a.Op == shard.Backward {
+			lastMicro[a.Chunk] = a.Micro
+		}
+	}
+	slot := func(c, k int) (int, error) { s := k % len(holds[c]); return s, t.chunks[c].UseSlot(s) }
 	var lossSum float64
 	buf := func(r *data.Rows) []float32 { return make([]float32, r.B*r.T*C) }
-	forward := func(k int) error {
-		mb := mbs[k]
-		s, err := slot(k)
+	forward := func(c, k int) error {
+		mb, m, ch := mbs[k], t.chunks[c], t.ranges[c]
+		s, err := slot(c, k)
 		if err != nil {
 			return err
 		}
-		if !d.first() {
+		if !ch.Embed {
 			if err := m.Plan(mb.rows.B, mb.rows.T); err != nil {
 				return err
 			}
-			if err := be.Upload(m.StageInput(), inputs[k]); err != nil {
+			if err := be.Upload(m.StageInput(), inputs[key{c, k}]); err != nil {
 				return err
 			}
 		}
@@ -135,70 +146,75 @@ func (t *trainer) runPipeline(mbs []microBatch, scale float32, times *stepTimes)
 		if err != nil {
 			return err
 		}
-		holds[s] = k
-		if d.last() {
+		holds[c][s] = k
+		if ch.Head {
 			lossSum += ls
 		}
 		return nil
 	}
 	for _, a := range acts {
-		k := a.Micro
+		k, c := a.Micro, a.Chunk
+		if a.Micro >= 0 && (c < 0 || c >= len(t.chunks)) {
+			return 0, fmt.Errorf("internal: %v is for chunk %d of %d", a, c, len(t.chunks))
+		}
+		kc := key{c, k}
 		switch a.Op {
 		case shard.RecvActivation:
-			inputs[k] = buf(mbs[k].rows)
-			times.p2p(len(inputs[k]), wire.elemBytes(), false)
-			err = timed(&times.bubble, func() error { return wire.recv(inputs[k], a.Peer) })
+			inputs[kc] = buf(mbs[k].rows)
+			times.p2p(len(inputs[kc]), wire.elemBytes(), false)
+			err = timed(&times.bubble, func() error { return wire.recv(inputs[kc], a.Peer) })
 		case shard.Forward:
-			err = timed(&times.compute, func() error { return forward(k) })
-			if err == nil && !d.last() {
-				outputs[k] = buf(mbs[k].rows)
-				err = be.Download(outputs[k], m.StageOutput())
+			err = timed(&times.compute, func() error { return forward(c, k) })
+			if err == nil && !t.ranges[c].Head {
+				outputs[kc] = buf(mbs[k].rows)
+				err = be.Download(outputs[kc], t.chunks[c].StageOutput())
 			}
 		case shard.SendActivation:
-			times.p2p(len(outputs[k]), wire.elemBytes(), true)
-			sends = append(sends, wire.sendAsync(outputs[k], a.Peer))
-			delete(outputs, k) // the send holds the buffer until it is done
+			times.p2p(len(outputs[kc]), wire.elemBytes(), true)
+			sends = append(sends, wire.sendAsync(outputs[kc], a.Peer))
+			delete(outputs, kc) // the send holds the buffer until it is done
 		case shard.RecvGrad:
-			grads[k] = buf(mbs[k].rows)
-			times.p2p(len(grads[k]), wire.elemBytes(), false)
-			err = timed(&times.bubble, func() error { return wire.recv(grads[k], a.Peer) })
+			grads[kc] = buf(mbs[k].rows)
+			times.p2p(len(grads[kc]), wire.elemBytes(), false)
+			err = timed(&times.bubble, func() error { return wire.recv(grads[kc], a.Peer) })
 		case shard.Backward:
+			m, ch := t.chunks[c], t.ranges[c]
 			err = timed(&times.compute, func() error {
-				s, err := slot(k)
+				s, err := slot(c, k)
 				if err != nil {
 					return err
 				}
-				if holds[s] != k {
+				if holds[c][s] != k {
 					times.recomputed++
-					if err := forward(k); err != nil {
+					if err := forward(c, k); err != nil {
 						return err
 					}
-					if d.last() { // the loss was counted the first time
+					if ch.Head { // the loss was counted the first time
 						return errors.New("internal: the last stage recomputed a forward")
 					}
 				}
-				if !d.last() {
-					if err := be.Upload(m.StageGrad(), grads[k]); err != nil {
+				if !ch.Head {
+					if err := be.Upload(m.StageGrad(), grads[kc]); err != nil {
 						return err
 					}
-					delete(grads, k)
+					delete(grads, kc)
 				}
-				holds[s] = -1
-				if done := t.opt.layerDone(); done != nil && k == len(mbs)-1 {
+				holds[c][s] = -1
+				if done := t.opt.layerDone(); done != nil && k == lastMicro[c] {
 					m.SetLayerDone(done)
 					defer m.SetLayerDone(nil)
 				}
 				return m.Backward(scale)
 			})
-			if err == nil && !d.first() {
-				outputs[k] = buf(mbs[k].rows)
-				err = be.Download(outputs[k], m.StageGrad())
+			if err == nil && !ch.Embed {
+				outputs[kc] = buf(mbs[k].rows)
+				err = be.Download(outputs[kc], m.StageGrad())
 			}
-			delete(inputs, k)
+			delete(inputs, kc)
 		case shard.SendGrad:
-			times.p2p(len(outputs[k]), wire.elemBytes(), true)
-			sends = append(sends, wire.sendAsync(outputs[k], a.Peer))
-			delete(outputs, k)
+			times.p2p(len(outputs[kc]), wire.elemBytes(), true)
+			sends = append(sends, wire.sendAsync(outputs[kc], a.Peer))
+			delete(outputs, kc)
 		case shard.ReduceGrads, shard.OptimizerStep:
 			// The trainer does these after the pipeline drains (see step).
 		}

@@ -30,15 +30,18 @@ import (
 // trainer is one process's training run on one rank: the model on its backend,
 // host copies of the trainable tensors, the optimizer, and the data order.
 type trainer struct {
-	ctx  context.Context // cancelled by SIGINT/SIGTERM: stop after the step
-	cfg  config.Config
-	tok  *tokenizer.Tokenizer // nil for the generated task
-	be   ops.Backend
-	m    *model.Model
-	dist *World      // this rank's place in the run
-	flat *flatParams // the trainable tensors on the host: checkpoints, outputs, the host optimizer
-	opt  optimizer   // where the update runs: host or device
-	adam optim.AdamW
+	ctx context.Context // cancelled by SIGINT/SIGTERM: stop after the step
+	cfg config.Config
+	tok *tokenizer.Tokenizer // nil for the generated task
+	be  ops.Backend
+	// chunks are this rank's models, one per layer range it runs, in chunk
+	// order (ranges): one, or V with interleaved 1F1B.
+	chunks []*model.Model
+	ranges []shard.Chunk
+	dist   *World      // this rank's place in the run
+	flat   *flatParams // the trainable tensors on the host: checkpoints, outputs, the host optimizer
+	opt    optimizer   // where the update runs: host or device
+	adam   optim.AdamW
 	// startStep is the step a resumed run continues after (0: a fresh start).
 	startStep int
 	// tokens counts the tokens trained on since the run began, resumed runs
@@ -274,32 +277,45 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 	}
 	defer closeData()
 	long := countLong(cfg.Data.SeqLen, trainSet, evalSet)
-	// Each rank loads only the tensors of its own stage.
-	w, err := model.LoadSourceStage(ctx, cfg.Model, mc, cfg.Seed, d.me.Lo, d.me.Hi, d.me.Embed, d.me.Head)
-	if err != nil {
-		return res, startErr(ctx, "loading the weights", err)
-	}
-	defer w.Close()
+	// Each rank loads only the tensors of its own stage: one model per
+	// layer range (chunk) it runs.
 	opts := model.Options{Checkpoint: cfg.Train.ActivationCheckpointing, Offload: cfg.Train.OffloadActivations,
 		KeepAttention: cfg.Train.KeepAttention, Compute: compute}
-	if opts.LoRA, err = newAdapter(cfg, &w.Config); err != nil {
+	if opts.LoRA, err = newAdapter(cfg, &mc); err != nil {
 		return res, err
 	}
 	if opts.NF4, err = NF4Options(cfg); err != nil {
 		return res, err
 	}
-	opts.Lo, opts.Hi = d.me.Lo, d.me.Hi
-	m, err := model.NewModel(be, w, opts)
-	if err != nil {
-		return res, startErr(ctx, "loading the weights", err)
+	var chunks []*model.Model
+	var base model.Base
+	var w *model.Weights // the first chunk's: the configuration the outputs are written with
+	for _, ch := range d.me.Ranges() {
+		cw, err := model.LoadSourceStage(ctx, cfg.Model, mc, cfg.Seed, ch.Lo, ch.Hi, ch.Embed, ch.Head)
+		if err != nil {
+			return res, startErr(ctx, "loading the weights", err)
+		}
+		defer cw.Close()
+		if w == nil {
+			w = cw
+		}
+		o := opts
+		o.Lo, o.Hi = ch.Lo, ch.Hi
+		m, err := model.NewModel(be, cw, o)
+		if err != nil {
+			return res, startErr(ctx, "loading the weights", err)
+		}
+		defer m.Close()
+		chunks = append(chunks, m)
+		b := cw.Base()
+		base.Random, base.Seed = b.Random, b.Seed
+		base.Tensors = append(base.Tensors, b.Tensors...)
 	}
-	defer m.Close()
-	base := w.Base()
 
 	if err := interrupted(ctx, "building the model"); err != nil {
 		return res, err
 	}
-	t := &trainer{ctx: ctx, cfg: cfg, be: be, m: m, dist: d, train: trainSet, eval: evalSet, out: stderr, tok: pre.tok, long: long, base: base, pending: notes,
+	t := &trainer{ctx: ctx, cfg: cfg, be: be, chunks: chunks, ranges: d.me.Ranges(), dist: d, train: trainSet, eval: evalSet, out: stderr, tok: pre.tok, long: long, base: base, pending: notes,
 		packer: data.Packer{T: cfg.Data.SeqLen, Pack: cfg.Data.Pack, PadID: 0},
 		adam:   optim.AdamW{Beta1: cfg.Train.Beta1, Beta2: cfg.Train.Beta2, Eps: cfg.Train.Eps, WeightDecay: cfg.Train.WeightDecay},
 		sched: optim.Schedule{Peak: cfg.Train.LR, MinRatio: cfg.Train.MinLRRatio, Warmup: cfg.Train.WarmupSteps,
@@ -310,10 +326,10 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 		shards, shardIndex = d.plan.Replicas, d.me.Replica
 	}
 	tiedDup := mc.TieEmbeddings && d.plan.Stages > 1 && d.last()
-	if t.flat, err = newFlatParams(m, be, shards, shardIndex, tiedDup); err != nil {
+	if t.flat, err = newFlatParams(chunks, be, shards, shardIndex, tiedDup); err != nil {
 		return res, err
 	}
-	if t.opt, err = newOptimizer(be, m, d, t.flat, &t.adam, stderr); err != nil {
+	if t.opt, err = newOptimizer(be, chunks, d, t.flat, &t.adam, stderr); err != nil {
 		return res, err
 	}
 	defer t.opt.close()
@@ -353,7 +369,7 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 	}()
 	optPlace, nccl := t.opt.where()
 	startAttrs := []any{"world", d.plan.World, "stage", d.me.Stage, "replica", d.me.Replica, "device", be.Name(), "precision", opts.Compute.String(),
-		"model", cfg.Model, "method", cfg.Train.Method, "layers", fmt.Sprintf("[%d,%d)", d.me.Lo, d.me.Hi),
+		"model", cfg.Model, "method", cfg.Train.Method, "layers", d.me.RangeString(),
 		"embed", d.me.Embed, "head", d.me.Head, "zero1", d.zero1, "optimizer", optPlace, "nccl", nccl, "trainable_values", t.flat.values(), "heap_bytes", host.HeapBytes(),
 		"long_examples", long.count, "longest_example", long.longest, "seq_len", cfg.Data.SeqLen}
 	if d.plan.World > 1 {
@@ -366,15 +382,21 @@ func runOn(ctx context.Context, cfg config.Config, mc model.Config, d *World, pr
 
 	// Plan the activations of the training batch shape now, in every slot, so
 	// the memory report is the whole of a step's and no step allocates.
-	if err := m.SetSlots(activationSlots(cfg, d)); err != nil {
+	slots, err := activationSlots(cfg, d)
+	if err != nil {
 		return res, err
 	}
-	for i := range m.Slots() {
-		if err := m.UseSlot(i); err != nil {
+	for c, m := range chunks {
+		if err := m.SetSlots(slots[c]); err != nil {
 			return res, err
 		}
-		if err := m.Plan(cfg.Train.MicroBatch, cfg.Data.SeqLen); err != nil {
-			return res, err
+		for i := range m.Slots() {
+			if err := m.UseSlot(i); err != nil {
+				return res, err
+			}
+			if err := m.Plan(cfg.Train.MicroBatch, cfg.Data.SeqLen); err != nil {
+				return res, err
+			}
 		}
 	}
 	t.reportMemory(stderr)
@@ -485,7 +507,7 @@ func truncationSummary(res Result, seqLen int) string {
 // reportMemory logs what the model and the device optimizer hold on the device,
 // part by part, and prints it on rank 0.
 func (t *trainer) reportMemory(stderr io.Writer) {
-	parts := t.m.Memory()
+	parts := chunkMemory(t.chunks)
 	if b := t.opt.deviceBytes(); b > 0 {
 		parts = append(parts, model.MemoryPart{Name: "optimizer state (f32)", Bytes: b})
 	}
@@ -507,6 +529,24 @@ func (t *trainer) reportMemory(stderr io.Writer) {
 		note = " (the optimizer state is on the host)"
 	}
 	fmt.Fprintf(stderr, "train: memory on %s: %s; total %s%s\n", t.be.Name(), strings.Join(words, ", "), shard.FormatBytes(total), note)
+}
+
+// chunkMemory is the device memory of a rank's models, part by part: with
+// several chunks, each part summed over them.
+func chunkMemory(chunks []*model.Model) []model.MemoryPart {
+	var parts []model.MemoryPart
+	at := map[string]int{}
+	for _, m := range chunks {
+		for _, p := range m.Memory() {
+			if i, ok := at[p.Name]; ok {
+				parts[i].Bytes += p.Bytes
+				continue
+			}
+			at[p.Name] = len(parts)
+			parts = append(parts, p)
+		}
+	}
+	return parts
 }
 
 // scheduleAt is the learning rate at step of this run's schedule had it been

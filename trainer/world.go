@@ -30,6 +30,7 @@ type World struct {
 	dp        collective.Comm // this stage across the replicas; nil when D == 1
 	tied      collective.Comm // the first and last stage of this replica, when embeddings are tied and P > 1
 	zero1     bool
+	work      shard.Workload    // what the plan was split for
 	launch    collective.Config // how this rank joined: the job token's and the timeout's sources, for the rank log
 	events    *commEvents       // what the collectives report; nil for a single process
 }
@@ -82,6 +83,14 @@ func (d *World) first() bool { return d.me.Embed }
 
 func (d *World) last() bool { return d.me.Head }
 
+// ringPeers are the ranks of the previous and next stage of this rank's
+// replica around the ring: interleaved chunks go from the last stage back to
+// the first. Without pipeline stages both are this rank.
+func (d *World) ringPeers() (prev, next int) {
+	P, s := d.plan.Stages, d.me.Stage
+	return d.me.Pipeline[(s-1+P)%P], d.me.Pipeline[(s+1)%P]
+}
+
 // Join connects to the other ranks when a launcher (or flags, which may be nil)
 // says there are any, and plans the run. It returns a single-process World
 // otherwise. Close ends it.
@@ -111,15 +120,16 @@ func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *m
 		gpuBytes = int64(budget[0])
 	}
 	zero1 := cfg.Parallel.Zero1 && size/max(cfg.Parallel.PP, 1) > 1
-	plan, err := shard.NewFor(mc, size, cfg.Parallel.PP, shard.Workload{SeqLen: cfg.Data.SeqLen, Method: cfg.Train.Method,
-		Budget: gpuBytes, Setup: memorySetup(cfg, zero1, compute)})
+	work := shard.Workload{SeqLen: cfg.Data.SeqLen, Method: cfg.Train.Method,
+		Budget: gpuBytes, Setup: memorySetup(cfg, zero1, compute), Chunks: cfg.Parallel.PPChunks}
+	plan, err := shard.NewFor(mc, size, cfg.Parallel.PP, work)
 	if err != nil {
 		if world != nil {
 			world.Abort(err)
 		}
 		return nil, err
 	}
-	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, world: world, launch: cc, events: events}
+	d := &World{plan: plan, me: plan.Ranks[cc.Rank], localRank: cc.LocalRank, zero1: zero1, work: work, world: world, launch: cc, events: events}
 	if size == 1 {
 		return d, nil
 	}
@@ -138,6 +148,26 @@ func Join(ctx context.Context, cfg config.Config, flags *collective.Flags, mc *m
 		return nil, fmt.Errorf("tied-embedding group: %w", err)
 	}
 	return d, nil
+}
+
+// WithChunks is d with its layers split into chunks ranges per stage
+// (interleaved 1F1B; 1 is plain 1F1B), over the same communicators: `train
+// bench pipeline` runs both schedules in one world. The groups stay valid:
+// the first and last stages, which hold the embedding and the head, are the
+// same ranks either way.
+func (d *World) WithChunks(mc *model.Config, chunks int) (*World, error) {
+	if max(d.plan.Chunks, 1) == max(chunks, 1) {
+		return d, nil
+	}
+	w := d.work
+	w.Chunks = chunks
+	plan, err := shard.NewFor(mc, d.plan.World, d.plan.Stages, w)
+	if err != nil {
+		return nil, err
+	}
+	c := *d
+	c.plan, c.me, c.work = plan, plan.Ranks[d.me.Rank], w
+	return &c, nil
 }
 
 // close ends the collective session (collective: every rank reaches it), or aborts
@@ -221,14 +251,26 @@ func memorySetup(cfg config.Config, zero1 bool, compute ops.DType) shard.Setup {
 	return setup
 }
 
-// activationSlots is how many micro-batches' activations this rank's stage
-// keeps: with parallel.keep_activations as many as 1F1B has in flight there
-// (P - stage, at most M), otherwise one.
-func activationSlots(cfg config.Config, d *World) int {
-	if !cfg.Parallel.KeepActivations || d.plan.Stages == 1 {
-		return 1
+// activationSlots is how many micro-batches' activations each of this
+// rank's chunks keeps: with parallel.keep_activations as many as its schedule
+// has in flight there (1F1B: P - stage, at most M), otherwise one.
+func activationSlots(cfg config.Config, d *World) ([]int, error) {
+	V := len(d.me.Ranges())
+	slots := make([]int, V)
+	for c := range slots {
+		slots[c] = 1
 	}
-	return max(1, min(d.plan.Stages-d.me.Stage, cfg.Train.GradAccum))
+	if !cfg.Parallel.KeepActivations || d.plan.Stages == 1 {
+		return slots, nil
+	}
+	acts, err := d.plan.Actions(d.rank(), cfg.Train.GradAccum)
+	if err != nil {
+		return nil, err
+	}
+	for c, n := range shard.InFlight(acts, V) {
+		slots[c] = max(1, n)
+	}
+	return slots, nil
 }
 
 // agree tells every rank whether any rank failed: local is this rank's error (nil

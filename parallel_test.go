@@ -155,7 +155,8 @@ func trainedTensors(t *testing.T, run, method string) map[string][]float32 {
 // TestParallelEquivalence trains stories260K (5 layers, tied embeddings) for 20
 // steps on one process and on every parallel layout, under mpirun: data-parallel
 // (D=2, D=4), pipeline (P=2, P=5), both (P=2 x D=2), ZeRO-1 and interleaved 1F1B
-// (P=2 V=2, with replicas and ZeRO-1, and P=4 V=2 on an 8-layer model), for LoRA and full
+// (P=2 V=2, with replicas and ZeRO-1, and P=4 V=2 on an 8-layer model), and the
+// device optimizer on CPU ranks (D=2, P=2 x D=2 with ZeRO-1, P=2 V=2 x D=2), for LoRA and full
 // fine-tuning, and QLoRA on P=2 x D=2 with ZeRO-1. The global batch is the same in each (grad_accum x D = 4), so every
 // per-step loss, the final eval loss and every trained tensor must match the
 // single process within 1e-5 relative.
@@ -188,6 +189,12 @@ func TestParallelEquivalence(t *testing.T) {
 		{"P2V2xD2-zero1", 4, "-pp 2 -pp-chunks 2 -grad-accum 2 -zero1", false},
 		{"P2V2-keep", 2, "-pp 2 -pp-chunks 2 -grad-accum 4 -keep-activations", false},
 		{"P4V2-L8", 4, "-pp 4 -pp-chunks 2 -grad-accum 4", false},
+		// The device optimizer (the GPU's default) on CPU ranks, its
+		// tensors moved by hostComm: replicas, ZeRO-1, stages with a tied
+		// embedding, chunks.
+		{"D2-dev", 2, "-grad-accum 2", true},
+		{"P2xD2-zero1-dev", 4, "-pp 2 -grad-accum 2 -zero1", true},
+		{"P2V2xD2-dev", 4, "-pp 2 -pp-chunks 2 -grad-accum 2", false},
 	}
 	cfg8, err := model.SourceConfig(storiesDir)
 	if err != nil {
@@ -237,7 +244,16 @@ func TestParallelEquivalence(t *testing.T) {
 					wantLoss, wantEval, wantTensors := want.loss, want.eval, want.tensors
 					common := commonFor(modelDir)
 					run := filepath.Join(dir, method+"-"+l.name)
+					onDevice := strings.HasSuffix(l.name, "-dev")
+					if onDevice {
+						t.Setenv("TRAIN_OPTIMIZER", "device")
+					}
 					launchRanks(t, l.np, strings.Fields(common+" "+l.flags+" -run "+run))
+					for r := range l.np {
+						if place := rankStart(t, run, r)["optimizer"]; (place == "device") != onDevice {
+							t.Errorf("rank %d: the optimizer ran on the %v", r, place)
+						}
+					}
 					gotLoss, gotEval := runLosses(t, run)
 					if strings.Contains(l.name, "P") { // stage 0 recomputes unless it keeps activations
 						recomputed := 0.0
@@ -372,4 +388,24 @@ func readRankSteps(t *testing.T, run string, rank int) []map[string]float64 {
 		out = append(out, m)
 	}
 	return out
+}
+
+// rankStart is the start record of rank's log in run.
+func rankStart(t *testing.T, run string, rank int) map[string]any {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(run, "logs", fmt.Sprintf("rank-%05d.jsonl", rank)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("%s: %v", run, err)
+		}
+		if rec["msg"] == "start" {
+			return rec
+		}
+	}
+	t.Fatalf("%s: rank %d logged no start", run, rank)
+	return nil
 }

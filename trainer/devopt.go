@@ -6,10 +6,10 @@ import (
 	"os"
 
 	"train/device"
-	"train/kernels"
 	"train/model"
 	"train/ops"
 	"train/optim"
+	"train/shard"
 )
 
 // deviceOptimizer runs the optimizer where the model is: AdamW's moments live on
@@ -18,114 +18,307 @@ import (
 // float) and the loss. The host mirror (flatParams) is brought up to date only
 // when a checkpoint or the outputs need it (syncHost).
 //
-// The trainer uses it on a GPU when the stage is the whole model and ZeRO-1 is
-// off; pipeline stages and ZeRO-1 shards keep the host optimizer, whose tensors
-// travel over the TCP collectives anyway.
+// Every layout runs it, on device buffers over deviceComms (NCCL between GPUs):
+//
+//   - replicas: each decoder layer's gradients are summed over the replicas
+//     as soon as the step's last backward has finished the layer (the
+//     all-reduce of those tensors starts while the layers below compute),
+//     the others after the backward;
+//   - ZeRO-1: the stage's gradients, laid end to end in one device buffer
+//     (flatParams' layout), are reduce-scattered, AdamW updates this
+//     replica's block, and the same buffer all-gathers the parameters;
+//   - pipeline stages: each stage sums the squares of what it owns and the
+//     step's one small all-reduce over the world adds them (loop); with tied
+//     embeddings the first and last stage sum the embedding's two gradients.
 type deviceOptimizer struct {
-	be    ops.Backend
-	model *model.Model
-	// replicas is how many replicas nccl sums over (the traffic counted in the step's times).
+	be     ops.Backend
+	chunks []*model.Model
+	// replicas is how many replicas dp sums over (the traffic counted in the step's times).
 	replicas int
 	flat     *flatParams
 	adam     *optim.AdamW
-	nccl     *kernels.NCCL // sums the replicas' gradients on their GPUs; nil with one replica
-	views    []flatView    // every trainable tensor, as flatParams lists them
-	state    ops.Buf       // F32: both moments of every tensor, end to end
-	m, v     []ops.Buf     // per view
-	norm     ops.Buf       // F32 [1]: the squared gradient norm
-	fresh    bool          // moments are zero: no update has run yet
+	dp       deviceComm // this stage across the replicas; nil with one replica
+	tied     deviceComm // the first and last stage's embeddings; nil otherwise
+	zero1    bool
+	// overlap starts each layer's all-reduce during the backward (replicas
+	// without ZeRO-1); reduced marks the layers whose sum is under way.
+	overlap bool
+	reduced map[int]bool
+	pieces  []devPiece // per flatParams.opt entry: what this rank updates
+	state   ops.Buf    // F32: both moments of every piece, end to end
+	// flatBuf is ZeRO-1's F32 [padded] buffer in flatParams' layout: the
+	// gradients to reduce-scatter, then the parameters to all-gather.
+	flatBuf ops.Buf
+	norm    ops.Buf // F32 [1]: the squared gradient norm
+	fresh   bool    // moments are zero: no update has run yet
 	// normSq receives the norm: its own allocation, since cgo refuses a
 	// pointer into memory that also holds Go pointers (this struct).
 	normSq []float32
 }
 
+// devPiece is the part of one tensor this rank updates: elements
+// [start, start+n) of view, with their moments.
+type devPiece struct {
+	view     flatView
+	start, n int
+	dup      bool // the tied head's copy of the embedding: counted by the first stage
+	m, v     ops.Buf
+}
+
+// value, grad and work are the piece's parameters, gradient (ZeRO-1: in the
+// reduced flat buffer) and bf16 compute copy (nil in f32).
+func (o *deviceOptimizer) value(p devPiece) ops.Buf { return p.view.p.Value.Slice(p.start, p.n) }
+
+func (o *deviceOptimizer) grad(p devPiece) ops.Buf {
+	if o.zero1 {
+		return o.flatBuf.Slice(p.view.off+p.start, p.n)
+	}
+	return p.view.p.Grad.Slice(p.start, p.n)
+}
+
+func (o *deviceOptimizer) work(p devPiece) ops.Buf {
+	if p.view.p.W == p.view.p.Value {
+		return nil
+	}
+	return p.view.p.W.Slice(p.start, p.n)
+}
+
 // OptimizerEnv chooses where the optimizer runs: "host" or "device"; unset is
-// the default (device on a GPU for a whole-model stage without ZeRO-1). Tests
-// set it to compare the two on the CPU.
+// the default (the device on a GPU, when NCCL connects every group it needs).
+// Tests set it to run the device optimizer on CPU ranks.
 const OptimizerEnv = "TRAIN_OPTIMIZER"
 
+// deviceLinks are the device communicators of a device optimizer.
+type deviceLinks struct{ dp, tied deviceComm }
+
+func (l deviceLinks) close() {
+	for _, c := range []deviceComm{l.dp, l.tied} {
+		if c != nil {
+			c.Close()
+		}
+	}
+}
+
 // optimizerPlacement says whether this rank's optimizer runs on its device
-// and, for data-parallel replicas, returns the NCCL communicator that sums
-// their gradients there (nil otherwise; the caller closes it).
-func optimizerPlacement(be ops.Backend, d *World, warn io.Writer) (onDevice bool, nccl *kernels.NCCL, err error) {
-	whole := d.plan.Stages == 1 && !d.zero1
+// and returns the communicators it needs there (the caller closes them).
+// Every rank decides alike: the environment is the job's, and NCCL's start is
+// agreed on.
+func optimizerPlacement(be ops.Backend, d *World, warn io.Writer) (onDevice bool, links deviceLinks, err error) {
 	env := os.Getenv(OptimizerEnv)
 	switch env {
 	case "host":
-		return false, nil, nil
+		return false, links, nil
 	case "device":
-		onDevice = whole
+		onDevice = true
 	case "":
-		_, gpu := be.(device.GPU)
-		onDevice = gpu && whole
+		_, onDevice = be.(device.GPU)
 	default:
-		return false, nil, fmt.Errorf("%s=%q: want host or device", OptimizerEnv, env)
+		return false, links, fmt.Errorf("%s=%q: want host or device", OptimizerEnv, env)
 	}
-	if onDevice && d.dp != nil {
-		if g, ok := be.(*kernels.Backend); ok {
-			nccl = openReplicaNCCL(g, d, warn)
-		}
-		onDevice = nccl != nil
+	if !onDevice || d.plan.World == 1 {
+		return onDevice, links, nil
 	}
-	if env == "device" && !onDevice {
-		return false, nil, fmt.Errorf("%s=device needs one pipeline stage, no ZeRO-1, and NCCL between replicas", OptimizerEnv)
+	var ok bool
+	if links.dp, ok = openDeviceComm(be, d, d.dp, "data-parallel replicas", warn); !ok {
+		return false, links, nil
 	}
-	return onDevice, nccl, nil
+	if links.tied, ok = openDeviceComm(be, d, d.tied, "tied embedding", warn); !ok {
+		links.close()
+		return false, links, nil
+	}
+	return true, links, nil
 }
 
-func newDeviceOptimizer(be ops.Backend, m *model.Model, replicas int, f *flatParams, adam *optim.AdamW, nccl *kernels.NCCL) (*deviceOptimizer, error) {
-	o := &deviceOptimizer{be: be, model: m, replicas: replicas, flat: f, adam: adam, nccl: nccl, views: f.views, fresh: true, normSq: make([]float32, 1)}
-	o.m, o.v = make([]ops.Buf, len(f.views)), make([]ops.Buf, len(f.views))
+func newDeviceOptimizer(be ops.Backend, chunks []*model.Model, d *World, f *flatParams, adam *optim.AdamW, links deviceLinks) (*deviceOptimizer, error) {
+	o := &deviceOptimizer{be: be, chunks: chunks, replicas: d.plan.Replicas, flat: f, adam: adam, dp: links.dp, tied: links.tied,
+		zero1: d.zero1 && links.dp != nil, fresh: true, normSq: make([]float32, 1), reduced: map[int]bool{}}
+	o.overlap = o.dp != nil && !o.zero1
 	var plan ops.Plan
-	for i, v := range f.views {
-		plan.Add(&o.m[i], v.n)
-		plan.Add(&o.v[i], v.n)
+	o.pieces = make([]devPiece, len(f.opt))
+	for i, p := range f.opt {
+		o.pieces[i] = devPiece{view: f.optView[i], start: int(f.optStart[i]), n: len(p.Value), dup: f.optDup[i]}
+		plan.Add(&o.pieces[i].m, len(p.Value))
+		plan.Add(&o.pieces[i].v, len(p.Value))
 	}
 	plan.Add(&o.norm, 1)
+	if o.zero1 {
+		plan.Add(&o.flatBuf, len(f.grad))
+	}
 	var err error
 	if o.state, err = plan.Alloc(be, ops.F32); err != nil {
 		return nil, fmt.Errorf("train: optimizer state on the device: %w", err)
+	}
+	for _, p := range o.pieces {
+		be.Zero(p.m, p.n)
+		be.Zero(p.v, p.n)
+	}
+	if o.zero1 {
+		be.Zero(o.flatBuf, len(f.grad)) // the padding stays zero
 	}
 	return o, nil
 }
 
 func (o *deviceOptimizer) close() {
 	o.be.Free(o.state)
-	if o.nccl != nil {
-		o.nccl.Close()
+	deviceLinks{o.dp, o.tied}.close()
+}
+
+// deviceBytes is the device memory of the moments (and ZeRO-1's flat buffer).
+func (o *deviceOptimizer) deviceBytes() int64 { return ops.Bytes(o.state) }
+
+func (o *deviceOptimizer) where() (string, bool) {
+	_, nccl := o.dp.(ncclComm)
+	return "device", nccl
+}
+
+// layerDone starts a layer's all-reduce over the replicas as soon as its
+// gradients are final (replicas without ZeRO-1; nil otherwise).
+func (o *deviceOptimizer) layerDone() func(int) error {
+	if !o.overlap {
+		return nil
+	}
+	return func(l int) error {
+		r, ok := o.flat.layers[l]
+		if !ok || o.reduced[l] {
+			return nil
+		}
+		o.reduced[l] = true
+		return o.allReduceViews(o.viewsIn(r[0], r[1]))
 	}
 }
 
-// deviceBytes is the device memory of the moments.
-func (o *deviceOptimizer) deviceBytes() int64 { return ops.Bytes(o.state) }
+// viewsIn are the views whose flat offset lies in [lo, hi).
+func (o *deviceOptimizer) viewsIn(lo, hi int) []flatView {
+	var vs []flatView
+	for _, v := range o.flat.views {
+		if v.off >= lo && v.off < hi {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
 
-func (o *deviceOptimizer) where() (string, bool) { return "device", o.nccl != nil }
+// allReduceViews sums the gradients of vs over the replicas, one NCCL group.
+func (o *deviceOptimizer) allReduceViews(vs []flatView) error {
+	return o.dp.Group(func() error {
+		for _, v := range vs {
+			if err := o.dp.AllReduce(v.p.Grad, v.n); err != nil {
+				return fmt.Errorf("gradient all-reduce of %s: %w", v.p.Name, err)
+			}
+		}
+		return nil
+	})
+}
 
-// layerDone is nil: the replicas' gradients are summed in one all-reduce
-// after the backward (reduceGradsNCCL).
-func (o *deviceOptimizer) layerDone() func(int) error { return nil }
-
-// reduce sums the replicas' gradients on their GPUs and the squared norm
-// there; only that one float comes to the host.
+// reduce brings the gradients together on the devices (the tied embedding's
+// two halves, then the replicas) and sums the squares of what this rank owns;
+// only that one float comes to the host.
 func (o *deviceOptimizer) reduce(times *stepTimes) (float64, error) {
-	o.model.FinishGrads()
-	if err := o.reduceGradsNCCL(times); err != nil {
+	for _, m := range o.chunks {
+		m.FinishGrads()
+	}
+	f := o.flat
+	err := timed(&times.comm, func() error {
+		if o.tied != nil && f.embed != nil {
+			times.ring(f.embed.n, 2, 2)
+			if err := o.tied.AllReduce(f.embed.p.Grad, f.embed.n); err != nil {
+				return fmt.Errorf("tied embedding: %w", err)
+			}
+		}
+		if o.dp == nil {
+			return o.waitAll()
+		}
+		switch {
+		case o.zero1:
+			for _, v := range f.views {
+				o.be.Copy(o.flatBuf.Slice(v.off, v.n), v.p.Grad, v.n)
+			}
+			per := len(f.grad) / o.replicas
+			times.ring(len(f.grad), o.replicas, 1)
+			if err := o.dp.ReduceScatter(o.flatBuf, o.flatBuf.Slice(f.lo, per), per); err != nil {
+				return fmt.Errorf("gradient reduce-scatter: %w", err)
+			}
+		default:
+			// The layers went out during the backward; the rest follow.
+			var rest []flatView
+			for _, v := range f.views {
+				if l, ok := layerOf(v.p.Name); ok && o.reduced[l] {
+					continue
+				}
+				rest = append(rest, v)
+			}
+			for l := range o.reduced {
+				delete(o.reduced, l)
+			}
+			times.ring(len(f.grad), o.replicas, 2)
+			if err := o.allReduceViews(rest); err != nil {
+				return err
+			}
+		}
+		return o.waitAll()
+	})
+	if err != nil {
 		return 0, err
 	}
 	return o.sumSquares()
 }
 
-// update runs AdamW on the device.
-func (o *deviceOptimizer) update(lr, clip float64, _ *stepTimes) error {
-	o.step(o.adam, lr, clip)
+// waitAll waits for the communicators' work, naming the first failure.
+func (o *deviceOptimizer) waitAll() error {
+	for _, c := range []deviceComm{o.tied, o.dp} {
+		if c == nil {
+			continue
+		}
+		if err := c.Wait(); err != nil {
+			return fmt.Errorf("gradient reduction: %w", err)
+		}
+	}
 	return nil
 }
 
-// sumSquares is the squared norm of every gradient (after Model.FinishGrads).
+// update runs AdamW on the device and, with ZeRO-1, gathers the replicas'
+// updated blocks.
+func (o *deviceOptimizer) update(lr, clip float64, times *stepTimes) error {
+	o.step(o.adam, lr, clip)
+	if !o.zero1 {
+		return nil
+	}
+	f := o.flat
+	err := timed(&times.comm, func() error {
+		for _, p := range o.pieces {
+			o.be.Copy(o.flatBuf.Slice(p.view.off+p.start, p.n), o.value(p), p.n)
+		}
+		per := len(f.value) / o.replicas
+		times.ring(len(f.value), o.replicas, 1)
+		if err := o.dp.AllGather(o.flatBuf.Slice(f.lo, per), o.flatBuf, per); err != nil {
+			return fmt.Errorf("parameter all-gather: %w", err)
+		}
+		if err := o.dp.Wait(); err != nil {
+			return fmt.Errorf("parameter all-gather: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, v := range f.views {
+		o.be.Copy(v.p.Value, o.flatBuf.Slice(v.off, v.n), v.n)
+	}
+	for _, m := range o.chunks {
+		m.RefreshCompute()
+	}
+	return nil
+}
+
+// sumSquares is the squared norm of the gradients this rank owns (after
+// reduce), leaving out the tied head's copy of the embedding, which the
+// first stage counts.
 func (o *deviceOptimizer) sumSquares() (float64, error) {
 	o.be.Zero(o.norm, 1)
-	for _, v := range o.views {
-		o.be.SumSquares(o.norm, v.p.Grad, v.n)
+	for _, p := range o.pieces {
+		if !p.dup {
+			o.be.SumSquares(o.norm, o.grad(p), p.n)
+		}
 	}
 	if err := o.be.Download(o.normSq, o.norm); err != nil {
 		return 0, fmt.Errorf("gradient norm: %w", err)
@@ -137,16 +330,12 @@ func (o *deviceOptimizer) sumSquares() (float64, error) {
 // bf16 compute copies as it goes.
 func (o *deviceOptimizer) step(opt *optim.AdamW, lr, clip float64) {
 	stepSize, sqrtBC2 := opt.Begin(lr)
-	for i, v := range o.views {
+	for _, p := range o.pieces {
 		decay := float32(1)
-		if len(v.p.Shape) != 1 { // norms do not decay, as on the host
+		if len(p.view.p.Shape) != 1 { // norms do not decay, as on the host
 			decay = float32(1 - lr*opt.WeightDecay)
 		}
-		var work ops.Buf
-		if v.p.W != v.p.Value {
-			work = v.p.W
-		}
-		o.be.AdamW(v.p.Value, v.p.Grad, o.m[i], o.v[i], work, v.n, ops.AdamWStep{
+		o.be.AdamW(o.value(p), o.grad(p), p.m, p.v, o.work(p), p.n, ops.AdamWStep{
 			B1: float32(opt.Beta1), B2: float32(opt.Beta2), Decay: decay, GradScale: float32(clip),
 			StepSize: stepSize, SqrtBC2: sqrtBC2, Eps: opt.Eps,
 		})
@@ -154,26 +343,28 @@ func (o *deviceOptimizer) step(opt *optim.AdamW, lr, clip float64) {
 	o.fresh = false
 }
 
-// syncHost copies the values and moments into the host mirror f, for a
-// checkpoint or the outputs. Without ZeRO-1, f.opt[i] is all of f.views[i].
+// syncHost copies the values of every tensor and the moments of the pieces
+// this rank owns into the host mirror, for a checkpoint or the outputs.
 func (o *deviceOptimizer) syncHost() error {
 	f := o.flat
-	for i, v := range o.views {
+	for _, v := range f.views {
 		if err := o.be.Download(f.value[v.off:v.off+v.n], v.p.Value); err != nil {
 			return fmt.Errorf("train: %s: %w", v.p.Name, err)
 		}
-		if o.fresh {
-			continue
+	}
+	if o.fresh {
+		return nil
+	}
+	for i, p := range o.pieces {
+		h := f.opt[i]
+		if h.M == nil {
+			h.M, h.V = make([]float32, p.n), make([]float32, p.n)
 		}
-		p := f.opt[i]
-		if p.M == nil {
-			p.M, p.V = make([]float32, v.n), make([]float32, v.n)
+		if err := o.be.Download(h.M, p.m); err != nil {
+			return fmt.Errorf("train: optimizer state of %s: %w", h.Name, err)
 		}
-		if err := o.be.Download(p.M, o.m[i]); err != nil {
-			return fmt.Errorf("train: optimizer state of %s: %w", v.p.Name, err)
-		}
-		if err := o.be.Download(p.V, o.v[i]); err != nil {
-			return fmt.Errorf("train: optimizer state of %s: %w", v.p.Name, err)
+		if err := o.be.Download(h.V, p.v); err != nil {
+			return fmt.Errorf("train: optimizer state of %s: %w", h.Name, err)
 		}
 	}
 	return nil
@@ -182,57 +373,20 @@ func (o *deviceOptimizer) syncHost() error {
 // restored copies the moments of the host mirror to the device (resuming);
 // the values are already there (restore uploaded them).
 func (o *deviceOptimizer) restored() error {
-	f := o.flat
-	for i := range o.views {
-		p := f.opt[i]
-		if p.M == nil {
+	for i, p := range o.pieces {
+		h := o.flat.opt[i]
+		if h.M == nil {
 			continue
 		}
-		if err := o.be.Upload(o.m[i], p.M); err != nil {
+		if err := o.be.Upload(p.m, h.M); err != nil {
 			return err
 		}
-		if err := o.be.Upload(o.v[i], p.V); err != nil {
+		if err := o.be.Upload(p.v, h.V); err != nil {
 			return err
 		}
 		o.fresh = false
 	}
 	return nil
-}
-
-// openReplicaNCCL connects the data-parallel replicas' GPUs through NCCL.
-// When NCCL cannot start on some rank, every rank agrees to go on without it
-// (nil): gradients then travel through the host and the TCP ring, slower but
-// correct.
-func openReplicaNCCL(g *kernels.Backend, d *World, warn io.Writer) *kernels.NCCL {
-	n, err := kernels.NCCLOver(g, d.dp, 0)
-	if aerr := d.agree(err, "a replica could not start NCCL"); aerr != nil {
-		if n != nil {
-			n.Close()
-		}
-		fmt.Fprintf(warn, "train: warning: NCCL unavailable (%v); gradients go through the host and TCP\n", aerr)
-		return nil
-	}
-	return n
-}
-
-// reduceGradsNCCL sums the replicas' gradients on their GPUs, the whole
-// gradient allocation in one all-reduce (the loss was normalised over the whole
-// step, so a sum gives the step's gradient).
-func (o *deviceOptimizer) reduceGradsNCCL(times *stepTimes) error {
-	if o.nccl == nil {
-		return nil
-	}
-	return timed(&times.comm, func() error {
-		g := o.model.GradBuffer()
-		times.ring(g.Len(), o.replicas, 2)
-		if err := o.nccl.AllReduce(g, g.Len(), kernels.NCCLSum); err != nil {
-			return fmt.Errorf("gradient all-reduce (NCCL): %w", err)
-		}
-		if err := o.nccl.Wait(); err != nil {
-			return fmt.Errorf("gradient all-reduce (NCCL): %w", err)
-		}
-		return nil
-	})
 }
 
 // DeviceAdamW is the trainer's device optimizer on its own, over every
@@ -250,7 +404,8 @@ func NewDeviceAdamW(be ops.Backend, m *model.Model, adam optim.AdamW) (*DeviceAd
 		return nil, err
 	}
 	a := &DeviceAdamW{adam: adam}
-	if a.o, err = newDeviceOptimizer(be, m, 1, f, &a.adam, nil); err != nil {
+	one := &World{plan: &shard.Plan{World: 1, Stages: 1, Replicas: 1}}
+	if a.o, err = newDeviceOptimizer(be, []*model.Model{m}, one, f, &a.adam, deviceLinks{}); err != nil {
 		return nil, err
 	}
 	return a, nil

@@ -17,8 +17,9 @@ import (
 //
 //   - hostOptimizer: the trainable tensors mirrored on the host (flatParams),
 //     reduced over the TCP collectives; every layout (pipeline stages, ZeRO-1).
-//   - deviceOptimizer: AdamW's moments on the GPU beside the weights, replicas
-//     summed with NCCL; one pipeline stage without ZeRO-1.
+//   - deviceOptimizer: AdamW's moments on the GPU beside the weights, the
+//     gradients reduced on device buffers over NCCL; every layout, the GPU's
+//     default.
 type optimizer interface {
 	// layerDone, when not nil, is what the model calls during the step's last
 	// backward as each decoder layer's gradients become final, so their
@@ -46,14 +47,14 @@ type optimizer interface {
 // newOptimizer returns the optimizer of this rank: on the device when
 // optimizerPlacement says so, on the host otherwise.
 func newOptimizer(be ops.Backend, chunks []*model.Model, d *World, f *flatParams, adam *optim.AdamW, warn io.Writer) (optimizer, error) {
-	onDevice, nccl, err := optimizerPlacement(be, d, warn)
+	onDevice, links, err := optimizerPlacement(be, d, warn)
 	if err != nil {
 		return nil, err
 	}
 	if onDevice {
-		o, err := newDeviceOptimizer(be, chunks[0], d.plan.Replicas, f, adam, nccl)
-		if err != nil && nccl != nil {
-			nccl.Close()
+		o, err := newDeviceOptimizer(be, chunks, d, f, adam, links)
+		if err != nil {
+			links.close()
 		}
 		return o, err
 	}

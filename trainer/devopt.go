@@ -41,9 +41,8 @@ type deviceOptimizer struct {
 	tied     deviceComm // the first and last stage's embeddings; nil otherwise
 	zero1    bool
 	// overlap starts each layer's all-reduce during the backward (replicas
-	// without ZeRO-1); reduced marks the layers whose sum is under way.
+	// without ZeRO-1); the tensors outside the layers follow it.
 	overlap bool
-	reduced map[int]bool
 	pieces  []devPiece // per flatParams.opt entry: what this rank updates
 	state   ops.Buf    // F32: both moments of every piece, end to end
 	// flatBuf is ZeRO-1's F32 [padded] buffer in flatParams' layout: the
@@ -131,7 +130,7 @@ func optimizerPlacement(be ops.Backend, d *World, warn io.Writer) (onDevice bool
 
 func newDeviceOptimizer(be ops.Backend, chunks []*model.Model, d *World, f *flatParams, adam *optim.AdamW, links deviceLinks) (*deviceOptimizer, error) {
 	o := &deviceOptimizer{be: be, chunks: chunks, replicas: d.plan.Replicas, flat: f, adam: adam, dp: links.dp, tied: links.tied,
-		zero1: d.zero1 && links.dp != nil, fresh: true, normSq: make([]float32, 1), reduced: map[int]bool{}}
+		zero1: d.zero1 && links.dp != nil, fresh: true, normSq: make([]float32, 1)}
 	o.overlap = o.dp != nil && !o.zero1
 	var plan ops.Plan
 	o.pieces = make([]devPiece, len(f.opt))
@@ -172,30 +171,13 @@ func (o *deviceOptimizer) where() (string, bool) {
 }
 
 // layerDone starts a layer's all-reduce over the replicas as soon as its
-// gradients are final (replicas without ZeRO-1; nil otherwise).
+// gradients are final (replicas without ZeRO-1; nil otherwise). The model
+// calls it for every layer of the step's last backward of each chunk.
 func (o *deviceOptimizer) layerDone() func(int) error {
 	if !o.overlap {
 		return nil
 	}
-	return func(l int) error {
-		r, ok := o.flat.layers[l]
-		if !ok || o.reduced[l] {
-			return nil
-		}
-		o.reduced[l] = true
-		return o.allReduceViews(o.viewsIn(r[0], r[1]))
-	}
-}
-
-// viewsIn are the views whose flat offset lies in [lo, hi).
-func (o *deviceOptimizer) viewsIn(lo, hi int) []flatView {
-	var vs []flatView
-	for _, v := range o.flat.views {
-		if v.off >= lo && v.off < hi {
-			vs = append(vs, v)
-		}
-	}
-	return vs
+	return func(l int) error { return o.allReduceViews(o.flat.layerViews(l)) }
 }
 
 // allReduceViews sums the gradients of vs over the replicas, one NCCL group.
@@ -240,18 +222,8 @@ func (o *deviceOptimizer) reduce(times *stepTimes) (float64, error) {
 			}
 		default:
 			// The layers went out during the backward; the rest follow.
-			var rest []flatView
-			for _, v := range f.views {
-				if l, ok := layerOf(v.p.Name); ok && o.reduced[l] {
-					continue
-				}
-				rest = append(rest, v)
-			}
-			for l := range o.reduced {
-				delete(o.reduced, l)
-			}
 			times.ring(len(f.grad), o.replicas, 2)
-			if err := o.allReduceViews(rest); err != nil {
+			if err := o.allReduceViews(f.rest); err != nil {
 				return err
 			}
 		}

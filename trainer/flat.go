@@ -108,6 +108,22 @@ func layerOf(name string) (int, bool) {
 	return l, true
 }
 
+// layerViews are the tensors of decoder layer l (none when it trains
+// nothing): the unit of the gradient buckets reduced during the backward.
+func (f *flatParams) layerViews(l int) []flatView {
+	r, ok := f.layers[l]
+	if !ok {
+		return nil
+	}
+	var vs []flatView
+	for _, v := range f.views {
+		if v.off >= r[0] && v.off < r[1] {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
 // downloadViews copies the gradients of views from the model into the flat buffer.
 func (f *flatParams) downloadViews(be ops.Backend, views []flatView) error {
 	for _, v := range views {

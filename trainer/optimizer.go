@@ -126,13 +126,7 @@ func (o *hostOptimizer) startBucket(l int) error {
 	if !ok {
 		return nil // a layer with nothing to train
 	}
-	var views []flatView
-	for _, v := range f.views {
-		if v.off >= r[0] && v.off < r[1] {
-			views = append(views, v)
-		}
-	}
-	if err := f.downloadViews(o.be, views); err != nil {
+	if err := f.downloadViews(o.be, f.layerViews(l)); err != nil {
 		return err
 	}
 	o.bucketTraffic.ring(r[1]-r[0], o.dist.plan.Replicas, 2)
